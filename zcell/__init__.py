@@ -1,0 +1,50 @@
+"""zcell: a brokerless actor mesh for Python over ZeroMQ.
+
+Nodes find each other (mDNS or static peers) and host actors; any program can
+spawn actors anywhere and talk to them with ``send``, ``throw``, ``scatter`` and
+``emit``. Every message runs in its own greenlet. See README.md and API.md.
+"""
+
+from .actor import Actor, Next
+from .errors import (
+    ActorStopped,
+    CallTimeout,
+    NoNodeForType,
+    NoReplyError,
+    NodeDown,
+    NodeStopped,
+    NoSuchActor,
+    NoSuchMethod,
+    ProtocolError,
+    RemoteError,
+    SerializationError,
+    ZcellError,
+)
+from .node import Node
+from .proxy import ActorProxy, forward, stop_forward
+from .result import AsyncResult, first_reply
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Actor",
+    "ActorProxy",
+    "ActorStopped",
+    "AsyncResult",
+    "CallTimeout",
+    "Next",
+    "NoNodeForType",
+    "NoReplyError",
+    "NoSuchActor",
+    "NoSuchMethod",
+    "Node",
+    "NodeDown",
+    "NodeStopped",
+    "ProtocolError",
+    "RemoteError",
+    "SerializationError",
+    "ZcellError",
+    "first_reply",
+    "forward",
+    "stop_forward",
+]

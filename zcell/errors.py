@@ -1,0 +1,223 @@
+"""The zcell exception tree.
+
+Every error zcell raises derives from :class:`ZcellError`. Classes that have an
+obvious built-in meaning also derive from it (``NoSuchActor`` is a ``KeyError``,
+``CallTimeout`` a ``TimeoutError``...), so ordinary ``except`` clauses work.
+
+A handler's exception travels back to the caller as a :class:`RemoteError`. The
+object raised is also an instance of the remote type's nearest built-in exception
+ancestor, so ``except KeyError:`` catches a remote ``KeyError`` (see
+:func:`remote_error`).
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+__all__ = [
+    "ZcellError",
+    "RemoteError",
+    "NoSuchMethod",
+    "CallTimeout",
+    "NoReplyError",
+    "NodeDown",
+    "NoSuchActor",
+    "ActorStopped",
+    "NoNodeForType",
+    "ProtocolError",
+    "SerializationError",
+    "NodeStopped",
+    "remote_error",
+    "builtin_ancestor",
+]
+
+
+class ZcellError(Exception):
+    """Root of every error zcell raises. Catch it to handle any zcell failure."""
+
+
+class RemoteError(ZcellError):
+    """A remote handler raised.
+
+    Raised by ``send``/``throw``/``AsyncResult.get()`` and by a ``scatter``
+    iterator when the handler on the hosting node raised. The actor keeps running
+    and the message is not retried. ``type_name`` is the remote exception's
+    qualified type name, ``remote_message`` its ``str()``, ``remote_traceback``
+    the formatted remote traceback. Inspect them, fix the handler or the arguments,
+    and call again if the operation is safe to repeat.
+    """
+
+    type_name: str = ""
+    remote_message: str = ""
+    remote_traceback: str = ""
+
+    def __init__(self, type_name: str = "", message: str = "", traceback: str = "") -> None:
+        Exception.__init__(self, f"{type_name}: {message}" if type_name else message)
+        self.type_name = type_name
+        self.remote_message = message
+        self.remote_traceback = traceback
+
+    def __str__(self) -> str:
+        text = f"{self.type_name}: {self.remote_message}"
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text
+
+    def __reduce__(self) -> Any:
+        return (remote_error, (self.type_name, self.remote_message, self.remote_traceback, ""))
+
+
+class NoSuchMethod(ZcellError, AttributeError):
+    """The actor's ``state`` has no public handler of that name.
+
+    Raised to the caller of the string form (``ref.send("nope", {})``) when the
+    hosting node finds no such handler and the state has no ``default_receive``.
+    Check the method name against the actor's ``state`` class.
+    """
+
+
+class CallTimeout(ZcellError, TimeoutError):
+    """No reply arrived before the call's deadline.
+
+    The handler may still run, or have run. Raise ``timeout=`` (or the actor's
+    ``default_timeout``) if the handler is slow, or check that the hosting node is
+    not overloaded (``node.statistics()``).
+    """
+
+
+NoReplyError = CallTimeout
+
+
+class NodeDown(ZcellError, ConnectionError):
+    """The node hosting the target went down while the call was in flight.
+
+    The outcome is unknown: the handler may or may not have run. Retry only if the
+    operation is idempotent; ``node.nodes()`` shows who is still in the mesh.
+    """
+
+
+class NoSuchActor(ZcellError, KeyError):
+    """No actor with that id (or of that type) is known to the mesh.
+
+    Raised by ``select``, ``lookup`` and ``kill`` for unknown actors, by ``send``
+    to an actor that is gone, and by ``throw``/``send`` when every actor declined
+    the message with ``Next``. Spawn one (``node.spawn``) or wait for one
+    (``node.wait_for(type=...)``).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "no such actor"
+
+
+class ActorStopped(ZcellError):
+    """The actor was killed, or its node stopped, before the call completed.
+
+    Calls still waiting on it fail with this error. Spawn a new actor if you still
+    need one.
+    """
+
+
+class NoNodeForType(ZcellError):
+    """No node in the mesh can host this actor type.
+
+    A node hosts only the types registered on it (``Node(actors=[...])`` or
+    ``zcell node -A module``) or types the local program spawns itself. The
+    message lists the nodes that exist and how to start one that hosts the type.
+    """
+
+
+class ProtocolError(ZcellError):
+    """Bytes from the wire that are not a valid zcell message.
+
+    Nodes count and drop such input (``statistics()["dropped_bad_frames"]``); it is
+    never raised into a handler. You see it only when decoding by hand.
+    """
+
+
+class SerializationError(ZcellError, TypeError):
+    """A value cannot travel: msgpack cannot carry it, or the message is too big.
+
+    Raised at the caller before anything is sent. Pass plain data (None, bool, int,
+    float, str, bytes, list, dict, actor proxies), or raise
+    ``Node(max_message_size=...)``.
+    """
+
+
+class NodeStopped(ZcellError):
+    """The node was stopped (or never started); it cannot send or host anything.
+
+    Start a new ``Node`` (a stopped node cannot be restarted).
+    """
+
+
+# -- remote exceptions -------------------------------------------------------
+
+# Never mirrored: they have control-flow meaning in the caller's process.
+_NOT_MIRRORED = frozenset({"StopIteration", "GeneratorExit", "SystemExit", "KeyboardInterrupt"})
+_mirror_cache: dict[str, type[RemoteError]] = {}
+
+
+def builtin_ancestor(exc_type: type[BaseException]) -> str:
+    """Return the name of the nearest built-in exception class in ``exc_type``'s MRO."""
+    for klass in exc_type.__mro__:
+        if klass.__module__ == "builtins" and issubclass(klass, BaseException):
+            return klass.__name__
+    return "Exception"
+
+
+def _mirror_class(ancestor: str) -> type[RemoteError]:
+    cls = _mirror_cache.get(ancestor)
+    if cls is not None:
+        return cls
+    base = getattr(builtins, ancestor, None)
+    if (
+        not isinstance(base, type)
+        or not issubclass(base, BaseException)
+        or ancestor in _NOT_MIRRORED
+        or base in (BaseException, Exception)
+    ):
+        cls = RemoteError
+    else:
+        try:
+            cls = type(
+                f"RemoteError[{ancestor}]",
+                (RemoteError, base),
+                {
+                    "__module__": __name__,
+                    "__new__": _mirror_new,
+                    "__init__": RemoteError.__init__,
+                    "_builtin_base": base,
+                },
+            )
+        except TypeError:  # layout conflict: fall back to the plain class
+            cls = RemoteError
+    _mirror_cache[ancestor] = cls
+    return cls
+
+
+def _mirror_new(cls: type, *args: Any, **kwargs: Any) -> Any:
+    # Built-ins such as OSError or ExceptionGroup parse their arguments in
+    # __new__; give each one arguments it accepts, then let __init__ set ours.
+    base = cls._builtin_base  # type: ignore[attr-defined]
+    if issubclass(base, BaseExceptionGroup):
+        return base.__new__(cls, "remote", [Exception("remote")])
+    try:
+        return base.__new__(cls)
+    except TypeError:  # e.g. MemoryError: its own allocator refuses subclasses' new
+        return Exception.__new__(cls)
+
+
+def remote_error(type_name: str, message: str, traceback: str, ancestor: str) -> RemoteError:
+    """Build the exception a caller sees for a remote handler's failure.
+
+    Args:
+        type_name: The remote exception's qualified type name.
+        message: ``str()`` of the remote exception.
+        traceback: The formatted remote traceback.
+        ancestor: Name of the remote type's nearest built-in ancestor.
+
+    Returns:
+        A ``RemoteError`` that is also an instance of ``builtins.<ancestor>``.
+    """
+    return _mirror_class(ancestor)(type_name, message, traceback)

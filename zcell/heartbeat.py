@@ -1,0 +1,91 @@
+"""The heartbeat sender: a small real OS thread with its own PUB socket.
+
+It keeps a node's heartbeats flowing while a handler hogs the node's loop (the
+GIL is released every few ms, and zmq sends release it), so peers never declare
+a busy node dead. It also measures how late it runs, which tells when the whole
+process was stopped (SIGSTOP) rather than merely busy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from .loop import real_thread
+
+log = logging.getLogger("zcell.heartbeat")
+
+__all__ = ["HeartbeatThread"]
+
+
+class HeartbeatThread:
+    """Publish ``make_frame()`` every ``interval`` seconds until ``stop()``."""
+
+    def __init__(
+        self,
+        context: zmq.Context,
+        host: str,
+        interval: float,
+        make_frame: Callable[[], bytes],
+        configure: Callable[[Any], None],
+    ) -> None:
+        self._context = context
+        self._host = host
+        self._interval = interval
+        self._make_frame = make_frame
+        self._configure = configure
+        self._control = f"inproc://zcell-hb-{id(self):x}"
+        self.endpoint = ""
+        self._ready: list[str] = []
+        self._stop_sock: Any = None
+
+    def start(self) -> str:
+        """Bind the socket (in this thread, then hand it over); return its endpoint."""
+        pub = self._context.socket(zmq.PUB)
+        self._configure(pub)
+        port = pub.bind_to_random_port(f"tcp://{self._host}", min_port=20000, max_port=60000)
+        self.endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._port = port
+        control = self._context.socket(zmq.PAIR)
+        control.setsockopt(zmq.LINGER, 0)
+        control.bind(self._control)
+        self._stop_sock = self._context.socket(zmq.PAIR)
+        self._stop_sock.setsockopt(zmq.LINGER, 0)
+        self._stop_sock.connect(self._control)
+        self._pub, self._ctl = pub, control
+        real_thread(self._run)
+        return self.endpoint
+
+    def _run(self) -> None:
+        pub, control = self._pub, self._ctl
+        interval_ms = int(self._interval * 1000)
+        try:
+            while True:
+                try:
+                    pub.send(self._make_frame(), zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+                except Exception:  # never let a bad frame kill liveness silently
+                    log.exception("heartbeat failed")
+                # poll on the control socket is an interruptible sleep.
+                if control.poll(interval_ms):
+                    break
+        finally:
+            pub.close(linger=0)
+            control.close(linger=0)
+
+    def stop(self) -> None:
+        sock, self._stop_sock = self._stop_sock, None
+        if sock is not None:
+            try:
+                sock.send(b"stop")
+            finally:
+                sock.close(linger=0)
+        # Give the thread a moment to close its sockets before the context ends.
+        deadline = time.monotonic() + 1.0
+        while not self._pub.closed and time.monotonic() < deadline:
+            time.sleep(0.005)

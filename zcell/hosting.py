@@ -1,0 +1,369 @@
+"""The hosting side of a node: hosted actors, a greenlet per message, the outbox.
+
+Every request runs in its own greenlet, so a handler that blocks on another
+actor (or on its own actor) parks only itself. ``concurrency`` bounds how many
+handlers run at once, but a request whose call chain already holds a slot here
+is never held back, so the bound cannot bring deadlock back. Replies never
+reach this module: the node's reader completes them inline.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent import GreenletExit
+from greenlet import getcurrent
+
+from .actor import Actor, MessageContext, Next, handler_table, new_state
+from .errors import ActorStopped, NoNodeForType, NoSuchActor, NoSuchMethod, builtin_ancestor
+from .proxy import ActorProxy
+from .wire import (
+    DECLINED,
+    ERROR,
+    F_EMIT,
+    F_NOWAIT,
+    F_THROW,
+    OK,
+    R_CHAIN,
+    R_FLAGS,
+    R_ID,
+    R_KWARGS,
+    R_METHOD,
+    R_ORIGIN,
+    R_SEEN,
+    R_SRC,
+    R_TARGET,
+    R_TTL,
+    REQ,
+    SCATTER,
+    ZERROR,
+)
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("zcell.node")
+
+__all__ = ["Host"]
+
+
+class _Killed(GreenletExit):
+    """Raised inside a handler whose actor is killed (or whose node stops)."""
+
+
+class Hosted:
+    """Book-keeping for one hosted actor."""
+
+    __slots__ = ("actor", "state", "bindings", "greenlets", "handlers")
+
+    def __init__(self, actor: Actor, state: Any) -> None:
+        self.actor = actor
+        self.state = state
+        self.bindings: list[tuple[str, list[str]]] = []  # (kind, [id, type, node])
+        self.greenlets: set[Any] = set()
+        self.handlers = handler_table(type(state))
+
+
+class Host:
+    """Runs requests on the actors a node hosts."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.actors: dict[str, Hosted] = {}
+        self.in_flight = 0
+        self.queue: collections.deque[tuple[list[Any], float | None, str]] = collections.deque()
+        self._chains: dict[int, int] = {}
+        self._stopped: dict[str, None] = {}  # recently killed ids, to answer ActorStopped
+
+    # ------------------------------------------------------------------ admission
+
+    def request(self, msg: list[Any]) -> None:
+        ttl = msg[R_TTL]
+        deadline = None if ttl is None else time.monotonic() + ttl / 1000
+        self._admit(msg, deadline, msg[R_TARGET])
+
+    def scatter(self, msg: list[Any]) -> None:
+        ttl = msg[R_TTL]
+        deadline = None if ttl is None else time.monotonic() + ttl / 1000
+        type_name = msg[R_TARGET]
+        for actor_id, hosted in list(self.actors.items()):
+            if hosted.actor.name == type_name:
+                self._admit(msg, deadline, actor_id)
+
+    def _admit(self, msg: list[Any], deadline: float | None, actor_id: str) -> None:
+        chain = msg[R_CHAIN]
+        if self.in_flight < self.node.concurrency or chain in self._chains:
+            self._start(msg, deadline, actor_id)
+        else:
+            self.queue.append((msg, deadline, actor_id))
+
+    def _start(self, msg: list[Any], deadline: float | None, actor_id: str) -> None:
+        self.in_flight += 1
+        chain = msg[R_CHAIN]
+        self._chains[chain] = self._chains.get(chain, 0) + 1
+        gevent.spawn(self._run, msg, deadline, actor_id)
+
+    def _done(self, chain: int) -> None:
+        self.in_flight -= 1
+        n = self._chains[chain] - 1
+        if n:
+            self._chains[chain] = n
+        else:
+            del self._chains[chain]
+        queue = self.queue
+        while queue and self.in_flight < self.node.concurrency:
+            self._start(*queue.popleft())
+
+    # ------------------------------------------------------------------ running
+
+    def _run(self, msg: list[Any], deadline: float | None, actor_id: str) -> None:
+        node = self.node
+        try:
+            if deadline is not None and time.monotonic() > deadline:
+                # The caller has given up: running it now would be a surprise.
+                node.stats["dropped_expired"] += 1
+                return
+            if msg[R_FLAGS] & F_EMIT:
+                self._outbox(msg)
+            else:
+                self._handle(msg, deadline, actor_id)
+        finally:
+            self._done(msg[R_CHAIN])
+
+    def _handle(self, msg: list[Any], deadline: float | None, actor_id: str) -> None:
+        node = self.node
+        flags = msg[R_FLAGS]
+        nowait = flags & F_NOWAIT
+        is_scatter = msg[1] == SCATTER
+        src, rid, ttl = msg[R_SRC], msg[R_ID], msg[R_TTL]
+
+        def answer(status: int, value: Any) -> None:
+            if not nowait:
+                node.reply(src, rid, status, [actor_id, value] if is_scatter else value, ttl)
+
+        hosted = self.actors.get(actor_id)
+        if hosted is None:
+            if actor_id in self._stopped:
+                answer(ZERROR, ["ActorStopped", f"actor {actor_id} was stopped"])
+            elif not is_scatter:
+                answer(ZERROR, ["NoSuchActor", f"no actor {actor_id} on node {node.name}"])
+            return
+        g = getcurrent()
+        g.zcell_ctx = MessageContext(hosted.actor, msg[R_ORIGIN], deadline, msg[R_CHAIN])
+        hosted.greenlets.add(g)
+        method = msg[R_METHOD]
+        try:
+            if method in hosted.handlers:
+                value = getattr(hosted.state, method)(**msg[R_KWARGS])
+            elif hasattr(hosted.state, "default_receive"):
+                value = hosted.state.default_receive(method, msg[R_KWARGS])
+            else:
+                raise NoSuchMethod(
+                    f"{hosted.actor.name} has no handler {method!r}; handlers: "
+                    f"{sorted(hosted.handlers)}"
+                )
+        except _Killed:
+            answer(ZERROR, ["ActorStopped", f"actor {actor_id} stopped while handling {method}"])
+        except Next:
+            if is_scatter:
+                answer(DECLINED, None)
+            elif flags & F_THROW:
+                self._throw_on(msg, hosted)
+            else:
+                answer(ZERROR, ["NoSuchActor", f"actor {actor_id} declined {method} (Next)"])
+        except NoSuchMethod as exc:
+            answer(ZERROR, ["NoSuchMethod", str(exc)])
+        except Exception as exc:
+            node.stats["errors"] += 1
+            if nowait:
+                node.stats["nowait_failures"] += 1
+                log.error(
+                    "zcell: %s.%s (fire and forget) failed", hosted.actor.name, method,
+                    exc_info=True,
+                )
+            answer(ERROR, self.error_info(exc))
+        else:
+            answer(OK, value)
+        finally:
+            hosted.greenlets.discard(g)
+
+    @staticmethod
+    def error_info(exc: BaseException) -> list[str]:
+        cls = type(exc)
+        name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+        return [name, str(exc), traceback.format_exc(), builtin_ancestor(cls)]
+
+    def _throw_on(self, msg: list[Any], hosted: Hosted) -> None:
+        """A throw was declined here: pass it to an actor of the type that has not seen it."""
+        node = self.node
+        seen = list(msg[R_SEEN] or [])
+        if hosted.actor.id not in seen:
+            seen.append(hosted.actor.id)
+        picked = node.directory.next_of_type(hosted.actor.name, exclude=set(seen))
+        if picked is None:
+            if not msg[R_FLAGS] & F_NOWAIT:
+                node.reply(msg[R_SRC], msg[R_ID], ZERROR,
+                           ["NoSuchActor", f"every actor of type {hosted.actor.name} declined "
+                            f"{msg[R_METHOD]} (Next)"], msg[R_TTL])
+            return
+        actor_id, node_id = picked
+        seen.append(actor_id)
+        forwarded = list(msg)
+        forwarded[R_TARGET] = actor_id
+        forwarded[R_SEEN] = seen
+        try:
+            node._send_frame(node_id, node._codec.encode(forwarded), time.monotonic() + 5.0)
+        except Exception as exc:
+            log.warning("zcell: could not pass a declined throw on: %s", exc)
+
+    def _outbox(self, msg: list[Any]) -> None:
+        """Deliver an emitted message to the source actor's bindings, or to itself."""
+        node = self.node
+        hosted = self.actors.get(msg[R_TARGET])
+        if hosted is None:
+            log.warning("zcell: emit to unknown actor %s dropped", msg[R_TARGET])
+            node.stats["nowait_failures"] += 1
+            return
+        source = hosted.actor.ref
+        method, kwargs = msg[R_METHOD], msg[R_KWARGS]
+        if not hosted.bindings:
+            direct = list(msg)
+            direct[1] = REQ
+            direct[R_FLAGS] = F_NOWAIT
+            direct[R_ORIGIN] = source
+            self._handle(direct, None, hosted.actor.id)
+            return
+        for kind, (target_id, type_name, node_id) in list(hosted.bindings):
+            target = ActorProxy(node, target_id or "", type_name, node_id or "")
+            mode = {"direct": "send", "round-robin": "throw", "scatter": "scatter"}[kind]
+            try:
+                node._deliver(mode, target, method, kwargs, {"nowait": True}, origin=source)
+            except Exception as exc:
+                node.stats["nowait_failures"] += 1
+                log.warning("zcell: outbox of %s could not deliver to %s: %s",
+                            hosted.actor.name, type_name, exc)
+
+    # ------------------------------------------------------------------ control
+
+    def control(self, op: str, args: dict[str, Any], src: str) -> Any:
+        if op == "spawn":
+            return self._spawn(args, src)
+        if op == "kill":
+            self.kill(_str(args, "id"))
+            return None
+        if op in ("bind", "unbind"):
+            hosted = self.actors.get(_str(args, "source"))
+            if hosted is None:
+                raise NoSuchActor(f"no actor {args.get('source')} on node {self.node.name}")
+            target = args.get("target")
+            if not (isinstance(target, list) and len(target) == 3
+                    and all(isinstance(x, str) for x in target)):
+                raise NoSuchActor("malformed binding target")
+            if op == "bind":
+                binding = (_str(args, "kind"), target)
+                if binding not in hosted.bindings:
+                    hosted.bindings.append(binding)
+            else:
+                hosted.bindings = [
+                    b for b in hosted.bindings
+                    if not (b[1][0] == target[0] if target[0] else b[1][1] == target[1])
+                ]
+            return None
+        if op == "snapshot":
+            return [self.node._dir_seq, self.snapshot(), sorted(self.node._types)]
+        raise NoSuchMethod(f"unknown control operation {op!r}")
+
+    def _spawn(self, args: dict[str, Any], src: str) -> list[str]:
+        node = self.node
+        type_name = _str(args, "type")
+        actor_id = _str(args, "id")
+        kwargs = args.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise NoSuchActor("spawn kwargs must be a dict")
+        cls = node._types.get(type_name)
+        if cls is None:
+            log.warning("zcell: refused to spawn unregistered type %r (asked by %s)", type_name, src)
+            raise NoNodeForType(
+                f"node {node.name} does not host actor type {type_name!r} (it hosts "
+                f"{sorted(node._types) or 'nothing'}); start a node with "
+                f"`zcell node -A {type_name.rsplit('.', 1)[0]}`"
+            )
+        if actor_id in self.actors:
+            raise NoSuchActor(f"actor id {actor_id} is already in use")
+        ref = ActorProxy(node, actor_id, type_name, node.id, cls)
+        actor = cls(ref, node)
+        state = new_state(cls.state, actor, node, kwargs)
+        self.actors[actor_id] = Hosted(actor, state)
+        node._announce("+", actor_id, type_name)
+        on_start = getattr(state, "on_start", None)
+        if on_start is None or type(state).on_start is Actor.state.on_start:
+            on_start = getattr(state, "on_agent_ready", None)
+        if on_start is not None:
+            gevent.spawn(self._hook, actor, on_start, "on_start")
+        return [actor_id, type_name]
+
+    @staticmethod
+    def _hook(actor: Actor, fn: Any, what: str) -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception("zcell: %s of %s failed", what, actor)
+
+    def _stop_hook(self, hosted: Hosted) -> None:
+        on_stop = getattr(hosted.state, "on_stop", None)
+        if on_stop is not None:
+            self._hook(hosted.actor, on_stop, "on_stop")
+
+    def kill(self, actor_id: str, reason: str = "killed") -> None:
+        hosted = self.actors.pop(actor_id, None)
+        if hosted is None:
+            raise NoSuchActor(f"no actor {actor_id} on node {self.node.name}")
+        self._stopped[actor_id] = None
+        if len(self._stopped) > 10000:
+            del self._stopped[next(iter(self._stopped))]
+        self.node._announce("-", actor_id, hosted.actor.name)
+        for g in list(hosted.greenlets):
+            gevent.kill(g, _Killed, block=False)
+        self._stop_hook(hosted)
+
+    def snapshot(self) -> list[list[str]]:
+        return [[actor_id, h.actor.name] for actor_id, h in self.actors.items()]
+
+    def forget_binding_target(self, actor_id: str) -> None:
+        """Drop direct bindings to an actor that is gone."""
+        for hosted in self.actors.values():
+            if hosted.bindings:
+                hosted.bindings = [
+                    b for b in hosted.bindings if not (b[0] == "direct" and b[1][0] == actor_id)
+                ]
+
+    def drain(self, timeout: float) -> None:
+        """Stop: let in-flight handlers finish until ``timeout``, fail the rest, run on_stop."""
+        deadline = time.monotonic() + timeout
+        while (self.in_flight or self.queue) and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        while self.queue:
+            msg, _, actor_id = self.queue.popleft()
+            if not msg[R_FLAGS] & F_NOWAIT:
+                self.node.reply(msg[R_SRC], msg[R_ID], ZERROR,
+                                ["ActorStopped", f"node {self.node.name} stopped"], 1000)
+        for actor_id in list(self.actors):
+            hosted = self.actors.pop(actor_id)
+            self._stopped[actor_id] = None
+            for g in list(hosted.greenlets):
+                gevent.kill(g, _Killed, block=False)
+            self._stop_hook(hosted)
+        gevent.sleep(0)  # let killed handlers send their ActorStopped replies
+
+
+def _str(args: dict[str, Any], key: str) -> str:
+    value = args.get(key)
+    if not isinstance(value, str):
+        raise NoSuchActor(f"control call lacks {key!r}")
+    return value
+

@@ -1,0 +1,1279 @@
+"""``Node``: one process's seat in the mesh.
+
+A node binds a ROUTER inbox (requests, control calls and every reply arrive
+there), an XPUB (scatter requests, directory and membership news) and a
+heartbeat PUB owned by a small sender thread. For every live peer it connects a
+DEALER to the peer's inbox and its SUB to the peer's PUB and heartbeat PUB.
+
+Everything runs in the node's own OS thread with its own gevent hub (see
+``loop.py``); public methods called from other threads hand their work to it.
+Requests run in a greenlet each (``hosting.py``), so handlers may block on other
+actors, themselves included, without deadlock.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import logging
+import os
+import socket as _socket
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import gevent
+import msgpack
+import zmq
+from gevent.event import Event
+
+from . import wire
+from .actor import Actor, current_context, module_actor_classes, type_name_of
+from .directory import Directory, Member
+from .errors import (
+    ActorStopped,
+    CallTimeout,
+    NoNodeForType,
+    NoSuchActor,
+    NoSuchMethod,
+    NodeDown,
+    NodeStopped,
+    ProtocolError,
+    SerializationError,
+    ZcellError,
+    remote_error,
+)
+from .heartbeat import HeartbeatThread
+from .hosting import Host
+from .loop import Flag, LoopThread
+from .proxy import ActorProxy
+from .result import AsyncResult, ScatterResult
+from .transport import Context, Socket, TransportClosed, bind_random
+from .wire import (
+    C_ARGS,
+    C_ID,
+    C_OP,
+    C_SRC,
+    C_TTL,
+    CTRL,
+    DIRECTORY,
+    ERROR,
+    F_EMIT,
+    F_NOWAIT,
+    F_THROW,
+    HEARTBEAT,
+    HELLO,
+    LEAVING,
+    LEFT,
+    OK,
+    P_ID,
+    P_SRC,
+    P_STATUS,
+    PROTOCOL_VERSION,
+    REP,
+    REQ,
+    SCATTER,
+    WELCOME,
+    ZERROR,
+)
+
+log = logging.getLogger("zcell.node")
+
+__all__ = ["Node"]
+
+V = PROTOCOL_VERSION
+_names = itertools.count(1)  # only to number default names: "<host>-<pid>", "-2", ...
+_ZERRORS: dict[str, type[ZcellError]] = {
+    cls.__name__: cls
+    for cls in (
+        NoSuchActor,
+        NoSuchMethod,
+        ActorStopped,
+        NoNodeForType,
+        SerializationError,
+        CallTimeout,
+        NodeStopped,
+        ZcellError,
+    )
+}
+
+
+def zcell_error(value: Any) -> ZcellError:
+    """Rebuild a zcell error sent as [class name, message]."""
+    if isinstance(value, list) and len(value) == 2:
+        cls = _ZERRORS.get(str(value[0]), ZcellError)
+        return cls(str(value[1]))
+    return ZcellError(str(value))
+
+
+def _default_name() -> str:
+    n = next(_names)
+    base = f"{_socket.gethostname()}-{os.getpid()}"
+    return base if n == 1 else f"{base}-{n}"
+
+
+class Node:
+    """A seat in the mesh: binds sockets, discovers peers, hosts actors, sends.
+
+    Args:
+        name: Unique name in the mesh; default ``<hostname>-<pid>`` (``-2``, ``-3``
+            for further nodes in the same process).
+        cluster: Meshes with different cluster names never mix.
+        host: Address to bind; ``127.0.0.1`` (default) is a mesh on this machine.
+        port: Inbox port (0: random). The PUB sockets always use random ports.
+        peers: Inbox endpoints (``tcp://host:port``) of nodes to join.
+        discovery: ``"mdns"`` (zeroconf) or ``"static"`` (no multicast at all).
+        actors: Actor classes, ``"module"`` or ``"module:Class"`` names this node
+            may host.
+        secret: Cluster secret (reserved for CURVE encryption; see docs/security.md).
+        heartbeat: Seconds between heartbeats; a peer silent for ~3 is down.
+        concurrency: Most handlers running at once on this node.
+        max_message_size: Largest message, in bytes, sent or accepted.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        cluster: str = "zcell",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        peers: Iterable[str] = (),
+        discovery: str = "mdns",
+        actors: Iterable[Any] = (),
+        secret: str | None = None,
+        heartbeat: float = 1.0,
+        concurrency: int = 1000,
+        max_message_size: int = wire.DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        if discovery not in ("mdns", "static"):
+            raise ValueError(f'discovery must be "mdns" or "static", not {discovery!r}')
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if heartbeat <= 0:
+            raise ValueError("heartbeat must be positive")
+        self.id = uuid.uuid4().hex[:16]
+        self.boot = uuid.uuid4().hex[:8]
+        self.name = name or _default_name()
+        self.cluster = cluster
+        self.host = host
+        self.port = port
+        self.discovery = discovery
+        self.secret = secret if secret is not None else os.environ.get("ZCELL_SECRET") or None
+        self.heartbeat = heartbeat
+        self.concurrency = concurrency
+        self.max_message_size = max_message_size
+        self.endpoints: dict[str, str] = {}
+        self._peers = list(peers)
+        self._actor_specs = list(actors)
+        self._types: dict[str, type[Actor]] = {}
+        self._known: dict[str, type[Actor]] = {}
+        self._members: dict[str, Member] = {}
+        self.directory = Directory()
+        self._pending: dict[int, tuple[Any, str, float | None]] = {}
+        self._req_ids = itertools.count(1)
+        self._chains = itertools.count(int.from_bytes(os.urandom(4), "big") << 20)
+        self._dir_seq = 0
+        self._seeds: dict[str, float] = {}  # inbox endpoint -> expiry (inf: forever)
+        self._hello_inflight: set[str] = set()
+        self._dealers: dict[str, Socket] = {}
+        self._scatter_seen: dict[tuple[str, int], None] = {}
+        self._subscribed: set[str] = set()
+        self._state = "new"
+        self._started_at = 0.0
+        self._loop = LoopThread(f"zcell-{self.name}")
+        self._stop_event: Event | None = None
+        self._codec = wire.Codec(self._make_proxy, max_message_size)
+        self.stats: dict[str, int] = dict.fromkeys(
+            (
+                "messages_in",
+                "messages_out",
+                "errors",
+                "dropped_bad_frames",
+                "dropped_stale",
+                "dropped_expired",
+                "late_replies",
+                "nowait_failures",
+            ),
+            0,
+        )
+        self.host_ = Host(self)
+        self._ctx: Context | None = None
+        self._hb: HeartbeatThread | None = None
+        self._disc: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> Node:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 10.0) -> Node:
+        """Bind, start the loop thread, join the mesh. Returns the node."""
+        if self._state != "new":
+            raise NodeStopped(f"node {self.name} was already started; create a new Node")
+        for spec in self._actor_specs:
+            for cls in _resolve_actor_spec(spec):
+                self._types[cls.name] = cls
+        self._known.update(self._types)
+        self._state = "starting"
+        self._loop.start(self._main)
+        try:
+            self._loop.call(self._start_in_loop, timeout=timeout)
+        except BaseException:
+            self._state = "running"
+            self.stop(timeout=1)
+            raise
+        self._state = "running"
+        self._started_at = time.time()
+        return self
+
+    def _main(self) -> None:
+        self._stop_event = Event()
+        self._stop_event.wait()
+
+    def _start_in_loop(self) -> None:
+        hub = self._loop.hub
+        ctx = self._ctx = Context(self.max_message_size, self.heartbeat)
+        self._inbox = ctx.socket(zmq.ROUTER, hub)
+        self._pub = ctx.socket(zmq.XPUB, hub)
+        self._pub.setsockopt(zmq.XPUB_NODROP, 1)
+        self._sub = ctx.socket(zmq.SUB, hub)
+        self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+        # A topic nothing is published on: its arrival at a peer's XPUB tells
+        # that peer exactly when our SUB is connected.
+        self._sub.setsockopt(zmq.SUBSCRIBE, b"\xff" + self.id.encode())
+        inbox = bind_random(self._inbox, self.host, self.port)
+        pub = bind_random(self._pub, self.host)
+        self._hb = HeartbeatThread(
+            ctx.zmq, self.host, self.heartbeat, self._heartbeat_frame, self._configure_hb
+        )
+        hb = self._hb.start()
+        if self.host in ("0.0.0.0", "*"):
+            hb = hb.replace("0.0.0.0", inbox.split("//")[1].rsplit(":", 1)[0])
+        self.endpoints = {"inbox": inbox, "pub": pub, "hb": hb}
+        gevent.spawn(self._read_inbox)
+        gevent.spawn(self._read_sub)
+        gevent.spawn(self._read_pub)
+        gevent.spawn(self._housekeeping)
+        for peer in self._peers:
+            self._seeds[peer] = float("inf")
+            self._hello(peer)
+        if self.discovery == "mdns":
+            self._start_discovery()
+
+    def _configure_hb(self, sock: Any) -> None:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 10)
+
+    def _start_discovery(self) -> None:
+        from .discovery import Discovery
+
+        def port(endpoint: str) -> int:
+            return int(endpoint.rsplit(":", 1)[1])
+
+        self._disc = Discovery(
+            cluster=self.cluster,
+            node_id=self.id,
+            boot_id=self.boot,
+            name=self.name,
+            host=self.host,
+            inbox_port=port(self.endpoints["inbox"]),
+            pub_port=port(self.endpoints["pub"]),
+            hb_port=port(self.endpoints["hb"]),
+            secure=self.secret is not None,
+            on_peer=lambda ad: self._loop.submit(self._on_ad, ad),
+        )
+        self._loop.hub.threadpool.apply(self._disc.start)
+
+    def _on_ad(self, ad: Any) -> None:
+        if self._state not in ("starting", "running") or ad.cluster != self.cluster:
+            return
+        member = self._members.get(ad.node_id)
+        if member is None:
+            self._seeds[ad.inbox] = time.monotonic() + 600.0
+            self._hello(ad.inbox)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Leave the mesh gracefully.
+
+        Announces the departure (no new work is placed here), lets in-flight
+        handlers finish until ``timeout``, fails what is left with
+        ``ActorStopped``, runs ``on_stop`` hooks, announces that it has left and
+        closes everything. Idempotent.
+        """
+        if self._state in ("stopping", "stopped"):
+            if self._state == "stopping" and not self._loop.in_loop():
+                self._loop.join(timeout + 5)
+            return
+        if self._state == "new":
+            self._state = "stopped"
+            return
+        self._state = "stopping"
+        try:
+            self._loop.call(self._stop_in_loop, timeout, timeout=timeout + 10)
+        except Exception:
+            log.exception("zcell: node %s did not stop cleanly", self.name)
+        finally:
+            self._state = "stopped"
+        if not self._loop.in_loop():
+            self._loop.join(5)
+
+    def _stop_in_loop(self, timeout: float) -> None:
+        try:
+            self._publish([V, LEAVING, self.id, self.boot], timeout=0.5)
+            self.host_.drain(timeout)
+            self._publish([V, LEFT, self.id, self.boot], timeout=0.5)
+        except Exception:
+            log.debug("zcell: leave announcement failed", exc_info=True)
+        if self._disc is not None:
+            try:
+                self._loop.hub.threadpool.apply(self._disc.stop)
+            except Exception:
+                log.debug("zcell: discovery stop failed", exc_info=True)
+        for rid, (result, _, _) in list(self._pending.items()):
+            self._fail_pending(rid, result, NodeStopped(f"node {self.name} stopped"))
+        if self._hb is not None:
+            self._hb.stop()
+        gevent.sleep(0.02)  # let the LEFT frame reach the wire before closing
+        if self._ctx is not None:
+            for sock in list(self._ctx.sockets):
+                sock.close()
+            self._ctx.zmq.term()
+        assert self._stop_event is not None
+        self._stop_event.set()
+
+    def _check_running(self) -> None:
+        if self._state != "running":
+            if self._state == "new":
+                raise NodeStopped(f"node {self.name} is not started: call start() or use `with`")
+            raise NodeStopped(f"node {self.name} is stopped; create a new Node")
+
+    def _run(self, fn: Any, *args: Any, timeout: float | None = 30.0) -> Any:
+        """Run ``fn`` in the loop thread (directly when already there)."""
+        if self._loop.in_loop():
+            return fn(*args)
+        return self._loop.call(fn, *args, timeout=timeout)
+
+    # ------------------------------------------------------------------ identity
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "boot": self.boot,
+            "name": self.name,
+            "cluster": self.cluster,
+            "inbox": self.endpoints["inbox"],
+            "pub": self.endpoints["pub"],
+            "hb": self.endpoints["hb"],
+            "types": sorted(self._types),
+            "started": self._started_at or time.time(),
+        }
+
+    def _heartbeat_frame(self) -> bytes:
+        # Called from the heartbeat thread: its own packb, no shared packer.
+        frame: bytes = msgpack.packb(
+            [V, HEARTBEAT, self.id, self.boot, self._dir_seq, self.host_.in_flight,
+             len(self.host_.actors)]
+        )
+        return frame
+
+    def _make_proxy(self, actor_id: str, name: str, node_id: str) -> ActorProxy:
+        return ActorProxy(self, actor_id, name, node_id)
+
+    def _class_for(self, type_name: str) -> type[Actor] | None:
+        return self._known.get(type_name)
+
+    # ------------------------------------------------------------------ sending
+
+    def _send_frame(
+        self, node_id: str, frame: bytes, deadline: float | None, callback: bool = False
+    ) -> bool:
+        """Deliver one encoded frame to a node's inbox (in the loop thread).
+
+        With ``callback=True`` (inside a hub callback) it never waits: it returns
+        False when the frame must be sent from a greenlet instead.
+        """
+        if node_id == self.id:
+            self.stats["messages_out"] += 1
+            self._on_frame(frame)
+            return True
+        member = self._members.get(node_id)
+        if member is None or member.dealer is None:
+            raise NodeDown(f"node {node_id} is not (or no longer) in the mesh")
+        try:
+            if callback:
+                if not member.dealer.try_send(frame):
+                    return False
+            else:
+                member.dealer.send(frame, deadline)
+        except TransportClosed:
+            raise NodeDown(f"node {member.name} left while sending") from None
+        self.stats["messages_out"] += 1
+        return True
+
+    def _publish(self, message: list[Any], timeout: float = 5.0) -> None:
+        self._pub.send(self._codec.encode(message), time.monotonic() + timeout)
+
+    def _encode(self, message: list[Any]) -> bytes:
+        if self._loop.in_loop():
+            return self._codec.encode(message)
+        # The shared packer belongs to the loop thread; other threads pack alone.
+        try:
+            data: bytes = msgpack.packb(message, default=wire._default, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SerializationError(
+                f"{exc}; zcell sends only msgpack types (None, bool, int, float, str, "
+                "bytes, list, dict) and actor proxies"
+            ) from exc
+        if len(data) > self.max_message_size:
+            raise SerializationError(
+                f"message of {len(data)} bytes exceeds max_message_size="
+                f"{self.max_message_size}; send less, or raise Node(max_message_size=...)"
+            )
+        return data
+
+    def _deliver(
+        self,
+        mode: str,
+        ref: ActorProxy,
+        method: str,
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        origin: ActorProxy | None = None,
+    ) -> Any:
+        """Carry out a proxy primitive (send/call/throw/scatter/emit)."""
+        self._check_running()
+        in_loop = self._loop.in_loop()
+        ctx = current_context() if in_loop else None
+        nowait = bool(options.get("nowait", False)) or mode == "emit"
+        timeout = options.get("timeout")
+        if timeout is None:
+            cls = ref._cls
+            timeout = cls.default_timeout if cls is not None else Actor.default_timeout
+        now = time.monotonic()
+        deadline = now + timeout
+        if ctx is not None:
+            if ctx.deadline is not None and ctx.deadline < deadline:
+                deadline = ctx.deadline
+            chain = ctx.chain
+            if origin is None:
+                origin = ctx.actor.ref
+        else:
+            chain = next(self._chains)
+        ttl = max(0, int((deadline - now) * 1000))
+        rid = next(self._req_ids)
+        flags = (F_NOWAIT if nowait else 0) | (F_EMIT if mode == "emit" else 0)
+
+        if mode == "scatter":
+            return self._scatter(ref.name, method, kwargs, options, rid, chain, ttl, deadline,
+                                 flags, origin, in_loop)
+        target_id, node_id, seen = ref.id, ref.node_id, None
+        if mode == "throw":
+            flags |= F_THROW
+            picked = self._run(self._pick, ref.name) if not in_loop else self._pick(ref.name)
+            if picked is None:
+                raise NoSuchActor(
+                    f"no actor of type {ref.name} in the mesh; spawn one (node.spawn) or "
+                    "wait for one (node.wait_for(type=...))"
+                )
+            target_id, node_id = picked
+            seen = [target_id]
+        frame = self._encode(
+            [V, REQ, rid, self.id, self.boot, chain, ttl, target_id, method, kwargs, flags,
+             origin, seen]
+        )
+        if nowait:
+            if in_loop:
+                self._send_frame(node_id, frame, deadline)
+            else:
+                self._loop.submit(self._send_nowait_cb, node_id, frame, deadline)
+            return None
+        result = AsyncResult(rid, deadline, self._cancel_pending)
+        if in_loop:
+            self._pending[rid] = (result, node_id, deadline)
+            try:
+                self._send_frame(node_id, frame, deadline)
+            except ZcellError as exc:
+                self._fail_pending(rid, result, exc)
+        else:
+            self._loop.submit(self._send_request_cb, node_id, frame, deadline, rid, result)
+        if mode == "call":
+            return result
+        return result.get()
+
+    def _pick(self, type_name: str) -> tuple[str, str] | None:
+        leaving = {m.id for m in self._members.values() if m.leaving}
+        for _ in range(len(self.directory.of_type(type_name)) or 1):
+            picked = self.directory.next_of_type(type_name)
+            if picked is None or picked[1] not in leaving:
+                return picked
+        return picked
+
+    def _send_nowait_cb(self, node_id: str, frame: bytes, deadline: float) -> None:
+        try:
+            if not self._send_frame(node_id, frame, deadline, callback=True):
+                gevent.spawn(self._send_blocking, node_id, frame, deadline, None)
+        except ZcellError as exc:
+            log.warning("zcell: nowait message to %s not sent: %s", node_id, exc)
+
+    def _send_request_cb(
+        self, node_id: str, frame: bytes, deadline: float, rid: int, result: AsyncResult
+    ) -> None:
+        self._pending[rid] = (result, node_id, deadline)
+        # A hub callback must not block: try once, else finish in a greenlet.
+        try:
+            if not self._send_frame(node_id, frame, deadline, callback=True):
+                gevent.spawn(self._send_blocking, node_id, frame, deadline, rid)
+        except ZcellError as exc:
+            self._fail_pending(rid, result, exc)
+
+    def _send_blocking(self, node_id: str, frame: bytes, deadline: float, rid: int | None) -> None:
+        try:
+            self._send_frame(node_id, frame, deadline)
+        except ZcellError as exc:
+            if rid is None:
+                log.warning("zcell: nowait message to %s not sent: %s", node_id, exc)
+            else:
+                entry = self._pending.get(rid)
+                if entry is not None:
+                    self._fail_pending(rid, entry[0], exc)
+
+    def _fail_pending(self, rid: int, result: Any, exc: BaseException) -> None:
+        self._pending.pop(rid, None)
+        if isinstance(result, ScatterResult):
+            result.close()
+        else:
+            result._complete(error=exc)
+
+    def _cancel_pending(self, rid: int) -> None:
+        if self._loop.in_loop():
+            self._pending.pop(rid, None)
+        elif self._state == "running":
+            self._loop.submit(self._pending.pop, rid, None)
+
+    def _scatter(
+        self,
+        type_name: str,
+        method: str,
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        rid: int,
+        chain: int,
+        ttl: int,
+        deadline: float,
+        flags: int,
+        origin: ActorProxy | None,
+        in_loop: bool,
+    ) -> ScatterResult | None:
+        limit = options.get("limit")
+        propagate = options.get("propagate", True)
+        frame = self._encode(
+            [V, SCATTER, rid, self.id, self.boot, chain, ttl, type_name, method, kwargs, flags,
+             origin, None]
+        )
+        nowait = bool(flags & F_NOWAIT)
+        box: list[ScatterResult | None] = [None]
+
+        def send() -> None:
+            expected = dict(self.directory.of_type(type_name))
+            if not nowait:
+                result = ScatterResult(rid, expected, deadline, limit, propagate,
+                                       self._cancel_pending)
+                box[0] = result
+                if not expected:
+                    return
+                self._pending[rid] = (result, "", deadline)
+            nodes = set(expected.values())
+            direct = [n for n in nodes if n == self.id or not self._subscribed_member(n)]
+            if len(direct) < len(nodes):
+                self._pub.send(frame, deadline)
+            for node_id in direct:
+                try:
+                    self._send_frame(node_id, frame, deadline)
+                except ZcellError as exc:
+                    log.debug("zcell: scatter to %s failed: %s", node_id, exc)
+                    if box[0] is not None:
+                        box[0]._node_down(node_id)
+
+        self._run(send, timeout=max(1.0, deadline - time.monotonic()))
+        return box[0]
+
+    def _subscribed_member(self, node_id: str) -> bool:
+        member = self._members.get(node_id)
+        return member is not None and member.subscribed
+
+    # ------------------------------------------------------------------ receiving
+
+    def _read_inbox(self) -> None:
+        on_frame = self._on_frame
+        for frames in self._inbox.recv_loop():
+            if len(frames) != 2:
+                self.stats["dropped_bad_frames"] += 1
+                continue
+            on_frame(frames[1])
+
+    def _read_sub(self) -> None:
+        for frame in self._sub.recv_loop():
+            self._on_frame(frame, from_pub=True)
+
+    def _read_pub(self) -> None:
+        # Subscription messages: b"\x01" (subscribe) / b"\x00" + topic.
+        for frames in self._pub.recv_loop(recheck=0.05):
+            data = frames[0]
+            if len(data) > 1 and data[1:2] == b"\xff":
+                node_id = data[2:].decode("ascii", "replace")
+                if data[0] == 1:
+                    self._subscribed.add(node_id)
+                else:
+                    self._subscribed.discard(node_id)
+                member = self._members.get(node_id)
+                if member is not None:
+                    member.subscribed = data[0] == 1
+
+    def _on_frame(self, frame: bytes, from_pub: bool = False) -> None:
+        try:
+            msg = self._codec.decode(frame)
+        except ProtocolError as exc:
+            self.stats["dropped_bad_frames"] += 1
+            log.debug("zcell: dropped a bad frame: %s", exc)
+            return
+        except Exception:  # a proxy factory or hook must never kill the reader
+            self.stats["dropped_bad_frames"] += 1
+            log.exception("zcell: dropped a frame that failed to decode")
+            return
+        self.stats["messages_in"] += 1
+        kind = msg[1]
+        try:
+            if kind == REP:
+                self._on_reply(msg)
+            elif kind == REQ:
+                if self._admit(msg):
+                    self.host_.request(msg)
+            elif kind == SCATTER:
+                if self._admit(msg) and self._first_scatter(msg):
+                    self.host_.scatter(msg)
+            elif kind == HEARTBEAT:
+                self._on_heartbeat(msg)
+            elif kind == CTRL:
+                if self._admit_ctrl(msg):
+                    gevent.spawn(self._on_ctrl, msg)
+            elif kind == DIRECTORY:
+                self._on_directory(msg)
+            elif kind == HELLO:
+                self._on_hello(msg[2])
+            elif kind == WELCOME:
+                self._on_welcome(msg)
+            elif kind in (LEAVING, LEFT):
+                self._on_leave(msg)
+        except Exception:
+            self.stats["dropped_bad_frames"] += 1
+            log.exception("zcell: message of kind %s could not be handled", kind)
+
+    def _admit(self, msg: list[Any]) -> bool:
+        """Requests only from current members (right boot id), and not past deadline."""
+        src = msg[wire.R_SRC]
+        if src != self.id:
+            member = self._members.get(src)
+            if member is None or member.boot != msg[wire.R_BOOT]:
+                self.stats["dropped_stale"] += 1
+                return False
+            member.last_seen = time.monotonic()
+        return True
+
+    def _admit_ctrl(self, msg: list[Any]) -> bool:
+        src = msg[C_SRC]
+        if src == self.id:
+            return True
+        member = self._members.get(src)
+        if member is None or member.boot != msg[wire.C_BOOT]:
+            self.stats["dropped_stale"] += 1
+            return False
+        return True
+
+    def _first_scatter(self, msg: list[Any]) -> bool:
+        # A scatter can arrive twice (PUB and direct) around a subscription.
+        key = (msg[wire.R_SRC], msg[wire.R_ID])
+        seen = self._scatter_seen
+        if key in seen:
+            return False
+        seen[key] = None
+        if len(seen) > 4096:
+            for old in list(itertools.islice(seen, 2048)):
+                del seen[old]
+        return True
+
+    def _on_reply(self, msg: list[Any]) -> None:
+        rid = msg[P_ID]
+        entry = self._pending.get(rid)
+        if entry is None:
+            self.stats["late_replies"] += 1
+            return
+        result = entry[0]
+        status = msg[P_STATUS]
+        value = msg[5] if len(msg) > 5 else None
+        if isinstance(result, ScatterResult):
+            if not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], str):
+                self.stats["dropped_bad_frames"] += 1
+                return
+            actor_id, payload = value
+            if status == OK:
+                result._push(actor_id, False, payload, False)
+            elif status == wire.DECLINED:
+                result._push(actor_id, False, None, True)
+            else:
+                result._push(actor_id, True, self._error_from(status, payload), False)
+            return
+        del self._pending[rid]
+        if status == OK:
+            result._complete(value)
+        else:
+            result._complete(error=self._error_from(status, value))
+
+    def _error_from(self, status: int, value: Any) -> ZcellError:
+        if status == ERROR and isinstance(value, list) and len(value) == 4:
+            return remote_error(*(str(v) for v in value))
+        if status == ZERROR:
+            return zcell_error(value)
+        return ZcellError(f"malformed error reply: {value!r}")
+
+    # ------------------------------------------------------------------ membership
+
+    def _dealer_for(self, endpoint: str) -> Socket:
+        dealer = self._dealers.get(endpoint)
+        if dealer is None or dealer.closed:
+            assert self._ctx is not None
+            dealer = self._ctx.socket(zmq.DEALER, self._loop.hub)
+            dealer.connect(endpoint)
+            self._dealers[endpoint] = dealer
+        return dealer
+
+    def _hello(self, endpoint: str) -> None:
+        """Introduce ourselves to the node at ``endpoint`` (it answers WELCOME)."""
+        if endpoint == self.endpoints.get("inbox") or endpoint in self._hello_inflight:
+            return
+        if any(m.inbox == endpoint for m in self._members.values()):
+            return
+        self._hello_inflight.add(endpoint)
+        gevent.spawn(self._hello_send, endpoint)
+
+    def _hello_send(self, endpoint: str) -> None:
+        try:
+            dealer = self._dealer_for(endpoint)
+            dealer.send(self._codec.encode([V, HELLO, self._info()]), time.monotonic() + 1.0)
+        except (ZcellError, OSError) as exc:
+            log.debug("zcell: hello to %s not delivered yet: %s", endpoint, exc)
+        finally:
+            self._hello_inflight.discard(endpoint)
+
+    def _add_member(self, info: dict[str, Any]) -> Member | None:
+        if info["cluster"] != self.cluster or info["id"] == self.id:
+            if info["cluster"] != self.cluster:
+                self.stats["dropped_stale"] += 1
+            return None
+        member = self._members.get(info["id"])
+        if member is not None:
+            if member.boot == info["boot"]:
+                member.last_seen = time.monotonic()
+                return member
+            self._member_down(member, "restarted with a new boot id")
+        # A node restarted on the same inbox address is a new member: the old
+        # one is gone for good.
+        for old in list(self._members.values()):
+            if old.inbox == info["inbox"]:
+                self._member_down(old, "replaced by a new node at the same address")
+        member = Member.from_info(info)
+        member.dealer = self._dealer_for(member.inbox)
+        member.subscribed = member.id in self._subscribed
+        self._members[member.id] = member
+        try:
+            self._sub.connect(member.pub)
+            self._sub.connect(member.hb)
+        except ZcellError:
+            log.warning("zcell: cannot subscribe to %s", member.name)
+        log.info("zcell: %s joined (%s)", member.name, member.inbox)
+        return member
+
+    def _on_hello(self, info: dict[str, Any]) -> None:
+        member = self._add_member(info)
+        if member is None:
+            return
+        welcome = self._codec.encode(
+            [V, WELCOME, self._info(), self._dir_seq, self.host_.snapshot(),
+             [self._member_info(m) for m in self._members.values() if m.id != member.id]]
+        )
+        gevent.spawn(self._send_quiet, member, welcome)
+
+    def _send_quiet(self, member: Member, frame: bytes) -> None:
+        try:
+            member.dealer.send(frame, time.monotonic() + 2.0)
+        except ZcellError as exc:
+            log.debug("zcell: could not answer %s: %s", member.name, exc)
+
+    def _member_info(self, m: Member) -> dict[str, Any]:
+        return {"id": m.id, "boot": m.boot, "name": m.name, "cluster": m.cluster,
+                "inbox": m.inbox, "pub": m.pub, "hb": m.hb}
+
+    def _on_welcome(self, msg: list[Any]) -> None:
+        info, seq, actors, members = msg[2], msg[3], msg[4], msg[5]
+        member = self._add_member(info)
+        if member is None:
+            return
+        member.dir_seq = seq
+        self.directory.replace_node(member.id, actors)
+        # Gossip only suggests addresses; membership needs first-hand contact.
+        now = time.monotonic()
+        for other in members:
+            if other["cluster"] == self.cluster and other["id"] not in self._members:
+                if other["id"] != self.id:
+                    self._seeds.setdefault(other["inbox"], now + 60.0)
+                    self._hello(other["inbox"])
+
+    def _on_heartbeat(self, msg: list[Any]) -> None:
+        member = self._members.get(msg[2])
+        if member is None or member.boot != msg[3]:
+            return
+        member.last_seen = time.monotonic()
+        member.load = msg[5]
+        member.n_actors = msg[6]
+        if msg[4] > member.dir_seq:
+            gevent.spawn(self._resync, member)
+
+    def _on_directory(self, msg: list[Any]) -> None:
+        member = self._members.get(msg[2])
+        if member is None or member.boot != msg[3]:
+            return
+        seq, op, (actor_id, type_name) = msg[4], msg[5], msg[6]
+        if seq <= member.dir_seq:
+            return
+        if seq != member.dir_seq + 1:
+            gevent.spawn(self._resync, member)
+            return
+        member.dir_seq = seq
+        if op == "+":
+            self.directory.add(actor_id, type_name, member.id)
+        elif op == "-":
+            self.directory.remove(actor_id)
+            self._actor_gone(actor_id)
+        else:
+            member.types.add(type_name)
+
+    def _resync(self, member: Member) -> None:
+        try:
+            seq, actors, types = self._ctrl(member.id, "snapshot", {}, 5.0)
+        except ZcellError as exc:
+            log.debug("zcell: snapshot from %s failed: %s", member.name, exc)
+            return
+        if self._members.get(member.id) is member and seq >= member.dir_seq:
+            member.dir_seq = seq
+            member.types = set(types)
+            wire.check_actor_list(actors)
+            self.directory.replace_node(member.id, actors)
+
+    def _on_leave(self, msg: list[Any]) -> None:
+        member = self._members.get(msg[2])
+        if member is None or member.boot != msg[3]:
+            return
+        if msg[1] == LEAVING:
+            member.leaving = True
+        else:
+            self._member_down(member, "left")
+            self._seeds.pop(member.inbox, None)
+
+    def _member_down(self, member: Member, reason: str) -> None:
+        if self._members.get(member.id) is not member:
+            return
+        del self._members[member.id]
+        log.info("zcell: %s is down (%s)", member.name, reason)
+        gone = self.directory.remove_node(member.id)
+        for actor_id in gone:
+            self._actor_gone(actor_id)
+        error = NodeDown(f"node {member.name} went down ({reason}); the outcome is unknown")
+        for rid, (result, node_id, _) in list(self._pending.items()):
+            if isinstance(result, ScatterResult):
+                result._node_down(member.id)
+            elif node_id == member.id:
+                self._fail_pending(rid, result, error)
+        for endpoint in (member.pub, member.hb):
+            try:
+                self._sub.raw.disconnect(endpoint)
+            except zmq.ZMQError:
+                pass
+        dealer = self._dealers.pop(member.inbox, None)
+        if dealer is not None:
+            dealer.close()
+            if self._ctx is not None and dealer in self._ctx.sockets:
+                self._ctx.sockets.remove(dealer)
+        # It may come back (a healed partition): keep knocking for a while.
+        if self._seeds.get(member.inbox, 0) != float("inf"):
+            self._seeds[member.inbox] = time.monotonic() + 300.0
+
+    def _actor_gone(self, actor_id: str) -> None:
+        self.host_.forget_binding_target(actor_id)
+
+    def _housekeeping(self) -> None:
+        """Liveness checks, expired calls, and knocking on seeds that are not members."""
+        interval = min(0.2 * self.heartbeat, 0.25)
+        down_after = 2.6 * self.heartbeat
+        last = time.monotonic()
+        next_knock = 0.0
+        while True:
+            gevent.sleep(interval)
+            now = time.monotonic()
+            if now - last > interval + self.heartbeat:
+                # Our own loop was blocked: the heartbeats queued meanwhile have
+                # not been read yet, so give everyone a grace period.
+                log.warning("zcell: node %s loop was blocked for %.1fs", self.name, now - last)
+                for member in self._members.values():
+                    member.last_seen = max(member.last_seen, now)
+            last = now
+            for member in list(self._members.values()):
+                if now - member.last_seen > down_after:
+                    self._member_down(member, f"silent for {now - member.last_seen:.1f}s")
+            for rid, (result, _, deadline) in list(self._pending.items()):
+                if deadline is not None and now > deadline + 0.05:
+                    if isinstance(result, ScatterResult):
+                        self._pending.pop(rid, None)
+                    else:
+                        self._fail_pending(
+                            rid, result, CallTimeout(f"no reply to request {rid} in time")
+                        )
+            if now >= next_knock:
+                next_knock = now + 1.0
+                member_inboxes = {m.inbox for m in self._members.values()}
+                for endpoint, expiry in list(self._seeds.items()):
+                    if expiry < now:
+                        del self._seeds[endpoint]
+                    elif endpoint not in member_inboxes:
+                        self._hello(endpoint)
+
+    # ------------------------------------------------------------------ control calls
+
+    def _ctrl(self, node_id: str, op: str, args: dict[str, Any], timeout: float) -> Any:
+        """A control call to a node (spawn, kill, bind, unbind, snapshot)."""
+        rid = next(self._req_ids)
+        deadline = time.monotonic() + timeout
+        frame = self._encode(
+            [V, CTRL, rid, self.id, self.boot, int(timeout * 1000), op, args]
+        )
+        result = AsyncResult(rid, deadline, self._cancel_pending)
+        if self._loop.in_loop():
+            self._pending[rid] = (result, node_id, deadline)
+            try:
+                self._send_frame(node_id, frame, deadline)
+            except ZcellError as exc:
+                self._fail_pending(rid, result, exc)
+        else:
+            self._loop.submit(self._send_request_cb, node_id, frame, deadline, rid, result)
+        return result.get()
+
+    def _on_ctrl(self, msg: list[Any]) -> None:
+        rid, src, op, args = msg[C_ID], msg[C_SRC], msg[C_OP], msg[C_ARGS]
+        ttl = msg[C_TTL]
+        try:
+            value = self.host_.control(op, args, src)
+        except ZcellError as exc:
+            self.reply(src, rid, ZERROR, [type(exc).__name__, str(exc)], ttl)
+        except Exception as exc:
+            self.reply(src, rid, ERROR, self.host_.error_info(exc), ttl)
+        else:
+            self.reply(src, rid, OK, value, ttl)
+
+    def reply(self, node_id: str, rid: int, status: int, value: Any, ttl: int | None) -> None:
+        """Send a reply to a caller's inbox (or complete it here for local callers)."""
+        try:
+            frame = self._codec.encode([V, REP, rid, self.id, status, value])
+        except SerializationError as exc:
+            frame = self._codec.encode(
+                [V, REP, rid, self.id, ZERROR, ["SerializationError",
+                                                f"the handler's return value cannot travel: {exc}"]]
+            )
+        deadline = time.monotonic() + (ttl / 1000 if ttl else 5.0)
+        try:
+            self._send_frame(node_id, frame, deadline)
+        except ZcellError as exc:
+            log.debug("zcell: reply %s to %s lost: %s", rid, node_id, exc)
+
+    # ------------------------------------------------------------------ directory news
+
+    def _announce(self, op: str, actor_id: str, type_name: str) -> None:
+        """Publish a change to this node's own actors (or types)."""
+        self._dir_seq += 1
+        if op == "+":
+            self.directory.add(actor_id, type_name, self.id)
+        elif op == "-":
+            self.directory.remove(actor_id)
+        try:
+            self._publish([V, DIRECTORY, self.id, self.boot, self._dir_seq, op,
+                           [actor_id, type_name]], timeout=1.0)
+        except ZcellError as exc:
+            # Peers notice the gap in the numbers and pull a snapshot.
+            log.debug("zcell: directory news not published: %s", exc)
+
+    def register(self, cls: type[Actor]) -> None:
+        """Allow this node to host ``cls`` (as ``Node(actors=[cls])`` does at start)."""
+        name = type_name_of(cls)
+        self._known[name] = cls
+        if self._types.get(name) is not cls:
+            self._types[name] = cls
+            if self._state == "running":
+                self._run(self._announce, "t", "", name)
+
+    # ------------------------------------------------------------------ public API
+
+    def spawn(
+        self,
+        cls: Any,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        on: str | None = None,
+        nowait: bool = False,
+        timeout: float | None = None,
+        **kw: Any,
+    ) -> ActorProxy:
+        """Start an actor somewhere in the mesh and return its proxy.
+
+        Args:
+            cls: An Actor class or its type-name string.
+            kwargs: Keyword arguments for ``state.__init__`` (or give them as ``**kw``).
+            on: Node name or id to place it on. Default: the least-loaded node
+                that registered the type; only when none did, this node (when the
+                program has the class).
+            nowait: Return the proxy without waiting for the actor to start.
+            timeout: Bound on the wait (default ``Actor.default_timeout``).
+
+        Raises:
+            NoNodeForType: no node can host the type.
+            RemoteError: the state's constructor raised.
+            TypeError: a ``__main__`` class without an explicit ``name``.
+        """
+        self._check_running()
+        name = type_name_of(cls)
+        args = dict(kwargs or {}, **kw)
+        if isinstance(cls, type):
+            self._known.setdefault(name, cls)
+        if timeout is None:
+            timeout = cls.default_timeout if isinstance(cls, type) else Actor.default_timeout
+        node_id = self._run(self._place, name, cls, on)
+        actor_id = uuid.uuid4().hex
+        proxy = ActorProxy(self, actor_id, name, node_id, cls if isinstance(cls, type) else None)
+        self._encode(args)  # SerializationError before anything is sent
+        if nowait:
+            self._run(lambda: gevent.spawn(self._spawn_quiet, node_id, name, args, actor_id))
+            return proxy
+        self._ctrl(node_id, "spawn", {"type": name, "kwargs": args, "id": actor_id}, timeout)
+        self._run(self.directory.add, actor_id, name, node_id)
+        return proxy
+
+    def _spawn_quiet(self, node_id: str, name: str, args: dict[str, Any], actor_id: str) -> None:
+        try:
+            self._ctrl(node_id, "spawn", {"type": name, "kwargs": args, "id": actor_id}, 30.0)
+        except Exception:
+            log.exception("zcell: nowait spawn of %s failed", name)
+
+    def _place(self, name: str, cls: Any, on: str | None) -> str:
+        if on is not None:
+            if on in (self.id, self.name):
+                return self.id
+            for member in self._members.values():
+                if on in (member.id, member.name):
+                    return member.id
+            raise NoNodeForType(
+                f"no node named {on!r} in the mesh; nodes: {self._node_names()}"
+            )
+        candidates = [(self.directory.count_on(self.id), self.name, self.id)] if name in self._types else []
+        for member in self._members.values():
+            if name in member.types and not member.leaving:
+                candidates.append((self.directory.count_on(member.id), member.name, member.id))
+        if candidates:
+            return min(candidates)[2]
+        if isinstance(cls, type):
+            self.register(cls)
+            return self.id
+        module = name.rsplit(".", 1)[0]
+        raise NoNodeForType(
+            f"no node in the mesh hosts actor type {name!r}; nodes: {self._node_names()}. "
+            f"Start one that does: `zcell node -A {module}`, or Node(actors=[{name!r}])"
+        )
+
+    def _node_names(self) -> str:
+        names = [f"{self.name} (hosts {sorted(self._types) or 'nothing'})"]
+        names += [f"{m.name} (hosts {sorted(m.types) or 'nothing'})" for m in self._members.values()]
+        return ", ".join(names)
+
+    def select(self, cls: Any) -> ActorProxy:
+        """A proxy for some existing actor of this type, anywhere in the mesh.
+
+        Raises:
+            NoSuchActor: there is none.
+        """
+        self._check_running()
+        name = type_name_of(cls)
+        group = list(self.directory.of_type(name).items())
+        if not group:
+            raise NoSuchActor(f"no actor of type {name} in the mesh; spawn one with node.spawn")
+        # Prefer a local actor, else the first known.
+        local = [g for g in group if g[1] == self.id]
+        actor_id, node_id = (local or group)[0]
+        return ActorProxy(self, actor_id, name, node_id, cls if isinstance(cls, type) else None)
+
+    def kill(self, actor: Any, timeout: float | None = None) -> None:
+        """Stop an actor wherever it is (``on_stop`` runs).
+
+        Raises:
+            NoSuchActor: unknown id.
+        """
+        self._check_running()
+        if isinstance(actor, Actor):
+            actor = actor.ref
+        if isinstance(actor, ActorProxy):
+            actor_id, node_id = actor.id, actor.node_id
+        elif isinstance(actor, str):
+            entry = self.directory.actors.get(actor)
+            if entry is None:
+                raise NoSuchActor(f"no actor with id {actor} in the mesh")
+            actor_id, node_id = actor, entry[1]
+        else:
+            raise TypeError(f"kill() takes an actor proxy or id, not {type(actor).__name__}")
+        self._ctrl(node_id, "kill", {"id": actor_id}, timeout or Actor.default_timeout)
+        self._run(self.directory.remove, actor_id)
+
+    def lookup(self, actor_id: str) -> ActorProxy:
+        """A proxy for a known actor id. Raises ``NoSuchActor`` for an unknown one."""
+        self._check_running()
+        entry = self.directory.actors.get(actor_id)
+        if entry is None:
+            raise NoSuchActor(f"no actor with id {actor_id} in the mesh")
+        return ActorProxy(self, actor_id, entry[0], entry[1])
+
+    def actors(self, type: Any = None) -> list[ActorProxy]:  # noqa: A002 - API name
+        """The mesh directory, as proxies (optionally only one type)."""
+        self._check_running()
+        items = list(self.directory.actors.items())
+        name = type_name_of(type) if type is not None else None
+        return [
+            ActorProxy(self, actor_id, t, n)
+            for actor_id, (t, n) in items
+            if name is None or t == name
+        ]
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Live members, this node included: id, name, endpoints, actors, and more."""
+        self._check_running()
+        counts: dict[str, int] = {}
+        for _, node_id in list(self.directory.actors.values()):
+            counts[node_id] = counts.get(node_id, 0) + 1
+        now = time.time()
+        out = [
+            {
+                "id": self.id,
+                "name": self.name,
+                "endpoints": dict(self.endpoints),
+                "actors": len(self.host_.actors),
+                "types": sorted(self._types),
+                "uptime": now - self._started_at,
+                "load": self.host_.in_flight,
+                "self": True,
+            }
+        ]
+        for m in list(self._members.values()):
+            out.append(
+                {
+                    "id": m.id,
+                    "name": m.name,
+                    "endpoints": {"inbox": m.inbox, "pub": m.pub, "hb": m.hb},
+                    "actors": counts.get(m.id, 0),
+                    "types": sorted(m.types),
+                    "uptime": now - m.started if m.started else 0.0,
+                    "load": m.load,
+                    "self": False,
+                }
+            )
+        return out
+
+    def statistics(self) -> dict[str, int]:
+        """Counters: messages in/out, errors, dropped bad frames, in-flight, actors..."""
+        stats = dict(self.stats)
+        stats["in_flight"] = self.host_.in_flight
+        stats["queued"] = len(self.host_.queue)
+        stats["actors_hosted"] = len(self.host_.actors)
+        stats["pending_calls"] = len(self._pending)
+        stats["members"] = len(self._members) + 1
+        return stats
+
+    def wait_for(
+        self, nodes: int | None = None, type: Any = None, timeout: float = 10.0  # noqa: A002
+    ) -> None:
+        """Block until the mesh has ``nodes`` members (itself included) and/or an actor
+        of ``type``.
+
+        Raises:
+            CallTimeout: not reached within ``timeout`` seconds.
+        """
+        self._check_running()
+        name = type_name_of(type) if type is not None else None
+        deadline = time.monotonic() + timeout
+        while True:
+            have = len(self._members) + 1
+            ok = (nodes is None or have >= nodes) and (
+                name is None or bool(self.directory.of_type(name))
+            )
+            if ok:
+                return
+            if time.monotonic() >= deadline:
+                want = []
+                if nodes is not None:
+                    want.append(f"{nodes} nodes (have {have})")
+                if name is not None:
+                    want.append(f"an actor of type {name}")
+                raise CallTimeout(
+                    f"mesh did not reach {' and '.join(want)} within {timeout}s; check that "
+                    "the other nodes run with the same cluster and can reach this host"
+                )
+            Flag().wait(0.01)
+
+    def _binding(self, op: str, source: ActorProxy, target: Any, kind: str) -> None:
+        self._check_running()
+        if isinstance(target, Actor):
+            target = target.ref
+        if isinstance(target, ActorProxy):
+            spec = [target.id, target.name, target.node_id]
+        else:
+            if kind == "direct" or op == "unbind":
+                if op == "unbind" and not isinstance(target, ActorProxy):
+                    spec = ["", type_name_of(target), ""]
+                else:
+                    raise TypeError("a direct binding needs an actor proxy as its target")
+            else:
+                spec = ["", type_name_of(target), ""]
+        self._ctrl(source.node_id, op, {"source": source.id, "target": spec, "kind": kind},
+                   Actor.default_timeout)
+
+    def __repr__(self) -> str:
+        return f"<Node {self.name} {self.id} {self._state}>"
+
+
+def _resolve_actor_spec(spec: Any) -> list[type[Actor]]:
+    """An Actor class, ``"module"`` (every Actor subclass defined there) or
+    ``"module:Class"``."""
+    if isinstance(spec, type) and issubclass(spec, Actor):
+        type_name_of(spec)
+        return [spec]
+    if not isinstance(spec, str):
+        raise TypeError(f"actors= takes Actor classes or module names, not {spec!r}")
+    module_name, _, attr = spec.partition(":")
+    importlib.import_module(module_name)
+    if attr:
+        import sys
+
+        cls = getattr(sys.modules[module_name], attr, None)
+        if not (isinstance(cls, type) and issubclass(cls, Actor)):
+            raise TypeError(f"{spec!r} is not an Actor class")
+        return [cls]
+    classes = module_actor_classes(module_name)
+    if not classes:
+        raise TypeError(f"module {module_name!r} defines no Actor subclasses")
+    return classes

@@ -1,0 +1,211 @@
+"""``ActorProxy``: what callers hold, and the four ways to talk to an actor.
+
+A proxy is a value (id, type name, hosting node id) bound to the local node that
+made or received it. Each primitive has a string form and a typed form::
+
+    ref.send("log", {"msg": "hi"})     # string form
+    ref.send.log(msg="hi")             # typed form
+    ref.send.log({"msg": "hi"})        # typed form, cell style
+
+The typed form checks the method and arguments against the local ``state``
+class (when this program has it) before anything is sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .actor import Actor, check_call, handler_table
+
+__all__ = ["ActorProxy", "Mesh", "forward", "stop_forward"]
+
+# Options each primitive takes; these names are always options in the typed form.
+OPTION_NAMES = ("nowait", "timeout", "limit", "propagate")
+_ALLOWED = {
+    "send": frozenset({"nowait", "timeout"}),
+    "call": frozenset({"timeout"}),
+    "throw": frozenset({"nowait", "timeout"}),
+    "scatter": frozenset({"nowait", "timeout", "limit", "propagate"}),
+    "emit": frozenset(),
+}
+
+
+class Mesh(Protocol):
+    """What a proxy needs from its node (implemented by ``zcell.node.Node``)."""
+
+    def _deliver(
+        self, mode: str, ref: ActorProxy, method: str, kwargs: dict[str, Any], options: dict[str, Any]
+    ) -> Any: ...
+
+    def _binding(self, op: str, source: ActorProxy, target: Any, kind: str) -> None: ...
+
+    def _class_for(self, type_name: str) -> type[Actor] | None: ...
+
+
+class ActorProxy:
+    """A reference to an actor somewhere in the mesh. Compares equal by id."""
+
+    __slots__ = ("id", "name", "node_id", "_node", "_cls", "_client")
+
+    def __init__(
+        self, node: Mesh, actor_id: str, name: str, node_id: str, cls: type[Actor] | None = None
+    ) -> None:
+        self.id = actor_id
+        self.name = name
+        self.node_id = node_id
+        self._node = node
+        self._cls = cls if cls is not None else node._class_for(name)
+        self._client: Actor | None = None
+
+    def _zcell_ref(self) -> tuple[str, str, str]:
+        return (self.id, self.name, self.node_id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorProxy) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return f"<ActorProxy {self.name} {self.id} on {self.node_id}>"
+
+    @property
+    def send(self) -> _Primitive:
+        """Deliver to this actor; return the handler's value (``nowait=True``: None)."""
+        return _Primitive(self, "send")
+
+    @property
+    def call(self) -> _Primitive:
+        """Deliver to this actor; return an ``AsyncResult`` at once."""
+        return _Primitive(self, "call")
+
+    @property
+    def throw(self) -> _Primitive:
+        """Deliver to one actor of this type, round-robin over the mesh."""
+        return _Primitive(self, "throw")
+
+    @property
+    def scatter(self) -> _Primitive:
+        """Deliver to every actor of this type; iterate over the replies."""
+        return _Primitive(self, "scatter")
+
+    def emit(self, method: str, kwargs: dict[str, Any] | None = None) -> None:
+        """Put a message in this actor's outbox (delivered to its bindings, or itself)."""
+        self._node._deliver("emit", self, method, _kwargs(kwargs), {})
+
+    def add_binding(self, target: Any, kind: str = "direct") -> None:
+        """Bind this actor's outbox to ``target`` (``direct``, ``round-robin``, ``scatter``)."""
+        if kind not in ("direct", "round-robin", "scatter"):
+            raise ValueError(f"binding kind must be direct, round-robin or scatter, not {kind!r}")
+        self._node._binding("bind", self, target, kind)
+
+    def remove_binding(self, target: Any) -> None:
+        """Remove every binding of this actor's outbox to ``target``."""
+        self._node._binding("unbind", self, target, "")
+
+    def __getattr__(self, attr: str) -> Any:
+        # Client-side helpers defined on the outer Actor class.
+        cls = self._cls
+        if attr.startswith("_") or cls is None or not hasattr(cls, attr):
+            raise AttributeError(f"{type(self).__name__} of {self.name} has no attribute {attr!r}")
+        if self._client is None:
+            self._client = cls(self)
+        return getattr(self._client, attr)
+
+
+def _kwargs(kwargs: Any) -> dict[str, Any]:
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"kwargs must be a dict of keyword arguments, not {type(kwargs).__name__}")
+    return kwargs
+
+
+class _Primitive:
+    """``ref.send`` and friends: callable (string form) and attribute (typed form)."""
+
+    __slots__ = ("_ref", "_mode")
+
+    def __init__(self, ref: ActorProxy, mode: str) -> None:
+        self._ref = ref
+        self._mode = mode
+
+    def __call__(self, method: str, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+        if not isinstance(method, str):
+            raise TypeError(f"method must be a string, not {type(method).__name__}")
+        _check_options(self._mode, options)
+        return self._ref._node._deliver(self._mode, self._ref, method, _kwargs(kwargs), options)
+
+    def __getattr__(self, method: str) -> _Typed:
+        cls = self._ref._cls
+        if method.startswith("_"):
+            raise AttributeError(f"{method!r} is private: handlers are public methods")
+        if cls is not None:
+            _check_name(cls, method)
+        return _Typed(self, method)
+
+
+def _check_name(cls: type[Actor], method: str) -> None:
+    if method not in handler_table(cls.state) and not hasattr(cls.state, "default_receive"):
+        raise AttributeError(
+            f"{cls.name} has no handler {method!r}; its handlers are "
+            f"{sorted(handler_table(cls.state))}"
+        )
+
+
+def _check_options(mode: str, options: dict[str, Any]) -> None:
+    extra = set(options) - _ALLOWED[mode]
+    if extra:
+        raise TypeError(f"{mode}() got unexpected option(s) {sorted(extra)}")
+
+
+class _Typed:
+    __slots__ = ("_prim", "_method")
+
+    def __init__(self, prim: _Primitive, method: str) -> None:
+        self._prim = prim
+        self._method = method
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        prim = self._prim
+        options = {name: kw.pop(name) for name in OPTION_NAMES if name in kw}
+        _check_options(prim._mode, options)
+        if args:
+            if len(args) != 1 or not isinstance(args[0], dict) or kw:
+                raise TypeError(
+                    f"{self._method}() takes keyword arguments, or one dict of them (cell style)"
+                )
+            kwargs = args[0]
+        else:
+            kwargs = kw
+        cls = prim._ref._cls
+        if cls is not None:
+            check_call(cls.state, self._method, kwargs)
+        return prim._ref._node._deliver(prim._mode, prim._ref, self._method, kwargs, options)
+
+
+class _Binder:
+    """``a | forward | b`` and ``a | stop_forward | b``."""
+
+    def __init__(self, op: str, source: ActorProxy | None = None) -> None:
+        self._op = op
+        self._source = source
+
+    def __ror__(self, source: Any) -> _Binder:
+        ref = source.ref if isinstance(source, Actor) else source
+        if not isinstance(ref, ActorProxy):
+            raise TypeError(f"the left side of | {self._op} | must be an actor proxy")
+        return _Binder(self._op, ref)
+
+    def __or__(self, target: Any) -> Any:
+        if self._source is None:
+            raise TypeError(f"use it as: source | {self._op} | target")
+        if self._op == "forward":
+            self._source.add_binding(target)
+        else:
+            self._source.remove_binding(target)
+        return target
+
+
+forward = _Binder("forward")
+stop_forward = _Binder("stop_forward")

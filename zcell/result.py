@@ -1,0 +1,259 @@
+"""Results of calls: ``AsyncResult`` (one reply) and ``ScatterResult`` (a stream).
+
+Both are completed by the node's loop thread and may be waited on from any
+thread or greenlet. Every wait is bounded by the call's own deadline.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from .errors import CallTimeout
+from .loop import Flag, real_lock
+
+__all__ = ["AsyncResult", "ScatterResult", "first_reply"]
+
+PENDING, SUCCESS, FAILURE = "PENDING", "SUCCESS", "FAILURE"
+_UNSET = object()
+
+
+class AsyncResult:
+    """The future result of ``call()`` (and the machinery under ``send()``).
+
+    Attributes:
+        id: The request id.
+    """
+
+    __slots__ = ("id", "_deadline", "_flag", "_value", "_error", "_callbacks", "_cancel")
+
+    def __init__(
+        self,
+        request_id: int,
+        deadline: float | None,
+        cancel: Callable[[int], None] | None = None,
+    ) -> None:
+        self.id = request_id
+        self._deadline = deadline
+        self._flag = Flag()
+        self._value: Any = _UNSET
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[AsyncResult], None]] | None = None
+        self._cancel = cancel
+
+    # -- completion (node side) --------------------------------------------
+
+    def _complete(self, value: Any = None, error: BaseException | None = None) -> bool:
+        flag = self._flag
+        with flag._mutex:
+            if flag._is_set:
+                return False
+            self._value = value
+            self._error = error
+        flag.set()
+        callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            try:
+                callback(self)
+            except Exception:  # a user callback must not break the node's reader
+                import logging
+
+                logging.getLogger("zcell").exception("AsyncResult link callback failed")
+        return True
+
+    # -- public --------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """``"PENDING"``, ``"SUCCESS"`` or ``"FAILURE"`` (timeouts and NodeDown fail)."""
+        if not self._flag.is_set():
+            return PENDING
+        return FAILURE if self._error is not None else SUCCESS
+
+    def ready(self) -> bool:
+        return self._flag.is_set()
+
+    def successful(self) -> bool:
+        return self.state == SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == FAILURE
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+        """Wait for the reply and return the handler's value.
+
+        Args:
+            timeout: Seconds to wait; ``None`` waits up to the call's own deadline.
+            propagate: Raise the call's error (default) or return it.
+
+        Raises:
+            RemoteError: The handler raised.
+            CallTimeout: No reply in time (past the call's deadline the result
+                becomes a ``FAILURE``).
+            NodeDown: The hosting node went down meanwhile.
+        """
+        if not self._flag.is_set():
+            wait = self._remaining()
+            if timeout is not None:
+                wait = timeout if wait is None else min(wait, timeout)
+            if not self._flag.wait(wait):
+                remaining = self._remaining()
+                if remaining is not None and remaining <= 0:
+                    self._expire()
+                else:
+                    raise CallTimeout(
+                        f"no reply to request {self.id} within {timeout}s; the call is "
+                        "still pending: get() again, or raise timeout="
+                    )
+        if self._error is not None:
+            if propagate:
+                raise self._error
+            return self._error
+        return self._value
+
+    wait = get
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Like ``get()``; once ready, returns the cached value without waiting."""
+        return self.get(timeout=timeout)
+
+    def link(self, callback: Callable[[AsyncResult], None]) -> None:
+        """Call ``callback(self)`` once ready (at once if already ready).
+
+        Callbacks run in the node's loop thread: keep them short and non-blocking.
+        """
+        with self._flag._mutex:
+            if not self._flag._is_set:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
+    def _remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return self._deadline - time.monotonic()
+
+    def _expire(self) -> None:
+        if self._complete(error=CallTimeout(f"no reply to request {self.id} before its deadline")):
+            if self._cancel is not None:
+                self._cancel(self.id)
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id} {self.state}>"
+
+
+class ScatterResult(Iterator[Any]):
+    """The replies of a ``scatter``, in arrival order.
+
+    Ends when every actor the mesh knew at send time has answered or declined,
+    when ``limit`` replies arrived, or at the deadline (without raising).
+    """
+
+    def __init__(
+        self,
+        request_id: int,
+        expected: dict[str, str],
+        deadline: float,
+        limit: int | None,
+        propagate: bool,
+        close: Callable[[int], None],
+    ) -> None:
+        self.id = request_id
+        self._expected = dict(expected)  # actor id -> node id
+        self._deadline = deadline
+        self._limit = limit
+        self._propagate = propagate
+        self._close_cb: Callable[[int], None] | None = close
+        self._items: collections.deque[tuple[bool, Any]] = collections.deque()
+        self._mutex = real_lock()
+        self._wakeup: Flag | None = None
+        self._received = 0
+        self._done = not expected or limit == 0
+
+    # -- node side -----------------------------------------------------------
+
+    def _push(self, actor_id: str, is_error: bool, value: Any, declined: bool) -> None:
+        with self._mutex:
+            if actor_id not in self._expected:
+                return  # a duplicate, or an actor we did not wait for
+            del self._expected[actor_id]
+            if not declined:
+                self._items.append((is_error, value))
+            wake = self._wakeup
+        if wake is not None:
+            wake.set()
+
+    def _node_down(self, node_id: str) -> None:
+        with self._mutex:
+            for actor_id in [a for a, n in self._expected.items() if n == node_id]:
+                del self._expected[actor_id]
+            wake = self._wakeup
+        if wake is not None:
+            wake.set()
+
+    def _waiting_on(self, node_id: str) -> bool:
+        return node_id in self._expected.values()
+
+    # -- iterator ------------------------------------------------------------
+
+    def __iter__(self) -> ScatterResult:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            with self._mutex:
+                if self._items and not self._done:
+                    is_error, value = self._items.popleft()
+                    self._received += 1
+                    if self._limit is not None and self._received >= self._limit:
+                        self._done = True
+                    if is_error and self._propagate:
+                        self._done = True
+                        self._finish()
+                        raise value
+                    return value
+                if self._done or not self._expected:
+                    self._finish()
+                    raise StopIteration
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    self._finish()
+                    raise StopIteration
+                wake = self._wakeup = Flag()
+            wake.wait(remaining)
+
+    def _finish(self) -> None:
+        self._done = True
+        close, self._close_cb = self._close_cb, None
+        if close is not None:
+            close(self.id)
+
+    def close(self) -> None:
+        """Stop waiting for further replies."""
+        with self._mutex:
+            self._finish()
+
+    def __del__(self) -> None:
+        close = getattr(self, "_close_cb", None)
+        if close is not None:
+            try:
+                close(self.id)
+            except Exception:  # pragma: no cover - interpreter shutdown
+                pass
+
+
+def first_reply(replies: Iterable[Any], key: Any = None) -> Any:
+    """The first item of a scatter's replies, or ``KeyError(key)`` when there is none."""
+    iterator = iter(replies)
+    try:
+        return next(iterator)
+    except StopIteration:
+        raise KeyError(key) from None
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,269 @@
+"""ZeroMQ sockets on gevent: the only module that touches zmq.
+
+Plain pyzmq sockets are used with ``NOBLOCK``; a greenlet that must wait parks
+on a gevent io watcher on the socket's ``zmq.FD`` and retries after each
+wake-up. ZeroMQ's FD is edge-triggered and signals any change of the socket's
+state, so after waking we always retry until ``Again`` (measured here: 119 µs
+sync RTT and 329k one-way msg/s, against 153 µs and 93k for ``zmq.green``).
+
+Rules that keep the edge-triggered FD honest:
+- a reader drains until ``Again`` before it waits;
+- at most one greenlet waits on a socket's FD at a time;
+- a socket that is both written and read (the XPUB) is also rechecked on a
+  timer, because a send may consume the edge its reader waits for.
+
+zmq errors become zcell errors here; nothing above this module catches
+``zmq.ZMQError``.
+"""
+
+from __future__ import annotations
+
+import socket as _socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import zmq
+from gevent.lock import Semaphore
+
+from .errors import CallTimeout, NodeStopped, ZcellError
+
+__all__ = ["Context", "Socket", "TransportClosed", "bind_random"]
+
+_AGAIN = zmq.Again
+_NOBLOCK = zmq.NOBLOCK
+_EVENTS = zmq.EVENTS
+_POLLIN = zmq.POLLIN
+_POLLOUT = zmq.POLLOUT
+
+
+class TransportClosed(NodeStopped):
+    """The socket was closed while a greenlet was using it."""
+
+
+class Context:
+    """A node's own ZeroMQ context (never the process-wide instance)."""
+
+    def __init__(self, max_message_size: int, heartbeat: float) -> None:
+        self.zmq = zmq.Context()
+        self.max_message_size = max_message_size
+        self.heartbeat = heartbeat
+        self.sockets: list[Socket] = []
+
+    def socket(self, kind: int, hub: Any) -> Socket:
+        raw = self.zmq.socket(kind)
+        raw.setsockopt(zmq.LINGER, 0)
+        # +1 KiB of slack for the envelope around a max-size payload.
+        raw.setsockopt(zmq.MAXMSGSIZE, self.max_message_size + 1024)
+        hb_ms = max(100, int(self.heartbeat * 1000))
+        # ZMTP heartbeats detect a dead TCP peer; application heartbeats decide
+        # membership. Both are needed: TCP alone hangs ~15 min on a cut link.
+        raw.setsockopt(zmq.HEARTBEAT_IVL, hb_ms)
+        raw.setsockopt(zmq.HEARTBEAT_TIMEOUT, hb_ms * 3)
+        raw.setsockopt(zmq.HEARTBEAT_TTL, hb_ms * 3)
+        raw.setsockopt(zmq.RECONNECT_IVL, 100)
+        raw.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        raw.setsockopt(zmq.CONNECT_TIMEOUT, 2000)
+        if kind == zmq.DEALER:
+            # Queue only on completed connections: a peer that is not there
+            # back-pressures the sender instead of swallowing messages.
+            raw.setsockopt(zmq.IMMEDIATE, 1)
+        sock = Socket(raw, hub)
+        self.sockets.append(sock)
+        return sock
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        self.sockets.clear()
+        self.zmq.term()
+
+
+def bind_random(sock: Socket, host: str, port: int = 0) -> str:
+    """Bind ``sock`` on ``host`` (port 0: a random one); return the connectable endpoint."""
+    try:
+        if port:
+            sock.raw.bind(f"tcp://{host}:{port}")
+        else:
+            sock.raw.bind_to_random_port(f"tcp://{host}", min_port=20000, max_port=60000)
+    except zmq.ZMQError as exc:
+        raise ZcellError(
+            f"cannot bind tcp://{host}:{port or '*'}: {exc}; choose another host or port"
+        ) from exc
+    endpoint: str = sock.raw.getsockopt_string(zmq.LAST_ENDPOINT)
+    if host in ("0.0.0.0", "*"):
+        endpoint = endpoint.replace("0.0.0.0", _primary_address())
+    return endpoint
+
+
+def _primary_address() -> str:
+    """The address other LAN hosts reach us at, for a node bound to all interfaces."""
+    probe = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        # A UDP connect sends nothing; it only picks the outgoing interface.
+        probe.connect(("224.0.0.251", 5353))
+        address: str = probe.getsockname()[0]
+        return address
+    except OSError:
+        return _socket.gethostbyname(_socket.gethostname())
+    finally:
+        probe.close()
+
+
+class Socket:
+    """A pyzmq socket driven from one gevent hub with NOBLOCK + FD watcher."""
+
+    __slots__ = ("raw", "hub", "_watcher", "_send_lock", "_closed")
+
+    def __init__(self, raw: zmq.Socket, hub: Any) -> None:
+        self.raw = raw
+        self.hub = hub
+        self._watcher = hub.loop.io(raw.getsockopt(zmq.FD), 1)
+        self._send_lock: Semaphore | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def connect(self, endpoint: str) -> None:
+        try:
+            self.raw.connect(endpoint)
+        except zmq.ZMQError as exc:
+            raise ZcellError(f"cannot connect to {endpoint!r}: {exc}") from exc
+
+    def setsockopt(self, option: int, value: Any) -> None:
+        self.raw.setsockopt(option, value)
+
+    def _wait_fd(self, deadline: float | None) -> None:
+        """Park this greenlet until the FD signals (or the deadline passes)."""
+        if self._closed:
+            raise TransportClosed("socket closed")
+        timer = None
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CallTimeout("timed out waiting for the socket")
+            timer = gevent.Timeout._start_new_or_dummy(remaining, CallTimeout)
+        try:
+            if self._watcher.active:
+                # The socket's reader (XPUB) holds the watcher: poll instead.
+                gevent.sleep(0.001)
+            else:
+                self.hub.wait(self._watcher)
+        except CallTimeout:
+            raise CallTimeout("timed out waiting to send: the peer is not taking messages") from None
+        finally:
+            if timer is not None:
+                timer.close()
+        if self._closed:
+            raise TransportClosed("socket closed")
+
+    # -- sending -------------------------------------------------------------
+
+    def send(self, data: bytes, deadline: float | None = None) -> None:
+        """Send one frame; wait (cooperatively, up to ``deadline``) while the peer is full."""
+        if self._send_lock is None:  # nobody is queued: try the fast path
+            try:
+                self.raw.send(data, _NOBLOCK, copy=len(data) < 65536)
+                return
+            except _AGAIN:
+                pass
+            except zmq.ZMQError as exc:
+                raise self._error(exc) from exc
+            self._send_lock = Semaphore()
+        self._send_slow(data, deadline, None)
+
+    def try_send(self, data: bytes) -> bool:
+        """Send without ever waiting (safe in a hub callback); False if it would wait."""
+        if self._send_lock is not None:
+            return False  # others are queued: keep the order
+        try:
+            self.raw.send(data, _NOBLOCK, copy=len(data) < 65536)
+            return True
+        except _AGAIN:
+            return False
+        except zmq.ZMQError as exc:
+            raise self._error(exc) from exc
+
+    def send_multipart(self, frames: list[bytes], deadline: float | None = None) -> None:
+        """Send a multipart message (ROUTER/XPUB envelopes); same waiting as send()."""
+        if self._send_lock is None:
+            try:
+                self.raw.send_multipart(frames, _NOBLOCK)
+                return
+            except _AGAIN:
+                pass
+            except zmq.ZMQError as exc:
+                raise self._error(exc) from exc
+            self._send_lock = Semaphore()
+        self._send_slow(b"", deadline, frames)
+
+    def _send_slow(self, data: bytes, deadline: float | None, frames: list[bytes] | None) -> None:
+        lock = self._send_lock
+        assert lock is not None
+        # Senders queue on the lock so that messages keep their order.
+        with lock:
+            while True:
+                try:
+                    if frames is None:
+                        self.raw.send(data, _NOBLOCK)
+                    else:
+                        self.raw.send_multipart(frames, _NOBLOCK)
+                    break
+                except _AGAIN:
+                    if not self.raw.getsockopt(_EVENTS) & _POLLOUT:
+                        self._wait_fd(deadline)
+                except zmq.ZMQError as exc:
+                    raise self._error(exc) from exc
+        if not lock.locked() and self._send_lock is lock:
+            self._send_lock = None
+
+    def _error(self, exc: zmq.ZMQError) -> ZcellError:
+        if exc.errno in (zmq.ENOTSOCK, zmq.ETERM) or self._closed:
+            return TransportClosed("socket closed")
+        return ZcellError(f"zmq send failed: {exc}")
+
+    # -- receiving -----------------------------------------------------------
+
+    def recv_loop(self, recheck: float | None = None) -> Iterator[Any]:
+        """Yield frames forever: drain until Again, then wait on the FD.
+
+        ROUTER and XPUB sockets yield multipart lists; the others single frames.
+        Ends when the socket is closed. ``recheck``: also retry every so many
+        seconds, for a socket that is written too (a send may consume the edge).
+        """
+        raw = self.raw
+        multipart = raw.socket_type in (zmq.ROUTER, zmq.XPUB)
+        recv = raw.recv_multipart if multipart else raw.recv
+        wait = self.hub.wait
+        watcher = self._watcher
+        while not self._closed:
+            try:
+                yield recv(_NOBLOCK)
+            except _AGAIN:
+                if self._closed:
+                    return
+                # Reading EVENTS makes libzmq process its command queue, which
+                # resets the FD; without it the FD stays readable and we spin.
+                if raw.getsockopt(_EVENTS) & _POLLIN:
+                    continue
+                if recheck is None:
+                    wait(watcher)
+                else:
+                    with gevent.Timeout(recheck, False):
+                        wait(watcher)
+            except zmq.ZMQError:
+                return
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._watcher.stop()
+            self._watcher.close()
+        except Exception:  # pragma: no cover
+            pass
+        self.raw.close(linger=0)

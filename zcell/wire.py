@@ -1,0 +1,250 @@
+"""The zcell wire format: msgpack frames, pure (no sockets). See docs/protocol.md.
+
+Every message is one ZeroMQ frame holding one msgpack array whose first two
+items are the protocol version and the message kind. :func:`decode` applies
+input limits and checks the shape of every kind, so any byte string yields either
+a well-formed list or :class:`~zcell.errors.ProtocolError`, nothing else.
+
+Actor proxies travel as msgpack extension type :data:`EXT_PROXY` whose payload is
+the msgpack array ``[actor_id, type_name, node_id]``. Encoding recognises any
+object with a ``_zcell_ref()`` method returning that triple; decoding hands the
+triple to a ``make_proxy`` callable supplied by the node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from .errors import ProtocolError, SerializationError
+
+PROTOCOL_VERSION = 1
+EXT_PROXY = 1
+
+# Message kinds. Field layouts (after [version, kind]) are in docs/protocol.md.
+REQ = 1  # request to an actor (send, call, throw, emit delivery)
+REP = 2  # reply to a request or a control call
+HELLO = 3  # "I am here": node info; asks for a WELCOME
+WELCOME = 4  # node info + directory snapshot + known members
+CTRL = 5  # control call to a node: spawn, kill, bind, unbind, snapshot
+SCATTER = 6  # request to every actor of a type (over PUB, or direct)
+HEARTBEAT = 7  # liveness, from the heartbeat thread
+DIRECTORY = 8  # a numbered change to a node's own actors
+LEAVING = 9  # graceful stop begins: place no new work here
+LEFT = 10  # graceful stop ended
+
+# REQ/SCATTER flags
+F_NOWAIT = 1
+F_THROW = 2
+F_EMIT = 4  # deliver through the target's outbox
+
+# REP statuses
+OK = 0
+ERROR = 1  # handler raised: value = [type_name, message, traceback, builtin_ancestor]
+ZERROR = 2  # zcell error on the far side: value = [error_class_name, message]
+DECLINED = 3  # handler raised Next (scatter): no value
+
+# Field counts per kind, including version and kind.
+_LENGTHS = {
+    REQ: 13,
+    REP: 5,
+    HELLO: 3,
+    WELCOME: 6,
+    CTRL: 8,
+    SCATTER: 13,
+    HEARTBEAT: 7,
+    DIRECTORY: 7,
+    LEAVING: 4,
+    LEFT: 4,
+}
+
+# REQ / SCATTER field positions
+R_ID, R_SRC, R_BOOT, R_CHAIN, R_TTL, R_TARGET, R_METHOD, R_KWARGS, R_FLAGS, R_ORIGIN, R_SEEN = range(
+    2, 13
+)
+# REP
+P_ID, P_SRC, P_STATUS = 2, 3, 4
+P_VALUE = 5  # optional 6th field for OK/ERROR/ZERROR
+# CTRL
+C_ID, C_SRC, C_BOOT, C_TTL, C_OP, C_ARGS = range(2, 8)
+
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+
+
+def _default(obj: Any) -> Any:
+    ref = getattr(obj, "_zcell_ref", None)
+    if ref is not None:
+        return msgpack.ExtType(EXT_PROXY, msgpack.packb(list(ref()), use_bin_type=True))
+    if isinstance(obj, set | frozenset):
+        raise TypeError(f"a {type(obj).__name__} cannot travel; send a list instead")
+    raise TypeError(f"can not serialize {type(obj).__name__!r} object")
+
+
+class Codec:
+    """Encoder/decoder bound to one node (its proxy factory and size limit)."""
+
+    def __init__(
+        self,
+        make_proxy: Callable[[str, str, str], Any] | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self.max_message_size = max_message_size
+        self._make_proxy = make_proxy
+        self._packer = msgpack.Packer(default=_default, use_bin_type=True, autoreset=True)
+
+    def encode(self, message: list[Any]) -> bytes:
+        """Pack a message; raise SerializationError if it cannot travel or is too big."""
+        try:
+            data: bytes = self._packer.pack(message)
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._packer.reset()
+            raise SerializationError(
+                f"{exc}; zcell sends only msgpack types (None, bool, int, float, str, "
+                "bytes, list, dict) and actor proxies"
+            ) from exc
+        if len(data) > self.max_message_size:
+            raise SerializationError(
+                f"message of {len(data)} bytes exceeds max_message_size="
+                f"{self.max_message_size}; send less, or raise Node(max_message_size=...)"
+            )
+        return data
+
+    def _ext_hook(self, code: int, data: bytes) -> Any:
+        if code != EXT_PROXY:
+            raise ProtocolError(f"unknown msgpack extension type {code}")
+        triple = msgpack.unpackb(data, raw=False)
+        if (
+            not isinstance(triple, list)
+            or len(triple) != 3
+            or not all(isinstance(x, str) for x in triple)
+        ):
+            raise ProtocolError("malformed actor proxy")
+        if self._make_proxy is None:
+            return tuple(triple)
+        return self._make_proxy(*triple)
+
+    def decode(self, data: bytes) -> list[Any]:
+        """Unpack and check one frame. Raises ProtocolError for anything malformed."""
+        size = len(data)
+        if size > self.max_message_size:
+            raise ProtocolError(f"frame of {size} bytes exceeds the limit")
+        try:
+            msg = msgpack.unpackb(
+                data,
+                raw=False,
+                strict_map_key=False,
+                ext_hook=self._ext_hook,
+            )
+        except ProtocolError:
+            raise
+        except Exception as exc:  # msgpack raises many types for bad input
+            raise ProtocolError(f"undecodable frame: {exc.__class__.__name__}") from None
+        check(msg)
+        return msg
+
+
+def check(msg: Any) -> None:
+    """Raise ProtocolError unless ``msg`` has the shape of a known message."""
+    if not isinstance(msg, list) or len(msg) < 2:
+        raise ProtocolError("a message is an array of at least 2 items")
+    version, kind = msg[0], msg[1]
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version!r}")
+    expected = _LENGTHS.get(kind) if type(kind) is int else None
+    if expected is None:
+        raise ProtocolError(f"unknown message kind {kind!r}")
+    n = len(msg)
+    if kind == REP:
+        if n not in (5, 6) or type(msg[P_ID]) is not int or type(msg[P_STATUS]) is not int:
+            raise ProtocolError("malformed reply")
+        if not isinstance(msg[P_SRC], str):
+            raise ProtocolError("malformed reply")
+        return
+    if n != expected:
+        raise ProtocolError(f"kind {kind} needs {expected} items, got {n}")
+    if kind == REQ or kind == SCATTER:
+        if (
+            type(msg[R_ID]) is not int
+            or not isinstance(msg[R_SRC], str)
+            or not isinstance(msg[R_BOOT], str)
+            or type(msg[R_CHAIN]) is not int
+            or not (msg[R_TTL] is None or type(msg[R_TTL]) is int)
+            or not isinstance(msg[R_TARGET], str)
+            or not isinstance(msg[R_METHOD], str)
+            or not isinstance(msg[R_KWARGS], dict)
+            or type(msg[R_FLAGS]) is not int
+            or not (msg[R_SEEN] is None or isinstance(msg[R_SEEN], list))
+        ):
+            raise ProtocolError("malformed request")
+        for key in msg[R_KWARGS]:
+            if not isinstance(key, str):
+                raise ProtocolError("request keyword names must be strings")
+    elif kind == CTRL:
+        if (
+            type(msg[C_ID]) is not int
+            or not isinstance(msg[C_SRC], str)
+            or not isinstance(msg[C_BOOT], str)
+            or not (msg[C_TTL] is None or type(msg[C_TTL]) is int)
+            or not isinstance(msg[C_OP], str)
+            or not isinstance(msg[C_ARGS], dict)
+        ):
+            raise ProtocolError("malformed control call")
+    elif kind == HELLO:
+        if not isinstance(msg[2], dict):
+            raise ProtocolError("malformed hello")
+        check_node_info(msg[2])
+    elif kind == WELCOME:
+        if not isinstance(msg[2], dict) or type(msg[3]) is not int:
+            raise ProtocolError("malformed welcome")
+        check_node_info(msg[2])
+        check_actor_list(msg[4])
+        if not isinstance(msg[5], list) or not all(isinstance(m, dict) for m in msg[5]):
+            raise ProtocolError("malformed member list")
+        for member in msg[5]:
+            check_node_info(member)
+    elif kind == HEARTBEAT:
+        if (
+            not isinstance(msg[2], str)
+            or not isinstance(msg[3], str)
+            or type(msg[4]) is not int
+            or type(msg[5]) is not int
+            or type(msg[6]) is not int
+        ):
+            raise ProtocolError("malformed heartbeat")
+    elif kind == DIRECTORY:
+        if (
+            not isinstance(msg[2], str)
+            or not isinstance(msg[3], str)
+            or type(msg[4]) is not int
+            or msg[5] not in ("+", "-")
+        ):
+            raise ProtocolError("malformed directory change")
+        check_actor_list([msg[6]])
+    else:  # LEAVING, LEFT
+        if not isinstance(msg[2], str) or not isinstance(msg[3], str):
+            raise ProtocolError("malformed membership news")
+
+
+_NODE_INFO_KEYS = ("id", "boot", "name", "cluster", "inbox", "pub", "hb")
+
+
+def check_node_info(info: dict[str, Any]) -> None:
+    for key in _NODE_INFO_KEYS:
+        if not isinstance(info.get(key), str):
+            raise ProtocolError(f"node info lacks {key!r}")
+
+
+def check_actor_list(actors: Any) -> None:
+    """Actors travel as [actor_id, type_name] pairs."""
+    if not isinstance(actors, list):
+        raise ProtocolError("malformed actor list")
+    for entry in actors:
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or not isinstance(entry[0], str)
+            or not isinstance(entry[1], str)
+        ):
+            raise ProtocolError("malformed actor entry")
