@@ -328,7 +328,7 @@ class Host:
             del self._stopped[next(iter(self._stopped))]
         self.node._announce("-", actor_id, hosted.actor.name)
         for g in list(hosted.greenlets):
-            gevent.kill(g, _Killed, block=False)
+            g.kill(_Killed, block=False)
         self._stop_hook(hosted)
 
     def snapshot(self) -> list[list[str]]:
@@ -356,7 +356,7 @@ class Host:
             hosted = self.actors.pop(actor_id)
             self._stopped[actor_id] = None
             for g in list(hosted.greenlets):
-                gevent.kill(g, _Killed, block=False)
+                g.kill(_Killed, block=False)
             self._stop_hook(hosted)
         gevent.sleep(0)  # let killed handlers send their ActorStopped replies
 

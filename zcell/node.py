@@ -795,15 +795,26 @@ class Node:
         except ZcellError:
             log.warning("zcell: cannot subscribe to %s", member.name)
         log.info("zcell: %s joined (%s)", member.name, member.inbox)
+        # Tell the others: a node that joined through us before this one did
+        # would otherwise never hear of it (gossip suggests; they verify).
+        others = [m for m in self._members.values() if m is not member]
+        if others:
+            news = self._welcome_frame([self._member_info(member)])
+            for other in others:
+                gevent.spawn(self._send_quiet, other, news)
         return member
+
+    def _welcome_frame(self, members: list[dict[str, Any]]) -> bytes:
+        return self._codec.encode(
+            [V, WELCOME, self._info(), self._dir_seq, self.host_.snapshot(), members]
+        )
 
     def _on_hello(self, info: dict[str, Any]) -> None:
         member = self._add_member(info)
         if member is None:
             return
-        welcome = self._codec.encode(
-            [V, WELCOME, self._info(), self._dir_seq, self.host_.snapshot(),
-             [self._member_info(m) for m in self._members.values() if m.id != member.id]]
+        welcome = self._welcome_frame(
+            [self._member_info(m) for m in self._members.values() if m.id != member.id]
         )
         gevent.spawn(self._send_quiet, member, welcome)
 
@@ -822,8 +833,9 @@ class Node:
         member = self._add_member(info)
         if member is None:
             return
-        member.dir_seq = seq
-        self.directory.replace_node(member.id, actors)
+        if seq >= member.dir_seq:  # welcomes may be overtaken by directory news
+            member.dir_seq = seq
+            self.directory.replace_node(member.id, actors)
         # Gossip only suggests addresses; membership needs first-hand contact.
         now = time.monotonic()
         for other in members:

@@ -235,7 +235,7 @@ class Socket:
         seconds, for a socket that is written too (a send may consume the edge).
         """
         raw = self.raw
-        multipart = raw.socket_type in (zmq.ROUTER, zmq.XPUB)
+        multipart = raw.type in (zmq.ROUTER, zmq.XPUB)
         recv = raw.recv_multipart if multipart else raw.recv
         wait = self.hub.wait
         watcher = self._watcher

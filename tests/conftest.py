@@ -1,0 +1,64 @@
+"""Shared fixtures: real nodes on loopback, always stopped with a deadline."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+from zcell import Node  # noqa: E402
+
+#: One factor scales every timing in the suite (slow CI machines: ZCELL_TEST_SLOW=2).
+SLOW = float(os.environ.get("ZCELL_TEST_SLOW", "1"))
+
+
+def child_env() -> dict[str, str]:
+    """Environment for child processes: the tests' actor modules importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, ROOT, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+MakeNode = Callable[..., Node]
+
+
+@pytest.fixture
+def make_node() -> Iterator[MakeNode]:
+    """Start nodes (static discovery on 127.0.0.1 unless told otherwise); stop them all."""
+    nodes: list[Node] = []
+
+    def make(name: str | None = None, **kwargs: object) -> Node:
+        kwargs.setdefault("discovery", "static")
+        node = Node(name, **kwargs).start()  # type: ignore[arg-type]
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in reversed(nodes):
+        node.stop(timeout=2)
+    leaked = [node.name for node in nodes if not node._loop.join(5 * SLOW)]
+    assert not leaked, f"node loop threads still running after stop: {leaked}"
+
+
+@pytest.fixture
+def mesh(make_node: MakeNode) -> Callable[..., list[Node]]:
+    """``mesh(3, actors=[...])``: n nodes joined through the first one, fully connected."""
+
+    def build(n: int, **kwargs: object) -> list[Node]:
+        first = make_node("n0", **kwargs)
+        nodes = [first]
+        for i in range(1, n):
+            nodes.append(make_node(f"n{i}", peers=[first.endpoints["inbox"]], **kwargs))
+        for node in nodes:
+            node.wait_for(nodes=n, timeout=10 * SLOW)
+        return nodes
+
+    return build

@@ -1,0 +1,295 @@
+"""Nodes: lifecycle, membership through static peers and gossip, introspection."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import SLOW
+from zcell_test_actors import Counter, Echo
+
+from zcell import (
+    Actor,
+    CallTimeout,
+    NoNodeForType,
+    NodeStopped,
+    NoSuchActor,
+    SerializationError,
+)
+
+
+def test_a_node_has_an_id_a_name_and_endpoints(make_node):
+    node = make_node("alpha")
+    assert node.name == "alpha"
+    assert len(node.id) >= 16
+    assert node.endpoints["inbox"].startswith("tcp://127.0.0.1:")
+    assert node.endpoints["pub"].startswith("tcp://127.0.0.1:")
+
+
+def test_default_names_are_unique_within_a_process(make_node):
+    a, b = make_node(), make_node()
+    assert a.name != b.name
+    assert b.name.startswith(a.name.split("-")[0])
+
+
+def test_node_ids_are_unique_per_start(make_node):
+    assert make_node().id != make_node().id
+
+
+def test_with_starts_and_stops():
+    from zcell import Node
+
+    with Node("ctx", discovery="static") as node:
+        assert node.statistics()["members"] == 1
+    with pytest.raises(NodeStopped):
+        node.nodes()
+
+
+def test_using_a_stopped_node_raises_node_stopped(make_node):
+    node = make_node(actors=[Echo])
+    ref = node.spawn(Echo)
+    node.stop()
+    with pytest.raises(NodeStopped, match="create a new Node"):
+        ref.send.echo(value=1)
+    with pytest.raises(NodeStopped):
+        node.spawn(Echo)
+    node.stop()  # idempotent
+
+
+def test_a_node_cannot_be_started_twice(make_node):
+    node = make_node()
+    with pytest.raises(NodeStopped):
+        node.start()
+
+
+def test_one_static_peer_is_enough_to_learn_the_whole_mesh(make_node):
+    a = make_node("a")
+    b = make_node("b", peers=[a.endpoints["inbox"]])
+    # c only knows b; it learns a through gossip and contacts it first-hand.
+    c = make_node("c", peers=[b.endpoints["inbox"]])
+    for node in (a, b, c):
+        node.wait_for(nodes=3, timeout=10 * SLOW)
+    names = {n["name"] for n in a.nodes()}
+    assert names == {"a", "b", "c"}
+
+
+def test_nodes_lists_members_with_endpoints_and_actor_counts(mesh):
+    a, b = mesh(2, actors=[Echo])
+    a.spawn(Echo, on="n1")
+    a.spawn(Echo, on="n1")
+    info = {n["name"]: n for n in a.nodes()}
+    assert set(info) == {"n0", "n1"}
+    assert info["n1"]["endpoints"]["inbox"] == b.endpoints["inbox"]
+    assert info["n1"]["actors"] == 2
+    assert info["n0"]["actors"] == 0
+
+
+def test_different_clusters_never_mix(make_node):
+    a = make_node("a", cluster="red")
+    b = make_node("b", cluster="blue", peers=[a.endpoints["inbox"]])
+    with pytest.raises(CallTimeout):
+        b.wait_for(nodes=2, timeout=1.0)
+    assert len(a.nodes()) == 1
+
+
+def test_wait_for_times_out_with_a_clear_message(make_node):
+    node = make_node()
+    with pytest.raises(CallTimeout, match="2 nodes"):
+        node.wait_for(nodes=2, timeout=0.3)
+
+
+def test_wait_for_a_type(mesh):
+    a, b = mesh(2, actors=[Echo])
+    b.spawn(Echo, on="n1")
+    a.wait_for(type=Echo, timeout=5 * SLOW)
+    assert [p.name for p in a.actors(Echo)] == [Echo.name]
+
+
+def test_actors_lookup_and_select_see_the_whole_mesh(mesh):
+    a, b, c = mesh(3, actors=[Echo, Counter])
+    e = a.spawn(Echo, on="n2")
+    k = a.spawn(Counter, on="n1")
+    b.wait_for(type=Echo, timeout=5 * SLOW)
+    b.wait_for(type=Counter, timeout=5 * SLOW)
+    assert {p.id for p in b.actors()} == {e.id, k.id}
+    assert [p.id for p in b.actors(Counter)] == [k.id]
+    found = b.lookup(e.id)
+    assert found == e and found.node_id == c.id and found.name == Echo.name
+    assert found.send("echo", {"value": 5}) == 5
+    assert b.select(Counter) == k
+    with pytest.raises(NoSuchActor):
+        b.lookup("no-such-id")
+
+
+def test_select_raises_no_such_actor_which_is_a_key_error(make_node):
+    node = make_node(actors=[Echo])
+    with pytest.raises(KeyError):
+        node.select(Echo)
+
+
+def test_statistics_count_messages_and_actors(make_node):
+    node = make_node(actors=[Echo])
+    ref = node.spawn(Echo)
+    for i in range(5):
+        ref.send.echo(value=i)
+    stats = node.statistics()
+    assert stats["actors_hosted"] == 1
+    assert stats["messages_in"] >= 10  # 5 requests + 5 replies (+ control)
+    assert stats["in_flight"] == 0
+    assert stats["dropped_bad_frames"] == 0
+
+
+def test_spawn_places_on_the_least_loaded_node_that_registered_the_type(mesh):
+    a, b, c = mesh(3, actors=[Echo])
+    refs = [a.spawn(Echo) for _ in range(6)]
+    per_node = {}
+    for ref in refs:
+        per_node[ref.node_id] = per_node.get(ref.node_id, 0) + 1
+    assert sorted(per_node.values()) == [2, 2, 2]
+
+
+def test_spawn_on_a_named_node(mesh):
+    a, b = mesh(2, actors=[Echo])
+    ref = a.spawn(Echo, on="n1")
+    assert ref.node_id == b.id
+    assert ref.send.whoami()["node"] == "n1"
+    ref2 = a.spawn(Echo, on=b.id)
+    assert ref2.node_id == b.id
+
+
+def test_spawn_passes_kwargs_and_kw_to_the_state_constructor(make_node):
+    node = make_node(actors=[Echo])
+    assert node.spawn(Echo, {"tag": "x"}).send.whoami()["tag"] == "x"
+    assert node.spawn(Echo, tag="y").send.whoami()["tag"] == "y"
+
+
+def test_spawn_only_goes_to_nodes_that_host_the_type(mesh):
+    a, b = mesh(2)
+    b.register(Counter)
+    a.wait_for(nodes=2)
+    # a only learns b's types through its announcement; wait for it.
+    import time
+
+    end = time.monotonic() + 5 * SLOW
+    while time.monotonic() < end and Counter.name not in a.nodes()[1]["types"]:
+        time.sleep(0.02)
+    ref = a.spawn(Counter)
+    assert ref.node_id == b.id
+
+
+def test_spawn_falls_back_to_the_local_node_for_a_class_the_program_has(make_node):
+    node = make_node()  # registers nothing
+    ref = node.spawn(Echo)
+    assert ref.node_id == node.id
+    assert ref.send.echo(value="local") == "local"
+
+
+def test_spawn_by_type_name_with_no_host_raises_no_node_for_type_saying_how_to_fix(mesh):
+    a, b = mesh(2)
+    with pytest.raises(NoNodeForType) as info:
+        a.spawn("zcell_test_actors.Unregistered")
+    message = str(info.value)
+    assert "n0" in message and "n1" in message
+    assert "zcell node -A zcell_test_actors" in message
+
+
+def test_a_remote_node_refuses_to_spawn_a_type_it_does_not_host(mesh):
+    a, b = mesh(2)
+    with pytest.raises(NoNodeForType):
+        a.spawn(Echo, on="n1")
+
+
+def test_a_constructor_that_raises_gives_the_caller_a_remote_error(make_node):
+    from zcell_test_actors import Broken
+
+    node = make_node(actors=[Broken])
+    with pytest.raises(ValueError, match="constructor failed on purpose"):
+        node.spawn(Broken)
+    assert node.statistics()["actors_hosted"] == 0
+
+
+def test_spawn_nowait_returns_a_proxy_at_once(mesh):
+    a, b = mesh(2, actors=[Echo])
+    ref = a.spawn(Echo, on="n1", nowait=True)
+    assert ref.send.echo(value=3) == 3
+
+
+def test_spawn_arguments_that_cannot_travel_raise_serialization_error(make_node):
+    node = make_node(actors=[Echo])
+    with pytest.raises(SerializationError):
+        node.spawn(Echo, tag={1, 2})
+    assert node.statistics()["actors_hosted"] == 0
+
+
+def test_a_main_class_without_an_explicit_name_cannot_be_spawned(make_node):
+    node = make_node()
+    cls = type("Local", (Actor,), {"__module__": "__main__"})
+    with pytest.raises(TypeError, match="explicit"):
+        node.spawn(cls)
+
+
+def test_kill_stops_the_actor_runs_on_stop_and_leaves_the_directory(mesh):
+    a, b = mesh(2, actors=[Counter])
+    ref = a.spawn(Counter, on="n1")
+    b.wait_for(type=Counter)
+    a.kill(ref)
+    assert ref.id in Counter.stops
+    assert a.actors(Counter) == []
+    with pytest.raises(Exception):  # ActorStopped or NoSuchActor
+        ref.send.get()
+    with pytest.raises(NoSuchActor):
+        a.kill("no-such-id")
+    import time
+
+    end = time.monotonic() + 5 * SLOW
+    while b.actors(Counter) and time.monotonic() < end:
+        time.sleep(0.02)
+    assert b.actors(Counter) == []
+
+
+def test_kill_by_id(make_node):
+    node = make_node(actors=[Counter])
+    ref = node.spawn(Counter)
+    node.kill(ref.id)
+    assert node.actors() == []
+
+
+def test_on_start_runs_once_the_actor_is_reachable(make_node):
+    node = make_node(actors=[Echo])
+    ref = node.spawn(Echo)
+    import time
+
+    end = time.monotonic() + 5 * SLOW
+    while not ref.send.is_started() and time.monotonic() < end:
+        time.sleep(0.01)
+    assert ref.send.is_started() is True
+
+
+def test_stop_runs_on_stop_hooks(make_node):
+    node = make_node(actors=[Counter])
+    ref = node.spawn(Counter)
+    node.stop()
+    assert ref.id in Counter.stops
+
+
+def test_graceful_stop_lets_in_flight_handlers_finish(mesh):
+    a, b = mesh(2, actors=[Echo])
+    ref = a.spawn(Echo, on="n1")
+    pending = ref.call.sleep(seconds=0.3)
+    import time
+
+    time.sleep(0.05)
+    b.stop(timeout=3)
+    assert pending.get(timeout=5) == 0.3
+
+
+def test_graceful_stop_fails_what_is_left_with_actor_stopped(mesh):
+    from zcell import ActorStopped
+
+    a, b = mesh(2, actors=[Echo])
+    ref = a.spawn(Echo, on="n1")
+    pending = ref.call.sleep(seconds=5)
+    import time
+
+    time.sleep(0.1)
+    b.stop(timeout=0.2)
+    with pytest.raises((ActorStopped, ConnectionError)):
+        pending.get(timeout=5)
