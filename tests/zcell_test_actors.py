@@ -139,3 +139,63 @@ class Unregistered(Actor):
     class state(Actor.state):
         def ping(self):
             return "pong"
+
+
+class Cache(Actor):
+    """The cache pattern: values set by throw, read back by scatter + first_reply."""
+
+    class state(Actor.state):
+        def __init__(self) -> None:
+            self.data: dict = {}
+
+        def set(self, key: str, value):
+            self.data[key] = value
+            return self.actor.id
+
+        def get(self, key: str):
+            if key not in self.data:
+                raise Next()
+            return self.data[key]
+
+        def size(self):
+            return len(self.data)
+
+
+class Logger(Actor):
+    """The cell guide's Logger: remembers what it printed."""
+
+    class state(Actor.state):
+        def __init__(self, prefix: str = "") -> None:
+            self.prefix = prefix
+            self.lines: list = []
+
+        def log(self, msg: str):
+            line = self.prefix + msg
+            print(line, flush=True)
+            origin = self.actor.origin
+            self.lines.append([line, None if origin is None else origin.id])
+            return line
+
+        def history(self):
+            return self.lines
+
+        def emit_from_inside(self, msg: str):
+            self.actor.emit("log", {"msg": msg})
+
+
+class Picky(Actor):
+    """Declines everything except values it was told to accept."""
+
+    class state(Actor.state):
+        def __init__(self, accept=None) -> None:
+            self.accept = accept
+            self.seen = 0
+
+        def take(self, value):
+            self.seen += 1
+            if value != self.accept:
+                raise Next()
+            return self.actor.id
+
+        def seen_count(self):
+            return self.seen

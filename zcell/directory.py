@@ -34,6 +34,8 @@ class Member:
     load: int = 0
     n_actors: int = 0
     leaving: bool = False
+    syncing: bool = False  # a snapshot request is in flight
+    synced: bool = False  # its directory snapshot has arrived
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> Member:
@@ -91,7 +93,9 @@ class Directory:
     def count_on(self, node_id: str) -> int:
         return sum(1 for _, n in self.actors.values() if n == node_id)
 
-    def next_of_type(self, type_name: str, exclude: set[str] | None = None) -> tuple[str, str] | None:
+    def next_of_type(
+        self, type_name: str, exclude: set[str] | None = None
+    ) -> tuple[str, str] | None:
         """Round-robin pick of (actor id, node id); this caller cycles over the group."""
         group = self.by_type.get(type_name)
         if not group:

@@ -57,6 +57,9 @@ class RemoteError(ZcellError):
         self.type_name = type_name
         self.remote_message = message
         self.remote_traceback = traceback
+        if isinstance(self, SyntaxError):
+            # traceback formats SyntaxErrors from .msg, not str().
+            self.msg = str(self)
 
     def __str__(self) -> str:
         text = f"{self.type_name}: {self.remote_message}"
@@ -65,7 +68,12 @@ class RemoteError(ZcellError):
         return text
 
     def __reduce__(self) -> Any:
-        return (remote_error, (self.type_name, self.remote_message, self.remote_traceback, ""))
+        base = getattr(type(self), "_builtin_base", None)
+        ancestor = base.__name__ if base is not None else ""
+        return (
+            remote_error,
+            (self.type_name, self.remote_message, self.remote_traceback, ancestor),
+        )
 
 
 class NoSuchMethod(ZcellError, AttributeError):
@@ -154,7 +162,9 @@ class NodeStopped(ZcellError):
 # -- remote exceptions -------------------------------------------------------
 
 # Never mirrored: they have control-flow meaning in the caller's process.
-_NOT_MIRRORED = frozenset({"StopIteration", "GeneratorExit", "SystemExit", "KeyboardInterrupt"})
+_NOT_MIRRORED = frozenset(
+    {"StopIteration", "StopAsyncIteration", "GeneratorExit", "SystemExit", "KeyboardInterrupt"}
+)
 _mirror_cache: dict[str, type[RemoteError]] = {}
 
 
@@ -201,7 +211,9 @@ def _mirror_new(cls: type, *args: Any, **kwargs: Any) -> Any:
     # __new__; give each one arguments it accepts, then let __init__ set ours.
     base = cls._builtin_base  # type: ignore[attr-defined]
     if issubclass(base, BaseExceptionGroup):
-        return base.__new__(cls, "remote", [Exception("remote")])
+        return base.__new__(
+            cls, "remote", [Exception("the remote group's members are not carried")]
+        )
     try:
         return base.__new__(cls)
     except TypeError:  # e.g. MemoryError: its own allocator refuses subclasses' new

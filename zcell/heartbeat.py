@@ -42,6 +42,14 @@ class HeartbeatThread:
         self.endpoint = ""
         self._ready: list[str] = []
         self._stop_sock: Any = None
+        # Written by the sender thread only. ``stalled_since`` is the time of the
+        # last beat before a gap of more than ``stall_after`` seconds: not even
+        # this thread ran, so the whole process was stopped (SIGSTOP, a paused
+        # VM) and peers stopped hearing us. The node reads both (see node.py).
+        self.stall_after = 2.6 * interval
+        self.last_beat = time.monotonic()
+        self.stalled_since = 0.0
+        self.stall_handled = 0.0  # written by the node's loop thread only
 
     def start(self) -> str:
         """Bind the socket (in this thread, then hand it over); return its endpoint."""
@@ -65,6 +73,12 @@ class HeartbeatThread:
         interval_ms = int(self._interval * 1000)
         try:
             while True:
+                now = time.monotonic()
+                if now - self.last_beat > self.stall_after:
+                    # Record the gap before moving last_beat (the node reads them
+                    # in the other order, without a lock).
+                    self.stalled_since = self.last_beat
+                self.last_beat = now
                 try:
                     pub.send(self._make_frame(), zmq.NOBLOCK)
                 except zmq.Again:

@@ -144,7 +144,7 @@ class Host:
 
         def answer(status: int, value: Any) -> None:
             if not nowait:
-                node.reply(src, rid, status, [actor_id, value] if is_scatter else value, ttl)
+                node.reply(src, rid, status, value, ttl, actor_id if is_scatter else None)
 
         hosted = self.actors.get(actor_id)
         if hosted is None:
@@ -183,7 +183,9 @@ class Host:
             if nowait:
                 node.stats["nowait_failures"] += 1
                 log.error(
-                    "zcell: %s.%s (fire and forget) failed", hosted.actor.name, method,
+                    "zcell: %s.%s (fire and forget) failed",
+                    hosted.actor.name,
+                    method,
                     exc_info=True,
                 )
             answer(ERROR, self.error_info(exc))
@@ -195,7 +197,11 @@ class Host:
     @staticmethod
     def error_info(exc: BaseException) -> list[str]:
         cls = type(exc)
-        name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+        name = (
+            cls.__qualname__
+            if cls.__module__ == "builtins"
+            else f"{cls.__module__}.{cls.__qualname__}"
+        )
         return [name, str(exc), traceback.format_exc(), builtin_ancestor(cls)]
 
     def _throw_on(self, msg: list[Any], hosted: Hosted) -> None:
@@ -207,9 +213,16 @@ class Host:
         picked = node.directory.next_of_type(hosted.actor.name, exclude=set(seen))
         if picked is None:
             if not msg[R_FLAGS] & F_NOWAIT:
-                node.reply(msg[R_SRC], msg[R_ID], ZERROR,
-                           ["NoSuchActor", f"every actor of type {hosted.actor.name} declined "
-                            f"{msg[R_METHOD]} (Next)"], msg[R_TTL])
+                node.reply(
+                    msg[R_SRC],
+                    msg[R_ID],
+                    ZERROR,
+                    [
+                        "NoSuchActor",
+                        f"every actor of type {hosted.actor.name} declined {msg[R_METHOD]} (Next)",
+                    ],
+                    msg[R_TTL],
+                )
             return
         actor_id, node_id = picked
         seen.append(actor_id)
@@ -245,8 +258,12 @@ class Host:
                 node._deliver(mode, target, method, kwargs, {"nowait": True}, origin=source)
             except Exception as exc:
                 node.stats["nowait_failures"] += 1
-                log.warning("zcell: outbox of %s could not deliver to %s: %s",
-                            hosted.actor.name, type_name, exc)
+                log.warning(
+                    "zcell: outbox of %s could not deliver to %s: %s",
+                    hosted.actor.name,
+                    type_name,
+                    exc,
+                )
 
     # ------------------------------------------------------------------ control
 
@@ -261,8 +278,11 @@ class Host:
             if hosted is None:
                 raise NoSuchActor(f"no actor {args.get('source')} on node {self.node.name}")
             target = args.get("target")
-            if not (isinstance(target, list) and len(target) == 3
-                    and all(isinstance(x, str) for x in target)):
+            if not (
+                isinstance(target, list)
+                and len(target) == 3
+                and all(isinstance(x, str) for x in target)
+            ):
                 raise NoSuchActor("malformed binding target")
             if op == "bind":
                 binding = (_str(args, "kind"), target)
@@ -270,7 +290,8 @@ class Host:
                     hosted.bindings.append(binding)
             else:
                 hosted.bindings = [
-                    b for b in hosted.bindings
+                    b
+                    for b in hosted.bindings
                     if not (b[1][0] == target[0] if target[0] else b[1][1] == target[1])
                 ]
             return None
@@ -287,7 +308,9 @@ class Host:
             raise NoSuchActor("spawn kwargs must be a dict")
         cls = node._types.get(type_name)
         if cls is None:
-            log.warning("zcell: refused to spawn unregistered type %r (asked by %s)", type_name, src)
+            log.warning(
+                "zcell: refused to spawn unregistered type %r (asked by %s)", type_name, src
+            )
             raise NoNodeForType(
                 f"node {node.name} does not host actor type {type_name!r} (it hosts "
                 f"{sorted(node._types) or 'nothing'}); start a node with "
@@ -350,8 +373,13 @@ class Host:
         while self.queue:
             msg, _, actor_id = self.queue.popleft()
             if not msg[R_FLAGS] & F_NOWAIT:
-                self.node.reply(msg[R_SRC], msg[R_ID], ZERROR,
-                                ["ActorStopped", f"node {self.node.name} stopped"], 1000)
+                self.node.reply(
+                    msg[R_SRC],
+                    msg[R_ID],
+                    ZERROR,
+                    ["ActorStopped", f"node {self.node.name} stopped"],
+                    1000,
+                )
         for actor_id in list(self.actors):
             hosted = self.actors.pop(actor_id)
             self._stopped[actor_id] = None
@@ -366,4 +394,3 @@ def _str(args: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise NoSuchActor(f"control call lacks {key!r}")
     return value
-

@@ -238,4 +238,3 @@ class LoopThread:
 
     def join(self, timeout: float | None) -> bool:
         return self._exited.wait(timeout)
-

@@ -31,6 +31,7 @@ from gevent.event import Event
 from . import wire
 from .actor import Actor, current_context, module_actor_classes, type_name_of
 from .directory import Directory, Member
+from .discovery import Discovery
 from .errors import (
     ActorStopped,
     CallTimeout,
@@ -270,8 +271,6 @@ class Node:
         sock.setsockopt(zmq.SNDHWM, 10)
 
     def _start_discovery(self) -> None:
-        from .discovery import Discovery
-
         def port(endpoint: str) -> int:
             return int(endpoint.rsplit(":", 1)[1])
 
@@ -326,6 +325,14 @@ class Node:
         try:
             self._publish([V, LEAVING, self.id, self.boot], timeout=0.5)
             self.host_.drain(timeout)
+            # LEFT goes to each member's inbox over the same DEALER as our
+            # replies, so it cannot overtake a reply still on the wire.
+            left = self._codec.encode([V, LEFT, self.id, self.boot])
+            for member in list(self._members.values()):
+                try:
+                    member.dealer.try_send(left)
+                except ZcellError:
+                    pass
             self._publish([V, LEFT, self.id, self.boot], timeout=0.5)
         except Exception:
             log.debug("zcell: leave announcement failed", exc_info=True)
@@ -376,8 +383,15 @@ class Node:
     def _heartbeat_frame(self) -> bytes:
         # Called from the heartbeat thread: its own packb, no shared packer.
         frame: bytes = msgpack.packb(
-            [V, HEARTBEAT, self.id, self.boot, self._dir_seq, self.host_.in_flight,
-             len(self.host_.actors)]
+            [
+                V,
+                HEARTBEAT,
+                self.id,
+                self.boot,
+                self._dir_seq,
+                self.host_.in_flight,
+                len(self.host_.actors),
+            ]
         )
         return frame
 
@@ -469,8 +483,9 @@ class Node:
         flags = (F_NOWAIT if nowait else 0) | (F_EMIT if mode == "emit" else 0)
 
         if mode == "scatter":
-            return self._scatter(ref.name, method, kwargs, options, rid, chain, ttl, deadline,
-                                 flags, origin, in_loop)
+            return self._scatter(
+                ref.name, method, kwargs, options, rid, chain, ttl, deadline, flags, origin, in_loop
+            )
         target_id, node_id, seen = ref.id, ref.node_id, None
         if mode == "throw":
             flags |= F_THROW
@@ -483,8 +498,21 @@ class Node:
             target_id, node_id = picked
             seen = [target_id]
         frame = self._encode(
-            [V, REQ, rid, self.id, self.boot, chain, ttl, target_id, method, kwargs, flags,
-             origin, seen]
+            [
+                V,
+                REQ,
+                rid,
+                self.id,
+                self.boot,
+                chain,
+                ttl,
+                target_id,
+                method,
+                kwargs,
+                flags,
+                origin,
+                seen,
+            ]
         )
         if nowait:
             if in_loop:
@@ -572,8 +600,21 @@ class Node:
         limit = options.get("limit")
         propagate = options.get("propagate", True)
         frame = self._encode(
-            [V, SCATTER, rid, self.id, self.boot, chain, ttl, type_name, method, kwargs, flags,
-             origin, None]
+            [
+                V,
+                SCATTER,
+                rid,
+                self.id,
+                self.boot,
+                chain,
+                ttl,
+                type_name,
+                method,
+                kwargs,
+                flags,
+                origin,
+                None,
+            ]
         )
         nowait = bool(flags & F_NOWAIT)
         box: list[ScatterResult | None] = [None]
@@ -581,8 +622,9 @@ class Node:
         def send() -> None:
             expected = dict(self.directory.of_type(type_name))
             if not nowait:
-                result = ScatterResult(rid, expected, deadline, limit, propagate,
-                                       self._cancel_pending)
+                result = ScatterResult(
+                    rid, expected, deadline, limit, propagate, self._cancel_pending
+                )
                 box[0] = result
                 if not expected:
                     return
@@ -668,7 +710,7 @@ class Node:
             elif kind == WELCOME:
                 self._on_welcome(msg)
             elif kind in (LEAVING, LEFT):
-                self._on_leave(msg)
+                self._on_leave(msg, from_pub)
         except Exception:
             self.stats["dropped_bad_frames"] += 1
             log.exception("zcell: message of kind %s could not be handled", kind)
@@ -677,11 +719,16 @@ class Node:
         """Requests only from current members (right boot id), and not past deadline."""
         src = msg[wire.R_SRC]
         if src != self.id:
+            now = time.monotonic()
+            # Right after a SIGSTOP/SIGCONT the inbox holds requests whose callers
+            # gave up long ago: check for that before admitting any of them.
+            if now - self._hb.last_beat > self._hb.stall_after or self._hb.stalled_since:
+                self._check_frozen(now)
             member = self._members.get(src)
             if member is None or member.boot != msg[wire.R_BOOT]:
                 self.stats["dropped_stale"] += 1
                 return False
-            member.last_seen = time.monotonic()
+            member.last_seen = now
         return True
 
     def _admit_ctrl(self, msg: list[Any]) -> bool:
@@ -711,6 +758,11 @@ class Node:
         entry = self._pending.get(rid)
         if entry is None:
             self.stats["late_replies"] += 1
+            return
+        src = msg[P_SRC]
+        if src != self.id and src not in self._members:
+            # Only members reply (a declined throw may be answered by any of them).
+            self.stats["dropped_stale"] += 1
             return
         result = entry[0]
         status = msg[P_STATUS]
@@ -810,13 +862,21 @@ class Node:
         )
 
     def _on_hello(self, info: dict[str, Any]) -> None:
+        known = info["id"] in self._members
         member = self._add_member(info)
         if member is None:
             return
         welcome = self._welcome_frame(
             [self._member_info(m) for m in self._members.values() if m.id != member.id]
         )
-        gevent.spawn(self._send_quiet, member, welcome)
+        gevent.spawn(self._welcome_and_sync, member, welcome, not known)
+
+    def _welcome_and_sync(self, member: Member, welcome: bytes, sync: bool) -> None:
+        self._send_quiet(member, welcome)
+        if sync:
+            # A HELLO carries no directory: pull the newcomer's snapshot now
+            # (after our WELCOME, which makes us a member on its side).
+            self._resync(member)
 
     def _send_quiet(self, member: Member, frame: bytes) -> None:
         try:
@@ -825,8 +885,15 @@ class Node:
             log.debug("zcell: could not answer %s: %s", member.name, exc)
 
     def _member_info(self, m: Member) -> dict[str, Any]:
-        return {"id": m.id, "boot": m.boot, "name": m.name, "cluster": m.cluster,
-                "inbox": m.inbox, "pub": m.pub, "hb": m.hb}
+        return {
+            "id": m.id,
+            "boot": m.boot,
+            "name": m.name,
+            "cluster": m.cluster,
+            "inbox": m.inbox,
+            "pub": m.pub,
+            "hb": m.hb,
+        }
 
     def _on_welcome(self, msg: list[Any]) -> None:
         info, seq, actors, members = msg[2], msg[3], msg[4], msg[5]
@@ -836,6 +903,7 @@ class Node:
         if seq >= member.dir_seq:  # welcomes may be overtaken by directory news
             member.dir_seq = seq
             self.directory.replace_node(member.id, actors)
+        member.synced = True
         # Gossip only suggests addresses; membership needs first-hand contact.
         now = time.monotonic()
         for other in members:
@@ -851,7 +919,7 @@ class Node:
         member.last_seen = time.monotonic()
         member.load = msg[5]
         member.n_actors = msg[6]
-        if msg[4] > member.dir_seq:
+        if (msg[4] > member.dir_seq or not member.synced) and not member.syncing:
             gevent.spawn(self._resync, member)
 
     def _on_directory(self, msg: list[Any]) -> None:
@@ -874,26 +942,40 @@ class Node:
             member.types.add(type_name)
 
     def _resync(self, member: Member) -> None:
+        if member.syncing:
+            return
+        member.syncing = True
         try:
             seq, actors, types = self._ctrl(member.id, "snapshot", {}, 5.0)
         except ZcellError as exc:
             log.debug("zcell: snapshot from %s failed: %s", member.name, exc)
             return
+        finally:
+            member.syncing = False
         if self._members.get(member.id) is member and seq >= member.dir_seq:
             member.dir_seq = seq
             member.types = set(types)
             wire.check_actor_list(actors)
             self.directory.replace_node(member.id, actors)
+            member.synced = True
 
-    def _on_leave(self, msg: list[Any]) -> None:
+    def _on_leave(self, msg: list[Any], from_pub: bool = False) -> None:
         member = self._members.get(msg[2])
         if member is None or member.boot != msg[3]:
             return
         if msg[1] == LEAVING:
             member.leaving = True
+        elif from_pub:
+            # The copy sent to our inbox comes after the node's last replies;
+            # this one may overtake them, so give those a moment.
+            member.leaving = True
+            gevent.spawn_later(0.3, self._left, member)
         else:
-            self._member_down(member, "left")
-            self._seeds.pop(member.inbox, None)
+            self._left(member)
+
+    def _left(self, member: Member) -> None:
+        self._member_down(member, "left")
+        self._seeds.pop(member.inbox, None)
 
     def _member_down(self, member: Member, reason: str) -> None:
         if self._members.get(member.id) is not member:
@@ -926,6 +1008,31 @@ class Node:
     def _actor_gone(self, actor_id: str) -> None:
         self.host_.forget_binding_target(actor_id)
 
+    def _check_frozen(self, now: float) -> bool:
+        """Drop every member if this process was stopped as long as peers wait.
+
+        The heartbeat thread is a real OS thread that keeps beating while a handler
+        hogs the loop; when even it fell silent for the down threshold, the whole
+        process was stopped (SIGSTOP, a paused VM) and every peer has declared us
+        down. Requests waiting in our sockets meanwhile are stale: dropping the
+        senders as members makes ``_admit`` refuse them. We knock at once to rejoin.
+        """
+        hb = self._hb
+        if hb is None or self._state != "running":
+            return False
+        last = hb.last_beat
+        since = last if now - last > hb.stall_after else hb.stalled_since
+        if since <= hb.stall_handled:
+            return False  # no gap, or this gap was handled already
+        hb.stall_handled = since
+        log.warning("zcell: node %s was stopped for %.1fs (heartbeats too): its peers "
+                    "have declared it down; dropping them and rejoining",
+                    self.name, now - since)
+        for member in list(self._members.values()):
+            self._member_down(member, "this node was stopped")
+            self._hello(member.inbox)
+        return True
+
     def _housekeeping(self) -> None:
         """Liveness checks, expired calls, and knocking on seeds that are not members."""
         interval = min(0.2 * self.heartbeat, 0.25)
@@ -939,8 +1046,9 @@ class Node:
                 # Our own loop was blocked: the heartbeats queued meanwhile have
                 # not been read yet, so give everyone a grace period.
                 log.warning("zcell: node %s loop was blocked for %.1fs", self.name, now - last)
-                for member in self._members.values():
-                    member.last_seen = max(member.last_seen, now)
+                if not self._check_frozen(now):
+                    for member in self._members.values():
+                        member.last_seen = max(member.last_seen, now)
             last = now
             for member in list(self._members.values()):
                 if now - member.last_seen > down_after:
@@ -968,9 +1076,7 @@ class Node:
         """A control call to a node (spawn, kill, bind, unbind, snapshot)."""
         rid = next(self._req_ids)
         deadline = time.monotonic() + timeout
-        frame = self._encode(
-            [V, CTRL, rid, self.id, self.boot, int(timeout * 1000), op, args]
-        )
+        frame = self._encode([V, CTRL, rid, self.id, self.boot, int(timeout * 1000), op, args])
         result = AsyncResult(rid, deadline, self._cancel_pending)
         if self._loop.in_loop():
             self._pending[rid] = (result, node_id, deadline)
@@ -994,15 +1100,25 @@ class Node:
         else:
             self.reply(src, rid, OK, value, ttl)
 
-    def reply(self, node_id: str, rid: int, status: int, value: Any, ttl: int | None) -> None:
-        """Send a reply to a caller's inbox (or complete it here for local callers)."""
+    def reply(
+        self,
+        node_id: str,
+        rid: int,
+        status: int,
+        value: Any,
+        ttl: int | None,
+        actor_id: str | None = None,
+    ) -> None:
+        """Send a reply to a caller's inbox (or complete it here for local callers).
+
+        ``actor_id`` marks a scatter reply: its value travels as [actor_id, value].
+        """
+        wrap = (lambda v: [actor_id, v]) if actor_id is not None else (lambda v: v)
         try:
-            frame = self._codec.encode([V, REP, rid, self.id, status, value])
+            frame = self._codec.encode([V, REP, rid, self.id, status, wrap(value)])
         except SerializationError as exc:
-            frame = self._codec.encode(
-                [V, REP, rid, self.id, ZERROR, ["SerializationError",
-                                                f"the handler's return value cannot travel: {exc}"]]
-            )
+            error = ["SerializationError", f"the handler's return value cannot travel: {exc}"]
+            frame = self._codec.encode([V, REP, rid, self.id, ZERROR, wrap(error)])
         deadline = time.monotonic() + (ttl / 1000 if ttl else 5.0)
         try:
             self._send_frame(node_id, frame, deadline)
@@ -1019,8 +1135,10 @@ class Node:
         elif op == "-":
             self.directory.remove(actor_id)
         try:
-            self._publish([V, DIRECTORY, self.id, self.boot, self._dir_seq, op,
-                           [actor_id, type_name]], timeout=1.0)
+            self._publish(
+                [V, DIRECTORY, self.id, self.boot, self._dir_seq, op, [actor_id, type_name]],
+                timeout=1.0,
+            )
         except ZcellError as exc:
             # Peers notice the gap in the numbers and pull a snapshot.
             log.debug("zcell: directory news not published: %s", exc)
@@ -1093,10 +1211,10 @@ class Node:
             for member in self._members.values():
                 if on in (member.id, member.name):
                     return member.id
-            raise NoNodeForType(
-                f"no node named {on!r} in the mesh; nodes: {self._node_names()}"
-            )
-        candidates = [(self.directory.count_on(self.id), self.name, self.id)] if name in self._types else []
+            raise NoNodeForType(f"no node named {on!r} in the mesh; nodes: {self._node_names()}")
+        candidates = (
+            [(self.directory.count_on(self.id), self.name, self.id)] if name in self._types else []
+        )
         for member in self._members.values():
             if name in member.types and not member.leaving:
                 candidates.append((self.directory.count_on(member.id), member.name, member.id))
@@ -1113,7 +1231,9 @@ class Node:
 
     def _node_names(self) -> str:
         names = [f"{self.name} (hosts {sorted(self._types) or 'nothing'})"]
-        names += [f"{m.name} (hosts {sorted(m.types) or 'nothing'})" for m in self._members.values()]
+        names += [
+            f"{m.name} (hosts {sorted(m.types) or 'nothing'})" for m in self._members.values()
+        ]
         return ", ".join(names)
 
     def select(self, cls: Any) -> ActorProxy:
@@ -1217,7 +1337,10 @@ class Node:
         return stats
 
     def wait_for(
-        self, nodes: int | None = None, type: Any = None, timeout: float = 10.0  # noqa: A002
+        self,
+        nodes: int | None = None,
+        type: Any = None,
+        timeout: float = 10.0,  # noqa: A002
     ) -> None:
         """Block until the mesh has ``nodes`` members (itself included) and/or an actor
         of ``type``.
@@ -1229,7 +1352,8 @@ class Node:
         name = type_name_of(type) if type is not None else None
         deadline = time.monotonic() + timeout
         while True:
-            have = len(self._members) + 1
+            # A member counts once its directory snapshot is in.
+            have = 1 + sum(1 for m in list(self._members.values()) if m.synced)
             ok = (nodes is None or have >= nodes) and (
                 name is None or bool(self.directory.of_type(name))
             )
@@ -1261,8 +1385,12 @@ class Node:
                     raise TypeError("a direct binding needs an actor proxy as its target")
             else:
                 spec = ["", type_name_of(target), ""]
-        self._ctrl(source.node_id, op, {"source": source.id, "target": spec, "kind": kind},
-                   Actor.default_timeout)
+        self._ctrl(
+            source.node_id,
+            op,
+            {"source": source.id, "target": spec, "kind": kind},
+            Actor.default_timeout,
+        )
 
     def __repr__(self) -> str:
         return f"<Node {self.name} {self.id} {self._state}>"

@@ -34,7 +34,12 @@ class Mesh(Protocol):
     """What a proxy needs from its node (implemented by ``zcell.node.Node``)."""
 
     def _deliver(
-        self, mode: str, ref: ActorProxy, method: str, kwargs: dict[str, Any], options: dict[str, Any]
+        self,
+        mode: str,
+        ref: ActorProxy,
+        method: str,
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
     ) -> Any: ...
 
     def _binding(self, op: str, source: ActorProxy, target: Any, kind: str) -> None: ...

@@ -153,7 +153,9 @@ class Socket:
             else:
                 self.hub.wait(self._watcher)
         except CallTimeout:
-            raise CallTimeout("timed out waiting to send: the peer is not taking messages") from None
+            raise CallTimeout(
+                "timed out waiting to send: the peer is not taking messages"
+            ) from None
         finally:
             if timer is not None:
                 timer.close()

@@ -61,8 +61,8 @@ _LENGTHS = {
 }
 
 # REQ / SCATTER field positions
-R_ID, R_SRC, R_BOOT, R_CHAIN, R_TTL, R_TARGET, R_METHOD, R_KWARGS, R_FLAGS, R_ORIGIN, R_SEEN = range(
-    2, 13
+R_ID, R_SRC, R_BOOT, R_CHAIN, R_TTL, R_TARGET, R_METHOD, R_KWARGS, R_FLAGS, R_ORIGIN, R_SEEN = (
+    range(2, 13)
 )
 # REP
 P_ID, P_SRC, P_STATUS = 2, 3, 4
@@ -77,6 +77,10 @@ def _default(obj: Any) -> Any:
     ref = getattr(obj, "_zcell_ref", None)
     if ref is not None:
         return msgpack.ExtType(EXT_PROXY, msgpack.packb(list(ref()), use_bin_type=True))
+    if isinstance(obj, int):
+        raise TypeError(
+            f"integer {obj} is outside msgpack's range -2**63..2**64-1; send it as a str"
+        )
     if isinstance(obj, set | frozenset):
         raise TypeError(f"a {type(obj).__name__} cannot travel; send a list instead")
     raise TypeError(f"can not serialize {type(obj).__name__!r} object")
@@ -141,8 +145,25 @@ class Codec:
             raise
         except Exception as exc:  # msgpack raises many types for bad input
             raise ProtocolError(f"undecodable frame: {exc.__class__.__name__}") from None
+        # msgpack decodes its timestamp extension (-1) itself, bypassing
+        # ext_hook; only proxies may arrive as extension types.
+        if b"\xff" in data and _has_timestamp(msg):  # type -1 is 0xff on the wire
+            raise ProtocolError("msgpack timestamps are not accepted")
         check(msg)
         return msg
+
+
+def _has_timestamp(value: Any) -> bool:
+    if isinstance(value, msgpack.Timestamp):
+        return True
+    if isinstance(value, list):
+        return any(_has_timestamp(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_timestamp(k) or _has_timestamp(v) for k, v in value.items())
+    return False
+
+
+_PLAIN = (list, dict, str, bytes, int, float, bool)
 
 
 def check(msg: Any) -> None:
@@ -150,7 +171,7 @@ def check(msg: Any) -> None:
     if not isinstance(msg, list) or len(msg) < 2:
         raise ProtocolError("a message is an array of at least 2 items")
     version, kind = msg[0], msg[1]
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(f"unsupported protocol version {version!r}")
     expected = _LENGTHS.get(kind) if type(kind) is int else None
     if expected is None:
@@ -176,8 +197,12 @@ def check(msg: Any) -> None:
             or not isinstance(msg[R_KWARGS], dict)
             or type(msg[R_FLAGS]) is not int
             or not (msg[R_SEEN] is None or isinstance(msg[R_SEEN], list))
+            # The origin is nil or a decoded proxy, never plain data.
+            or isinstance(msg[R_ORIGIN], _PLAIN)
         ):
             raise ProtocolError("malformed request")
+        if msg[R_SEEN] is not None and not all(isinstance(x, str) for x in msg[R_SEEN]):
+            raise ProtocolError("malformed request: seen ids must be strings")
         for key in msg[R_KWARGS]:
             if not isinstance(key, str):
                 raise ProtocolError("request keyword names must be strings")
@@ -218,7 +243,7 @@ def check(msg: Any) -> None:
             not isinstance(msg[2], str)
             or not isinstance(msg[3], str)
             or type(msg[4]) is not int
-            or msg[5] not in ("+", "-")
+            or msg[5] not in ("+", "-", "t")
         ):
             raise ProtocolError("malformed directory change")
         check_actor_list([msg[6]])
