@@ -48,6 +48,7 @@ from .errors import (
 from .heartbeat import HeartbeatThread
 from .hosting import Host
 from .loop import Flag, LoopThread
+from .outbound import Outbound
 from .proxy import ActorProxy
 from .result import AsyncResult, ScatterResult
 from .transport import Context, Socket, TransportClosed, bind_random
@@ -179,6 +180,7 @@ class Node:
         self._seeds: dict[str, float] = {}  # inbox endpoint -> expiry (inf: forever)
         self._hello_inflight: set[str] = set()
         self._dealers: dict[str, Socket] = {}
+        self._outbound: dict[str, Outbound] = {}
         self._scatter_seen: dict[tuple[str, int], None] = {}
         self._subscribed: set[str] = set()
         self._state = "new"
@@ -196,6 +198,7 @@ class Node:
                 "dropped_expired",
                 "late_replies",
                 "nowait_failures",
+                "send_failures",
             ),
             0,
         )
@@ -341,8 +344,11 @@ class Node:
                 self._loop.hub.threadpool.apply(self._disc.stop)
             except Exception:
                 log.debug("zcell: discovery stop failed", exc_info=True)
+        stopped = NodeStopped(f"node {self.name} stopped")
+        for out in list(self._outbound.values()):
+            out.close(stopped)
         for rid, (result, _, _) in list(self._pending.items()):
-            self._fail_pending(rid, result, NodeStopped(f"node {self.name} stopped"))
+            self._fail_pending(rid, result, stopped)
         if self._hb is not None:
             self._hb.stop()
         gevent.sleep(0.02)  # let the LEFT frame reach the wire before closing
@@ -518,17 +524,9 @@ class Node:
             if in_loop:
                 self._send_frame(node_id, frame, deadline)
             else:
-                self._loop.submit(self._send_nowait_cb, node_id, frame, deadline)
+                self._outbound_to(node_id).put(frame, deadline, None)
             return None
-        result = AsyncResult(rid, deadline, self._cancel_pending)
-        if in_loop:
-            self._pending[rid] = (result, node_id, deadline)
-            try:
-                self._send_frame(node_id, frame, deadline)
-            except ZcellError as exc:
-                self._fail_pending(rid, result, exc)
-        else:
-            self._loop.submit(self._send_request_cb, node_id, frame, deadline, rid, result)
+        result = self._request(node_id, frame, deadline, rid, in_loop)
         if mode == "call":
             return result
         return result.get()
@@ -541,34 +539,41 @@ class Node:
                 return picked
         return picked
 
-    def _send_nowait_cb(self, node_id: str, frame: bytes, deadline: float) -> None:
-        try:
-            if not self._send_frame(node_id, frame, deadline, callback=True):
-                gevent.spawn(self._send_blocking, node_id, frame, deadline, None)
-        except ZcellError as exc:
-            log.warning("zcell: nowait message to %s not sent: %s", node_id, exc)
-
-    def _send_request_cb(
-        self, node_id: str, frame: bytes, deadline: float, rid: int, result: AsyncResult
-    ) -> None:
+    def _request(
+        self, node_id: str, frame: bytes, deadline: float, rid: int, in_loop: bool
+    ) -> AsyncResult:
+        """Register a pending reply and send the request frame."""
+        result = AsyncResult(rid, deadline, self._cancel_pending)
         self._pending[rid] = (result, node_id, deadline)
-        # A hub callback must not block: try once, else finish in a greenlet.
         try:
-            if not self._send_frame(node_id, frame, deadline, callback=True):
-                gevent.spawn(self._send_blocking, node_id, frame, deadline, rid)
+            if in_loop:
+                self._send_frame(node_id, frame, deadline)
+            else:
+                self._outbound_to(node_id).put(frame, deadline, rid)
         except ZcellError as exc:
             self._fail_pending(rid, result, exc)
+        return result
 
-    def _send_blocking(self, node_id: str, frame: bytes, deadline: float, rid: int | None) -> None:
-        try:
-            self._send_frame(node_id, frame, deadline)
-        except ZcellError as exc:
-            if rid is None:
-                log.warning("zcell: nowait message to %s not sent: %s", node_id, exc)
-            else:
-                entry = self._pending.get(rid)
-                if entry is not None:
-                    self._fail_pending(rid, entry[0], exc)
+    def _outbound_to(self, node_id: str) -> Outbound:
+        """The queue for frames from the program's threads to ``node_id``."""
+        out = self._outbound.get(node_id)
+        if out is None:
+            if node_id != self.id and node_id not in self._members:
+                raise NodeDown(f"node {node_id} is not (or no longer) in the mesh")
+            out = self._outbound.setdefault(
+                node_id,
+                Outbound(node_id, self._send_frame, self._send_failed, self._loop.submit),
+            )
+        return out
+
+    def _send_failed(self, rid: int | None, exc: ZcellError) -> None:
+        if rid is None:
+            self.stats["send_failures"] += 1
+            log.warning("zcell: a fire-and-forget message was not sent: %s", exc)
+            return
+        entry = self._pending.get(rid)
+        if entry is not None:
+            self._fail_pending(rid, entry[0], exc)
 
     def _fail_pending(self, rid: int, result: Any, exc: BaseException) -> None:
         self._pending.pop(rid, None)
@@ -722,8 +727,7 @@ class Node:
             now = time.monotonic()
             # Right after a SIGSTOP/SIGCONT the inbox holds requests whose callers
             # gave up long ago: check for that before admitting any of them.
-            if now - self._hb.last_beat > self._hb.stall_after or self._hb.stalled_since:
-                self._check_frozen(now)
+            self._check_frozen(now)
             member = self._members.get(src)
             if member is None or member.boot != msg[wire.R_BOOT]:
                 self.stats["dropped_stale"] += 1
@@ -826,6 +830,9 @@ class Node:
             if info["cluster"] != self.cluster:
                 self.stats["dropped_stale"] += 1
             return None
+        now = time.monotonic()
+        if self._check_frozen(now) or (self._hb is not None and now < self._hb.quiet_until):
+            return None  # just woke from a process stop: let the stale backlog drain
         member = self._members.get(info["id"])
         if member is not None:
             if member.boot == info["boot"]:
@@ -986,6 +993,9 @@ class Node:
         for actor_id in gone:
             self._actor_gone(actor_id)
         error = NodeDown(f"node {member.name} went down ({reason}); the outcome is unknown")
+        out = self._outbound.pop(member.id, None)
+        if out is not None:
+            out.close(error)
         for rid, (result, node_id, _) in list(self._pending.items()):
             if isinstance(result, ScatterResult):
                 result._node_down(member.id)
@@ -1009,28 +1019,27 @@ class Node:
         self.host_.forget_binding_target(actor_id)
 
     def _check_frozen(self, now: float) -> bool:
-        """Drop every member if this process was stopped as long as peers wait.
+        """After a process stop as long as peers wait, drop every member.
 
-        The heartbeat thread is a real OS thread that keeps beating while a handler
-        hogs the loop; when even it fell silent for the down threshold, the whole
-        process was stopped (SIGSTOP, a paused VM) and every peer has declared us
-        down. Requests waiting in our sockets meanwhile are stale: dropping the
-        senders as members makes ``_admit`` refuse them. We knock at once to rejoin.
+        Every peer has declared us down meanwhile (see
+        ``HeartbeatThread.stopped_since``), and what reached our sockets while we
+        were stopped is stale: requests whose callers got ``NodeDown`` or gave up.
+        With the senders no longer members, ``_admit`` drops them; ``_add_member``
+        re-admits nobody for a short quiet period, so that this backlog (read
+        within milliseconds of waking) is gone before the seeds' knocking rejoins.
         """
         hb = self._hb
         if hb is None or self._state != "running":
             return False
-        last = hb.last_beat
-        since = last if now - last > hb.stall_after else hb.stalled_since
-        if since <= hb.stall_handled:
-            return False  # no gap, or this gap was handled already
-        hb.stall_handled = since
+        since = hb.stopped_since(now)
+        if since is None:
+            return False
+        hb.quiet_until = now + max(0.5, self.heartbeat)
         log.warning("zcell: node %s was stopped for %.1fs (heartbeats too): its peers "
-                    "have declared it down; dropping them and rejoining",
-                    self.name, now - since)
+                    "have declared it down; dropping them, rejoining in %.1fs",
+                    self.name, now - since, hb.quiet_until - now)
         for member in list(self._members.values()):
             self._member_down(member, "this node was stopped")
-            self._hello(member.inbox)
         return True
 
     def _housekeeping(self) -> None:
@@ -1042,11 +1051,13 @@ class Node:
         while True:
             gevent.sleep(interval)
             now = time.monotonic()
+            frozen = self._check_frozen(now)
             if now - last > interval + self.heartbeat:
                 # Our own loop was blocked: the heartbeats queued meanwhile have
-                # not been read yet, so give everyone a grace period.
+                # not been read yet, so give everyone a grace period (unless the
+                # whole process was stopped: then they have dropped us).
                 log.warning("zcell: node %s loop was blocked for %.1fs", self.name, now - last)
-                if not self._check_frozen(now):
+                if not frozen:
                     for member in self._members.values():
                         member.last_seen = max(member.last_seen, now)
             last = now
@@ -1061,7 +1072,7 @@ class Node:
                         self._fail_pending(
                             rid, result, CallTimeout(f"no reply to request {rid} in time")
                         )
-            if now >= next_knock:
+            if now >= next_knock and not (self._hb and now < self._hb.quiet_until):
                 next_knock = now + 1.0
                 member_inboxes = {m.inbox for m in self._members.values()}
                 for endpoint, expiry in list(self._seeds.items()):
@@ -1077,16 +1088,7 @@ class Node:
         rid = next(self._req_ids)
         deadline = time.monotonic() + timeout
         frame = self._encode([V, CTRL, rid, self.id, self.boot, int(timeout * 1000), op, args])
-        result = AsyncResult(rid, deadline, self._cancel_pending)
-        if self._loop.in_loop():
-            self._pending[rid] = (result, node_id, deadline)
-            try:
-                self._send_frame(node_id, frame, deadline)
-            except ZcellError as exc:
-                self._fail_pending(rid, result, exc)
-        else:
-            self._loop.submit(self._send_request_cb, node_id, frame, deadline, rid, result)
-        return result.get()
+        return self._request(node_id, frame, deadline, rid, self._loop.in_loop()).get()
 
     def _on_ctrl(self, msg: list[Any]) -> None:
         rid, src, op, args = msg[C_ID], msg[C_SRC], msg[C_OP], msg[C_ARGS]

@@ -1,0 +1,43 @@
+"""Smoke test of the benchmark floor: runs `python -m bench.floor --quick --json`.
+
+Structure only; timings depend on the machine and are never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = {"green-inline", "green-spawn", "lean-inline", "lean-spawn"}
+
+
+def test_floor_quick_json() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.floor", "--quick", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+
+    assert set(result["variants"]) == VARIANTS
+    assert result["placement"] == "unpinned"
+    for role in ("client", "server"):
+        assert result["affinity"][role], result["affinity"]
+    for name, m in result["variants"].items():
+        for key in ("rtt_p50_us", "rtt_p99_us", "oneway_msgs_per_s"):
+            assert isinstance(m[key], int | float) and m[key] > 0, (name, key, m[key])
+        assert m["rtt_p99_us"] >= m["rtt_p50_us"], (name, m)
+        assert m["rtt_n"] > 0 and m["oneway_n"] > 0, (name, m)
+        assert m["oneway_count"] == m["oneway_n"], (name, m)
+        assert m["counts_matched"] is True, (name, m)
+    floor = result["floor"]
+    assert floor["rtt_p50_us"] > 0 and floor["oneway_msgs_per_s"] > 0
+    inline = [m for n, m in result["variants"].items() if n.endswith("inline")]
+    assert floor["rtt_p50_us"] == min(m["rtt_p50_us"] for m in inline)
+    assert floor["oneway_msgs_per_s"] == max(m["oneway_msgs_per_s"] for m in inline)

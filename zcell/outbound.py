@@ -1,0 +1,120 @@
+"""Messages from the program's threads to one peer: a queue and a sender greenlet.
+
+A thread outside the node's loop cannot touch its sockets. It appends the
+encoded frame to the destination's queue and wakes the loop only when the queue
+was empty; one greenlet per destination sends in order, waiting whenever the
+peer is slow. When a queue holds ``limit`` frames the calling thread waits (up
+to its own deadline) for room: back-pressure reaches the program instead of
+memory filling up, and nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from gevent.event import Event
+
+from .errors import CallTimeout, ZcellError
+from .loop import Flag, real_lock
+
+log = logging.getLogger("zcell.node")
+
+__all__ = ["Outbound"]
+
+# (frame, deadline, request id or None)
+Item = tuple[bytes, float, int | None]
+
+
+class Outbound:
+    """The queue of frames the program's threads send to one node."""
+
+    def __init__(
+        self,
+        node_id: str,
+        send: Callable[[str, bytes, float], None],
+        failed: Callable[[int | None, ZcellError], None],
+        submit: Callable[..., None],
+        limit: int = 1000,
+    ) -> None:
+        self.node_id = node_id
+        self._send = send  # blocking send in the loop (waits up to the deadline)
+        self._failed = failed  # reports a frame that could not be sent
+        self._submit = submit  # thread-safe: run a callback in the loop
+        self._limit = limit
+        self._queue: collections.deque[Item] = collections.deque()
+        self._space: Flag | None = None  # set when the queue drains below half
+        self._mutex = real_lock()
+        self._wake: Event | None = None
+        self._greenlet: Any = None
+        self._closed = False
+
+    # -- any thread ----------------------------------------------------------
+
+    def put(self, frame: bytes, deadline: float, rid: int | None) -> None:
+        """Queue a frame (from a thread outside the loop); may wait for room."""
+        queue = self._queue
+        while len(queue) >= self._limit and not self._closed:
+            with self._mutex:
+                space = self._space
+                if space is None:
+                    space = self._space = Flag()
+            remaining = deadline - time.monotonic()
+            if not space.wait(remaining) and len(queue) >= self._limit:
+                raise CallTimeout(
+                    f"node {self.node_id} is not taking messages fast enough: {len(queue)} "
+                    "queued for it; slow down, or raise timeout="
+                )
+        if self._closed:
+            raise ZcellError(f"no longer sending to node {self.node_id}")
+        was_empty = not queue
+        queue.append((frame, deadline, rid))
+        if was_empty:
+            self._submit(self._kick)
+
+    # -- loop thread ---------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self._greenlet is None:
+            self._wake = Event()
+            self._greenlet = gevent.spawn(self._run)
+        elif self._wake is not None:
+            self._wake.set()
+
+    def _run(self) -> None:
+        queue = self._queue
+        wake = self._wake
+        assert wake is not None
+        while not self._closed:
+            while queue:
+                frame, deadline, rid = queue[0]
+                try:
+                    self._send(self.node_id, frame, deadline)
+                except ZcellError as exc:
+                    self._failed(rid, exc)
+                queue.popleft()
+                if self._space is not None and len(queue) <= self._limit // 2:
+                    self._release()
+            wake.clear()
+            if not queue:
+                wake.wait()
+
+    def _release(self) -> None:
+        with self._mutex:
+            space, self._space = self._space, None
+        if space is not None:
+            space.set()
+
+    def close(self, error: ZcellError) -> None:
+        """Fail everything queued (the node went down or we stop)."""
+        self._closed = True
+        while self._queue:
+            _, _, rid = self._queue.popleft()
+            self._failed(rid, error)
+        self._release()
+        if self._wake is not None:
+            self._wake.set()
