@@ -199,3 +199,23 @@ class Picky(Actor):
 
         def seen_count(self):
             return self.seen
+
+
+class Sink(Actor):
+    """Counts numbered messages, to prove each arrived exactly once."""
+
+    class state(Actor.state):
+        def __init__(self, n: int) -> None:
+            self.seen = bytearray(n)
+            self.count = 0
+            self.duplicates = 0
+
+        def take(self, i: int) -> None:
+            if self.seen[i]:
+                self.duplicates += 1
+            self.seen[i] = 1
+            self.count += 1
+
+        def report(self):
+            return {"count": self.count, "duplicates": self.duplicates,
+                    "missing": self.seen.count(0)}

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent import GreenletExit
-from greenlet import getcurrent
+from gevent.event import Event
+from greenlet import getcurrent, greenlet
 
 from .actor import Actor, MessageContext, Next, handler_table, new_state
 from .errors import ActorStopped, NoNodeForType, NoSuchActor, NoSuchMethod, builtin_ancestor
@@ -51,6 +52,10 @@ log = logging.getLogger("zcell.node")
 
 __all__ = ["Host"]
 
+_MAX_IDLE_WORKERS = 256  # parked workers kept for reuse
+_QUEUE_HIGH = 10_000  # requests held back by the concurrency bound: pause reading
+_QUEUE_LOW = 2_000  # ... and resume below this
+
 
 class _Killed(GreenletExit):
     """Raised inside a handler whose actor is killed (or whose node stops)."""
@@ -79,6 +84,12 @@ class Host:
         self.queue: collections.deque[tuple[list[Any], float | None, str]] = collections.deque()
         self._chains: dict[int, int] = {}
         self._stopped: dict[str, None] = {}  # recently killed ids, to answer ActorStopped
+        self._runnable: collections.deque[tuple[list[Any], float | None, str]] = (
+            collections.deque()
+        )
+        self._idle: list[Any] = []  # parked worker greenlets
+        self._drained: Event | None = None
+        self._hub: Any = None  # set by the node once its loop runs
 
     # ------------------------------------------------------------------ admission
 
@@ -106,7 +117,29 @@ class Host:
         self.in_flight += 1
         chain = msg[R_CHAIN]
         self._chains[chain] = self._chains.get(chain, 0) + 1
-        gevent.spawn(self._run, msg, deadline, actor_id)
+        self._runnable.append((msg, deadline, actor_id))
+        # Reuse a parked worker; a new one only when every worker is inside a
+        # handler (which, since we are running, means parked in a blocking call).
+        if self._idle:
+            self._hub.loop.run_callback(self._idle.pop().switch)
+        else:
+            worker = greenlet(self._worker, parent=self._hub)
+            self._hub.loop.run_callback(worker.switch)
+
+    def _worker(self) -> None:
+        """Run admitted requests one at a time; park when there are none."""
+        runnable, idle, me = self._runnable, self._idle, getcurrent()
+        while True:
+            while runnable:
+                try:
+                    self._run(*runnable.popleft())
+                except (Exception, GreenletExit):
+                    # Never let a failure escape into the hub (it would end the loop).
+                    log.exception("zcell: request processing failed")
+            if len(idle) >= _MAX_IDLE_WORKERS:
+                return
+            idle.append(me)
+            self._hub.switch()
 
     def _done(self, chain: int) -> None:
         self.in_flight -= 1
@@ -118,6 +151,16 @@ class Host:
         queue = self.queue
         while queue and self.in_flight < self.node.concurrency:
             self._start(*queue.popleft())
+        if self._drained is not None and len(queue) <= _QUEUE_LOW:
+            self._drained.set()
+            self._drained = None
+
+    def wait_for_room(self) -> None:
+        """Called by the inbox reader: pause while too many requests wait for a slot."""
+        if len(self.queue) > _QUEUE_HIGH:
+            if self._drained is None:
+                self._drained = Event()
+            self._drained.wait(1.0)
 
     # ------------------------------------------------------------------ running
 
@@ -193,6 +236,7 @@ class Host:
             answer(OK, value)
         finally:
             hosted.greenlets.discard(g)
+            g.zcell_ctx = None  # the worker greenlet is reused
 
     @staticmethod
     def error_info(exc: BaseException) -> list[str]:
@@ -337,6 +381,16 @@ class Host:
         except Exception:
             log.exception("zcell: %s of %s failed", what, actor)
 
+    def _kill_handlers(self, hosted: Hosted) -> None:
+        """Raise _Killed in the handlers running for this actor (from the hub, later)."""
+
+        def throw(g: Any) -> None:
+            if g in hosted.greenlets:  # still inside this actor's handler
+                g.throw(_Killed)
+
+        for g in list(hosted.greenlets):
+            self._hub.loop.run_callback(throw, g)
+
     def _stop_hook(self, hosted: Hosted) -> None:
         on_stop = getattr(hosted.state, "on_stop", None)
         if on_stop is not None:
@@ -350,8 +404,7 @@ class Host:
         if len(self._stopped) > 10000:
             del self._stopped[next(iter(self._stopped))]
         self.node._announce("-", actor_id, hosted.actor.name)
-        for g in list(hosted.greenlets):
-            g.kill(_Killed, block=False)
+        self._kill_handlers(hosted)
         self._stop_hook(hosted)
 
     def snapshot(self) -> list[list[str]]:
@@ -383,8 +436,7 @@ class Host:
         for actor_id in list(self.actors):
             hosted = self.actors.pop(actor_id)
             self._stopped[actor_id] = None
-            for g in list(hosted.greenlets):
-                g.kill(_Killed, block=False)
+            self._kill_handlers(hosted)
             self._stop_hook(hosted)
         gevent.sleep(0)  # let killed handlers send their ActorStopped replies
 

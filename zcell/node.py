@@ -240,7 +240,7 @@ class Node:
         self._stop_event.wait()
 
     def _start_in_loop(self) -> None:
-        hub = self._loop.hub
+        hub = self.host_._hub = self._loop.hub
         ctx = self._ctx = Context(self.max_message_size, self.heartbeat)
         self._inbox = ctx.socket(zmq.ROUTER, hub)
         self._pub = ctx.socket(zmq.XPUB, hub)
@@ -657,11 +657,23 @@ class Node:
 
     def _read_inbox(self) -> None:
         on_frame = self._on_frame
+        host = self.host_
+        n = 0
         for frames in self._inbox.recv_loop():
             if len(frames) != 2:
                 self.stats["dropped_bad_frames"] += 1
-                continue
-            on_frame(frames[1])
+            else:
+                on_frame(frames[1])
+            n += 1
+            if n >= 256:
+                # Under a burst, let the handlers admitted so far run.
+                n = 0
+                gevent.sleep(0)
+                # Too much held back by the concurrency bound: stop reading, so
+                # ZeroMQ's high-water marks push back on the senders. Never while
+                # a reply is awaited here: replies arrive on this socket too.
+                while len(host.queue) > 10_000 and not self._pending:
+                    host.wait_for_room()
 
     def _read_sub(self) -> None:
         for frame in self._sub.recv_loop():
@@ -1002,10 +1014,7 @@ class Node:
             elif node_id == member.id:
                 self._fail_pending(rid, result, error)
         for endpoint in (member.pub, member.hb):
-            try:
-                self._sub.raw.disconnect(endpoint)
-            except zmq.ZMQError:
-                pass
+            self._sub.disconnect(endpoint)
         dealer = self._dealers.pop(member.inbox, None)
         if dealer is not None:
             dealer.close()

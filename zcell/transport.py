@@ -132,9 +132,25 @@ class Socket:
             self.raw.connect(endpoint)
         except zmq.ZMQError as exc:
             raise ZcellError(f"cannot connect to {endpoint!r}: {exc}") from exc
+        self._poke_reader()
+
+    def disconnect(self, endpoint: str) -> None:
+        try:
+            self.raw.disconnect(endpoint)
+        except zmq.ZMQError:
+            pass  # not connected: nothing to undo
+        self._poke_reader()
 
     def setsockopt(self, option: int, value: Any) -> None:
         self.raw.setsockopt(option, value)
+        self._poke_reader()
+
+    def _poke_reader(self) -> None:
+        """Any libzmq call may consume the FD edge a parked reader waits for:
+        wake the reader if there is something to read."""
+        watcher = self._watcher
+        if watcher.active and self.raw.getsockopt(_EVENTS) & _POLLIN:
+            self.hub.loop.run_callback(watcher.callback, *watcher.args)
 
     def _wait_fd(self, deadline: float | None) -> None:
         """Park this greenlet until the FD signals (or the deadline passes)."""
@@ -169,6 +185,8 @@ class Socket:
         if self._send_lock is None:  # nobody is queued: try the fast path
             try:
                 self.raw.send(data, _NOBLOCK, copy=len(data) < 65536)
+                if self._watcher.active:  # a reader is parked (XPUB)
+                    self._poke_reader()
                 return
             except _AGAIN:
                 pass
