@@ -189,7 +189,25 @@ def handler_table(state_cls: type) -> dict[str, str]:
     return table
 
 
-_signatures: dict[tuple[type, str], inspect.Signature] = {}
+class _Binding:
+    """What a handler accepts, precomputed so the common case costs two set checks."""
+
+    __slots__ = ("sig", "names", "required", "simple")
+
+    def __init__(self, fn: Any) -> None:
+        self.sig = inspect.signature(fn)
+        params = list(self.sig.parameters.values())[1:]  # drop self
+        kinds = {p.kind for p in params}
+        # Only keyword-bindable parameters, no *args/**kwargs: checkable by sets.
+        self.simple = kinds <= {
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.KEYWORD_ONLY,
+        }
+        self.names = frozenset(p.name for p in params)
+        self.required = frozenset(p.name for p in params if p.default is inspect.Parameter.empty)
+
+
+_bindings: dict[tuple[type, str], _Binding | None] = {}
 
 
 def check_call(state_cls: type, method: str, kwargs: dict[str, Any]) -> None:
@@ -199,22 +217,26 @@ def check_call(state_cls: type, method: str, kwargs: dict[str, Any]) -> None:
         AttributeError: the state class has no public handler of that name.
         TypeError: the arguments do not bind to the handler's signature.
     """
-    if method not in handler_table(state_cls) and not hasattr(state_cls, "default_receive"):
-        raise AttributeError(
-            f"{state_cls.__qualname__} has no handler {method!r}; handlers are its public "
-            f"methods: {sorted(handler_table(state_cls))}"
-        )
-    fn = getattr(state_cls, method, None)
-    if fn is None:
-        return  # goes to default_receive
     key = (state_cls, method)
-    sig = _signatures.get(key)
-    if sig is None:
-        sig = _signatures[key] = inspect.signature(fn)
+    binding = _bindings.get(key, False)
+    if binding is False:
+        if method not in handler_table(state_cls) and not hasattr(state_cls, "default_receive"):
+            raise AttributeError(
+                f"{state_cls.__qualname__} has no handler {method!r}; handlers are its public "
+                f"methods: {sorted(handler_table(state_cls))}"
+            )
+        fn = getattr(state_cls, method, None)
+        binding = _bindings[key] = _Binding(fn) if fn is not None else None
+    if binding is None:
+        return  # goes to default_receive
+    if binding.simple:
+        keys = kwargs.keys()
+        if keys <= binding.names and binding.required <= keys:
+            return
     try:
-        sig.bind(None, **kwargs)
+        binding.sig.bind(None, **kwargs)
     except TypeError as exc:
-        raise TypeError(f"{state_cls.__qualname__}.{method}{sig}: {exc}") from None
+        raise TypeError(f"{state_cls.__qualname__}.{method}{binding.sig}: {exc}") from None
 
 
 def new_state(state_cls: type, actor: Actor, node: Any, kwargs: dict[str, Any]) -> Any:

@@ -21,7 +21,7 @@ from gevent.event import Event
 from greenlet import getcurrent, greenlet
 
 from .actor import Actor, MessageContext, Next, handler_table, new_state
-from .errors import ActorStopped, NoNodeForType, NoSuchActor, NoSuchMethod, builtin_ancestor
+from .errors import NoNodeForType, NoSuchActor, NoSuchMethod, builtin_ancestor
 from .proxy import ActorProxy
 from .wire import (
     DECLINED,
@@ -84,9 +84,7 @@ class Host:
         self.queue: collections.deque[tuple[list[Any], float | None, str]] = collections.deque()
         self._chains: dict[int, int] = {}
         self._stopped: dict[str, None] = {}  # recently killed ids, to answer ActorStopped
-        self._runnable: collections.deque[tuple[list[Any], float | None, str]] = (
-            collections.deque()
-        )
+        self._runnable: collections.deque[tuple[list[Any], float | None, str]] = collections.deque()
         self._idle: list[Any] = []  # parked worker greenlets
         self._drained: Event | None = None
         self._hub: Any = None  # set by the node once its loop runs
@@ -184,10 +182,11 @@ class Host:
         nowait = flags & F_NOWAIT
         is_scatter = msg[1] == SCATTER
         src, rid, ttl = msg[R_SRC], msg[R_ID], msg[R_TTL]
+        routing = msg[13] if len(msg) > 13 else None  # a direct reply's connection
 
         def answer(status: int, value: Any) -> None:
             if not nowait:
-                node.reply(src, rid, status, value, ttl, actor_id if is_scatter else None)
+                node.reply(src, rid, status, value, ttl, actor_id if is_scatter else None, routing)
 
         hosted = self.actors.get(actor_id)
         if hosted is None:

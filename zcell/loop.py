@@ -29,7 +29,7 @@ _allocate_lock: Callable[[], Any] = monkey.get_original("_thread", "allocate_loc
 
 log = logging.getLogger("zcell.loop")
 
-__all__ = ["Flag", "LoopThread", "real_lock", "real_thread", "thread_ident"]
+__all__ = ["Flag", "LoopThread", "hub_here", "real_lock", "real_thread", "thread_ident"]
 
 
 def thread_ident() -> int:
@@ -47,7 +47,7 @@ def real_thread(fn: Callable[[], None]) -> int:
     return _start_new_thread(fn, ())
 
 
-def _hub_here() -> Any:
+def hub_here() -> Any:
     """The running gevent hub of this thread, if the caller may switch to it."""
     hub = gevent.hub._get_hub()  # no creation: a plain thread stays plain
     if hub is None or getcurrent() is hub:
@@ -103,7 +103,7 @@ class Flag:
             return True
         if timeout is not None and timeout <= 0:
             return False
-        hub = _hub_here()
+        hub = hub_here()
         if hub is None:
             return self._wait_thread(timeout)
         return self._wait_greenlet(hub, timeout)
@@ -121,15 +121,24 @@ class Flag:
 
     def _wait_greenlet(self, hub: Any, timeout: float | None) -> bool:
         current = getcurrent()
-        # A set() may come from another thread: an async watcher on this hub is
-        # the thread-safe way to wake it. From the same thread, a callback does.
-        watcher = hub.loop.async_()
-        watcher.start(current.switch, self)
+        # set() may come from another thread: run_callback_threadsafe wakes this
+        # hub safely from anywhere (and cheaply from the same thread).
+        run_soon = hub.loop.run_callback_threadsafe
+        waiting = [True]
+
+        def resume() -> None:
+            # A wake-up that arrives after we stopped waiting must not resume
+            # this greenlet somewhere else.
+            if waiting[0]:
+                current.switch(self)
+
+        def wake() -> None:
+            run_soon(resume)
+
         timer = None
         if timeout is not None:
             timer = hub.loop.timer(timeout)
             timer.start(current.switch, None)
-        wake = watcher.send
         try:
             if not self._add(wake):
                 return True
@@ -140,8 +149,7 @@ class Flag:
             finally:
                 self._discard(wake)
         finally:
-            watcher.stop()
-            watcher.close()
+            waiting[0] = False
             if timer is not None:
                 timer.stop()
                 timer.close()

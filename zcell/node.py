@@ -18,6 +18,7 @@ import itertools
 import logging
 import os
 import socket as _socket
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -35,11 +36,11 @@ from .discovery import Discovery
 from .errors import (
     ActorStopped,
     CallTimeout,
+    NodeDown,
+    NodeStopped,
     NoNodeForType,
     NoSuchActor,
     NoSuchMethod,
-    NodeDown,
-    NodeStopped,
     ProtocolError,
     SerializationError,
     ZcellError,
@@ -47,10 +48,11 @@ from .errors import (
 )
 from .heartbeat import HeartbeatThread
 from .hosting import Host
-from .loop import Flag, LoopThread
+from .loop import Flag, LoopThread, hub_here, real_lock
 from .outbound import Outbound
 from .proxy import ActorProxy
 from .result import AsyncResult, ScatterResult
+from .threadport import NOTIFY_DOWN, NOTIFY_STOP, ThreadPort
 from .transport import Context, Socket, TransportClosed, bind_random
 from .wire import (
     C_ARGS,
@@ -61,6 +63,7 @@ from .wire import (
     CTRL,
     DIRECTORY,
     ERROR,
+    F_DIRECT,
     F_EMIT,
     F_NOWAIT,
     F_THROW,
@@ -188,6 +191,12 @@ class Node:
         self._loop = LoopThread(f"zcell-{self.name}")
         self._stop_event: Event | None = None
         self._codec = wire.Codec(self._make_proxy, max_message_size)
+        self._thread_codecs = threading.local()
+        self._thread_ports = threading.local()
+        self._ports: list[ThreadPort] = []
+        self._ports_lock = real_lock()
+        self._notify_endpoint = f"inproc://zcell-notify-{self.id}"
+        self._notify_pub: Any = None
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "messages_in",
@@ -250,6 +259,10 @@ class Node:
         # A topic nothing is published on: its arrival at a peer's XPUB tells
         # that peer exactly when our SUB is connected.
         self._sub.setsockopt(zmq.SUBSCRIBE, b"\xff" + self.id.encode())
+        # Program threads waiting in their own ports hear of nodes going down here.
+        self._notify_pub = ctx.zmq.socket(zmq.PUB)
+        self._notify_pub.setsockopt(zmq.LINGER, 0)
+        self._notify_pub.bind(self._notify_endpoint)
         inbox = bind_random(self._inbox, self.host, self.port)
         pub = bind_random(self._pub, self.host)
         self._hb = HeartbeatThread(
@@ -345,6 +358,7 @@ class Node:
             except Exception:
                 log.debug("zcell: discovery stop failed", exc_info=True)
         stopped = NodeStopped(f"node {self.name} stopped")
+        self._close_ports()
         for out in list(self._outbound.values()):
             out.close(stopped)
         for rid, (result, _, _) in list(self._pending.items()):
@@ -358,6 +372,20 @@ class Node:
             self._ctx.zmq.term()
         assert self._stop_event is not None
         self._stop_event.set()
+
+    def _close_ports(self) -> None:
+        """Close the program threads' ports (waiting briefly for those inside a call)."""
+        if self._notify_pub is None:
+            return
+        self._notify_pub.send(NOTIFY_STOP)
+        with self._ports_lock:
+            ports, self._ports = self._ports, []
+        busy = [port for port in ports if not port.close()]
+        deadline = time.monotonic() + 2.0
+        while busy and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+            busy = [port for port in busy if port._busy]
+        self._notify_pub.close(linger=0)
 
     def _check_running(self) -> None:
         if self._state != "running":
@@ -441,20 +469,23 @@ class Node:
     def _encode(self, message: list[Any]) -> bytes:
         if self._loop.in_loop():
             return self._codec.encode(message)
-        # The shared packer belongs to the loop thread; other threads pack alone.
-        try:
-            data: bytes = msgpack.packb(message, default=wire._default, use_bin_type=True)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise SerializationError(
-                f"{exc}; zcell sends only msgpack types (None, bool, int, float, str, "
-                "bytes, list, dict) and actor proxies"
-            ) from exc
-        if len(data) > self.max_message_size:
-            raise SerializationError(
-                f"message of {len(data)} bytes exceeds max_message_size="
-                f"{self.max_message_size}; send less, or raise Node(max_message_size=...)"
-            )
-        return data
+        return self._thread_codec().encode(message)
+
+    def _thread_codec(self) -> wire.Codec:
+        """The shared packer belongs to the loop thread; other threads have their own."""
+        codec = getattr(self._thread_codecs, "codec", None)
+        if codec is None:
+            codec = self._thread_codecs.codec = wire.Codec(self._make_proxy, self.max_message_size)
+        return codec
+
+    def _port(self) -> ThreadPort:
+        """This thread's port to the mesh (created on first use)."""
+        port = getattr(self._thread_ports, "port", None)
+        if port is None:
+            port = self._thread_ports.port = ThreadPort(self)
+            with self._ports_lock:
+                self._ports.append(port)
+        return port
 
     def _deliver(
         self,
@@ -493,6 +524,10 @@ class Node:
                 ref.name, method, kwargs, options, rid, chain, ttl, deadline, flags, origin, in_loop
             )
         target_id, node_id, seen = ref.id, ref.node_id, None
+        if mode != "throw" and not in_loop and node_id != self.id and hub_here() is None:
+            return self._deliver_direct(
+                mode, node_id, rid, chain, ttl, deadline, target_id, method, kwargs, flags, origin
+            )
         if mode == "throw":
             flags |= F_THROW
             picked = self._run(self._pick, ref.name) if not in_loop else self._pick(ref.name)
@@ -531,6 +566,60 @@ class Node:
             return result
         return result.get()
 
+    def _deliver_direct(
+        self,
+        mode: str,
+        node_id: str,
+        rid: int,
+        chain: int,
+        ttl: int | None,
+        deadline: float,
+        target_id: str,
+        method: str,
+        kwargs: dict[str, Any],
+        flags: int,
+        origin: ActorProxy | None,
+    ) -> Any:
+        """send/call/nowait from a plain program thread, through its own port."""
+        if mode == "send" and not flags & F_NOWAIT:
+            flags |= F_DIRECT
+        frame = self._encode(
+            [
+                V,
+                REQ,
+                rid,
+                self.id,
+                self.boot,
+                chain,
+                ttl,
+                target_id,
+                method,
+                kwargs,
+                flags,
+                origin,
+                None,
+            ]
+        )
+        port = self._port()
+        if flags & F_NOWAIT:
+            port.send(node_id, frame, deadline, None)
+            return None
+        if mode == "call":
+            result = AsyncResult(rid, deadline, self._cancel_pending)
+            self._pending[rid] = (result, node_id, deadline)
+            try:
+                port.send(node_id, frame, deadline, None)
+            except ZcellError as exc:
+                self._fail_pending(rid, result, exc)
+            return result
+        msg = port.send(node_id, frame, deadline, rid)
+        assert msg is not None
+        status = msg[P_STATUS]
+        value = msg[5] if len(msg) > 5 else None
+        if status == OK:
+            return value
+        raise self._error_from(status, value)
+
     def _pick(self, type_name: str) -> tuple[str, str] | None:
         leaving = {m.id for m in self._members.values() if m.leaving}
         for _ in range(len(self.directory.of_type(type_name)) or 1):
@@ -562,9 +651,21 @@ class Node:
                 raise NodeDown(f"node {node_id} is not (or no longer) in the mesh")
             out = self._outbound.setdefault(
                 node_id,
-                Outbound(node_id, self._send_frame, self._send_failed, self._loop.submit),
+                Outbound(
+                    node_id,
+                    self._send_frame,
+                    self._send_failed,
+                    self._loop.submit,
+                    try_send=self._try_send_frame,
+                ),
             )
         return out
+
+    def _try_send_frame(self, node_id: str, frame: bytes) -> bool:
+        """Send without waiting (safe in a hub callback); False when it would wait."""
+        if node_id == self.id:
+            return False  # local delivery runs handlers: do it from a greenlet
+        return self._send_frame(node_id, frame, None, callback=True)
 
     def _send_failed(self, rid: int | None, exc: ZcellError) -> None:
         if rid is None:
@@ -663,7 +764,7 @@ class Node:
             if len(frames) != 2:
                 self.stats["dropped_bad_frames"] += 1
             else:
-                on_frame(frames[1])
+                on_frame(frames[1], False, frames[0])
             n += 1
             if n >= 256:
                 # Under a burst, let the handlers admitted so far run.
@@ -693,7 +794,7 @@ class Node:
                 if member is not None:
                     member.subscribed = data[0] == 1
 
-    def _on_frame(self, frame: bytes, from_pub: bool = False) -> None:
+    def _on_frame(self, frame: bytes, from_pub: bool = False, routing: bytes | None = None) -> None:
         try:
             msg = self._codec.decode(frame)
         except ProtocolError as exc:
@@ -711,6 +812,8 @@ class Node:
                 self._on_reply(msg)
             elif kind == REQ:
                 if self._admit(msg):
+                    if msg[wire.R_FLAGS] & F_DIRECT and routing is not None:
+                        msg.append(routing)  # the reply goes back on this connection
                     self.host_.request(msg)
             elif kind == SCATTER:
                 if self._admit(msg) and self._first_scatter(msg):
@@ -1008,6 +1111,7 @@ class Node:
         out = self._outbound.pop(member.id, None)
         if out is not None:
             out.close(error)
+        self._notify_pub.send(NOTIFY_DOWN + member.id.encode())
         for rid, (result, node_id, _) in list(self._pending.items()):
             if isinstance(result, ScatterResult):
                 result._node_down(member.id)
@@ -1044,9 +1148,13 @@ class Node:
         if since is None:
             return False
         hb.quiet_until = now + max(0.5, self.heartbeat)
-        log.warning("zcell: node %s was stopped for %.1fs (heartbeats too): its peers "
-                    "have declared it down; dropping them, rejoining in %.1fs",
-                    self.name, now - since, hb.quiet_until - now)
+        log.warning(
+            "zcell: node %s was stopped for %.1fs (heartbeats too): its peers "
+            "have declared it down; dropping them, rejoining in %.1fs",
+            self.name,
+            now - since,
+            hb.quiet_until - now,
+        )
         for member in list(self._members.values()):
             self._member_down(member, "this node was stopped")
         return True
@@ -1119,8 +1227,12 @@ class Node:
         value: Any,
         ttl: int | None,
         actor_id: str | None = None,
+        routing: bytes | None = None,
     ) -> None:
         """Send a reply to a caller's inbox (or complete it here for local callers).
+
+        ``routing``: reply through our inbox ROUTER on the connection the request
+        came on (a program thread's port waits there).
 
         ``actor_id`` marks a scatter reply: its value travels as [actor_id, value].
         """
@@ -1131,6 +1243,13 @@ class Node:
             error = ["SerializationError", f"the handler's return value cannot travel: {exc}"]
             frame = self._codec.encode([V, REP, rid, self.id, ZERROR, wrap(error)])
         deadline = time.monotonic() + (ttl / 1000 if ttl else 5.0)
+        if routing is not None:
+            try:
+                self._inbox.send_multipart([routing, frame], deadline)
+                self.stats["messages_out"] += 1
+            except ZcellError as exc:
+                log.debug("zcell: direct reply %s lost: %s", rid, exc)
+            return
         try:
             self._send_frame(node_id, frame, deadline)
         except ZcellError as exc:

@@ -40,6 +40,7 @@ class Outbound:
         failed: Callable[[int | None, ZcellError], None],
         submit: Callable[..., None],
         limit: int = 1000,
+        try_send: Callable[[str, bytes], bool] | None = None,
     ) -> None:
         self.node_id = node_id
         self._send = send  # blocking send in the loop (waits up to the deadline)
@@ -52,6 +53,8 @@ class Outbound:
         self._wake: Event | None = None
         self._greenlet: Any = None
         self._closed = False
+        self._busy = False  # the sender greenlet is sending: keep the order
+        self._try_send = try_send  # non-blocking send, for the callback fast path
 
     # -- any thread ----------------------------------------------------------
 
@@ -79,6 +82,23 @@ class Outbound:
     # -- loop thread ---------------------------------------------------------
 
     def _kick(self) -> None:
+        # The common case: the socket takes the frames at once. Send them from
+        # this callback, without a greenlet switch.
+        if self._try_send is not None and (self._greenlet is None or not self._busy):
+            queue = self._queue
+            try:
+                while queue:
+                    frame, _, rid = queue[0]
+                    if not self._try_send(self.node_id, frame):
+                        break
+                    queue.popleft()
+            except ZcellError as exc:
+                queue.popleft()
+                self._failed(rid, exc)
+            if self._space is not None and len(queue) <= self._limit // 2:
+                self._release()
+            if not queue:
+                return
         if self._greenlet is None:
             self._wake = Event()
             self._greenlet = gevent.spawn(self._run)
@@ -90,6 +110,7 @@ class Outbound:
         wake = self._wake
         assert wake is not None
         while not self._closed:
+            self._busy = True
             while queue:
                 frame, deadline, rid = queue[0]
                 try:
@@ -99,6 +120,7 @@ class Outbound:
                 queue.popleft()
                 if self._space is not None and len(queue) <= self._limit // 2:
                     self._release()
+            self._busy = False
             wake.clear()
             if not queue:
                 wake.wait()

@@ -52,6 +52,13 @@ class Context:
         self.sockets: list[Socket] = []
 
     def socket(self, kind: int, hub: Any) -> Socket:
+        """A socket for the node's loop (lean gevent integration)."""
+        sock = Socket(self.raw_socket(kind), hub)
+        self.sockets.append(sock)
+        return sock
+
+    def raw_socket(self, kind: int) -> zmq.Socket:
+        """A plain pyzmq socket with the node's options (for a program thread's port)."""
         raw = self.zmq.socket(kind)
         raw.setsockopt(zmq.LINGER, 0)
         # +1 KiB of slack for the envelope around a max-size payload.
@@ -69,9 +76,7 @@ class Context:
             # Queue only on completed connections: a peer that is not there
             # back-pressures the sender instead of swallowing messages.
             raw.setsockopt(zmq.IMMEDIATE, 1)
-        sock = Socket(raw, hub)
-        self.sockets.append(sock)
-        return sock
+        return raw
 
     def close(self) -> None:
         for sock in self.sockets:
@@ -212,6 +217,8 @@ class Socket:
         if self._send_lock is None:
             try:
                 self.raw.send_multipart(frames, _NOBLOCK)
+                if self._watcher.active:  # our own reader is parked (ROUTER, XPUB)
+                    self._poke_reader()
                 return
             except _AGAIN:
                 pass

@@ -39,6 +39,7 @@ LEFT = 10  # graceful stop ended
 F_NOWAIT = 1
 F_THROW = 2
 F_EMIT = 4  # deliver through the target's outbox
+F_DIRECT = 8  # reply over the connection the request came on (a program thread's port)
 
 # REP statuses
 OK = 0
