@@ -9,10 +9,10 @@ from .actor import Actor, Next
 from .errors import (
     ActorStopped,
     CallTimeout,
-    NoNodeForType,
-    NoReplyError,
     NodeDown,
     NodeStopped,
+    NoNodeForType,
+    NoReplyError,
     NoSuchActor,
     NoSuchMethod,
     ProtocolError,

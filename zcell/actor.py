@@ -218,8 +218,9 @@ def check_call(state_cls: type, method: str, kwargs: dict[str, Any]) -> None:
         TypeError: the arguments do not bind to the handler's signature.
     """
     key = (state_cls, method)
-    binding = _bindings.get(key, False)
-    if binding is False:
+    if key in _bindings:
+        binding = _bindings[key]
+    else:
         if method not in handler_table(state_cls) and not hasattr(state_cls, "default_receive"):
             raise AttributeError(
                 f"{state_cls.__qualname__} has no handler {method!r}; handlers are its public "
@@ -241,7 +242,7 @@ def check_call(state_cls: type, method: str, kwargs: dict[str, Any]) -> None:
 
 def new_state(state_cls: type, actor: Actor, node: Any, kwargs: dict[str, Any]) -> Any:
     """Create a state instance with ``actor``/``node``/``agent`` set before ``__init__``."""
-    state = state_cls.__new__(state_cls)
+    state: Any = object.__new__(state_cls)
     state.actor = actor
     state.node = node
     state.agent = node

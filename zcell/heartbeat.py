@@ -42,14 +42,29 @@ class HeartbeatThread:
         self.endpoint = ""
         self._ready: list[str] = []
         self._stop_sock: Any = None
-        # Written by the sender thread only. ``stalled_since`` is the time of the
-        # last beat before a gap of more than ``stall_after`` seconds: not even
-        # this thread ran, so the whole process was stopped (SIGSTOP, a paused
-        # VM) and peers stopped hearing us. The node reads both (see node.py).
-        self.stall_after = 2.6 * interval
+        # Process-stop detection (see stopped_since). Written by this thread only:
+        self.stall_after = 2.6 * interval  # = how long peers wait before "down"
         self.last_beat = time.monotonic()
-        self.stalled_since = 0.0
-        self.stall_handled = 0.0  # written by the node's loop thread only
+        self.stalled_since = 0.0  # last beat before a gap longer than stall_after
+        # Written by the node's loop thread only:
+        self.stall_handled = 0.0
+        self.quiet_until = 0.0  # the node re-admits no peer before this time
+
+    def stopped_since(self, now: float) -> float | None:
+        """When a process stop not yet reported began, else None (loop thread only).
+
+        This thread keeps beating while a handler hogs the node's loop, so its own
+        silence for ``stall_after`` seconds means the whole process was stopped
+        (SIGSTOP, a paused VM) and every peer has stopped hearing us. It shows as
+        a recorded gap, or, before this thread has run again, as an overdue beat.
+        Each stop is reported once.
+        """
+        last = self.last_beat
+        since = last if now - last > self.stall_after else self.stalled_since
+        if since <= self.stall_handled:
+            return None
+        self.stall_handled = since
+        return since
 
     def start(self) -> str:
         """Bind the socket (in this thread, then hand it over); return its endpoint."""

@@ -20,7 +20,7 @@ from gevent import GreenletExit
 from gevent.event import Event
 from greenlet import getcurrent, greenlet
 
-from .actor import Actor, MessageContext, Next, handler_table, new_state
+from .actor import Actor, MessageContext, Next, _State, handler_table, new_state
 from .errors import NoNodeForType, NoSuchActor, NoSuchMethod, builtin_ancestor
 from .proxy import ActorProxy
 from .wire import (
@@ -367,7 +367,7 @@ class Host:
         self.actors[actor_id] = Hosted(actor, state)
         node._announce("+", actor_id, type_name)
         on_start = getattr(state, "on_start", None)
-        if on_start is None or type(state).on_start is Actor.state.on_start:
+        if on_start is None or getattr(type(state), "on_start", None) is _State.on_start:
             on_start = getattr(state, "on_agent_ready", None)
         if on_start is not None:
             gevent.spawn(self._hook, actor, on_start, "on_start")

@@ -1316,11 +1316,12 @@ class Node:
         if isinstance(cls, type):
             self._known.setdefault(name, cls)
         if timeout is None:
-            timeout = cls.default_timeout if isinstance(cls, type) else Actor.default_timeout
+            timeout = getattr(cls, "default_timeout", Actor.default_timeout)
+        assert timeout is not None
         node_id = self._run(self._place, name, cls, on)
         actor_id = uuid.uuid4().hex
         proxy = ActorProxy(self, actor_id, name, node_id, cls if isinstance(cls, type) else None)
-        self._encode(args)  # SerializationError before anything is sent
+        self._encode([args])  # SerializationError before anything is sent
         if nowait:
             self._run(lambda: gevent.spawn(self._spawn_quiet, node_id, name, args, actor_id))
             return proxy

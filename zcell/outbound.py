@@ -36,7 +36,7 @@ class Outbound:
     def __init__(
         self,
         node_id: str,
-        send: Callable[[str, bytes, float], None],
+        send: Callable[[str, bytes, float], Any],
         failed: Callable[[int | None, ZcellError], None],
         submit: Callable[..., None],
         limit: int = 1000,

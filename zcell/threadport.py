@@ -139,7 +139,7 @@ class ThreadPort:
                 raise CallTimeout(
                     f"no reply from node {node_id} in time; raise timeout= if the handler is slow"
                 )
-            ready = dict(poller.poll(remaining * 1000))
+            ready = dict(poller.poll(int(remaining * 1000) + 1))
             if notify in ready:
                 while True:
                     try:

@@ -34,8 +34,13 @@ __all__ = ["Context", "Socket", "TransportClosed", "bind_random"]
 _AGAIN = zmq.Again
 _NOBLOCK = zmq.NOBLOCK
 _EVENTS = zmq.EVENTS
-_POLLIN = zmq.POLLIN
-_POLLOUT = zmq.POLLOUT
+# Plain ints: pyzmq's enum flags make every `&` a slow Python call.
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
+
+
+def _events(raw: zmq.Socket) -> int:
+    return int(raw.getsockopt(_EVENTS))
 
 
 class TransportClosed(NodeStopped):
@@ -154,7 +159,7 @@ class Socket:
         """Any libzmq call may consume the FD edge a parked reader waits for:
         wake the reader if there is something to read."""
         watcher = self._watcher
-        if watcher.active and self.raw.getsockopt(_EVENTS) & _POLLIN:
+        if watcher.active and _events(self.raw) & _POLLIN:
             self.hub.loop.run_callback(watcher.callback, *watcher.args)
 
     def _wait_fd(self, deadline: float | None) -> None:
@@ -240,7 +245,7 @@ class Socket:
                         self.raw.send_multipart(frames, _NOBLOCK)
                     break
                 except _AGAIN:
-                    if not self.raw.getsockopt(_EVENTS) & _POLLOUT:
+                    if not _events(self.raw) & _POLLOUT:
                         self._wait_fd(deadline)
                 except zmq.ZMQError as exc:
                     raise self._error(exc) from exc
@@ -274,7 +279,7 @@ class Socket:
                     return
                 # Reading EVENTS makes libzmq process its command queue, which
                 # resets the FD; without it the FD stays readable and we spin.
-                if raw.getsockopt(_EVENTS) & _POLLIN:
+                if _events(raw) & _POLLIN:
                     continue
                 if recheck is None:
                     wait(watcher)
