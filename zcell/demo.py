@@ -26,6 +26,7 @@ from typing import Any
 
 __all__ = ["run_demo"]
 
+MODULE = "zcell.demo_actors"
 #: Bound on each wait of the demo (mesh formation, replies, relayed output).
 STEP_TIMEOUT = 15.0
 
@@ -57,7 +58,10 @@ class Narrator:
             print(f"  {text}", flush=True)
 
     def title(self, text: str) -> None:
-        self._emit("title", text) if self.as_json else print(text, flush=True)
+        if self.as_json:
+            self._emit("title", text)
+        else:
+            print(text, flush=True)
 
     def section(self, text: str) -> None:
         self.section_title = text
@@ -210,10 +214,10 @@ class Demo:
             f"zcell demo: {len(self.names)} node processes on this machine and this program "
             f"form one mesh (cluster {self.cluster}, {how})."
         )
-        say.section(f"Starting {', '.join(self.names)}: zcell node -A zcell.demo_actors")
+        say.section(f"Starting {', '.join(self.names)}: zcell node -A {MODULE}")
         started = time.monotonic()
         for name in self.names:
-            argv = [sys.executable, "-m", "zcell", "node", "-A", "zcell.demo_actors"]
+            argv = [sys.executable, "-m", "zcell", "node", "-A", MODULE]
             argv += ["--name", name, "--cluster", self.cluster, "--host", args.host]
             argv += ["--loglevel", "warning", "--json", "--peer", seed]
             for peer in args.peer:
@@ -234,11 +238,8 @@ class Demo:
             banner = child.banner or {}
             inbox = banner.get("endpoints", {}).get("inbox", "?")
             say.say(f"{child.name}  pid {child.pid:<7}  {inbox}  patched: {banner.get('patched')}")
-        say.say(
-            f"hosting {', '.join(self.children[0].banner['actors'])}"
-            if self.children[0].banner
-            else ""
-        )
+        hosted = (self.children[0].banner or {}).get("actors", [])
+        say.say(f"each hosts {', '.join(t.rsplit('.', 1)[-1] for t in hosted)} ({MODULE})")
         want = {"demo-main", *self.names}
         self._wait(lambda: want <= {n["name"] for n in self.node.nodes()}, "the mesh to form")
         say.say(
@@ -327,8 +328,8 @@ class Demo:
         self.expect(first, "I will be printed from logger1")
 
         say.section(f"8. a nested call chain: A on {first} calls B on {second}, which calls A...")
-        a = node.spawn(Bouncer, on=first)
-        b = node.spawn(Bouncer, on=second)
+        say.code(f'a, b = node.spawn(Bouncer, on="{first}"), node.spawn(Bouncer, on="{second}")')
+        a, b = node.spawn(Bouncer, on=first), node.spawn(Bouncer, on=second)
         say.code("a.send.bounce(other=b, hops=3)")
         path = a.send.bounce(other=b, hops=3)
         say.say(" -> ".join(path) + "   (each handler waits in its own greenlet: no deadlock)")
@@ -351,7 +352,7 @@ class Demo:
         members = sorted(n["name"] for n in node.nodes())
         say.say(f"node.nodes() -> {', '.join(members)}")
         left = len(node.actors(Worker))
-        say.say(f"its actors left the directory: {left} Workers remain")
+        say.say(f"its actors left the directory: node.actors(Worker) has {left} left")
         if len(workers) > 1:
             say.code(f"[workers[0].throw.work(job=job) for job in range(1, {left * 2 + 1})]")
             done = [workers[0].throw.work(job=job) for job in range(1, left * 2 + 1)]
@@ -391,6 +392,9 @@ def run_demo(args: argparse.Namespace) -> int:
     if not 2 <= args.nodes <= 9:
         print("zcell demo: --nodes must be between 2 and 9", file=sys.stderr)
         return 2
+    from .cli import read_secret
+
+    read_secret(args.secret_file)  # a bad --secret-file is a usage error (exit 2)
     say = Narrator(args.json)
     demo = Demo(args, say)
     previous = None

@@ -7,6 +7,7 @@ joining node, or one that sees a gap in the numbers, pulls a snapshot.
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,7 +106,11 @@ class Directory:
             ids = [a for a in ids if a not in exclude]
             if not ids:
                 return None
-        n = self._rr.get(type_name, 0)
+        n = self._rr.get(type_name)
+        if n is None:
+            # Each caller starts at a random place, so that many short-lived
+            # callers (one-shot clients) do not all pick the first actor.
+            n = random.randrange(len(ids))
         self._rr[type_name] = n + 1
         actor_id = ids[n % len(ids)]
         return actor_id, group[actor_id]
