@@ -43,7 +43,7 @@ def make_node() -> Iterator[MakeNode]:
 
     yield make
     for node in reversed(nodes):
-        node.stop(timeout=2)
+        node.stop(timeout=0.5)
     leaked = [node.name for node in nodes if not node._loop.join(5 * SLOW)]
     assert not leaked, f"node loop threads still running after stop: {leaked}"
 

@@ -8,9 +8,10 @@ from zcell_test_actors import Counter, Echo
 
 from zcell import (
     Actor,
+    ActorStopped,
     CallTimeout,
-    NoNodeForType,
     NodeStopped,
+    NoNodeForType,
     NoSuchActor,
     SerializationError,
 )
@@ -233,7 +234,7 @@ def test_kill_stops_the_actor_runs_on_stop_and_leaves_the_directory(mesh):
     a.kill(ref)
     assert ref.id in Counter.stops
     assert a.actors(Counter) == []
-    with pytest.raises(Exception):  # ActorStopped or NoSuchActor
+    with pytest.raises((ActorStopped, NoSuchActor)):
         ref.send.get()
     with pytest.raises(NoSuchActor):
         a.kill("no-such-id")

@@ -52,6 +52,7 @@ from .loop import Flag, LoopThread, hub_here, real_lock
 from .outbound import Outbound
 from .proxy import ActorProxy
 from .result import AsyncResult, ScatterResult
+from .security import ZapHandler, derive_keys
 from .threadport import NOTIFY_DOWN, NOTIFY_STOP, ThreadPort
 from .transport import Context, Socket, TransportClosed, bind_random
 from .wire import (
@@ -131,7 +132,9 @@ class Node:
         discovery: ``"mdns"`` (zeroconf) or ``"static"`` (no multicast at all).
         actors: Actor classes, ``"module"`` or ``"module:Class"`` names this node
             may host.
-        secret: Cluster secret (reserved for CURVE encryption; see docs/security.md).
+        secret: Cluster secret (default: ``ZCELL_SECRET``): every socket uses CURVE
+            with keys derived from it, and only holders of the same secret become
+            members (see docs/security.md).
         heartbeat: Seconds between heartbeats; a peer silent for ~3 is down.
         concurrency: Most handlers running at once on this node.
         max_message_size: Largest message, in bytes, sent or accepted.
@@ -166,6 +169,8 @@ class Node:
         self.port = port
         self.discovery = discovery
         self.secret = secret if secret is not None else os.environ.get("ZCELL_SECRET") or None
+        # scrypt costs ~50 ms: derive the cluster's CURVE keys once per node.
+        self._curve = derive_keys(self.secret, cluster) if self.secret is not None else None
         self.heartbeat = heartbeat
         self.concurrency = concurrency
         self.max_message_size = max_message_size
@@ -208,6 +213,7 @@ class Node:
                 "late_replies",
                 "nowait_failures",
                 "send_failures",
+                "refused_auth",  # connections ZAP refused (no or another secret)
             ),
             0,
         )
@@ -250,7 +256,10 @@ class Node:
 
     def _start_in_loop(self) -> None:
         hub = self.host_._hub = self._loop.hub
-        ctx = self._ctx = Context(self.max_message_size, self.heartbeat)
+        ctx = self._ctx = Context(self.max_message_size, self.heartbeat, self._curve)
+        if self._curve is not None:
+            # Before any socket binds: ZAP is consulted only if a handler is there.
+            ZapHandler(ctx, hub, self._curve, self.stats).start()
         self._inbox = ctx.socket(zmq.ROUTER, hub)
         self._pub = ctx.socket(zmq.XPUB, hub)
         self._pub.setsockopt(zmq.XPUB_NODROP, 1)
@@ -285,6 +294,8 @@ class Node:
     def _configure_hb(self, sock: Any) -> None:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 10)
+        if self._curve is not None:
+            self._curve.secure(sock, zmq.PUB)
 
     def _start_discovery(self) -> None:
         def port(endpoint: str) -> int:

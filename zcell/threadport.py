@@ -85,6 +85,12 @@ class ThreadPort:
         """Send ``frame``; with ``rid``, wait for and return the decoded direct reply."""
         self._enter()
         try:
+            # News read now is about earlier calls (a node that left may be back).
+            while True:
+                try:
+                    self._notify.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
             sock = self._socket(node_id)
             self._put(sock, node_id, frame, deadline)
             if rid is None:

@@ -21,13 +21,16 @@ from __future__ import annotations
 import socket as _socket
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import zmq
 from gevent.lock import Semaphore
 
 from .errors import CallTimeout, NodeStopped, ZcellError
+
+if TYPE_CHECKING:
+    from .security import ClusterKeys
 
 __all__ = ["Context", "Socket", "TransportClosed", "bind_random"]
 
@@ -50,10 +53,14 @@ class TransportClosed(NodeStopped):
 class Context:
     """A node's own ZeroMQ context (never the process-wide instance)."""
 
-    def __init__(self, max_message_size: int, heartbeat: float) -> None:
+    def __init__(
+        self, max_message_size: int, heartbeat: float, curve: ClusterKeys | None = None
+    ) -> None:
         self.zmq = zmq.Context()
         self.max_message_size = max_message_size
         self.heartbeat = heartbeat
+        # With a cluster secret every TCP socket made here is CURVE (security.py).
+        self.curve = curve
         self.sockets: list[Socket] = []
 
     def socket(self, kind: int, hub: Any) -> Socket:
@@ -81,6 +88,10 @@ class Context:
             # Queue only on completed connections: a peer that is not there
             # back-pressures the sender instead of swallowing messages.
             raw.setsockopt(zmq.IMMEDIATE, 1)
+        if self.curve is not None:
+            # Server role for the sockets that bind, client role for those that
+            # connect (including a program thread's DEALERs): see security.py.
+            self.curve.secure(raw, kind)
         return raw
 
     def close(self) -> None:
