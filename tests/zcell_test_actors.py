@@ -217,5 +217,33 @@ class Sink(Actor):
             self.count += 1
 
         def report(self):
-            return {"count": self.count, "duplicates": self.duplicates,
-                    "missing": self.seen.count(0)}
+            return {
+                "count": self.count,
+                "duplicates": self.duplicates,
+                "missing": self.seen.count(0),
+            }
+
+
+class Ready(Actor):
+    """cell-style hook name, and the agent alias."""
+
+    default_timeout = 1.5
+
+    class state(Actor.state):
+        def __init__(self) -> None:
+            self.ready = False
+            self.agent_is_node = self.agent is self.node
+
+        def on_agent_ready(self) -> None:
+            self.ready = True
+
+        def facts(self):
+            return {
+                "ready": self.ready,
+                "agent_is_node": self.agent_is_node,
+                "node": self.node.name,
+            }
+
+        def slow(self, seconds: float):
+            gevent.sleep(seconds)
+            return seconds

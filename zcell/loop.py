@@ -23,6 +23,8 @@ import gevent.hub
 from gevent import monkey
 from greenlet import getcurrent
 
+from .errors import CallTimeout
+
 _get_ident: Callable[[], int] = monkey.get_original("_thread", "get_ident")
 _start_new_thread: Callable[..., int] = monkey.get_original("_thread", "start_new_thread")
 _allocate_lock: Callable[[], Any] = monkey.get_original("_thread", "allocate_lock")
@@ -239,7 +241,10 @@ class LoopThread:
 
         self.submit(gevent.spawn, run)
         if not done.wait(timeout):
-            raise TimeoutError(f"zcell loop {self.name!r} did not run {fn!r} in time")
+            raise CallTimeout(
+                f"zcell loop {self.name!r} did not run {fn.__name__} within {timeout}s; "
+                "is a handler blocking the node's loop?"
+            )
         if box[1] is not None:
             raise box[1]
         return box[0]

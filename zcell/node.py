@@ -748,18 +748,35 @@ class Node:
                 self._pending[rid] = (result, "", deadline)
             nodes = set(expected.values())
             direct = [n for n in nodes if n == self.id or not self._subscribed_member(n)]
-            if len(direct) < len(nodes):
-                self._pub.send(frame, deadline)
-            for node_id in direct:
-                try:
-                    self._send_frame(node_id, frame, deadline)
-                except ZcellError as exc:
-                    log.debug("zcell: scatter to %s failed: %s", node_id, exc)
-                    if box[0] is not None:
-                        box[0]._node_down(node_id)
+            # Sending may wait (a slow subscriber, a peer not connected yet, one
+            # that just died): never make the caller wait for it.
+            gevent.spawn(
+                self._scatter_out, frame, deadline, direct, len(direct) < len(nodes), box[0]
+            )
 
-        self._run(send, timeout=max(1.0, deadline - time.monotonic()))
+        self._run(send, timeout=10.0)
         return box[0]
+
+    def _scatter_out(
+        self,
+        frame: bytes,
+        deadline: float,
+        direct: list[str],
+        publish: bool,
+        result: ScatterResult | None,
+    ) -> None:
+        if publish:
+            try:
+                self._pub.send(frame, deadline)
+            except ZcellError as exc:
+                log.warning("zcell: scatter not published: %s", exc)
+        for node_id in direct:
+            try:
+                self._send_frame(node_id, frame, deadline)
+            except ZcellError as exc:
+                log.debug("zcell: scatter to %s failed: %s", node_id, exc)
+                if result is not None:
+                    result._node_down(node_id)
 
     def _subscribed_member(self, node_id: str) -> bool:
         member = self._members.get(node_id)

@@ -1,0 +1,98 @@
+"""Smaller promises of API.md, each held to a real node."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+
+import pytest
+from conftest import SLOW
+from zcell_test_actors import Echo, Ready
+
+from zcell import Actor, CallTimeout
+
+
+def test_state_sees_agent_as_an_alias_of_node_and_on_agent_ready_runs(make_node):
+    node = make_node(actors=[Ready])
+    ref = node.spawn(Ready)
+    end = time.monotonic() + 5 * SLOW
+    while not ref.send.facts()["ready"] and time.monotonic() < end:
+        time.sleep(0.01)
+    assert ref.send.facts() == {"ready": True, "agent_is_node": True, "node": node.name}
+
+
+def test_the_default_timeout_is_five_seconds_and_a_class_may_change_it(make_node):
+    assert Actor.default_timeout == 5.0
+    node = make_node(actors=[Ready])
+    ref = node.spawn(Ready)  # Ready.default_timeout = 1.5
+    started = time.monotonic()
+    with pytest.raises(CallTimeout):
+        ref.send.slow(seconds=3)
+    assert 1.3 < time.monotonic() - started < 2.5
+
+
+def test_async_result_has_the_request_id(make_node):
+    node = make_node(actors=[Echo])
+    ref = node.spawn(Echo)
+    first, second = ref.call.echo(value=1), ref.call.echo(value=2)
+    assert isinstance(first.id, int) and first.id != second.id
+    assert (first.get(), second.get()) == (1, 2)
+
+
+def test_a_scatter_stops_waiting_for_actors_on_a_node_that_goes_down(make_node, procs):
+    node = make_node("parent", heartbeat=0.3)
+    child = procs(
+        [
+            "zcell",
+            "node",
+            "-A",
+            "zcell_test_actors",
+            "--no-mdns",
+            "--name",
+            "doomed",
+            "--heartbeat",
+            "0.3",
+            "--peer",
+            node.endpoints["inbox"],
+        ]
+    )
+    child.wait_for_line("ready", 15 * SLOW)
+    node.wait_for(nodes=2, timeout=10 * SLOW)
+    ref = node.spawn(Echo, on="doomed")
+    replies = ref.scatter.sleep(seconds=30, timeout=20)  # sent now; no answer for 30 s
+    time.sleep(0.2)
+    started = time.monotonic()
+    child.kill(signal.SIGKILL)
+    assert list(replies) == []
+    # It ended because the dead node's actor is no longer waited for, not at 20 s.
+    assert time.monotonic() - started < 5 * SLOW
+
+
+def test_a_handler_that_blocks_the_loop_is_logged(make_node, caplog):
+    node = make_node(actors=[Echo], heartbeat=0.3)
+    ref = node.spawn(Echo)
+    with caplog.at_level(logging.WARNING, logger="zcell.node"):
+        ref.send.block(seconds=1.5)  # time.sleep, unpatched: the loop is blocked
+        end = time.monotonic() + 3
+        while time.monotonic() < end and not any(
+            "was blocked" in r.getMessage() for r in caplog.records
+        ):
+            time.sleep(0.05)
+    assert any("was blocked" in r.getMessage() for r in caplog.records)
+
+
+def test_a_plain_script_may_import_zcell_without_monkey_patching(tmp_path):
+    import subprocess
+
+    code = (
+        "import zcell, socket, time, threading\n"
+        "from gevent import monkey\n"
+        "assert not monkey.is_module_patched('socket')\n"
+        "assert not monkey.is_module_patched('time')\n"
+        "print('unpatched')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "unpatched" in out.stdout
