@@ -53,8 +53,19 @@ def peak_rss_mib(pid: int) -> float:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_million_nowait_messages_arrive_exactly_once_through_a_freeze(procs):
-    receiver = procs(["zcell", "node", "-A", "zcell_test_actors", "--no-mdns", "--name", "sink",
-                      "--heartbeat", "2"])
+    receiver = procs(
+        [
+            "zcell",
+            "node",
+            "-A",
+            "zcell_test_actors",
+            "--no-mdns",
+            "--name",
+            "sink",
+            "--heartbeat",
+            "2",
+        ]
+    )
     inbox = receiver.wait_for_line(r"inbox:\s+(\S+)", 15 * SLOW).group(1)
     receiver.wait_for_line("ready", 15 * SLOW)
     sender = procs([sys.executable, "-c", SENDER, inbox, str(N)])

@@ -318,6 +318,8 @@ class Node:
     def _on_ad(self, ad: Any) -> None:
         if self._state not in ("starting", "running") or ad.cluster != self.cluster:
             return
+        if ad.secure != (self.secret is not None):
+            return  # it could never complete a handshake with us
         member = self._members.get(ad.node_id)
         if member is None:
             self._seeds[ad.inbox] = time.monotonic() + 600.0
