@@ -1,0 +1,550 @@
+"""Sending: requests, replies, scatters and control calls.
+
+How a frame leaves depends on who sends it: a greenlet of the node's loop sends
+directly on the peer's DEALER; a plain program thread uses its own port
+(``threadport.py``); any other thread (another hub's handler) hands the frame to
+the destination's outbound queue (``outbound.py``). Replies come back to the
+inbox and complete the pending ``AsyncResult``/``ScatterResult`` by request id,
+or, for a program thread's blocking ``send``, straight back on its port.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import gevent
+
+from . import wire
+from .actor import Actor, current_context
+from .errors import (
+    ActorStopped,
+    CallTimeout,
+    NodeDown,
+    NodeStopped,
+    NoNodeForType,
+    NoSuchActor,
+    NoSuchMethod,
+    SerializationError,
+    ZcellError,
+    remote_error,
+)
+from .loop import hub_here
+from .outbound import Outbound
+from .proxy import ActorProxy
+from .result import AsyncResult, ScatterResult
+from .threadport import ThreadPort
+from .transport import TransportClosed
+from .wire import (
+    C_ARGS,
+    C_ID,
+    C_OP,
+    C_SRC,
+    C_TTL,
+    CTRL,
+    ERROR,
+    F_DIRECT,
+    F_EMIT,
+    F_NOWAIT,
+    F_THROW,
+    OK,
+    P_ID,
+    P_SRC,
+    P_STATUS,
+    PROTOCOL_VERSION,
+    REP,
+    REQ,
+    SCATTER,
+    ZERROR,
+)
+
+__all__ = ["Messaging", "zcell_error"]
+
+
+_ZERRORS: dict[str, type[ZcellError]] = {
+    cls.__name__: cls
+    for cls in (
+        NoSuchActor,
+        NoSuchMethod,
+        ActorStopped,
+        NoNodeForType,
+        SerializationError,
+        CallTimeout,
+        NodeStopped,
+        ZcellError,
+    )
+}
+
+
+def zcell_error(value: Any) -> ZcellError:
+    """Rebuild a zcell error sent as [class name, message]."""
+    if isinstance(value, list) and len(value) == 2:
+        cls = _ZERRORS.get(str(value[0]), ZcellError)
+        return cls(str(value[1]))
+    return ZcellError(str(value))
+
+
+if TYPE_CHECKING:
+    from .directory import Member
+
+log = logging.getLogger("zcell.node")
+V = PROTOCOL_VERSION
+
+
+class Messaging:
+    """Node mixin: getting frames out and replies back (see module doc)."""
+
+    # Provided by Node (declared here for type checkers).
+    _chains: Any
+    _check_running: Any  # a Node method
+    _codec: Any
+    _inbox: Any
+    _loop: Any
+    _make_proxy: Any  # a Node method
+    _members: dict[str, Member]
+    _on_frame: Any  # a Node method
+    _outbound: dict[str, Outbound]
+    _pending: dict[int, tuple[Any, str, float | None]]
+    _ports: list[ThreadPort]
+    _ports_lock: Any
+    _pub: Any
+    _req_ids: Any
+    _run: Any  # a Node method
+    _state: Any
+    _thread_codecs: Any
+    _thread_ports: Any
+    boot: Any
+    directory: Any
+    host_: Any
+    id: Any
+    max_message_size: Any
+    stats: dict[str, int]
+
+    def _send_frame(
+        self, node_id: str, frame: bytes, deadline: float | None, callback: bool = False
+    ) -> bool:
+        """Deliver one encoded frame to a node's inbox (in the loop thread).
+
+        With ``callback=True`` (inside a hub callback) it never waits: it returns
+        False when the frame must be sent from a greenlet instead.
+        """
+        if node_id == self.id:
+            self.stats["messages_out"] += 1
+            self._on_frame(frame)
+            return True
+        member = self._members.get(node_id)
+        if member is None or member.dealer is None:
+            raise NodeDown(f"node {node_id} is not (or no longer) in the mesh")
+        try:
+            if callback:
+                if not member.dealer.try_send(frame):
+                    return False
+            else:
+                member.dealer.send(frame, deadline)
+        except TransportClosed:
+            raise NodeDown(f"node {member.name} left while sending") from None
+        self.stats["messages_out"] += 1
+        return True
+
+    def _publish(self, message: list[Any], timeout: float = 5.0) -> None:
+        self._pub.send(self._codec.encode(message), time.monotonic() + timeout)
+
+    def _encode(self, message: list[Any]) -> bytes:
+        if self._loop.in_loop():
+            return self._codec.encode(message)
+        return self._thread_codec().encode(message)
+
+    def _thread_codec(self) -> wire.Codec:
+        """The shared packer belongs to the loop thread; other threads have their own."""
+        codec = getattr(self._thread_codecs, "codec", None)
+        if codec is None:
+            codec = self._thread_codecs.codec = wire.Codec(self._make_proxy, self.max_message_size)
+        return codec
+
+    def _port(self) -> ThreadPort:
+        """This thread's port to the mesh (created on first use)."""
+        port = getattr(self._thread_ports, "port", None)
+        if port is None:
+            port = self._thread_ports.port = ThreadPort(self)  # type: ignore[arg-type]  # self is a Node
+            with self._ports_lock:
+                self._ports.append(port)
+        return port
+
+    def _deliver(
+        self,
+        mode: str,
+        ref: ActorProxy,
+        method: str,
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        origin: ActorProxy | None = None,
+    ) -> Any:
+        """Carry out a proxy primitive (send/call/throw/scatter/emit)."""
+        self._check_running()
+        in_loop = self._loop.in_loop()
+        ctx = current_context() if in_loop else None
+        nowait = bool(options.get("nowait", False)) or mode == "emit"
+        timeout = options.get("timeout")
+        if timeout is None:
+            cls = ref._cls
+            timeout = cls.default_timeout if cls is not None else Actor.default_timeout
+        now = time.monotonic()
+        deadline = now + timeout
+        if ctx is not None:
+            if ctx.deadline is not None and ctx.deadline < deadline:
+                deadline = ctx.deadline
+            chain = ctx.chain
+            if origin is None:
+                origin = ctx.actor.ref
+        else:
+            chain = next(self._chains)
+        ttl = max(0, int((deadline - now) * 1000))
+        rid = next(self._req_ids)
+        flags = (F_NOWAIT if nowait else 0) | (F_EMIT if mode == "emit" else 0)
+
+        if mode == "scatter":
+            return self._scatter(
+                ref.name, method, kwargs, options, rid, chain, ttl, deadline, flags, origin, in_loop
+            )
+        target_id, node_id, seen = ref.id, ref.node_id, None
+        if mode != "throw" and not in_loop and node_id != self.id and hub_here() is None:
+            return self._deliver_direct(
+                mode, node_id, rid, chain, ttl, deadline, target_id, method, kwargs, flags, origin
+            )
+        if mode == "throw":
+            flags |= F_THROW
+            picked = self._run(self._pick, ref.name) if not in_loop else self._pick(ref.name)
+            if picked is None:
+                raise NoSuchActor(
+                    f"no actor of type {ref.name} in the mesh; spawn one (node.spawn) or "
+                    "wait for one (node.wait_for(type=...))"
+                )
+            target_id, node_id = picked
+            seen = [target_id]
+        frame = self._encode(
+            [
+                V,
+                REQ,
+                rid,
+                self.id,
+                self.boot,
+                chain,
+                ttl,
+                target_id,
+                method,
+                kwargs,
+                flags,
+                origin,
+                seen,
+            ]
+        )
+        if nowait:
+            if in_loop:
+                self._send_frame(node_id, frame, deadline)
+            else:
+                self._outbound_to(node_id).put(frame, deadline, None)
+            return None
+        result = self._request(node_id, frame, deadline, rid, in_loop)
+        if mode == "call":
+            return result
+        return result.get()
+
+    def _deliver_direct(
+        self,
+        mode: str,
+        node_id: str,
+        rid: int,
+        chain: int,
+        ttl: int | None,
+        deadline: float,
+        target_id: str,
+        method: str,
+        kwargs: dict[str, Any],
+        flags: int,
+        origin: ActorProxy | None,
+    ) -> Any:
+        """send/call/nowait from a plain program thread, through its own port."""
+        if mode == "send" and not flags & F_NOWAIT:
+            flags |= F_DIRECT
+        frame = self._encode(
+            [
+                V,
+                REQ,
+                rid,
+                self.id,
+                self.boot,
+                chain,
+                ttl,
+                target_id,
+                method,
+                kwargs,
+                flags,
+                origin,
+                None,
+            ]
+        )
+        port = self._port()
+        if flags & F_NOWAIT:
+            port.send(node_id, frame, deadline, None)
+            return None
+        if mode == "call":
+            result = AsyncResult(rid, deadline, self._cancel_pending)
+            self._pending[rid] = (result, node_id, deadline)
+            try:
+                port.send(node_id, frame, deadline, None)
+            except ZcellError as exc:
+                self._fail_pending(rid, result, exc)
+            return result
+        msg = port.send(node_id, frame, deadline, rid)
+        assert msg is not None
+        status = msg[P_STATUS]
+        value = msg[5] if len(msg) > 5 else None
+        if status == OK:
+            return value
+        raise self._error_from(status, value)
+
+    def _pick(self, type_name: str) -> tuple[str, str] | None:
+        leaving = {m.id for m in self._members.values() if m.leaving}
+        for _ in range(len(self.directory.of_type(type_name)) or 1):
+            picked = self.directory.next_of_type(type_name)
+            if picked is None or picked[1] not in leaving:
+                return picked
+        return picked
+
+    def _request(
+        self, node_id: str, frame: bytes, deadline: float, rid: int, in_loop: bool
+    ) -> AsyncResult:
+        """Register a pending reply and send the request frame."""
+        result = AsyncResult(rid, deadline, self._cancel_pending)
+        self._pending[rid] = (result, node_id, deadline)
+        try:
+            if in_loop:
+                self._send_frame(node_id, frame, deadline)
+            else:
+                self._outbound_to(node_id).put(frame, deadline, rid)
+        except ZcellError as exc:
+            self._fail_pending(rid, result, exc)
+        return result
+
+    def _outbound_to(self, node_id: str) -> Outbound:
+        """The queue for frames from the program's threads to ``node_id``."""
+        out = self._outbound.get(node_id)
+        if out is None:
+            if node_id != self.id and node_id not in self._members:
+                raise NodeDown(f"node {node_id} is not (or no longer) in the mesh")
+            out = self._outbound.setdefault(
+                node_id,
+                Outbound(
+                    node_id,
+                    self._send_frame,
+                    self._send_failed,
+                    self._loop.submit,
+                    try_send=self._try_send_frame,
+                ),
+            )
+        return out
+
+    def _try_send_frame(self, node_id: str, frame: bytes) -> bool:
+        """Send without waiting (safe in a hub callback); False when it would wait."""
+        if node_id == self.id:
+            return False  # local delivery runs handlers: do it from a greenlet
+        return self._send_frame(node_id, frame, None, callback=True)
+
+    def _send_failed(self, rid: int | None, exc: ZcellError) -> None:
+        if rid is None:
+            self.stats["send_failures"] += 1
+            log.warning("zcell: a fire-and-forget message was not sent: %s", exc)
+            return
+        entry = self._pending.get(rid)
+        if entry is not None:
+            self._fail_pending(rid, entry[0], exc)
+
+    def _fail_pending(self, rid: int, result: Any, exc: BaseException) -> None:
+        self._pending.pop(rid, None)
+        if isinstance(result, ScatterResult):
+            result.close()
+        else:
+            result._complete(error=exc)
+
+    def _cancel_pending(self, rid: int) -> None:
+        if self._loop.in_loop():
+            self._pending.pop(rid, None)
+        elif self._state == "running":
+            self._loop.submit(self._pending.pop, rid, None)
+
+    def _scatter(
+        self,
+        type_name: str,
+        method: str,
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        rid: int,
+        chain: int,
+        ttl: int,
+        deadline: float,
+        flags: int,
+        origin: ActorProxy | None,
+        in_loop: bool,
+    ) -> ScatterResult | None:
+        limit = options.get("limit")
+        propagate = options.get("propagate", True)
+        frame = self._encode(
+            [
+                V,
+                SCATTER,
+                rid,
+                self.id,
+                self.boot,
+                chain,
+                ttl,
+                type_name,
+                method,
+                kwargs,
+                flags,
+                origin,
+                None,
+            ]
+        )
+        nowait = bool(flags & F_NOWAIT)
+        box: list[ScatterResult | None] = [None]
+
+        def send() -> None:
+            expected = dict(self.directory.of_type(type_name))
+            if not nowait:
+                result = ScatterResult(
+                    rid, expected, deadline, limit, propagate, self._cancel_pending
+                )
+                box[0] = result
+                if not expected:
+                    return
+                self._pending[rid] = (result, "", deadline)
+            nodes = set(expected.values())
+            direct = [n for n in nodes if n == self.id or not self._subscribed_member(n)]
+            # Sending may wait (a slow subscriber, a peer not connected yet, one
+            # that just died): never make the caller wait for it.
+            gevent.spawn(
+                self._scatter_out, frame, deadline, direct, len(direct) < len(nodes), box[0]
+            )
+
+        self._run(send, timeout=10.0)
+        return box[0]
+
+    def _scatter_out(
+        self,
+        frame: bytes,
+        deadline: float,
+        direct: list[str],
+        publish: bool,
+        result: ScatterResult | None,
+    ) -> None:
+        if publish:
+            try:
+                self._pub.send(frame, deadline)
+            except ZcellError as exc:
+                log.warning("zcell: scatter not published: %s", exc)
+        for node_id in direct:
+            try:
+                self._send_frame(node_id, frame, deadline)
+            except ZcellError as exc:
+                log.debug("zcell: scatter to %s failed: %s", node_id, exc)
+                if result is not None:
+                    result._node_down(node_id)
+
+    def _subscribed_member(self, node_id: str) -> bool:
+        member = self._members.get(node_id)
+        return member is not None and member.subscribed
+
+    def _on_reply(self, msg: list[Any]) -> None:
+        rid = msg[P_ID]
+        entry = self._pending.get(rid)
+        if entry is None:
+            self.stats["late_replies"] += 1
+            return
+        src = msg[P_SRC]
+        if src != self.id and src not in self._members:
+            # Only members reply (a declined throw may be answered by any of them).
+            self.stats["dropped_stale"] += 1
+            return
+        result = entry[0]
+        status = msg[P_STATUS]
+        value = msg[5] if len(msg) > 5 else None
+        if isinstance(result, ScatterResult):
+            if not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], str):
+                self.stats["dropped_bad_frames"] += 1
+                return
+            actor_id, payload = value
+            if status == OK:
+                result._push(actor_id, False, payload, False)
+            elif status == wire.DECLINED:
+                result._push(actor_id, False, None, True)
+            else:
+                result._push(actor_id, True, self._error_from(status, payload), False)
+            return
+        del self._pending[rid]
+        if status == OK:
+            result._complete(value)
+        else:
+            result._complete(error=self._error_from(status, value))
+
+    def _error_from(self, status: int, value: Any) -> ZcellError:
+        if status == ERROR and isinstance(value, list) and len(value) == 4:
+            return remote_error(*(str(v) for v in value))
+        if status == ZERROR:
+            return zcell_error(value)
+        return ZcellError(f"malformed error reply: {value!r}")
+
+    def _ctrl(self, node_id: str, op: str, args: dict[str, Any], timeout: float) -> Any:
+        """A control call to a node (spawn, kill, bind, unbind, snapshot)."""
+        rid = next(self._req_ids)
+        deadline = time.monotonic() + timeout
+        frame = self._encode([V, CTRL, rid, self.id, self.boot, int(timeout * 1000), op, args])
+        return self._request(node_id, frame, deadline, rid, self._loop.in_loop()).get()
+
+    def _on_ctrl(self, msg: list[Any]) -> None:
+        rid, src, op, args = msg[C_ID], msg[C_SRC], msg[C_OP], msg[C_ARGS]
+        ttl = msg[C_TTL]
+        try:
+            value = self.host_.control(op, args, src)
+        except ZcellError as exc:
+            self.reply(src, rid, ZERROR, [type(exc).__name__, str(exc)], ttl)
+        except Exception as exc:
+            self.reply(src, rid, ERROR, self.host_.error_info(exc), ttl)
+        else:
+            self.reply(src, rid, OK, value, ttl)
+
+    def reply(
+        self,
+        node_id: str,
+        rid: int,
+        status: int,
+        value: Any,
+        ttl: int | None,
+        actor_id: str | None = None,
+        routing: bytes | None = None,
+    ) -> None:
+        """Send a reply to a caller's inbox (or complete it here for local callers).
+
+        ``routing``: reply through our inbox ROUTER on the connection the request
+        came on (a program thread's port waits there).
+
+        ``actor_id`` marks a scatter reply: its value travels as [actor_id, value].
+        """
+        wrap = (lambda v: [actor_id, v]) if actor_id is not None else (lambda v: v)
+        try:
+            frame = self._codec.encode([V, REP, rid, self.id, status, wrap(value)])
+        except SerializationError as exc:
+            error = ["SerializationError", f"the handler's return value cannot travel: {exc}"]
+            frame = self._codec.encode([V, REP, rid, self.id, ZERROR, wrap(error)])
+        deadline = time.monotonic() + (ttl / 1000 if ttl else 5.0)
+        if routing is not None:
+            try:
+                self._inbox.send_multipart([routing, frame], deadline)
+                self.stats["messages_out"] += 1
+            except ZcellError as exc:
+                log.debug("zcell: direct reply %s lost: %s", rid, exc)
+            return
+        try:
+            self._send_frame(node_id, frame, deadline)
+        except ZcellError as exc:
+            log.debug("zcell: reply %s to %s lost: %s", rid, node_id, exc)
