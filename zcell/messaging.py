@@ -222,22 +222,8 @@ class Messaging:
                 )
             target_id, node_id = picked
             seen = [target_id]
-        frame = self._encode(
-            [
-                V,
-                REQ,
-                rid,
-                self.id,
-                self.boot,
-                chain,
-                ttl,
-                target_id,
-                method,
-                kwargs,
-                flags,
-                origin,
-                seen,
-            ]
+        frame = self._request_frame(
+            REQ, rid, chain, ttl, target_id, method, kwargs, flags, origin, seen
         )
         if nowait:
             if in_loop:
@@ -249,6 +235,24 @@ class Messaging:
         if mode == "call":
             return result
         return result.get()
+
+    def _request_frame(
+        self,
+        kind: int,
+        rid: int,
+        chain: int,
+        ttl: int | None,
+        target: str,
+        method: str,
+        kwargs: dict[str, Any],
+        flags: int,
+        origin: ActorProxy | None,
+        seen: list[str] | None,
+    ) -> bytes:
+        """Encode a REQ or SCATTER from this node (layout: docs/protocol.md §3.1)."""
+        message = [V, kind, rid, self.id, self.boot, chain, ttl, target, method, kwargs, flags]
+        message += [origin, seen]
+        return self._encode(message)
 
     def _deliver_direct(
         self,
@@ -267,22 +271,8 @@ class Messaging:
         """send/call/nowait from a plain program thread, through its own port."""
         if mode == "send" and not flags & F_NOWAIT:
             flags |= F_DIRECT
-        frame = self._encode(
-            [
-                V,
-                REQ,
-                rid,
-                self.id,
-                self.boot,
-                chain,
-                ttl,
-                target_id,
-                method,
-                kwargs,
-                flags,
-                origin,
-                None,
-            ]
+        frame = self._request_frame(
+            REQ, rid, chain, ttl, target_id, method, kwargs, flags, origin, None
         )
         port = self._port()
         if flags & F_NOWAIT:
@@ -389,22 +379,8 @@ class Messaging:
     ) -> ScatterResult | None:
         limit = options.get("limit")
         propagate = options.get("propagate", True)
-        frame = self._encode(
-            [
-                V,
-                SCATTER,
-                rid,
-                self.id,
-                self.boot,
-                chain,
-                ttl,
-                type_name,
-                method,
-                kwargs,
-                flags,
-                origin,
-                None,
-            ]
+        frame = self._request_frame(
+            SCATTER, rid, chain, ttl, type_name, method, kwargs, flags, origin, None
         )
         nowait = bool(flags & F_NOWAIT)
         box: list[ScatterResult | None] = [None]
