@@ -1,0 +1,171 @@
+"""The benchmark suite: the floor and zcell side by side, and optional peers.
+
+    python -m bench [--quick] [--pin] [--peers zerorpc,celery,ray] [--out DIR]
+
+Runs :func:`bench.floor.run_floor`, then :func:`bench.mesh.run_mesh`, then the
+peers asked for (:mod:`bench.peers`); prints a table of zcell's figures as
+ratios to the floor of the same run and the issue's targets (met/missed), and
+writes ``<out>/<date>-<host>[-quick].json`` plus PNG plots (matplotlib, the
+``bench`` extra; skipped with a message without it). Exit code 0 when every
+scenario ran (targets are reported, never asserted), 1 when one failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _other_cpu(before: Any, after: Any) -> float | None:
+    """CPU seconds that programs other than this one and its children used between two
+    ``bench.floor._cpu_counters()`` readings (the machine may be shared)."""
+    if not before or not after:
+        return None
+    return round(max(0.0, (after[0] - before[0]) - (after[1] - before[1])), 1)
+
+
+def run(
+    quick: bool = False,
+    pin: bool = False,
+    peers: list[str] | None = None,
+    floor_reps: int | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """The whole suite; returns the result dict that is written as JSON."""
+    from bench import report
+    from bench.floor import _cpu_counters, _versions, run_floor
+    from bench.mesh import run_mesh
+
+    started = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    load0, cpu0, t0 = os.getloadavg(), _cpu_counters(), time.monotonic()
+    phases: dict[str, Any] = {}
+
+    def timed(name: str, fn: Any, *args: Any, **kw: Any) -> Any:
+        if verbose:
+            _log(f"{name}...")
+        l0, s0, c0 = os.getloadavg(), time.monotonic(), _cpu_counters()
+        res = fn(*args, **kw)
+        phases[name] = {
+            "elapsed_s": round(time.monotonic() - s0, 1),
+            "loadavg": {"before": list(l0), "after": list(os.getloadavg())},
+            "other_cpu_s": _other_cpu(c0, _cpu_counters()),
+        }
+        if verbose:
+            _log(f"{name}: {phases[name]['elapsed_s']}s")
+        return res
+
+    floor = timed("floor", run_floor, quick=quick, pin=pin, reps=floor_reps, verbose=verbose)
+    mesh = timed("zcell", run_mesh, quick=quick, pin=pin, verbose=verbose)
+    phases["zcell"]["parts"] = mesh["phases"]
+    peer_results: dict[str, Any] = {}
+    if peers:
+        from bench.peers import run_peers
+
+        peer_results = timed("peers", run_peers, peers, quick=quick, pin=pin, verbose=verbose)
+
+    other_cpu_s = _other_cpu(cpu0, _cpu_counters())
+    ratios = report.compute_ratios(floor, mesh["metrics"])
+    import zcell
+
+    versions = _versions()
+    versions["zcell"] = zcell.__version__
+    return {
+        "benchmark": "bench",
+        "schema": 1,
+        "started": started,
+        "host": socket.gethostname(),
+        "quick": quick,
+        "placement": floor["placement"],
+        "cpus": mesh["cpus"],
+        "nproc": os.cpu_count(),
+        "versions": versions,
+        "argv": sys.argv[1:],
+        "loadavg": {"before": list(load0), "after": list(os.getloadavg())},
+        "other_cpu_s": other_cpu_s,
+        "elapsed_s": round(time.monotonic() - t0, 1),
+        "phases": phases,
+        "floor": floor,
+        "zcell": mesh,
+        "ratios": ratios,
+        "targets": report.evaluate_targets(ratios, mesh["metrics"]),
+        "errors": report.zcell_errors(mesh["metrics"]),
+        "peers": peer_results,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small counts: a smoke run (~30 s)")
+    p.add_argument(
+        "--pin", action="store_true", help="pin client and server processes to different CPUs"
+    )
+    p.add_argument(
+        "--peers",
+        default="",
+        metavar="LIST",
+        help="comma-separated peers to measure too: zerorpc, celery, ray (each optional)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"output directory ({DEFAULT_OUT})"
+    )
+    p.add_argument(
+        "--floor-reps", type=int, default=None, help="floor repetitions (default 3; quick 1)"
+    )
+    p.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    a = p.parse_args(argv)
+
+    from bench import report
+    from bench.peers import PEERS
+
+    peers = [x.strip() for x in a.peers.split(",") if x.strip()]
+    unknown = [x for x in peers if x not in PEERS]
+    if unknown:
+        p.error(f"unknown peer(s) {unknown}; choose from {', '.join(PEERS)}")
+
+    result = run(quick=a.quick, pin=a.pin, peers=peers, floor_reps=a.floor_reps)
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d-%H%M%S")
+    stem = a.out / f"{stamp}-{result['host']}{'-quick' if a.quick else ''}"
+    files: dict[str, Any] = {"json": f"{stem}.json", "plots": []}
+    if a.no_plots:
+        files["plots_skipped"] = "--no-plots"
+    else:
+        try:
+            files["plots"] = report.write_plots(result, stem)
+        except ImportError as exc:
+            files["plots_skipped"] = (
+                f"matplotlib is not installed ({exc}); pip install -e '.[bench]' for plots"
+            )
+    result["files"] = files
+    with open(files["json"], "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+
+    print(report.format_report(result))
+    print()
+    print(f"wrote {files['json']}")
+    for path in files["plots"]:
+        print(f"wrote {path}")
+    if "plots_skipped" in files:
+        print(f"plots skipped: {files['plots_skipped']}")
+    if result["errors"]:
+        print(f"{len(result['errors'])} scenario(s) failed; see above", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Smoke test of the benchmark suite: `python -m bench --quick --out <tmp>`.
+
+It checks the shape of the JSON report only: every metric present, numbers
+positive, ratios and targets computed. Timings depend on the machine (and on
+whatever else runs on it) and are never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+LATENCIES = ["send_rtt", "actor_send_rtt", "chain"]
+RATIOS = [
+    "send_rtt_p50",
+    "send_rtt_p99",
+    "actor_send_rtt_p50",
+    "nowait_oneway",
+    "throw_sync_p50",
+    "throw_nowait",
+    "chain_p50",
+    "chain_per_hop_p50",
+    "call_1",
+    "call_10",
+    "call_100",
+    "scatter_1_p50",
+    "scatter_16_p50",
+    "scatter_64_p50",
+]
+TARGETS = {
+    "send_rtt_p50",
+    "nowait_oneway",
+    "call_100",
+    "scatter_64_p50",
+    "idle_100k_mib",
+    "spawn_per_s",
+}
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def check_latency(m: dict[str, Any], where: str) -> None:
+    assert "error" not in m, (where, m)
+    for key in ("p50_us", "p99_us", "mean_us", "n"):
+        assert positive(m[key]), (where, key, m)
+    assert m["p99_us"] >= m["p50_us"], (where, m)
+
+
+def check_loadavg(load: dict[str, Any], where: str) -> None:
+    for when in ("before", "after"):
+        assert len(load[when]) == 3, (where, load)
+        assert all(isinstance(x, int | float) and x >= 0 for x in load[when]), (where, load)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, str]:
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = sorted(out.glob("*-quick.json"))
+    assert len(files) == 1, list(out.iterdir())
+    return json.loads(files[0].read_text()), out, proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_smoke_quick_run_reports_every_zcell_metric(
+    quick_run: tuple[dict[str, Any], Path, str],
+) -> None:
+    result, _, _ = quick_run
+    assert result["quick"] is True
+    assert result["errors"] == []
+    m = result["zcell"]["metrics"]
+    for name in LATENCIES:
+        check_latency(m[name], name)
+    assert m["chain"]["depth"] == 10
+    for window in ("1", "10", "100"):
+        entry = m["call_pipelined"][window]
+        assert positive(entry["calls_per_s"]) and positive(entry["n"]), (window, entry)
+    nowait = m["nowait_oneway"]
+    assert positive(nowait["msgs_per_s"]) and nowait["count"] == nowait["n"], nowait
+    throw = m["throw"]
+    check_latency(
+        {
+            "p50_us": throw["sync_p50_us"],
+            "p99_us": throw["sync_p99_us"],
+            "mean_us": 1,
+            "n": throw["sync_n"],
+        },
+        "throw",
+    )
+    assert positive(throw["nowait_msgs_per_s"]), throw
+    assert throw["nodes"] == 4 and len(throw["per_actor"]) == 4, throw
+    assert sum(throw["per_actor"].values()) == throw["nowait_n"], throw
+    assert isinstance(throw["spreads"], bool), throw
+    for size in ("1", "16", "64"):
+        check_latency(m["scatter"][size], f"scatter {size}")
+        assert m["scatter"][size]["actors"] == int(size)
+        assert m["scatter"][size]["short"] == 0, m["scatter"][size]
+    sm = m["spawn_memory"]
+    for key in ("nowait_actors_per_s", "rss_before_mib", "rss_after_mib", "per_100k_mib"):
+        assert positive(sm[key]), (key, sm)
+    assert sm["idle_actors"] == 10000, sm  # quick mode
+    assert sm["hosted"] >= sm["idle_actors"], sm
+    assert positive(m["spawn_sync"]["actors_per_s"]), m["spawn_sync"]
+    assert positive(m["spawn_local"]["actors_per_s"]), m["spawn_local"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_smoke_quick_run_quotes_zcell_as_ratios_to_the_floor_of_the_same_run(
+    quick_run: tuple[dict[str, Any], Path, str],
+) -> None:
+    result, _, stdout = quick_run
+    floor = result["floor"]["floor"]
+    assert positive(floor["rtt_p50_us"]) and positive(floor["oneway_msgs_per_s"])
+    assert set(result["floor"]["variants"]) == {
+        "green-inline",
+        "green-spawn",
+        "lean-inline",
+        "lean-spawn",
+    }
+    ratios = result["ratios"]
+    for key in RATIOS:
+        assert positive(ratios[key]), (key, ratios)
+    m = result["zcell"]["metrics"]
+    assert ratios["send_rtt_p50"] == pytest.approx(
+        m["send_rtt"]["p50_us"] / floor["rtt_p50_us"], rel=1e-2
+    )
+    assert ratios["nowait_oneway"] == pytest.approx(
+        m["nowait_oneway"]["msgs_per_s"] / floor["oneway_msgs_per_s"], rel=1e-2
+    )
+    assert {t["key"] for t in result["targets"]} == TARGETS
+    for t in result["targets"]:
+        assert positive(t["value"]) and positive(t["goal"]), t
+        assert isinstance(t["met"], bool), t
+        assert t["op"] in ("<=", ">="), t
+    assert "MISSED" in stdout or "met" in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_smoke_quick_run_records_placement_load_and_output_files(
+    quick_run: tuple[dict[str, Any], Path, str],
+) -> None:
+    result, out, _ = quick_run
+    assert result["placement"] == "unpinned"
+    assert result["zcell"]["placement"] == "unpinned"
+    check_loadavg(result["loadavg"], "run")
+    for name, phase in result["phases"].items():
+        check_loadavg(phase["loadavg"], name)
+        assert positive(phase["elapsed_s"]), (name, phase)
+    for name, part in result["phases"]["zcell"]["parts"].items():
+        check_loadavg(part["loadavg"], name)
+    assert positive(result["elapsed_s"])
+    for key in ("python", "pyzmq", "libzmq", "gevent", "msgpack", "zcell"):
+        assert result["versions"][key], key
+    assert result["peers"] == {}
+    files = result["files"]
+    assert Path(files["json"]).parent == out
+    if files["plots"]:
+        assert all(Path(p).is_file() and p.endswith(".png") for p in files["plots"])
+    else:
+        assert "matplotlib" in files["plots_skipped"], files
