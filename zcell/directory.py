@@ -92,7 +92,7 @@ class Directory:
         return self.by_type.get(type_name, {})
 
     def count_on(self, node_id: str) -> int:
-        return sum(1 for _, n in self.actors.values() if n == node_id)
+        return sum(1 for _, n in list(self.actors.values()) if n == node_id)
 
     def next_of_type(
         self, type_name: str, exclude: set[str] | None = None

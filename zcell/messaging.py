@@ -208,13 +208,9 @@ class Messaging:
                 ref.name, method, kwargs, options, rid, chain, ttl, deadline, flags, origin, in_loop
             )
         target_id, node_id, seen = ref.id, ref.node_id, None
-        if mode != "throw" and not in_loop and node_id != self.id and hub_here() is None:
-            return self._deliver_direct(
-                mode, node_id, rid, chain, ttl, deadline, target_id, method, kwargs, flags, origin
-            )
         if mode == "throw":
             flags |= F_THROW
-            picked = self._run(self._pick, ref.name) if not in_loop else self._pick(ref.name)
+            picked = self._pick(ref.name)
             if picked is None:
                 raise NoSuchActor(
                     f"no actor of type {ref.name} in the mesh; spawn one (node.spawn) or "
@@ -222,19 +218,48 @@ class Messaging:
                 )
             target_id, node_id = picked
             seen = [target_id]
+        port = self._own_port(node_id, in_loop)
+        if port is not None and mode == "send" and not nowait:
+            # The reply comes straight back on the thread's own connection.
+            frame = self._request_frame(
+                REQ, rid, chain, ttl, target_id, method, kwargs, flags | F_DIRECT, origin, None
+            )
+            return self._direct_result(port.send(node_id, frame, deadline, rid))
         frame = self._request_frame(
             REQ, rid, chain, ttl, target_id, method, kwargs, flags, origin, seen
         )
         if nowait:
-            if in_loop:
-                self._send_frame(node_id, frame, deadline)
-            else:
-                self._outbound_to(node_id).put(frame, deadline, None)
+            self._send_one(node_id, frame, deadline, in_loop, port)
             return None
         result = self._request(node_id, frame, deadline, rid, in_loop)
         if mode == "call":
             return result
         return result.get()
+
+    def _own_port(self, node_id: str, in_loop: bool) -> ThreadPort | None:
+        """This thread's port, when it may use one (a plain thread, a remote node)."""
+        if in_loop or node_id == self.id or hub_here() is not None:
+            return None
+        return self._port()
+
+    def _send_one(
+        self, node_id: str, frame: bytes, deadline: float, in_loop: bool, port: Any = None
+    ) -> None:
+        """Send a frame from whichever thread we are in (see the module doc)."""
+        if in_loop:
+            self._send_frame(node_id, frame, deadline)
+        elif port is not None:
+            port.send(node_id, frame, deadline, None)
+        else:
+            self._outbound_to(node_id).put(frame, deadline, None)
+
+    def _direct_result(self, msg: list[Any] | None) -> Any:
+        assert msg is not None
+        status = msg[P_STATUS]
+        value = msg[5] if len(msg) > 5 else None
+        if status == OK:
+            return value
+        raise self._error_from(status, value)
 
     def _request_frame(
         self,
@@ -254,48 +279,9 @@ class Messaging:
         message += [origin, seen]
         return self._encode(message)
 
-    def _deliver_direct(
-        self,
-        mode: str,
-        node_id: str,
-        rid: int,
-        chain: int,
-        ttl: int | None,
-        deadline: float,
-        target_id: str,
-        method: str,
-        kwargs: dict[str, Any],
-        flags: int,
-        origin: ActorProxy | None,
-    ) -> Any:
-        """send/call/nowait from a plain program thread, through its own port."""
-        if mode == "send" and not flags & F_NOWAIT:
-            flags |= F_DIRECT
-        frame = self._request_frame(
-            REQ, rid, chain, ttl, target_id, method, kwargs, flags, origin, None
-        )
-        port = self._port()
-        if flags & F_NOWAIT:
-            port.send(node_id, frame, deadline, None)
-            return None
-        if mode == "call":
-            result = AsyncResult(rid, deadline, self._cancel_pending)
-            self._pending[rid] = (result, node_id, deadline)
-            try:
-                port.send(node_id, frame, deadline, None)
-            except ZcellError as exc:
-                self._fail_pending(rid, result, exc)
-            return result
-        msg = port.send(node_id, frame, deadline, rid)
-        assert msg is not None
-        status = msg[P_STATUS]
-        value = msg[5] if len(msg) > 5 else None
-        if status == OK:
-            return value
-        raise self._error_from(status, value)
-
     def _pick(self, type_name: str) -> tuple[str, str] | None:
-        leaving = {m.id for m in self._members.values() if m.leaving}
+        # May run in a program thread: copy before iterating (the loop mutates).
+        leaving = {m.id for m in list(self._members.values()) if m.leaving}
         for _ in range(len(self.directory.of_type(type_name)) or 1):
             picked = self.directory.next_of_type(type_name)
             if picked is None or picked[1] not in leaving:
@@ -309,8 +295,11 @@ class Messaging:
         result = AsyncResult(rid, deadline, self._cancel_pending)
         self._pending[rid] = (result, node_id, deadline)
         try:
+            port = self._own_port(node_id, in_loop)
             if in_loop:
                 self._send_frame(node_id, frame, deadline)
+            elif port is not None:
+                port.send(node_id, frame, deadline, None)  # the reply comes to the inbox
             else:
                 self._outbound_to(node_id).put(frame, deadline, rid)
         except ZcellError as exc:
@@ -472,10 +461,15 @@ class Messaging:
 
     def _ctrl(self, node_id: str, op: str, args: dict[str, Any], timeout: float) -> Any:
         """A control call to a node (spawn, kill, bind, unbind, snapshot)."""
+        return self._ctrl_async(node_id, op, args, timeout).get()
+
+    def _ctrl_async(
+        self, node_id: str, op: str, args: dict[str, Any], timeout: float
+    ) -> AsyncResult:
         rid = next(self._req_ids)
         deadline = time.monotonic() + timeout
         frame = self._encode([V, CTRL, rid, self.id, self.boot, int(timeout * 1000), op, args])
-        return self._request(node_id, frame, deadline, rid, self._loop.in_loop()).get()
+        return self._request(node_id, frame, deadline, rid, self._loop.in_loop())
 
     def _on_ctrl(self, msg: list[Any]) -> None:
         rid, src, op, args = msg[C_ID], msg[C_SRC], msg[C_OP], msg[C_ARGS]

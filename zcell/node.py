@@ -48,6 +48,7 @@ from .membership import Membership
 from .messaging import Messaging
 from .outbound import Outbound
 from .proxy import ActorProxy
+from .result import AsyncResult
 from .security import ZapHandler, derive_keys
 from .threadport import NOTIFY_STOP, ThreadPort
 from .transport import Context, Socket, bind_random
@@ -571,35 +572,33 @@ class Node(Membership, Messaging):
         if timeout is None:
             timeout = getattr(cls, "default_timeout", Actor.default_timeout)
         assert timeout is not None
-        node_id = self._run(self._place, name, cls, on)
+        node_id = self._place(name, cls, on)
         actor_id = uuid.uuid4().hex
         proxy = ActorProxy(self, actor_id, name, node_id, cls if isinstance(cls, type) else None)
         self._encode([args])  # SerializationError before anything is sent
         if nowait:
-            self._run(lambda: gevent.spawn(self._spawn_quiet, node_id, name, args, actor_id))
+            started = self._ctrl_async(
+                node_id, "spawn", {"type": name, "kwargs": args, "id": actor_id}, 30.0
+            )
+            started.link(_log_failed_spawn)
             return proxy
         self._ctrl(node_id, "spawn", {"type": name, "kwargs": args, "id": actor_id}, timeout)
         self._run(self.directory.add, actor_id, name, node_id)
         return proxy
 
-    def _spawn_quiet(self, node_id: str, name: str, args: dict[str, Any], actor_id: str) -> None:
-        try:
-            self._ctrl(node_id, "spawn", {"type": name, "kwargs": args, "id": actor_id}, 30.0)
-        except Exception:
-            log.exception("zcell: nowait spawn of %s failed", name)
-
     def _place(self, name: str, cls: Any, on: str | None) -> str:
+        # Runs in the caller's thread: copies before iterating what the loop mutates.
         if on is not None:
             if on in (self.id, self.name):
                 return self.id
-            for member in self._members.values():
+            for member in list(self._members.values()):
                 if on in (member.id, member.name):
                     return member.id
             raise NoNodeForType(f"no node named {on!r} in the mesh; nodes: {self._node_names()}")
         candidates = (
             [(self.directory.count_on(self.id), self.name, self.id)] if name in self._types else []
         )
-        for member in self._members.values():
+        for member in list(self._members.values()):
             if name in member.types and not member.leaving:
                 candidates.append((self.directory.count_on(member.id), member.name, member.id))
         if candidates:
@@ -713,6 +712,10 @@ class Node(Membership, Messaging):
     def statistics(self) -> dict[str, int]:
         """Counters: messages in/out, errors, dropped bad frames, in-flight, actors..."""
         stats = dict(self.stats)
+        with self._ports_lock:
+            ports = list(self._ports)
+        stats["messages_out"] += sum(port.sent for port in ports)
+        stats["messages_in"] += sum(port.received for port in ports)
         stats["in_flight"] = self.host_.in_flight
         stats["queued"] = len(self.host_.queue)
         stats["actors_hosted"] = len(self.host_.actors)
@@ -778,6 +781,11 @@ class Node(Membership, Messaging):
 
     def __repr__(self) -> str:
         return f"<Node {self.name} {self.id} {self._state}>"
+
+
+def _log_failed_spawn(result: AsyncResult) -> None:
+    if result.failed():
+        log.error("zcell: a nowait spawn failed: %s", result.get(propagate=False))
 
 
 def _resolve_actor_spec(spec: Any) -> list[type[Actor]]:

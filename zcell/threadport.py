@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ThreadPort"]
 
+_POLLIN = int(zmq.POLLIN)
 NOTIFY_DOWN = b"D"
 NOTIFY_STOP = b"S"
 
@@ -50,6 +51,8 @@ class ThreadPort:
         self._lock = real_lock()
         self._busy = False
         self._closed = False
+        self.sent = 0  # counted here (this thread), summed by Node.statistics()
+        self.received = 0
 
     # -- the owning thread ---------------------------------------------------
 
@@ -86,16 +89,17 @@ class ThreadPort:
         self._enter()
         try:
             # News read now is about earlier calls (a node that left may be back).
-            while True:
-                try:
-                    self._notify.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            notify = self._notify
+            while int(notify.getsockopt(zmq.EVENTS)) & _POLLIN:
+                notify.recv(zmq.NOBLOCK)
             sock = self._socket(node_id)
             self._put(sock, node_id, frame, deadline)
+            self.sent += 1
             if rid is None:
                 return None
-            return self._reply(sock, node_id, rid, deadline)
+            reply = self._reply(sock, node_id, rid, deadline)
+            self.received += 1
+            return reply
         finally:
             self._leave()
 
