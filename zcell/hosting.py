@@ -86,6 +86,7 @@ class Host:
         self._stopped: dict[str, None] = {}  # recently killed ids, to answer ActorStopped
         self._runnable: collections.deque[tuple[list[Any], float | None, str]] = collections.deque()
         self._idle: list[Any] = []  # parked worker greenlets
+        self._waking = False  # a worker is scheduled and has not started yet
         self._drained: Event | None = None
         self._hub: Any = None  # set by the node once its loop runs
 
@@ -116,21 +117,33 @@ class Host:
         chain = msg[R_CHAIN]
         self._chains[chain] = self._chains.get(chain, 0) + 1
         self._runnable.append((msg, deadline, actor_id))
-        # Reuse a parked worker; a new one only when every worker is inside a
-        # handler (which, since we are running, means parked in a blocking call).
+        if not self._waking:
+            self._wake_worker()
+
+    def _wake_worker(self) -> None:
+        """Schedule one more worker: a parked one, else a new one.
+
+        While jobs wait there is always exactly one worker on its way, so a job
+        whose handler blocks never holds up the next one, and a burst costs one
+        wake-up rather than one per message.
+        """
+        self._waking = True
         if self._idle:
             self._hub.loop.run_callback(self._idle.pop().switch)
         else:
-            worker = greenlet(self._worker, parent=self._hub)
-            self._hub.loop.run_callback(worker.switch)
+            self._hub.loop.run_callback(greenlet(self._worker, parent=self._hub).switch)
 
     def _worker(self) -> None:
         """Run admitted requests one at a time; park when there are none."""
         runnable, idle, me = self._runnable, self._idle, getcurrent()
         while True:
+            self._waking = False  # this worker has arrived
             while runnable:
+                job = runnable.popleft()
+                if runnable and not self._waking:
+                    self._wake_worker()  # a spare, in case this handler blocks
                 try:
-                    self._run(*runnable.popleft())
+                    self._run(*job)
                 except (Exception, GreenletExit):
                     # Never let a failure escape into the hub (it would end the loop).
                     log.exception("zcell: request processing failed")
