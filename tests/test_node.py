@@ -294,3 +294,23 @@ def test_graceful_stop_fails_what_is_left_with_actor_stopped(mesh):
     b.stop(timeout=0.2)
     with pytest.raises((ActorStopped, ConnectionError)):
         pending.get(timeout=5)
+
+
+def test_names_are_unique_in_a_mesh_a_second_node_with_a_taken_name_is_refused(make_node, caplog):
+    import logging
+
+    hub = make_node("hub")
+    first = make_node("twin", peers=[hub.endpoints["inbox"]])
+    hub.wait_for(nodes=2, timeout=10 * SLOW)
+    with caplog.at_level(logging.ERROR, logger="zcell.node"):
+        second = make_node("twin", peers=[hub.endpoints["inbox"]])
+        with pytest.raises(CallTimeout):
+            second.wait_for(nodes=2, timeout=1.5)
+    assert [n["name"] for n in hub.nodes()].count("twin") == 1
+    assert {n["id"] for n in hub.nodes()} == {hub.id, first.id}
+    assert hub.statistics()["name_clashes"] >= 1
+    assert any("already used" in r.getMessage() for r in caplog.records)
+    # Once the first one leaves, the name is free: the second gets in.
+    first.stop()
+    hub.wait_for(nodes=2, timeout=10 * SLOW)
+    assert {n["id"] for n in hub.nodes()} == {hub.id, second.id}

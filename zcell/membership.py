@@ -60,6 +60,7 @@ class Membership:
     _dir_seq: Any
     _hb: HeartbeatThread | None
     _hello_inflight: set[str]
+    _clashes: set[tuple[str, str]]
     _info: Any  # a Node method
     _loop: Any
     _members: dict[str, Member]
@@ -127,6 +128,26 @@ class Membership:
         for old in list(self._members.values()):
             if old.inbox == info["inbox"]:
                 self._member_down(old, "replaced by a new node at the same address")
+        # Names are unique in a mesh: a second node under a name in use is refused
+        # (it is let in once the first one has gone, e.g. a restart elsewhere).
+        name = info["name"]
+        holder = self.name if name == self.name else None
+        for other in self._members.values():
+            if other.name == name:
+                holder = f"{other.name} at {other.inbox}"
+        if holder is not None:
+            self.stats["name_clashes"] += 1
+            if (name, info["id"]) not in self._clashes:
+                self._clashes.add((name, info["id"]))
+                log.error(
+                    "zcell: refused node %s at %s: the name is already used by %s in "
+                    "cluster %s; give one of them another name (--name / Node(name=...))",
+                    name,
+                    info["inbox"],
+                    holder,
+                    self.cluster,
+                )
+            return None
         member = Member.from_info(info)
         member.dealer = self._dealer_for(member.inbox)
         member.subscribed = member.id in self._subscribed

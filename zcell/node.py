@@ -150,6 +150,7 @@ class Node(Membership, Messaging):
         self._dir_seq = 0
         self._seeds: dict[str, float] = {}  # inbox endpoint -> expiry (inf: forever)
         self._hello_inflight: set[str] = set()
+        self._clashes: set[tuple[str, str]] = set()  # (name, node id) refused, logged once
         self._dealers: dict[str, Socket] = {}
         self._outbound: dict[str, Outbound] = {}
         self._scatter_seen: dict[tuple[str, int], None] = {}
@@ -176,6 +177,7 @@ class Node(Membership, Messaging):
                 "late_replies",
                 "nowait_failures",
                 "send_failures",
+                "name_clashes",
                 "refused_auth",  # connections ZAP refused (no or another secret)
             ),
             0,
