@@ -96,3 +96,42 @@ def test_a_plain_script_may_import_zcell_without_monkey_patching(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "unpatched" in out.stdout
+
+
+def test_calls_from_greenlets_of_another_hub_work_and_keep_their_order(mesh):
+    """A thread running its own gevent hub (here: this test's main thread) hands
+    frames to the node's loop through per-destination queues."""
+    import gevent
+
+    a, b = mesh(2, actors=[Echo])
+    ref = a.spawn(Echo, on="n1")
+
+    def client(k: int) -> list:
+        for i in range(50):
+            ref.send.echo(value=i, nowait=True)
+        pending = ref.call.echo(value=k)
+        return [ref.send.echo(value=k), pending.get(), ref.send.count()]
+
+    out: list = []
+
+    def in_own_hub() -> None:
+        # A thread of its own, so no hub is left behind in pytest's main thread.
+        try:
+            greenlets = [gevent.spawn(client, k) for k in range(4)]
+            gevent.joinall(greenlets, timeout=30 * SLOW, raise_error=True)
+            out.extend(g.value for g in greenlets)
+        finally:
+            gevent.get_hub().destroy(destroy_loop=True)
+
+    import threading
+
+    thread = threading.Thread(target=in_own_hub)
+    thread.start()
+    thread.join(40 * SLOW)
+    results = out
+    assert len(results) == 4
+    assert [r[:2] for r in results] == [[k, k] for k in range(4)]
+    # Each greenlet's 50 fire-and-forget echoes (and its call) ran before its
+    # count(): the queue to a destination keeps the order.
+    assert all(r[2] >= 51 for r in results)
+    assert ref.send.count() == 4 * 51 + 4
