@@ -85,6 +85,22 @@ def _percentiles(sorted_ns: list[int]) -> dict[str, Any]:
     }
 
 
+def _time_calls(call: Any, warm: int, n: int, check: Any) -> dict[str, Any]:
+    """Warm up, then time ``n`` calls of ``call(i)`` one at a time; ``check(i, result)``
+    raises on a wrong result. Returns the percentiles."""
+    clock = time.perf_counter_ns
+    for i in range(warm):
+        call(i)
+    samples = [0] * n
+    for i in range(n):
+        t0 = clock()
+        got = call(i)
+        samples[i] = clock() - t0
+        check(i, got)
+    samples.sort()
+    return _percentiles(samples)
+
+
 def rss_kib(pid: int) -> int:
     """VmRSS of process *pid* in KiB, from /proc/<pid>/status."""
     with open(f"/proc/{pid}/status") as f:
@@ -186,17 +202,12 @@ def _mesh_scenarios(c: _Client) -> dict[str, Any]:
     def send_rtt() -> dict[str, Any]:
         warm, n = counts["send"]
         p = ping.send.ping
-        for i in range(warm):
-            p(x=i)
-        samples = [0] * n
-        for i in range(n):
-            t0 = clock()
-            got = p(x=i)
-            samples[i] = clock() - t0
+
+        def check(i: int, got: Any) -> None:
             if got != i:
                 raise RuntimeError(f"reply {got!r} to ping {i}")
-        samples.sort()
-        return _percentiles(samples)
+
+        return _time_calls(lambda i: p(x=i), warm, n, check)
 
     def actor_send_rtt() -> dict[str, Any]:
         warm, n = counts["actor_send"]
@@ -250,17 +261,12 @@ def _mesh_scenarios(c: _Client) -> dict[str, Any]:
     def throw() -> dict[str, Any]:
         warm, n = counts["throw_sync"]
         w = workers[0].throw.work
-        for i in range(warm):
-            w(x=i)
-        samples = [0] * n
-        for i in range(n):
-            t0 = clock()
-            got = w(x=i)
-            samples[i] = clock() - t0
+
+        def check(i: int, got: Any) -> None:
             if got != i:
                 raise RuntimeError(f"throw reply {got!r} to {i}")
-        samples.sort()
-        sync = _percentiles(samples)
+
+        sync = _time_calls(lambda i: w(x=i), warm, n, check)
         warm, n = counts["throw_nowait"]
         rate = 0.0
         per_actor: list[dict[str, Any]] = []
@@ -331,17 +337,12 @@ def _mesh_scenarios(c: _Client) -> dict[str, Any]:
     def chain10() -> dict[str, Any]:
         warm, n = counts["chain"]
         head, rest = chain[0], chain[1:]
-        for _ in range(warm):
-            head.send.chain(refs=rest)
-        samples = [0] * n
-        for i in range(n):
-            t0 = clock()
-            depth = head.send.chain(refs=rest)
-            samples[i] = clock() - t0
+
+        def check(i: int, depth: Any) -> None:
             if depth != CHAIN_DEPTH:
                 raise RuntimeError(f"chain returned depth {depth}")
-        samples.sort()
-        res = _percentiles(samples)
+
+        res = _time_calls(lambda i: head.send.chain(refs=rest), warm, n, check)
         res["depth"] = CHAIN_DEPTH
         res["per_hop_p50_us"] = round(res["p50_us"] / CHAIN_DEPTH, 1)
         res["nodes"] = 4
