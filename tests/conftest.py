@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -28,6 +29,15 @@ def child_env() -> dict[str, str]:
 
 
 MakeNode = Callable[..., Node]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until true; fail after ``timeout`` (scaled by SLOW) seconds."""
+    deadline = time.monotonic() + timeout * SLOW
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout * SLOW}s waiting for {what}")
+        time.sleep(0.01)
 
 
 @pytest.fixture

@@ -30,14 +30,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import msgpack
 import pytest
 import zmq
-from conftest import SLOW, child_env
+from conftest import SLOW, child_env, wait_until
 from zcell_test_actors import Echo
 from zmq.utils.monitor import recv_monitor_message
 
@@ -66,14 +66,6 @@ MIB = 1024 * 1024
 
 def unique_cluster() -> str:
     return f"hostile-{uuid.uuid4().hex[:8]}"
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout * SLOW
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout * SLOW}s waiting for {what}")
-        time.sleep(0.01)
 
 
 @contextmanager

@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 import zmq
-from conftest import SLOW
+from conftest import SLOW, wait_until
 from zcell_test_actors import Echo
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
@@ -43,14 +43,6 @@ HANDSHAKE_FAILED = {
 
 def unique_cluster() -> str:
     return f"sec-{uuid.uuid4().hex[:8]}"
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout * SLOW
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout * SLOW}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def member_names(node: Node) -> set[str]:
