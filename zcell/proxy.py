@@ -21,6 +21,8 @@ __all__ = ["ActorProxy", "Mesh", "forward", "stop_forward"]
 
 # Options each primitive takes; these names are always options in the typed form.
 OPTION_NAMES = ("nowait", "timeout", "limit", "propagate")
+_OPTION_SET = frozenset(OPTION_NAMES)
+_NO_OPTIONS: dict[str, Any] = {}  # shared: _deliver only reads options
 _ALLOWED = {
     "send": frozenset({"nowait", "timeout"}),
     "call": frozenset({"timeout"}),
@@ -159,7 +161,7 @@ def _check_name(cls: type[Actor], method: str) -> None:
 
 
 def _check_options(mode: str, options: dict[str, Any]) -> None:
-    extra = set(options) - _ALLOWED[mode]
+    extra = options.keys() - _ALLOWED[mode]
     if extra:
         raise TypeError(f"{mode}() got unexpected option(s) {sorted(extra)}")
 
@@ -173,8 +175,12 @@ class _Typed:
 
     def __call__(self, *args: Any, **kw: Any) -> Any:
         prim = self._prim
-        options = {name: kw.pop(name) for name in OPTION_NAMES if name in kw}
-        _check_options(prim._mode, options)
+        if kw and not _OPTION_SET.isdisjoint(kw):
+            options = {name: kw.pop(name) for name in OPTION_NAMES if name in kw}
+            if not options.keys() <= _ALLOWED[prim._mode]:
+                _check_options(prim._mode, options)
+        else:
+            options = _NO_OPTIONS
         if args:
             if len(args) != 1 or not isinstance(args[0], dict) or kw:
                 raise TypeError(
@@ -183,10 +189,11 @@ class _Typed:
             kwargs = args[0]
         else:
             kwargs = kw
-        cls = prim._ref._cls
+        ref = prim._ref
+        cls = ref._cls
         if cls is not None:
             check_call(cls.state, self._method, kwargs)
-        return prim._ref._node._deliver(prim._mode, prim._ref, self._method, kwargs, options)
+        return ref._node._deliver(prim._mode, ref, self._method, kwargs, options)
 
 
 class _Binder:
