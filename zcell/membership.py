@@ -67,6 +67,8 @@ class Membership:
     _notify_pub: Any
     _outbound: dict[str, Outbound]
     _pending: dict[int, tuple[Any, str, float | None]]
+    _ports: list[Any]
+    _ports_lock: Any
     _seeds: dict[str, float]
     _state: Any
     _sub: Any
@@ -300,12 +302,17 @@ class Membership:
         out = self._outbound.pop(member.id, None)
         if out is not None:
             out.close(error)
-        self._notify_pub.send(NOTIFY_DOWN + member.id.encode())
+        # Replies already at a program thread's port complete their calls first.
+        with self._ports_lock:
+            ports = list(self._ports)
+        busy = {port for port in ports if not port.settle(member.id, error)}
         for rid, (result, node_id, _) in list(self._pending.items()):
             if isinstance(result, ScatterResult):
                 result._node_down(member.id)
-            elif node_id == member.id:
+            elif node_id == member.id and getattr(result, "_port", None) not in busy:
                 self._fail_pending(rid, result, error)
+        # After failing them: a thread woken by this news finds its results failed.
+        self._notify_pub.send(NOTIFY_DOWN + member.id.encode())
         for endpoint in (member.pub, member.hb):
             self._sub.disconnect(endpoint)
         dealer = self._dealers.pop(member.inbox, None)

@@ -5,7 +5,7 @@ directly on the peer's DEALER; a plain program thread uses its own port
 (``threadport.py``); any other thread (another hub's handler) hands the frame to
 the destination's outbound queue (``outbound.py``). Replies come back to the
 inbox and complete the pending ``AsyncResult``/``ScatterResult`` by request id,
-or, for a program thread's blocking ``send``, straight back on its port.
+or, for a program thread's ``send`` and ``call``, straight back on its port.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .errors import (
     ZcellError,
     remote_error,
 )
-from .loop import hub_here
+from .loop import hub_here, thread_ident
 from .outbound import Outbound
 from .proxy import ActorProxy
 from .result import AsyncResult, ScatterResult
@@ -180,12 +180,20 @@ class Messaging:
         options: dict[str, Any],
         origin: ActorProxy | None = None,
     ) -> Any:
-        """Carry out a proxy primitive (send/call/throw/scatter/emit)."""
-        self._check_running()
-        in_loop = self._loop.in_loop()
+        """Carry out a proxy primitive (send/call/throw/scatter/emit).
+
+        This is the hot path of every message: keep it lean.
+        """
+        if self._state != "running":
+            self._check_running()
+        in_loop = thread_ident() == self._loop.ident
         ctx = current_context() if in_loop else None
-        nowait = bool(options.get("nowait", False)) or mode == "emit"
-        timeout = options.get("timeout")
+        if options:
+            nowait = bool(options.get("nowait", False)) or mode == "emit"
+            timeout = options.get("timeout")
+        else:
+            nowait = mode == "emit"
+            timeout = None
         if timeout is None:
             cls = ref._cls
             timeout = cls.default_timeout if cls is not None else Actor.default_timeout
@@ -218,37 +226,85 @@ class Messaging:
                 )
             target_id, node_id = picked
             seen = [target_id]
-        port = self._own_port(node_id, in_loop)
-        if port is not None and mode == "send" and not nowait:
-            # The reply comes straight back on the thread's own connection.
-            frame = self._request_frame(
-                REQ, rid, chain, ttl, target_id, method, kwargs, flags | F_DIRECT, origin, None
-            )
-            return self._direct_result(port.send(node_id, frame, deadline, rid))
+        elif not in_loop:
+            port = self._own_port(node_id)
+            if port is not None:
+                return self._deliver_port(
+                    port, mode, nowait, rid, chain, ttl, target_id, node_id, method, kwargs,
+                    flags, origin, deadline,
+                )  # fmt: skip
         frame = self._request_frame(
             REQ, rid, chain, ttl, target_id, method, kwargs, flags, origin, seen
         )
         if nowait:
-            self._send_one(node_id, frame, deadline, in_loop, port)
+            self._send_one(node_id, frame, deadline, in_loop)
             return None
         result = self._request(node_id, frame, deadline, rid, in_loop)
         if mode == "call":
             return result
         return result.get()
 
-    def _own_port(self, node_id: str, in_loop: bool) -> ThreadPort | None:
-        """This thread's port, when it may use one (a plain thread, a remote node)."""
-        if in_loop or node_id == self.id or hub_here() is not None:
+    def _deliver_port(
+        self,
+        port: ThreadPort,
+        mode: str,
+        nowait: bool,
+        rid: int,
+        chain: int,
+        ttl: int,
+        target_id: str,
+        node_id: str,
+        method: str,
+        kwargs: dict[str, Any],
+        flags: int,
+        origin: ActorProxy | None,
+        deadline: float,
+    ) -> Any:
+        """``send``/``call``/``emit`` from a plain program thread, on its own port."""
+        if not nowait:
+            flags |= F_DIRECT  # the reply comes straight back on the port
+        message = [V, REQ, rid, self.id, self.boot, chain, ttl, target_id, method, kwargs]
+        message += [flags, origin, None]
+        frame = self._thread_codec().encode(message)
+        if nowait:
+            port.send(node_id, frame, deadline, None)
             return None
-        return self._port()
+        if mode == "send":
+            return self._direct_result(port.send(node_id, frame, deadline, rid))
+        result = AsyncResult(rid, deadline, self._cancel_pending, port)
+        self._pending[rid] = (result, node_id, deadline)
+        try:
+            port.call(node_id, frame, deadline, result)
+        except ZcellError as exc:
+            self._fail_pending(rid, result, exc)
+        return result
 
-    def _send_one(
-        self, node_id: str, frame: bytes, deadline: float, in_loop: bool, port: Any = None
-    ) -> None:
+    def _complete_call(self, result: AsyncResult, msg: list[Any]) -> bool:
+        """Complete a ``call``'s result from its reply, read by a port (any thread)."""
+        self._pending.pop(result.id, None)
+        status = msg[P_STATUS]
+        value = msg[5] if len(msg) > 5 else None
+        error = None if status == OK else self._error_from(status, value)
+        if thread_ident() == self._loop.ident:
+            return result._complete(value, error)
+        # Link callbacks run in the loop thread, as for every other result.
+        return result._complete(value, error, self._loop.submit)
+
+    def _own_port(self, node_id: str) -> ThreadPort | None:
+        """This (non-loop) thread's port, when it may use one: a plain thread, a
+        remote node."""
+        if node_id == self.id or hub_here() is not None:
+            return None
+        port = getattr(self._thread_ports, "port", None)
+        return port if port is not None else self._port()
+
+    def _send_one(self, node_id: str, frame: bytes, deadline: float, in_loop: bool) -> None:
         """Send a frame from whichever thread we are in (see the module doc)."""
         if in_loop:
             self._send_frame(node_id, frame, deadline)
-        elif port is not None:
+            return
+        port = self._own_port(node_id)
+        if port is not None:
             port.send(node_id, frame, deadline, None)
         else:
             self._outbound_to(node_id).put(frame, deadline, None)
@@ -295,7 +351,7 @@ class Messaging:
         result = AsyncResult(rid, deadline, self._cancel_pending)
         self._pending[rid] = (result, node_id, deadline)
         try:
-            port = self._own_port(node_id, in_loop)
+            port = None if in_loop else self._own_port(node_id)
             if in_loop:
                 self._send_frame(node_id, frame, deadline)
             elif port is not None:
@@ -506,14 +562,13 @@ class Messaging:
         except SerializationError as exc:
             error = ["SerializationError", f"the handler's return value cannot travel: {exc}"]
             frame = self._codec.encode([V, REP, rid, self.id, ZERROR, wrap(error)])
-        deadline = time.monotonic() + (ttl / 1000 if ttl else 5.0)
         if routing is not None:
-            try:
-                self._inbox.send_multipart([routing, frame], deadline)
-                self.stats["messages_out"] += 1
-            except ZcellError as exc:
-                log.debug("zcell: direct reply %s lost: %s", rid, exc)
+            # Coalesced with the other replies to that connection in this loop
+            # iteration (the port reads them as consecutive frames).
+            self._inbox.send_coalesced(routing, frame)
+            self.stats["messages_out"] += 1
             return
+        deadline = time.monotonic() + (ttl / 1000 if ttl else 5.0)
         try:
             self._send_frame(node_id, frame, deadline)
         except ZcellError as exc:

@@ -718,6 +718,8 @@ class Node(Membership, Messaging):
             ports = list(self._ports)
         stats["messages_out"] += sum(port.sent for port in ports)
         stats["messages_in"] += sum(port.received for port in ports)
+        stats["late_replies"] += sum(port.late for port in ports)
+        stats["dropped_bad_frames"] += sum(port.dropped for port in ports)
         stats["in_flight"] = self.host_.in_flight
         stats["queued"] = len(self.host_.queue)
         stats["actors_hosted"] = len(self.host_.actors)

@@ -1,7 +1,10 @@
 """Results of calls: ``AsyncResult`` (one reply) and ``ScatterResult`` (a stream).
 
-Both are completed by the node's loop thread and may be waited on from any
-thread or greenlet. Every wait is bounded by the call's own deadline.
+Both may be waited on from any thread or greenlet; every wait is bounded by the
+call's own deadline. They are completed by the node's loop thread, except the
+results of ``call`` made in a plain program thread, whose replies come to that
+thread's port (``zcell.threadport``): that thread completes them as it reads
+them, and the loop does so for it when it will not (see ``_observe``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .errors import CallTimeout
-from .loop import Flag, real_lock
+from .loop import Flag, real_lock, thread_ident
 
 __all__ = ["AsyncResult", "ScatterResult", "first_reply"]
 
@@ -27,13 +30,14 @@ class AsyncResult:
         id: The request id.
     """
 
-    __slots__ = ("id", "_deadline", "_flag", "_value", "_error", "_callbacks", "_cancel")
+    __slots__ = ("id", "_deadline", "_flag", "_value", "_error", "_callbacks", "_cancel", "_port")
 
     def __init__(
         self,
         request_id: int,
         deadline: float | None,
         cancel: Callable[[int], None] | None = None,
+        port: Any = None,
     ) -> None:
         self.id = request_id
         self._deadline = deadline
@@ -42,10 +46,21 @@ class AsyncResult:
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[AsyncResult], None]] | None = None
         self._cancel = cancel
+        self._port = port  # the ThreadPort its reply comes to, if any
 
     # -- completion (node side) --------------------------------------------
 
-    def _complete(self, value: Any = None, error: BaseException | None = None) -> bool:
+    def _complete(
+        self,
+        value: Any = None,
+        error: BaseException | None = None,
+        defer: Callable[..., None] | None = None,
+    ) -> bool:
+        """Set the outcome once; False if it was already set.
+
+        ``defer``: run the link callbacks through it (the loop's ``submit``)
+        rather than here, so that they always run in the node's loop thread.
+        """
         flag = self._flag
         with flag._mutex:
             if flag._is_set:
@@ -54,25 +69,47 @@ class AsyncResult:
             self._error = error
         flag.set()
         callbacks, self._callbacks = self._callbacks, None
-        for callback in callbacks or ():
+        if callbacks:
+            if defer is not None:
+                defer(self._run_callbacks, callbacks)
+            else:
+                self._run_callbacks(callbacks)
+        return True
+
+    def _run_callbacks(self, callbacks: list[Callable[[AsyncResult], None]]) -> None:
+        for callback in callbacks:
             try:
                 callback(self)
             except Exception:  # a user callback must not break the node's reader
                 import logging
 
                 logging.getLogger("zcell").exception("AsyncResult link callback failed")
-        return True
+
+    def _observe(self) -> None:
+        """Read the replies that have come, if they come to a program thread's port.
+
+        From that thread it reads them now; from anywhere else it asks the
+        node's loop to read them for it (the thread may never come back).
+        """
+        port = self._port
+        if port is not None and not self._flag._is_set:
+            if thread_ident() == port.owner:
+                port.poll()
+            else:
+                port.ask_loop()
 
     # -- public --------------------------------------------------------------
 
     @property
     def state(self) -> str:
         """``"PENDING"``, ``"SUCCESS"`` or ``"FAILURE"`` (timeouts and NodeDown fail)."""
+        self._observe()
         if not self._flag.is_set():
             return PENDING
         return FAILURE if self._error is not None else SUCCESS
 
     def ready(self) -> bool:
+        self._observe()
         return self._flag.is_set()
 
     def successful(self) -> bool:
@@ -98,7 +135,14 @@ class AsyncResult:
             wait = self._remaining()
             if timeout is not None:
                 wait = timeout if wait is None else min(wait, timeout)
-            if not self._flag.wait(wait):
+            port = self._port
+            if port is not None and thread_ident() == port.owner:
+                ready = port.wait(self, wait)
+            else:
+                if port is not None:
+                    port.ask_loop()
+                ready = self._flag.wait(wait)
+            if not ready:
                 remaining = self._remaining()
                 if remaining is not None and remaining <= 0:
                     self._expire()
@@ -122,15 +166,22 @@ class AsyncResult:
     def link(self, callback: Callable[[AsyncResult], None]) -> None:
         """Call ``callback(self)`` once ready (at once if already ready).
 
-        Callbacks run in the node's loop thread: keep them short and non-blocking.
+        Callbacks run in the node's loop thread (or at once, in the caller's,
+        when already ready): keep them short and non-blocking.
         """
+        self._observe()
         with self._flag._mutex:
             if not self._flag._is_set:
                 if self._callbacks is None:
                     self._callbacks = []
                 self._callbacks.append(callback)
-                return
-        callback(self)
+                pending = True
+            else:
+                pending = False
+        if not pending:
+            callback(self)
+        elif self._port is not None:
+            self._port.ask_loop()  # nobody may read the reply on the calling thread
 
     def _remaining(self) -> float | None:
         if self._deadline is None:
