@@ -194,19 +194,20 @@ class Host:
         flags = msg[R_FLAGS]
         nowait = flags & F_NOWAIT
         is_scatter = msg[1] == SCATTER
-        src, rid, ttl = msg[R_SRC], msg[R_ID], msg[R_TTL]
-        routing = msg[13] if len(msg) > 13 else None  # a direct reply's connection
-
-        def answer(status: int, value: Any) -> None:
-            if not nowait:
-                node.reply(src, rid, status, value, ttl, actor_id if is_scatter else None, routing)
 
         hosted = self.actors.get(actor_id)
         if hosted is None:
             if actor_id in self._stopped:
-                answer(ZERROR, ["ActorStopped", f"actor {actor_id} was stopped"])
+                self._answer(
+                    msg, actor_id, ZERROR, ["ActorStopped", f"actor {actor_id} was stopped"]
+                )
             elif not is_scatter:
-                answer(ZERROR, ["NoSuchActor", f"no actor {actor_id} on node {node.name}"])
+                self._answer(
+                    msg,
+                    actor_id,
+                    ZERROR,
+                    ["NoSuchActor", f"no actor {actor_id} on node {node.name}"],
+                )
             return
         g = getcurrent()
         g.zcell_ctx = MessageContext(hosted.actor, msg[R_ORIGIN], deadline, msg[R_CHAIN])
@@ -223,16 +224,26 @@ class Host:
                     f"{sorted(hosted.handlers)}"
                 )
         except _Killed:
-            answer(ZERROR, ["ActorStopped", f"actor {actor_id} stopped while handling {method}"])
+            self._answer(
+                msg,
+                actor_id,
+                ZERROR,
+                ["ActorStopped", f"actor {actor_id} stopped while handling {method}"],
+            )
         except Next:
             if is_scatter:
-                answer(DECLINED, None)
+                self._answer(msg, actor_id, DECLINED, None)
             elif flags & F_THROW:
                 self._throw_on(msg, hosted)
             else:
-                answer(ZERROR, ["NoSuchActor", f"actor {actor_id} declined {method} (Next)"])
+                self._answer(
+                    msg,
+                    actor_id,
+                    ZERROR,
+                    ["NoSuchActor", f"actor {actor_id} declined {method} (Next)"],
+                )
         except NoSuchMethod as exc:
-            answer(ZERROR, ["NoSuchMethod", str(exc)])
+            self._answer(msg, actor_id, ZERROR, ["NoSuchMethod", str(exc)])
         except Exception as exc:
             node.stats["errors"] += 1
             if nowait:
@@ -243,12 +254,27 @@ class Host:
                     method,
                     exc_info=True,
                 )
-            answer(ERROR, self.error_info(exc))
+            self._answer(msg, actor_id, ERROR, self.error_info(exc))
         else:
-            answer(OK, value)
+            if not nowait:
+                self._answer(msg, actor_id, OK, value)
         finally:
             hosted.greenlets.discard(g)
             g.zcell_ctx = None  # the worker greenlet is reused
+
+    def _answer(self, msg: list[Any], actor_id: str, status: int, value: Any) -> None:
+        """Reply to a request (not to a fire-and-forget one)."""
+        if msg[R_FLAGS] & F_NOWAIT:
+            return
+        self.node.reply(
+            msg[R_SRC],
+            msg[R_ID],
+            status,
+            value,
+            msg[R_TTL],
+            actor_id if msg[1] == SCATTER else None,
+            msg[13] if len(msg) > 13 else None,  # a direct reply's connection
+        )
 
     @staticmethod
     def error_info(exc: BaseException) -> list[str]:

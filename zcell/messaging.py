@@ -265,9 +265,10 @@ class Messaging:
             flags |= F_DIRECT  # the reply comes straight back on the port
         message = [V, REQ, rid, self.id, self.boot, chain, ttl, target_id, method, kwargs]
         message += [flags, origin, None]
-        frame = self._thread_codec().encode(message)
+        frame = port.encode(message)
         if nowait:
-            port.send(node_id, frame, deadline, None)
+            if not port._send_now(node_id, frame):
+                port.send(node_id, frame, deadline, None)
             return None
         if mode == "send":
             return self._direct_result(port.send(node_id, frame, deadline, rid))

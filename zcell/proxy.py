@@ -176,7 +176,7 @@ class _Typed:
     def __call__(self, *args: Any, **kw: Any) -> Any:
         prim = self._prim
         if kw and not _OPTION_SET.isdisjoint(kw):
-            options = {name: kw.pop(name) for name in OPTION_NAMES if name in kw}
+            options = {name: kw.pop(name) for name in _OPTION_SET.intersection(kw)}
             if not options.keys() <= _ALLOWED[prim._mode]:
                 _check_options(prim._mode, options)
         else:

@@ -187,25 +187,27 @@ def check(msg: Any) -> None:
     if n != expected:
         raise ProtocolError(f"kind {kind} needs {expected} items, got {n}")
     if kind == REQ or kind == SCATTER:
+        # Decoded msgpack has exact types (bool is not int here): `type(x) is`.
+        _, _, rid, src, boot, chain, ttl, target, method, kwargs, flags, origin, seen = msg
         if (
-            type(msg[R_ID]) is not int
-            or not isinstance(msg[R_SRC], str)
-            or not isinstance(msg[R_BOOT], str)
-            or type(msg[R_CHAIN]) is not int
-            or not (msg[R_TTL] is None or type(msg[R_TTL]) is int)
-            or not isinstance(msg[R_TARGET], str)
-            or not isinstance(msg[R_METHOD], str)
-            or not isinstance(msg[R_KWARGS], dict)
-            or type(msg[R_FLAGS]) is not int
-            or not (msg[R_SEEN] is None or isinstance(msg[R_SEEN], list))
+            type(rid) is not int
+            or type(src) is not str
+            or type(boot) is not str
+            or type(chain) is not int
+            or not (ttl is None or type(ttl) is int)
+            or type(target) is not str
+            or type(method) is not str
+            or type(kwargs) is not dict
+            or type(flags) is not int
+            or not (seen is None or type(seen) is list)
             # The origin is nil or a decoded proxy, never plain data.
-            or isinstance(msg[R_ORIGIN], _PLAIN)
+            or isinstance(origin, _PLAIN)
         ):
             raise ProtocolError("malformed request")
-        if msg[R_SEEN] is not None and not all(isinstance(x, str) for x in msg[R_SEEN]):
+        if seen is not None and not all(type(x) is str for x in seen):
             raise ProtocolError("malformed request: seen ids must be strings")
-        for key in msg[R_KWARGS]:
-            if not isinstance(key, str):
+        for key in kwargs:
+            if type(key) is not str:
                 raise ProtocolError("request keyword names must be strings")
     elif kind == CTRL:
         if (
