@@ -13,7 +13,7 @@ import time
 
 import pytest
 from conftest import SLOW, wait_until
-from zcell_test_actors import Echo
+from zcell_test_actors import Echo, Logger
 
 from zcell import NodeStopped
 
@@ -91,3 +91,44 @@ def test_a_burst_of_replies_arrives_whole(pair):
     assert all(r.ready() for r in window)
     assert [r.get() for r in window] == list(range(300))
     assert b.statistics()["messages_out"] >= 300
+
+
+def history_from_another_thread(ref) -> list[str]:
+    """Read a Logger's lines from another thread (its own port, not ours)."""
+    got: list[list[list[str]]] = []
+    reader = threading.Thread(target=lambda: got.append(ref.send.history()))
+    reader.start()
+    reader.join(10 * SLOW)
+    assert got, "the history did not come"
+    return [line for line, _ in got[0]]
+
+
+def test_a_burst_of_fire_and_forget_messages_arrives_whole_though_the_thread_sleeps(mesh):
+    """Frames sent in quick succession are coalesced; the node's loop sends the
+    last of them when the thread does not come back to its port."""
+    a, b = mesh(2, actors=[Logger])
+    ref = a.spawn(Logger, on="n1")
+    for i in range(1000):
+        ref.send.log(msg=str(i), nowait=True)
+    time.sleep(0.3 * SLOW)  # never touches the node: its loop must send the tail
+    assert history_from_another_thread(ref) == [str(i) for i in range(1000)]
+
+
+def test_fire_and_forget_then_a_blocking_send_keep_their_order(mesh):
+    a, b = mesh(2, actors=[Logger])
+    ref = a.spawn(Logger, on="n1")
+    for i in range(300):
+        ref.send.log(msg=str(i), nowait=True)
+    assert [line for line, _ in ref.send.history()] == [str(i) for i in range(300)]
+
+
+def test_calls_in_a_burst_complete_though_the_thread_sleeps(pair):
+    a, b, ref = pair
+    results = [ref.call.echo(value=i) for i in range(50)]
+    seen: list[int] = []
+    for r in results:
+        r.link(lambda r: seen.append(r.get()))
+    end = time.monotonic() + 5 * SLOW
+    while len(seen) < 50 and time.monotonic() < end:
+        time.sleep(0.01)  # never touches the node
+    assert sorted(seen) == list(range(50))

@@ -267,8 +267,7 @@ class Messaging:
         message += [flags, origin, None]
         frame = port.encode(message)
         if nowait:
-            if not port._send_now(node_id, frame):
-                port.send(node_id, frame, deadline, None)
+            port.send(node_id, frame, deadline, None)
             return None
         if mode == "send":
             return self._direct_result(port.send(node_id, frame, deadline, rid))

@@ -412,11 +412,12 @@ class Node(Membership, Messaging):
         host = self.host_
         n = 0
         for frames in self._inbox.recv_loop():
-            if len(frames) != 2:
-                self.stats["dropped_bad_frames"] += 1
-            else:
-                on_frame(frames[1], False, frames[0])
-            n += 1
+            # [routing id, frame, ...]: a program thread's port sends the frames
+            # it coalesced as the parts of one message (threadport.py).
+            routing = frames[0]
+            for i in range(1, len(frames)):
+                on_frame(frames[i], False, routing)
+            n += len(frames) - 1
             if n >= 256:
                 # Under a burst, let the handlers admitted so far run.
                 n = 0

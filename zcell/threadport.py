@@ -11,9 +11,15 @@ to our routing id):
 - a blocking ``send`` waits for its reply in ``zmq.poll``, without waking the
   loop;
 - a ``call``'s ``AsyncResult`` is completed by the thread itself, which reads
-  the replies that have arrived every time it goes through the port (each send,
-  and ``get()``/``ready()``/``state`` of one of its results). A pipelined loop
-  of calls therefore never wakes the loop either.
+  the replies that have arrived when it goes through the port (every 32nd
+  call, and ``get()``/``ready()``/``state`` of one of its results). A pipelined
+  loop of calls therefore seldom wakes the loop either;
+- fire-and-forget frames and calls sent in quick succession are coalesced
+  into one multipart message (``_offer``): one wake-up of each I/O thread and
+  of the receiver per burst instead of per message. They leave when 64 have
+  gathered, when the thread next goes through the port, or at the latest
+  within ~1 ms, sent by the loop (``_loop_flush``). A lone message leaves at
+  once.
 
 When nobody on the thread will read them (a ``link`` callback waits, or another
 thread waits on the result), the thread asks the loop to read the port's
@@ -23,8 +29,8 @@ such results are pending, at moments when the thread is not inside the port.
 The loop tells waiting ports about nodes going down and about its own stop
 through an inproc PUB, so calls still fail with ``NodeDown`` at once. The port's
 sockets are used by their thread while it is inside the port (``_busy``), and
-otherwise, under the port's lock, by the loop (reading for ``ask_loop``) or by
-the stopping node (closing them).
+otherwise, under the port's lock, by the loop (reading for ``ask_loop``,
+flushing coalesced frames) or by the stopping node (closing them).
 """
 
 from __future__ import annotations
@@ -55,6 +61,11 @@ _send: Callable[..., Any] = zmq.backend.Socket.send
 NOTIFY_DOWN = b"D"
 NOTIFY_STOP = b"S"
 _LOOP_POLL = (0.001, 0.01)  # the loop's polling interval for ask_loop: first, longest
+_NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+_POLLOUT = int(zmq.POLLOUT)
+_BURST_GAP = 0.0001  # a frame within this of the previous one is coalesced
+_BATCH = 64  # coalesced frames per message
+_LOOP_FLUSH = 0.001  # the loop sends coalesced frames the thread has left
 _DRAIN_EVERY = 32  # calls between reads of the replies nobody asked for yet
 _PRUNE_EVERY = 1024  # calls between sweeps of finished results out of _calls
 
@@ -86,6 +97,10 @@ class ThreadPort:
         self._pollers: dict[tuple[str, int], tuple[zmq.Socket, zmq.Poller]] = {}
         self._polled = False  # the loop reads for us (see ask_loop)
         self._downs: list[tuple[str, ZcellError]] = []  # see settle
+        # Coalescing (see _offer): frames waiting to leave, per node, in order.
+        self._out: dict[str, list[bytes]] = {}
+        self._burst_end = 0.0  # until then, a new frame joins the others
+        self._flusher = False  # the loop's flush timer is running
         self.sent = 0  # counted here (this thread), summed by Node.statistics()
         self.received = 0
         self.late = 0
@@ -98,6 +113,8 @@ class ThreadPort:
             if self._closed:
                 raise NodeStopped(f"node {self._node.name} is stopped; create a new Node")
             self._busy = True
+            if self._out:
+                self._flush()  # what waits to leave goes before anything new
 
     def _leave(self) -> None:
         with self._lock:
@@ -124,35 +141,108 @@ class ThreadPort:
     def send(
         self, node_id: str, frame: bytes, deadline: float, rid: int | None
     ) -> list[Any] | None:
-        """Send ``frame``; with ``rid``, wait for and return the decoded direct reply."""
-        if rid is None and self._send_now(node_id, frame):
+        """Send ``frame``; with ``rid``, wait for and return the decoded direct reply.
+
+        Without ``rid`` (fire and forget) the frame may be coalesced (``_offer``).
+        """
+        if rid is None and self._offer(node_id, frame):
             return None
         self._enter()
         try:
             sock = self._socket(node_id)
-            self._put(sock, node_id, frame, deadline)
-            self.sent += 1
+            self._put_all(sock, node_id, deadline)  # coalesced frames first, in order
+            self._put(sock, node_id, [frame], deadline)
             if rid is None:
                 return None
             return self._reply(sock, node_id, rid, deadline)
         finally:
             self._leave()
 
-    def _send_now(self, node_id: str, frame: bytes) -> bool:
-        """The fast path: send at once if the socket has room (under the lock
-        alone: nothing here waits). False when the slow path must do it."""
+    def _offer(self, node_id: str, frame: bytes) -> bool:
+        """The fast path, under the lock alone (nothing here waits).
+
+        A frame sent long enough after the previous one leaves at once. One that
+        follows others closely (within ``_BURST_GAP``) joins them: they leave
+        together as one multipart message, which costs the I/O threads and the
+        receiver one wake-up instead of one each, when ``_BATCH`` have gathered,
+        when the thread next goes through the port (any call that waits or
+        reads replies), or at the loop's next flush (``_LOOP_FLUSH``), whichever
+        comes first. False when the slow path must send it (no connection
+        yet, or the peer is full): the frame is not taken.
+        """
         with self._lock:
             if self._busy or self._closed:
                 return False
             entry = self._sockets.get(node_id)
             if entry is None or entry[0] is not self._node._members.get(node_id):
                 return False
-            try:
-                _send(entry[1], frame, _NOBLOCK)
-            except _AGAIN:
-                return False
-            self.sent += 1
+            now = time.monotonic()
+            out = self._out
+            if not out and now >= self._burst_end:
+                try:
+                    _send(entry[1], frame, _NOBLOCK)
+                except _AGAIN:
+                    return False
+                self.sent += 1
+                self._burst_end = now + _BURST_GAP
+                return True
+            self._burst_end = now + _BURST_GAP
+            frames = out.get(node_id)
+            if frames is None:
+                out[node_id] = [frame]
+            else:
+                frames.append(frame)
+                if len(frames) >= _BATCH and not self._flush_node(node_id):
+                    frames.pop()  # the peer is full: the slow path waits for room
+                    return False
+            start = not self._flusher
+            self._flusher = True
+        if start:
+            self._node._loop.submit(self._loop_flush)
+        return True
+
+    def _flush(self) -> None:
+        """(Under the lock, the sockets ours) send what can leave without waiting."""
+        for node_id in list(self._out):
+            self._flush_node(node_id)
+
+    def _flush_node(self, node_id: str) -> bool:
+        """(Under the lock) send ``node_id``'s waiting frames if there is room."""
+        frames = self._out.get(node_id)
+        if not frames:
             return True
+        entry = self._sockets.get(node_id)
+        if entry is None or entry[0] is not self._node._members.get(node_id):
+            del self._out[node_id]  # that node left: nobody will take them
+            self._node.stats["send_failures"] += len(frames)
+            return True
+        if not self._send_frames(entry[1], frames):
+            return False
+        del self._out[node_id]
+        return True
+
+    def _send_frames(self, sock: zmq.Socket, frames: list[bytes]) -> bool:
+        """Send ``frames`` as one message, or nothing (False) if the peer is full."""
+        try:
+            if len(frames) == 1:
+                _send(sock, frames[0], _NOBLOCK)
+            else:
+                # All or nothing: once its first part is taken, a message is.
+                _send(sock, frames[0], _NOBLOCK_MORE)
+                for part in frames[1:-1]:
+                    _send(sock, part, _NOBLOCK_MORE)
+                _send(sock, frames[-1], _NOBLOCK)
+        except _AGAIN:
+            return False
+        self.sent += len(frames)
+        return True
+
+    def _put_all(self, sock: zmq.Socket, node_id: str, deadline: float) -> None:
+        """(Inside the port) send ``node_id``'s waiting frames, waiting for room."""
+        frames = self._out.get(node_id)
+        if frames:
+            self._put(sock, node_id, frames, deadline)
+            self._out.pop(node_id, None)
 
     def call(self, node_id: str, frame: bytes, deadline: float, result: AsyncResult) -> None:
         """Send a call's ``frame``; its reply completes ``result`` (see the module doc)."""
@@ -168,11 +258,12 @@ class ThreadPort:
                     if not self._busy:
                         self._prune()
         try:
-            if not self._send_now(node_id, frame):
+            if not self._offer(node_id, frame):
                 self._enter()
                 try:
-                    self._put(self._socket(node_id), node_id, frame, deadline)
-                    self.sent += 1
+                    sock = self._socket(node_id)
+                    self._put_all(sock, node_id, deadline)
+                    self._put(sock, node_id, [frame], deadline)
                 finally:
                     self._leave()
         except BaseException:
@@ -194,6 +285,8 @@ class ThreadPort:
             sock = self._sockets.get(node_id, (None, None))[1]
             if sock is None:
                 return result._flag._is_set
+            if node_id in self._out:  # the call itself may still wait to leave
+                self._put_all(sock, node_id, result._deadline or time.monotonic() + 3600)
             decode = self._node._thread_codec().decode
             poll = self._poller(node_id, sock, _POLLIN)
             while True:
@@ -234,20 +327,11 @@ class ThreadPort:
         finally:
             self._leave()
 
-    def _put(self, sock: zmq.Socket, node_id: str, frame: bytes, deadline: float) -> None:
-        try:
-            sock.send(frame, _NOBLOCK)
-            return
-        except _AGAIN:
-            pass
-        # Not connected yet, or the peer is full: wait for room (back-pressure).
-        while True:
-            self._wait(sock, zmq.POLLOUT, node_id, deadline)
-            try:
-                sock.send(frame, _NOBLOCK)
-                return
-            except _AGAIN:
-                continue
+    def _put(self, sock: zmq.Socket, node_id: str, frames: list[bytes], deadline: float) -> None:
+        """Send ``frames`` as one message, waiting for room (back-pressure)."""
+        while not self._send_frames(sock, frames):
+            # Not connected yet, or the peer is full.
+            self._wait(sock, _POLLOUT, node_id, deadline)
 
     def _reply(self, sock: zmq.Socket, node_id: str, rid: int, deadline: float) -> list[Any]:
         decode = self._node._thread_codec().decode
@@ -437,6 +521,23 @@ class ThreadPort:
         timer.close()
         self._loop_poll(interval)
 
+    # -- the loop: coalesced frames leave within _LOOP_FLUSH -------------------
+
+    def _loop_flush(self) -> None:
+        """In the loop: send what waits to leave while the thread is elsewhere."""
+        with self._lock:
+            if not self._closed and not self._busy:
+                self._flush()
+            if self._closed or not self._out:
+                self._flusher = False
+                return
+        timer = self._node._loop.hub.loop.timer(_LOOP_FLUSH)
+        timer.start(self._loop_flush_again, timer)
+
+    def _loop_flush_again(self, timer: Any) -> None:
+        timer.close()
+        self._loop_flush()
+
     # -- the stopping node -----------------------------------------------------
 
     def close(self) -> bool:
@@ -450,6 +551,11 @@ class ThreadPort:
             return True
 
     def _close_sockets(self) -> None:
+        if self._out:
+            self._flush()  # a last chance for fire-and-forget frames
+            for frames in self._out.values():
+                self._node.stats["send_failures"] += len(frames)
+            self._out.clear()
         self._pollers.clear()
         for _, sock in self._sockets.values():
             sock.close(linger=0)
