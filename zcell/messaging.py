@@ -556,12 +556,13 @@ class Messaging:
 
         ``actor_id`` marks a scatter reply: its value travels as [actor_id, value].
         """
-        wrap = (lambda v: [actor_id, v]) if actor_id is not None else (lambda v: v)
         try:
-            frame = self._codec.encode([V, REP, rid, self.id, status, wrap(value)])
+            payload = value if actor_id is None else [actor_id, value]
+            frame = self._codec.encode([V, REP, rid, self.id, status, payload])
         except SerializationError as exc:
-            error = ["SerializationError", f"the handler's return value cannot travel: {exc}"]
-            frame = self._codec.encode([V, REP, rid, self.id, ZERROR, wrap(error)])
+            error: Any = ["SerializationError", f"the handler's return value cannot travel: {exc}"]
+            payload = error if actor_id is None else [actor_id, error]
+            frame = self._codec.encode([V, REP, rid, self.id, ZERROR, payload])
         if routing is not None:
             # Coalesced with the other replies to that connection in this loop
             # iteration (the port reads them as consecutive frames).

@@ -62,12 +62,15 @@ class AsyncResult:
         rather than here, so that they always run in the node's loop thread.
         """
         flag = self._flag
-        with flag._mutex:
+        with flag._mutex:  # the outcome and the flag in one step (Flag.set, inlined)
             if flag._is_set:
                 return False
             self._value = value
             self._error = error
-        flag.set()
+            flag._is_set = True
+            waiters, flag._waiters = flag._waiters, None
+        for wake in waiters or ():
+            wake()
         callbacks, self._callbacks = self._callbacks, None
         if callbacks:
             if defer is not None:
