@@ -154,6 +154,7 @@ class Node(Membership, Messaging):
         self._dealers: dict[str, Socket] = {}
         self._outbound: dict[str, Outbound] = {}
         self._scatter_seen: dict[tuple[str, int], None] = {}
+        self._frozen_checked = 0.0  # when _admit last looked for a process stop
         self._subscribed: set[str] = set()
         self._state = "new"
         self._started_at = 0.0
@@ -493,8 +494,11 @@ class Node(Membership, Messaging):
         if src != self.id:
             now = time.monotonic()
             # Right after a SIGSTOP/SIGCONT the inbox holds requests whose callers
-            # gave up long ago: check for that before admitting any of them.
-            self._check_frozen(now)
+            # gave up long ago: check for that before admitting any of them. A
+            # stop shows as a jump of the clock, so every 10 ms is enough.
+            if now - self._frozen_checked > 0.01:
+                self._frozen_checked = now
+                self._check_frozen(now)
             member = self._members.get(src)
             if member is None or member.boot != msg[wire.R_BOOT]:
                 self.stats["dropped_stale"] += 1
