@@ -18,8 +18,8 @@ to our routing id):
   into one multipart message (``_offer``): one wake-up of each I/O thread and
   of the receiver per burst instead of per message. They leave when 64 have
   gathered, when the thread next goes through the port, or at the latest
-  within ~1 ms, sent by the loop (``_loop_flush``). A lone message leaves at
-  once.
+  within ~1 ms, sent by the loop (``_loop_flush``, a timer that runs while
+  the thread keeps sending). A lone message leaves at once.
 
 When nobody on the thread will read them (a ``link`` callback waits, or another
 thread waits on the result), the thread asks the loop to read the port's
@@ -66,6 +66,7 @@ _POLLOUT = int(zmq.POLLOUT)
 _BURST_GAP = 0.0001  # a frame within this of the previous one is coalesced
 _BATCH = 64  # coalesced frames per message
 _LOOP_FLUSH = 0.001  # the loop sends coalesced frames the thread has left
+_FLUSH_IDLE = 50  # ticks with nothing to send before the loop's flush timer stops
 _DRAIN_EVERY = 32  # calls between reads of the replies nobody asked for yet
 _PRUNE_EVERY = 1024  # calls between sweeps of finished results out of _calls
 
@@ -198,7 +199,7 @@ class ThreadPort:
             start = not self._flusher
             self._flusher = True
         if start:
-            self._node._loop.submit(self._loop_flush)
+            self._node._loop.submit(self._loop_flush, 0)
         return True
 
     def _flush(self) -> None:
@@ -523,20 +524,29 @@ class ThreadPort:
 
     # -- the loop: coalesced frames leave within _LOOP_FLUSH -------------------
 
-    def _loop_flush(self) -> None:
-        """In the loop: send what waits to leave while the thread is elsewhere."""
+    def _loop_flush(self, idle: int) -> None:
+        """In the loop: send what waits to leave while the thread is elsewhere.
+
+        The timer keeps running through ``_FLUSH_IDLE`` ticks with nothing to
+        send, so that a thread sending in bursts does not wake the loop with a
+        ``submit`` for each one (a cross-thread wake-up, and a fight for the GIL).
+        """
         with self._lock:
-            if not self._closed and not self._busy:
-                self._flush()
-            if self._closed or not self._out:
+            if self._out:
+                idle = 0
+                if not self._closed and not self._busy:
+                    self._flush()
+            else:
+                idle += 1
+            if self._closed or idle > _FLUSH_IDLE:
                 self._flusher = False
                 return
         timer = self._node._loop.hub.loop.timer(_LOOP_FLUSH)
-        timer.start(self._loop_flush_again, timer)
+        timer.start(self._loop_flush_again, timer, idle)
 
-    def _loop_flush_again(self, timer: Any) -> None:
+    def _loop_flush_again(self, timer: Any, idle: int) -> None:
         timer.close()
-        self._loop_flush()
+        self._loop_flush(idle)
 
     # -- the stopping node -----------------------------------------------------
 
