@@ -187,6 +187,10 @@ class Messaging:
         if self._state != "running":
             self._check_running()
         in_loop = thread_ident() == self._loop.ident
+        if not in_loop and (mode == "send" or mode == "call" or mode == "emit"):
+            port = self._own_port(ref.node_id)
+            if port is not None:
+                return self._deliver_port(port, mode, ref, method, kwargs, options, origin)
         ctx = current_context() if in_loop else None
         if options:
             nowait = bool(options.get("nowait", False)) or mode == "emit"
@@ -226,13 +230,6 @@ class Messaging:
                 )
             target_id, node_id = picked
             seen = [target_id]
-        elif not in_loop:
-            port = self._own_port(node_id)
-            if port is not None:
-                return self._deliver_port(
-                    port, mode, nowait, rid, chain, ttl, target_id, node_id, method, kwargs,
-                    flags, origin, deadline,
-                )  # fmt: skip
         frame = self._request_frame(
             REQ, rid, chain, ttl, target_id, method, kwargs, flags, origin, seen
         )
@@ -248,24 +245,34 @@ class Messaging:
         self,
         port: ThreadPort,
         mode: str,
-        nowait: bool,
-        rid: int,
-        chain: int,
-        ttl: int,
-        target_id: str,
-        node_id: str,
+        ref: ActorProxy,
         method: str,
         kwargs: dict[str, Any],
-        flags: int,
+        options: dict[str, Any],
         origin: ActorProxy | None,
-        deadline: float,
     ) -> Any:
-        """``send``/``call``/``emit`` from a plain program thread, on its own port."""
-        if not nowait:
-            flags |= F_DIRECT  # the reply comes straight back on the port
-        message = [V, REQ, rid, self.id, self.boot, chain, ttl, target_id, method, kwargs]
-        message += [flags, origin, None]
-        frame = port.encode(message)
+        """``send``/``call``/``emit`` from a plain program thread, on its own port
+        (the hot path of a program: no message context, no routing)."""
+        if options:
+            nowait = bool(options.get("nowait", False)) or mode == "emit"
+            timeout = options.get("timeout")
+        else:
+            nowait = mode == "emit"
+            timeout = None
+        if timeout is None:
+            cls = ref._cls
+            timeout = cls.default_timeout if cls is not None else Actor.default_timeout
+        deadline = time.monotonic() + timeout
+        rid = next(self._req_ids)
+        if nowait:
+            flags = F_NOWAIT | F_EMIT if mode == "emit" else F_NOWAIT
+        else:
+            flags = F_DIRECT  # the reply comes straight back on the port
+        node_id = ref.node_id
+        frame = port.encode(
+            [V, REQ, rid, self.id, self.boot, next(self._chains), max(0, int(timeout * 1000)),
+             ref.id, method, kwargs, flags, origin, None]
+        )  # fmt: skip
         if nowait:
             port.send(node_id, frame, deadline, None)
             return None

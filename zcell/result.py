@@ -134,7 +134,7 @@ class AsyncResult:
                 becomes a ``FAILURE``).
             NodeDown: The hosting node went down meanwhile.
         """
-        if not self._flag.is_set():
+        if not self._flag._is_set:
             wait = self._remaining()
             if timeout is not None:
                 wait = timeout if wait is None else min(wait, timeout)

@@ -58,6 +58,7 @@ _EVENTS = int(zmq.EVENTS)
 _AGAIN = zmq.Again
 # pyzmq's Python layer above it costs ~0.3 us a send.
 _send: Callable[..., Any] = zmq.backend.Socket.send
+_recv: Callable[..., Any] = zmq.backend.Socket.recv
 NOTIFY_DOWN = b"D"
 NOTIFY_STOP = b"S"
 _LOOP_POLL = (0.001, 0.01)  # the loop's polling interval for ask_loop: first, longest
@@ -385,7 +386,7 @@ class ThreadPort:
             more = True
             while more:
                 try:
-                    part = sock.recv(_NOBLOCK, copy=False)
+                    part = _recv(sock, _NOBLOCK, False)
                 except _AGAIN:
                     break
                 more = part.more

@@ -373,8 +373,9 @@ class Socket:
                 # Reading EVENTS makes libzmq process its command queue, which
                 # resets the FD; without it the FD stays readable and we spin.
                 # It costs a system call, a recv that finds nothing (zmq.Again)
-                # three times that: peek first while bursts are short.
-                if run < _PEEK and not _events(raw) & _POLLIN:
+                # three times that: peek first while bursts are short, but not
+                # right after a wake-up, which mostly means a frame is there.
+                if 0 < run < _PEEK and not _events(raw) & _POLLIN:
                     item = None
                 else:
                     item = recv(_NOBLOCK)
