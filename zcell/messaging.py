@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import gevent
+from gevent.hub import _get_hub
 
 from . import wire
 from .actor import Actor, current_context
@@ -300,10 +301,13 @@ class Messaging:
     def _own_port(self, node_id: str) -> ThreadPort | None:
         """This (non-loop) thread's port, when it may use one: a plain thread, a
         remote node."""
-        if node_id == self.id or hub_here() is not None:
+        if node_id == self.id:
             return None
         port = getattr(self._thread_ports, "port", None)
-        return port if port is not None else self._port()
+        if port is None:
+            return None if hub_here() is not None else self._port()
+        # A thread with a port may have started a gevent hub since: check (cheap).
+        return port if _get_hub() is None or hub_here() is None else None
 
     def _send_one(self, node_id: str, frame: bytes, deadline: float, in_loop: bool) -> None:
         """Send a frame from whichever thread we are in (see the module doc)."""
