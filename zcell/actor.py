@@ -208,6 +208,7 @@ class _Binding:
 
 
 _bindings: dict[tuple[type, str], _Binding | None] = {}
+_UNKNOWN: Any = object()
 
 
 def check_call(state_cls: type, method: str, kwargs: dict[str, Any]) -> None:
@@ -218,9 +219,8 @@ def check_call(state_cls: type, method: str, kwargs: dict[str, Any]) -> None:
         TypeError: the arguments do not bind to the handler's signature.
     """
     key = (state_cls, method)
-    if key in _bindings:
-        binding = _bindings[key]
-    else:
+    binding = _bindings.get(key, _UNKNOWN)
+    if binding is _UNKNOWN:
         if method not in handler_table(state_cls) and not hasattr(state_cls, "default_receive"):
             raise AttributeError(
                 f"{state_cls.__qualname__} has no handler {method!r}; handlers are its public "

@@ -57,6 +57,9 @@ def hub_here() -> Any:
     return hub
 
 
+_FLAG_MUTEX = _allocate_lock()
+
+
 class Flag:
     """A one-shot event: ``set()`` from the owning loop thread, ``wait()`` from anywhere."""
 
@@ -65,7 +68,9 @@ class Flag:
     def __init__(self) -> None:
         self._is_set = False
         self._waiters: list[Callable[[], None]] | None = None
-        self._mutex = _allocate_lock()
+        # One lock for every flag: its sections are a few assignments and never
+        # nest, and a lock per flag would cost an allocation per call result.
+        self._mutex = _FLAG_MUTEX
 
     def is_set(self) -> bool:
         return self._is_set
