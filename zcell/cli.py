@@ -335,26 +335,36 @@ def cmd_node(args: argparse.Namespace) -> int:
             "patched": not args.no_patch,
             "pid": os.getpid(),
         }
-        print(json.dumps(banner), flush=True)
+        _lines(json.dumps(banner))
     else:
-        print(f"zcell node {node.name} (id {node.id}, pid {os.getpid()})")
-        print(f"  cluster:   {node.cluster}")
+        lines = [f"zcell node {node.name} (id {node.id}, pid {os.getpid()})"]
+        lines.append(f"  cluster:   {node.cluster}")
         for kind, endpoint in node.endpoints.items():
-            print(f"  {kind + ':':<10} {endpoint}")
-        print(f"  actors:    {', '.join(me['types']) or '(none)'}")
-        print(f"  discovery: {mode}" + (f" + peers {', '.join(args.peer)}" if args.peer else ""))
-        print(f"  patched:   {'no' if args.no_patch else 'yes'}")
-        print("ready", flush=True)
+            lines.append(f"  {kind + ':':<10} {endpoint}")
+        lines.append(f"  actors:    {', '.join(me['types']) or '(none)'}")
+        peers = f" + peers {', '.join(args.peer)}" if args.peer else ""
+        lines.append(f"  discovery: {mode}{peers}")
+        lines.append(f"  patched:   {'no' if args.no_patch else 'yes'}")
+        lines.append("ready")
+        _lines(*lines)
     try:
         while not stop:
             time.sleep(0.1)
     finally:
         node.stop()
         if args.json:
-            print(json.dumps({"event": "stopped", "name": node.name}), flush=True)
+            _lines(json.dumps({"event": "stopped", "name": node.name}))
         else:
-            print(f"zcell node {node.name} stopped", flush=True)
+            _lines(f"zcell node {node.name} stopped")
     return 0
+
+
+def _lines(*lines: str) -> None:
+    """Write whole lines in one write: the node's threads log to stderr meanwhile,
+    and with unbuffered output (PYTHONUNBUFFERED) print() writes the newline on
+    its own, so a reader of both streams could see a log line glued to ours."""
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
 
 
 # --------------------------------------------------------------------------- clients
