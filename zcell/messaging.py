@@ -187,12 +187,6 @@ class Messaging:
         """
         if self._state != "running":
             self._check_running()
-        in_loop = thread_ident() == self._loop.ident
-        if not in_loop and (mode == "send" or mode == "call" or mode == "emit"):
-            port = self._own_port(ref.node_id)
-            if port is not None:
-                return self._deliver_port(port, mode, ref, method, kwargs, options, origin)
-        ctx = current_context() if in_loop else None
         if options:
             nowait = bool(options.get("nowait", False)) or mode == "emit"
             timeout = options.get("timeout")
@@ -202,6 +196,12 @@ class Messaging:
         if timeout is None:
             cls = ref._cls
             timeout = cls.default_timeout if cls is not None else Actor.default_timeout
+        in_loop = thread_ident() == self._loop.ident
+        if not in_loop and (mode == "send" or mode == "call" or mode == "emit"):
+            port = self._own_port(ref.node_id)
+            if port is not None:
+                return self._deliver_port(port, mode, ref, method, kwargs, nowait, timeout, origin)
+        ctx = current_context() if in_loop else None
         now = time.monotonic()
         deadline = now + timeout
         if ctx is not None:
@@ -249,20 +249,12 @@ class Messaging:
         ref: ActorProxy,
         method: str,
         kwargs: dict[str, Any],
-        options: dict[str, Any],
+        nowait: bool,
+        timeout: float,
         origin: ActorProxy | None,
     ) -> Any:
         """``send``/``call``/``emit`` from a plain program thread, on its own port
         (the hot path of a program: no message context, no routing)."""
-        if options:
-            nowait = bool(options.get("nowait", False)) or mode == "emit"
-            timeout = options.get("timeout")
-        else:
-            nowait = mode == "emit"
-            timeout = None
-        if timeout is None:
-            cls = ref._cls
-            timeout = cls.default_timeout if cls is not None else Actor.default_timeout
         deadline = time.monotonic() + timeout
         rid = next(self._req_ids)
         if nowait:

@@ -337,7 +337,6 @@ class ThreadPort:
 
     def _reply(self, sock: zmq.Socket, node_id: str, rid: int, deadline: float) -> list[Any]:
         decode = self._node._thread_codec().decode
-        calls = self._calls
         while True:
             self._wait(sock, _POLLIN, node_id, deadline)
             while True:  # poll said readable: recv at once (no EVENTS first)
@@ -345,20 +344,9 @@ class ThreadPort:
                     data = sock.recv(_NOBLOCK)
                 except _AGAIN:
                     break
-                try:
-                    msg = decode(data)
-                except ZcellError:
-                    self.dropped += 1
-                    continue
-                if msg[1] != REP:
-                    self.dropped += 1
-                    continue
-                self.received += 1
-                if msg[2] == rid:
+                msg = self._take(data, decode, rid)
+                if msg is not None:
                     return msg  # replies behind it are read in later
-                entry = calls.pop(msg[2], None)
-                if entry is None or not self._node._complete_call(entry[0], msg):
-                    self.late += 1
 
     def _poller(self, node_id: str, sock: zmq.Socket, event: int) -> Any:
         """A poller on ``sock`` and the news socket, made once per socket and event."""
@@ -377,8 +365,6 @@ class ThreadPort:
         Returns the reply to ``rid`` (a blocking send's) if it came.
         """
         found = None
-        calls = self._calls
-        complete = self._node._complete_call
         # EVENTS before each message: a recv that finds nothing raises
         # zmq.Again, which costs three times as much. The parts of one
         # (coalesced) message are all there: read them on `more` alone.
@@ -390,23 +376,30 @@ class ThreadPort:
                 except _AGAIN:
                     break
                 more = part.more
-                try:
-                    msg = decode(part.bytes)
-                except ZcellError:
-                    self.dropped += 1
-                    continue
-                if msg[1] != REP:
-                    self.dropped += 1
-                    continue
-                self.received += 1
-                msg_rid = msg[2]
-                if msg_rid == rid:
+                msg = self._take(part.bytes, decode, rid)
+                if msg is not None:
                     found = msg
-                    continue
-                entry = calls.pop(msg_rid, None)
-                if entry is None or not complete(entry[0], msg):
-                    self.late += 1  # a reply to an earlier, timed-out call
         return found
+
+    def _take(self, data: bytes, decode: Any, rid: int | None) -> list[Any] | None:
+        """One frame read from a socket: the reply to ``rid`` is returned; any
+        other reply completes its call; the rest is counted and dropped."""
+        try:
+            msg = decode(data)
+        except ZcellError:
+            self.dropped += 1
+            return None
+        if msg[1] != REP:
+            self.dropped += 1
+            return None
+        self.received += 1
+        msg_rid = msg[2]
+        if msg_rid == rid:
+            return msg
+        entry = self._calls.pop(msg_rid, None)
+        if entry is None or not self._node._complete_call(entry[0], msg):
+            self.late += 1  # a reply to an earlier, timed-out call
+        return None
 
     def _drain_news(self) -> list[bytes]:
         """Read the loop's news (about earlier calls: a node that left may be back)."""
