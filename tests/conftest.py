@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -90,6 +91,15 @@ def procs() -> Iterator[Callable[..., object]]:
     yield start
     for proc in started:
         proc.kill()
+
+
+def start_zcell_node(procs: Callable[..., Any], name: str, *extra: str) -> tuple[Any, str]:
+    """``zcell node -A zcell_test_actors --no-mdns --name NAME *extra`` as a child
+    process (from the ``procs`` fixture); returns (proc, inbox endpoint) once ready."""
+    proc = procs(["zcell", "node", "-A", "zcell_test_actors", "--no-mdns", "--name", name, *extra])
+    inbox = proc.wait_for_line(r"inbox:\s+(\S+)", 15 * SLOW).group(1)
+    proc.wait_for_line("^ready$", 15 * SLOW)
+    return proc, inbox
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import SLOW
+from conftest import SLOW, start_zcell_node
 from zcell_test_actors import Echo, Ready
 
 from zcell import Actor, CallTimeout
@@ -43,22 +43,9 @@ def test_async_result_has_the_request_id(make_node):
 
 def test_a_scatter_stops_waiting_for_actors_on_a_node_that_goes_down(make_node, procs):
     node = make_node("parent", heartbeat=0.3)
-    child = procs(
-        [
-            "zcell",
-            "node",
-            "-A",
-            "zcell_test_actors",
-            "--no-mdns",
-            "--name",
-            "doomed",
-            "--heartbeat",
-            "0.3",
-            "--peer",
-            node.endpoints["inbox"],
-        ]
+    child, _ = start_zcell_node(
+        procs, "doomed", "--heartbeat", "0.3", "--peer", node.endpoints["inbox"]
     )
-    child.wait_for_line("ready", 15 * SLOW)
     node.wait_for(nodes=2, timeout=10 * SLOW)
     ref = node.spawn(Echo, on="doomed")
     replies = ref.scatter.sleep(seconds=30, timeout=20)  # sent now; no answer for 30 s

@@ -9,7 +9,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import SLOW
+from conftest import SLOW, start_zcell_node
 
 N = 1_000_000
 
@@ -53,21 +53,7 @@ def peak_rss_mib(pid: int) -> float:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_million_nowait_messages_arrive_exactly_once_through_a_freeze(procs):
-    receiver = procs(
-        [
-            "zcell",
-            "node",
-            "-A",
-            "zcell_test_actors",
-            "--no-mdns",
-            "--name",
-            "sink",
-            "--heartbeat",
-            "2",
-        ]
-    )
-    inbox = receiver.wait_for_line(r"inbox:\s+(\S+)", 15 * SLOW).group(1)
-    receiver.wait_for_line("ready", 15 * SLOW)
+    receiver, inbox = start_zcell_node(procs, "sink", "--heartbeat", "2")
     sender = procs([sys.executable, "-c", SENDER, inbox, str(N)])
     sender.wait_for_line(r"sent 300000", 120 * SLOW)
     receiver.send_signal(signal.SIGSTOP)

@@ -37,7 +37,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
-from conftest import SLOW, child_env, wait_until
+from conftest import SLOW, child_env, start_zcell_node, wait_until
 from zcell_test_actors import Echo
 from zmq.utils.monitor import recv_monitor_message
 
@@ -357,31 +357,12 @@ def test_every_socket_refuses_oversized_messages_and_so_does_the_decoder(make_no
     assert ref.send.echo(value="still here") == "still here"
 
 
-def start_child_node(procs, cluster: str, name: str) -> tuple[object, str]:
-    child = procs(
-        [
-            "zcell",
-            "node",
-            "-A",
-            "zcell_test_actors",
-            "--no-mdns",
-            "--name",
-            name,
-            "--cluster",
-            cluster,
-        ]
-    )
-    inbox = child.wait_for_line(r"inbox:\s+(\S+)", 15 * SLOW).group(1)
-    child.wait_for_line("^ready$", 15 * SLOW)
-    return child, inbox
-
-
 @pytest.mark.timeout(60)
 def test_a_200_MB_frame_is_refused_without_a_memory_blow_up_and_the_node_keeps_serving(
     make_node, procs
 ):
     cluster = unique_cluster()
-    child, inbox = start_child_node(procs, cluster, "target")
+    child, inbox = start_zcell_node(procs, "target", "--cluster", cluster)
     me = make_node("me", cluster=cluster, peers=[inbox])
     me.wait_for(nodes=2, timeout=10 * SLOW)
     ref = me.spawn(Echo, on="target")
@@ -430,7 +411,7 @@ def test_a_remote_spawn_names_only_registered_types_and_never_imports_code(
     marker.unlink()
 
     cluster = unique_cluster()
-    child, inbox = start_child_node(procs, cluster, "target")
+    child, inbox = start_zcell_node(procs, "target", "--cluster", cluster)
     me = make_node("me", cluster=cluster, peers=[inbox])
     me.wait_for(nodes=2, timeout=10 * SLOW)
     names = [

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import SLOW
+from conftest import SLOW, start_zcell_node
 from zcell_test_actors import Echo
 
 HOSTING_SCRIPT = textwrap.dedent(
@@ -118,20 +118,7 @@ def test_a_cpu_hogging_handler_does_not_get_its_node_declared_down(make_node, pr
 
 def test_a_zcell_node_child_process_hosts_actors_and_stops_gracefully(make_node, procs):
     node = make_node("parent")
-    child = procs(
-        [
-            "zcell",
-            "node",
-            "-A",
-            "zcell_test_actors",
-            "--no-mdns",
-            "--name",
-            "worker",
-            "--peer",
-            node.endpoints["inbox"],
-        ]
-    )
-    child.wait_for_line("ready", 15 * SLOW)
+    child, _ = start_zcell_node(procs, "worker", "--peer", node.endpoints["inbox"])
     node.wait_for(nodes=2, timeout=10 * SLOW)
     ref = node.spawn(Echo)  # placed on the only node that registered Echo
     assert ref.node_id != node.id

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import pytest
 import zmq
-from conftest import SLOW, wait_until
+from conftest import SLOW, start_zcell_node, wait_until
 from zcell_test_actors import Echo
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
@@ -326,24 +326,16 @@ def test_zcell_node_secret_file_with_surrounding_whitespace_joins_a_node_with_th
     home = make_node("home", cluster=cluster, secret=SECRET, actors=[Echo])
     secret_file = tmp_path / "secret"
     secret_file.write_text(f"\n  \t{SECRET} \n\n")
-    child = procs(
-        [
-            "zcell",
-            "node",
-            "-A",
-            "zcell_test_actors",
-            "--name",
-            "cli",
-            "--cluster",
-            cluster,
-            "--no-mdns",
-            "--peer",
-            home.endpoints["inbox"],
-            "--secret-file",
-            str(secret_file),
-        ]
+    start_zcell_node(
+        procs,
+        "cli",
+        "--cluster",
+        cluster,
+        "--peer",
+        home.endpoints["inbox"],
+        "--secret-file",
+        str(secret_file),
     )
-    child.wait_for_line("^ready$", 15 * SLOW)
     home.wait_for(nodes=2, timeout=10 * SLOW)
     ref = home.spawn(Echo, on="cli")
     assert ref.send.echo(value="over curve") == "over curve"
