@@ -267,15 +267,7 @@ class Socket:
         """Send a multipart message (ROUTER/XPUB envelopes); same waiting as send()."""
         if self._send_lock is None:
             try:
-                if len(frames) == 2:
-                    # pyzmq's send_multipart costs ~2.5 us more (enum flags).
-                    # A multipart message is atomic: once its first part is
-                    # accepted, the second is too.
-                    raw = self.raw
-                    _send(raw, frames[0], _NOBLOCK_MORE)
-                    _send(raw, frames[1], _NOBLOCK)
-                else:
-                    self.raw.send_multipart(frames, _NOBLOCK)
+                self._put_parts(frames)
                 if self._watcher.active:  # our own reader is parked (ROUTER, XPUB)
                     self._poke_reader()
                 return
@@ -315,15 +307,22 @@ class Socket:
                 self._send_parts(routing, frames)
 
     def _send_parts(self, routing: bytes, frames: list[bytes]) -> None:
-        raw = self.raw
         try:
-            _send(raw, routing, _NOBLOCK_MORE)
-            for frame in frames[:-1]:
-                _send(raw, frame, _NOBLOCK_MORE)
-            _send(raw, frames[-1], _NOBLOCK)
+            self._put_parts([routing, *frames])
         except zmq.ZMQError:
             return  # closed meanwhile (the node stops): nobody waits for these
         self._poke_reader()
+
+    def _put_parts(self, frames: list[bytes]) -> None:
+        """Send a multipart message without waiting; zmq.Again if nothing was sent.
+
+        pyzmq's send_multipart costs ~2.5 us more per message (enum flags). A
+        multipart message is atomic: once its first part is accepted, the rest is.
+        """
+        raw = self.raw
+        for frame in frames[:-1]:
+            _send(raw, frame, _NOBLOCK_MORE)
+        _send(raw, frames[-1], _NOBLOCK)
 
     def _send_slow(self, data: bytes, deadline: float | None, frames: list[bytes] | None) -> None:
         lock = self._send_lock
@@ -335,7 +334,7 @@ class Socket:
                     if frames is None:
                         self.raw.send(data, _NOBLOCK)
                     else:
-                        self.raw.send_multipart(frames, _NOBLOCK)
+                        self._put_parts(frames)
                     break
                 except _AGAIN:
                     if not _events(self.raw) & _POLLOUT:
