@@ -323,9 +323,7 @@ class ThreadPort:
         except NodeStopped:
             return
         try:
-            decode = self._node._thread_codec().decode
-            for _, sock in list(self._sockets.values()):
-                self._drain(sock, decode)
+            self._drain_all(self._node._thread_codec().decode)
         finally:
             self._leave()
 
@@ -380,6 +378,10 @@ class ThreadPort:
                 if msg is not None:
                     found = msg
         return found
+
+    def _drain_all(self, decode: Any) -> None:
+        for _, sock in list(self._sockets.values()):
+            self._drain(sock, decode)
 
     def _take(self, data: bytes, decode: Any, rid: int | None) -> list[Any] | None:
         """One frame read from a socket: the reply to ``rid`` is returned; any
@@ -462,16 +464,12 @@ class ThreadPort:
             if self._busy:
                 self._downs.append((node_id, error))
                 return False
-            decode = self._node._codec.decode
-            for _, sock in list(self._sockets.values()):
-                self._drain(sock, decode)
+            self._drain_all(self._node._codec.decode)
             return True
 
     def _settle_downs(self) -> None:
         """(Under the lock, by the thread) see ``settle``."""
-        decode = self._node._thread_codec().decode
-        for _, sock in list(self._sockets.values()):
-            self._drain(sock, decode)
+        self._drain_all(self._node._thread_codec().decode)
         downs, self._downs = self._downs, []
         pending = self._node._pending
         for node_id, error in downs:
@@ -502,19 +500,12 @@ class ThreadPort:
                 self._polled = False
                 return
             if not self._busy:  # else the thread reads them on its way out
-                decode = self._node._codec.decode
-                for _, sock in list(self._sockets.values()):
-                    self._drain(sock, decode)
+                self._drain_all(self._node._codec.decode)
                 self._prune()
                 if not self._calls:
                     self._polled = False
                     return
-        timer = self._node._loop.hub.loop.timer(interval)
-        timer.start(self._loop_poll_again, timer, min(interval * 2, _LOOP_POLL[1]))
-
-    def _loop_poll_again(self, timer: Any, interval: float) -> None:
-        timer.close()
-        self._loop_poll(interval)
+        self._later(interval, self._loop_poll, min(interval * 2, _LOOP_POLL[1]))
 
     # -- the loop: coalesced frames leave within _LOOP_FLUSH -------------------
 
@@ -535,12 +526,17 @@ class ThreadPort:
             if self._closed or idle > _FLUSH_IDLE:
                 self._flusher = False
                 return
-        timer = self._node._loop.hub.loop.timer(_LOOP_FLUSH)
-        timer.start(self._loop_flush_again, timer, idle)
+        self._later(_LOOP_FLUSH, self._loop_flush, idle)
 
-    def _loop_flush_again(self, timer: Any, idle: int) -> None:
-        timer.close()
-        self._loop_flush(idle)
+    def _later(self, delay: float, fn: Callable[..., None], *args: Any) -> None:
+        """(In the loop) run ``fn(*args)`` there after ``delay`` seconds."""
+        timer = self._node._loop.hub.loop.timer(delay)
+
+        def fire() -> None:
+            timer.close()
+            fn(*args)
+
+        timer.start(fire)
 
     # -- the stopping node -----------------------------------------------------
 
