@@ -56,6 +56,12 @@ def start_child(procs, parent: Node, name: str, heartbeat: float = FAST_HB, *ext
     return proc, node_id
 
 
+def process_state(pid: int) -> str:
+    """The kernel's one-letter state of a process (``T``: stopped by a signal)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def outcome(result, timeout: float) -> tuple[str, float]:
     """("ok" or the exception class name, seconds from now until it was ready)."""
     start = time.monotonic()
@@ -242,6 +248,9 @@ def test_requests_that_expire_while_a_node_is_frozen_never_run(make_node, procs)
 
     child.send_signal(signal.SIGSTOP)
     frozen_at = time.monotonic()
+    # A signal takes effect a moment after kill() returns: a frame sent at once
+    # could still be handled. Wait until the kernel shows the process stopped.
+    wait_until(lambda: process_state(child.pid) == "T", 2, "the child is stopped")
     # Sent before the parent notices the silence: these reach the frozen child's
     # socket buffers and wait there.
     for i in range(5):
