@@ -32,13 +32,18 @@ def child_env() -> dict[str, str]:
 MakeNode = Callable[..., Node]
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` (scaled by SLOW) seconds."""
-    deadline = time.monotonic() + timeout * SLOW
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> float:
+    """Poll ``predicate`` until true; fail after ``timeout`` (scaled by SLOW) seconds.
+
+    Returns the seconds it took.
+    """
+    start = time.monotonic()
+    deadline = start + timeout * SLOW
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout * SLOW}s waiting for {what}")
         time.sleep(0.01)
+    return time.monotonic() - start
 
 
 @pytest.fixture

@@ -11,11 +11,10 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
 
 import pytest
 import zmq
-from conftest import SLOW
+from conftest import SLOW, wait_until
 from zcell_test_actors import Echo
 
 from zcell import Node, NodeDown, ProtocolError, wire
@@ -24,17 +23,6 @@ FAST_HB = 0.3
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> float:
-    """Poll ``predicate`` until true; return the seconds it took (bounded)."""
-    start = time.monotonic()
-    deadline = start + timeout * SLOW
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout * SLOW:.1f}s: {what}")
-        time.sleep(0.01)
-    return time.monotonic() - start
 
 
 def ids(node: Node) -> set[str]:
