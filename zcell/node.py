@@ -74,6 +74,10 @@ __all__ = ["Node"]
 
 V = PROTOCOL_VERSION
 _names = itertools.count(1)  # only to number default names: "<host>-<pid>", "-2", ...
+# The inbox reader lets the admitted handlers run after this many frames, so
+# that their replies leave while a caller's next burst is read: reading a long
+# backlog first would hold every reply back until its end.
+_YIELD_EVERY = 32
 
 
 def _default_name() -> str:
@@ -419,8 +423,8 @@ class Node(Membership, Messaging):
             for i in range(1, len(frames)):
                 on_frame(frames[i], False, routing)
             n += len(frames) - 1
-            if n >= 256:
-                # Under a burst, let the handlers admitted so far run.
+            if n >= _YIELD_EVERY:
+                # Under a burst, let the handlers admitted so far run (and reply).
                 n = 0
                 gevent.sleep(0)
                 # Too much held back by the concurrency bound: stop reading, so
