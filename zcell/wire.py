@@ -169,7 +169,9 @@ _PLAIN = (list, dict, str, bytes, int, float, bool)
 
 def check(msg: Any) -> None:
     """Raise ProtocolError unless ``msg`` has the shape of a known message."""
-    if not isinstance(msg, list) or len(msg) < 2:
+    # Decoded msgpack has exact types (bool is not int here): `type(x) is`.
+    # Requests and replies first: they are nearly all the traffic.
+    if type(msg) is not list or len(msg) < 2:
         raise ProtocolError("a message is an array of at least 2 items")
     version, kind = msg[0], msg[1]
     if type(version) is not int or version != PROTOCOL_VERSION:
@@ -178,30 +180,23 @@ def check(msg: Any) -> None:
     if expected is None:
         raise ProtocolError(f"unknown message kind {kind!r}")
     n = len(msg)
-    if kind == REP:
-        if n not in (5, 6) or type(msg[P_ID]) is not int or type(msg[P_STATUS]) is not int:
-            raise ProtocolError("malformed reply")
-        if not isinstance(msg[P_SRC], str):
-            raise ProtocolError("malformed reply")
-        return
-    if n != expected:
-        raise ProtocolError(f"kind {kind} needs {expected} items, got {n}")
     if kind == REQ or kind == SCATTER:
-        # Decoded msgpack has exact types (bool is not int here): `type(x) is`.
+        if n != expected:
+            raise ProtocolError(f"kind {kind} needs {expected} items, got {n}")
         _, _, rid, src, boot, chain, ttl, target, method, kwargs, flags, origin, seen = msg
         if (
             type(rid) is not int
             or type(src) is not str
             or type(boot) is not str
             or type(chain) is not int
-            or not (ttl is None or type(ttl) is int)
+            or (ttl is not None and type(ttl) is not int)
             or type(target) is not str
             or type(method) is not str
             or type(kwargs) is not dict
             or type(flags) is not int
-            or not (seen is None or type(seen) is list)
+            or (seen is not None and type(seen) is not list)
             # The origin is nil or a decoded proxy, never plain data.
-            or isinstance(origin, _PLAIN)
+            or (origin is not None and isinstance(origin, _PLAIN))
         ):
             raise ProtocolError("malformed request")
         if seen is not None and not all(type(x) is str for x in seen):
@@ -209,7 +204,16 @@ def check(msg: Any) -> None:
         for key in kwargs:
             if type(key) is not str:
                 raise ProtocolError("request keyword names must be strings")
-    elif kind == CTRL:
+        return
+    if kind == REP:
+        if n not in (5, 6) or type(msg[P_ID]) is not int or type(msg[P_STATUS]) is not int:
+            raise ProtocolError("malformed reply")
+        if type(msg[P_SRC]) is not str:
+            raise ProtocolError("malformed reply")
+        return
+    if n != expected:
+        raise ProtocolError(f"kind {kind} needs {expected} items, got {n}")
+    if kind == CTRL:
         if (
             type(msg[C_ID]) is not int
             or not isinstance(msg[C_SRC], str)
