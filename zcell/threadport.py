@@ -363,21 +363,22 @@ class ThreadPort:
         Returns the reply to ``rid`` (a blocking send's) if it came.
         """
         found = None
-        # EVENTS before each message: a recv that finds nothing raises
-        # zmq.Again, which costs three times as much. The parts of one
-        # (coalesced) message are all there: read them on `more` alone.
-        while _events(sock) & _POLLIN:
-            more = True
-            while more:
-                try:
-                    part = _recv(sock, _NOBLOCK, False)
-                except _AGAIN:
-                    break
-                more = part.more
-                msg = self._take(part.bytes, decode, rid)
-                if msg is not None:
-                    found = msg
-        return found
+        # One EVENTS check first (~1.5 us): most calls find nothing, and a recv
+        # that finds nothing raises zmq.Again (~3 us). When something is there,
+        # read plain bytes until zmq.Again: ~0.13 us a part, where reading
+        # message by message (a Frame for `more`, EVENTS before each message)
+        # costs ~0.6 us a part. Every part is a reply of its own.
+        if not _events(sock) & _POLLIN:
+            return None
+        take = self._take
+        while True:
+            try:
+                data = _recv(sock, _NOBLOCK, True)
+            except _AGAIN:
+                return found
+            msg = take(data, decode, rid)
+            if msg is not None:
+                found = msg
 
     def _drain_all(self, decode: Any) -> None:
         for _, sock in list(self._sockets.values()):
