@@ -192,9 +192,10 @@ def handler_table(state_cls: type) -> dict[str, str]:
 class _Binding:
     """What a handler accepts, precomputed so the common case costs two set checks."""
 
-    __slots__ = ("sig", "names", "required", "simple")
+    __slots__ = ("where", "sig", "names", "required", "simple")
 
-    def __init__(self, fn: Any) -> None:
+    def __init__(self, state_cls: type, method: str, fn: Any) -> None:
+        self.where = f"{state_cls.__qualname__}.{method}"
         self.sig = inspect.signature(fn)
         params = list(self.sig.parameters.values())[1:]  # drop self
         kinds = {p.kind for p in params}
@@ -206,38 +207,40 @@ class _Binding:
         self.names = frozenset(p.name for p in params)
         self.required = frozenset(p.name for p in params if p.default is inspect.Parameter.empty)
 
+    def check(self, kwargs: dict[str, Any]) -> None:
+        """Raise TypeError unless ``kwargs`` bind to the handler's signature."""
+        if self.simple:
+            keys = kwargs.keys()
+            if keys <= self.names and self.required <= keys:
+                return
+        try:
+            self.sig.bind(None, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.where}{self.sig}: {exc}") from None
+
 
 _bindings: dict[tuple[type, str], _Binding | None] = {}
-_UNKNOWN: Any = object()
 
 
-def check_call(state_cls: type, method: str, kwargs: dict[str, Any]) -> None:
-    """Check, before sending, that ``method`` is a handler and ``kwargs`` bind to it.
+def handler_binding(state_cls: type, method: str) -> _Binding | None:
+    """The argument check of handler ``method``; None when ``default_receive`` takes it.
 
     Raises:
         AttributeError: the state class has no public handler of that name.
-        TypeError: the arguments do not bind to the handler's signature.
     """
     key = (state_cls, method)
-    binding = _bindings.get(key, _UNKNOWN)
-    if binding is _UNKNOWN:
-        if method not in handler_table(state_cls) and not hasattr(state_cls, "default_receive"):
-            raise AttributeError(
-                f"{state_cls.__qualname__} has no handler {method!r}; handlers are its public "
-                f"methods: {sorted(handler_table(state_cls))}"
-            )
-        fn = getattr(state_cls, method, None)
-        binding = _bindings[key] = _Binding(fn) if fn is not None else None
-    if binding is None:
-        return  # goes to default_receive
-    if binding.simple:
-        keys = kwargs.keys()
-        if keys <= binding.names and binding.required <= keys:
-            return
     try:
-        binding.sig.bind(None, **kwargs)
-    except TypeError as exc:
-        raise TypeError(f"{state_cls.__qualname__}.{method}{binding.sig}: {exc}") from None
+        return _bindings[key]
+    except KeyError:
+        pass
+    if method not in handler_table(state_cls) and not hasattr(state_cls, "default_receive"):
+        raise AttributeError(
+            f"{state_cls.__qualname__} has no handler {method!r}; handlers are its public "
+            f"methods: {sorted(handler_table(state_cls))}"
+        )
+    fn = getattr(state_cls, method, None)
+    binding = _bindings[key] = _Binding(state_cls, method, fn) if fn is not None else None
+    return binding
 
 
 def new_state(state_cls: type, actor: Actor, node: Any, kwargs: dict[str, Any]) -> Any:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from .actor import Actor, check_call, handler_table
+from .actor import Actor, handler_binding, handler_table
 
 __all__ = ["ActorProxy", "Mesh", "forward", "stop_forward"]
 
@@ -167,16 +167,22 @@ def _check_options(mode: str, options: dict[str, Any]) -> None:
 
 
 class _Typed:
-    __slots__ = ("_prim", "_method")
+    __slots__ = ("_prim", "_method", "_binding")
 
     def __init__(self, prim: _Primitive, method: str) -> None:
         self._prim = prim
         self._method = method
+        cls = prim._ref._cls
+        # The handler's argument check, looked up once (the proxy's class is fixed).
+        self._binding = handler_binding(cls.state, method) if cls is not None else None
 
     def __call__(self, *args: Any, **kw: Any) -> Any:
         prim = self._prim
         if kw and not _OPTION_SET.isdisjoint(kw):
-            options = {name: kw.pop(name) for name in _OPTION_SET.intersection(kw)}
+            options = {}
+            for name in OPTION_NAMES:
+                if name in kw:
+                    options[name] = kw.pop(name)
             if not options.keys() <= _ALLOWED[prim._mode]:
                 _check_options(prim._mode, options)
         else:
@@ -189,10 +195,9 @@ class _Typed:
             kwargs = args[0]
         else:
             kwargs = kw
+        if self._binding is not None:
+            self._binding.check(kwargs)
         ref = prim._ref
-        cls = ref._cls
-        if cls is not None:
-            check_call(cls.state, self._method, kwargs)
         return ref._node._deliver(prim._mode, ref, self._method, kwargs, options)
 
 
