@@ -35,6 +35,7 @@ flushing coalesced frames) or by the stopping node (closing them).
 
 from __future__ import annotations
 
+import select
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -90,13 +91,18 @@ class ThreadPort:
         self._notify.setsockopt(zmq.LINGER, 0)
         self._notify.setsockopt(zmq.SUBSCRIBE, b"")
         self._notify.connect(node._notify_endpoint)
+        # Its FD signals a message only once a read found nothing (ZMQ_FD is
+        # edge-triggered), and an inproc connect signals nothing: look once now,
+        # so that the first news wakes _sleep. _drain_news reads until empty.
+        _events(self._notify)
         self._lock = real_lock()
         self._busy = False
         self._closed = False
         # Calls whose replies come to this port: request id -> (result, node id).
         self._calls: dict[int, tuple[AsyncResult, str]] = {}
         self._registered = 0
-        self._pollers: dict[tuple[str, int], tuple[zmq.Socket, zmq.Poller]] = {}
+        self._notify_fd = int(self._notify.getsockopt(zmq.FD))
+        self._pollers: dict[str, tuple[zmq.Socket, Any]] = {}  # node id -> (socket, FD poller)
         self._polled = False  # the loop reads for us (see ask_loop)
         self._downs: list[tuple[str, ZcellError]] = []  # see settle
         # Coalescing (see _offer): frames waiting to leave, per node, in order.
@@ -290,7 +296,6 @@ class ThreadPort:
             if node_id in self._out:  # the call itself may still wait to leave
                 self._put_all(sock, node_id, result._deadline or time.monotonic() + 3600)
             decode = self._node._thread_codec().decode
-            poll = self._poller(node_id, sock, _POLLIN)
             while True:
                 self._drain(sock, decode)
                 if result._flag._is_set:
@@ -302,8 +307,7 @@ class ThreadPort:
                     if left <= 0:
                         return False
                     wait_ms = int(left * 1000) + 1
-                ready = poll(wait_ms)
-                if ready and (len(ready) > 1 or ready[0][0] is not sock):
+                if self._sleep(node_id, sock, wait_ms):
                     # News from the loop. It fails a down node's calls before
                     # telling us, so the result shows it; a stop we act on.
                     if NOTIFY_STOP in self._drain_news():
@@ -337,7 +341,7 @@ class ThreadPort:
         decode = self._node._thread_codec().decode
         while True:
             self._wait(sock, _POLLIN, node_id, deadline)
-            while True:  # poll said readable: recv at once (no EVENTS first)
+            while True:  # EVENTS said readable: recv at once
                 try:
                     data = sock.recv(_NOBLOCK)
                 except _AGAIN:
@@ -346,16 +350,23 @@ class ThreadPort:
                 if msg is not None:
                     return msg  # replies behind it are read in later
 
-    def _poller(self, node_id: str, sock: zmq.Socket, event: int) -> Any:
-        """A poller on ``sock`` and the news socket, made once per socket and event."""
-        key = (node_id, event)
-        entry = self._pollers.get(key)
+    def _sleep(self, node_id: str, sock: zmq.Socket, wait_ms: int) -> bool:
+        """Block (GIL released) until ``sock`` or the news socket may have
+        something, or ``wait_ms`` pass (-1: no limit); True if news may have come.
+
+        The caller has read ``sock``'s EVENTS (or drained it) just before, so
+        its FD signals anything new. This polls the two FDs directly: zmq.poll
+        would read EVENTS of both sockets before and after (four more system
+        calls per wait).
+        """
+        entry = self._pollers.get(node_id)
         if entry is None or entry[0] is not sock:
-            poller = zmq.Poller()
-            poller.register(sock, event)
-            poller.register(self._notify, zmq.POLLIN)
-            entry = self._pollers[key] = (sock, poller)
-        return entry[1].poll
+            poller = select.poll()
+            poller.register(int(sock.getsockopt(zmq.FD)), select.POLLIN)
+            poller.register(self._notify_fd, select.POLLIN)
+            entry = self._pollers[node_id] = (sock, poller)
+        notify_fd = self._notify_fd
+        return any(fd == notify_fd for fd, _ in entry[1].poll(wait_ms))
 
     def _drain(self, sock: zmq.Socket, decode: Any, rid: int | None = None) -> list[Any] | None:
         """Read every reply waiting on ``sock``; complete the calls among them.
@@ -417,20 +428,18 @@ class ThreadPort:
 
     def _wait(self, sock: zmq.Socket, event: int, node_id: str, deadline: float) -> None:
         """Block (GIL released) until ``sock`` has ``event``; watch for down/stop news."""
-        poll = self._poller(node_id, sock, event)
         member = self._sockets[node_id][0]
         target = NOTIFY_DOWN + node_id.encode()
         while True:
+            if _events(sock) & event:
+                return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise CallTimeout(
                     f"no reply from node {node_id} in time; raise timeout= if the handler is slow"
                 )
-            ready = poll(int(remaining * 1000) + 1)
-            if not ready:
+            if not self._sleep(node_id, sock, int(remaining * 1000) + 1):
                 continue
-            if len(ready) == 1 and ready[0][0] is sock:
-                return
             news = self._drain_news()
             if NOTIFY_STOP in news:
                 raise NodeStopped(f"node {self._node.name} stopped")
@@ -440,8 +449,6 @@ class ThreadPort:
                 raise NodeDown(
                     f"node {node_id} went down while the call was in flight; the outcome is unknown"
                 )
-            if any(item[0] is sock for item in ready):
-                return
 
     def _prune(self) -> None:
         """Forget finished calls (timed out, or failed by the node) whose reply never came."""
