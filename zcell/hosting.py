@@ -147,6 +147,9 @@ class Host:
                 except (Exception, GreenletExit):
                     # Never let a failure escape into the hub (it would end the loop).
                     log.exception("zcell: request processing failed")
+            # Out of work: the replies coalesced meanwhile leave now, not after
+            # whatever else the loop runs before it blocks.
+            self.node.flush_replies()
             if len(idle) >= _MAX_IDLE_WORKERS:
                 return
             idle.append(me)
@@ -165,6 +168,15 @@ class Host:
         if self._drained is not None and len(queue) <= _QUEUE_LOW:
             self._drained.set()
             self._drained = None
+
+    def let_run(self) -> None:
+        """(The inbox reader) let the admitted requests run now, if any wait.
+
+        Called before the reader checks its socket for more: their replies are
+        sent first, so one check of the socket covers both (see ``recv_loop``).
+        """
+        if self._runnable:
+            gevent.sleep(0)
 
     def wait_for_room(self) -> None:
         """Called by the inbox reader: pause while too many requests wait for a slot."""

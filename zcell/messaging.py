@@ -542,6 +542,10 @@ class Messaging:
         else:
             self.reply(src, rid, OK, value, ttl)
 
+    def flush_replies(self) -> None:
+        """Send the direct replies coalesced so far (see ``reply``)."""
+        self._inbox.flush_coalesced()
+
     def reply(
         self,
         node_id: str,

@@ -416,7 +416,7 @@ class Node(Membership, Messaging):
         on_frame = self._on_frame
         host = self.host_
         n = 0
-        for frames in self._inbox.recv_loop():
+        for frames in self._inbox.recv_loop(settle=host.let_run):
             # [routing id, frame, ...]: a program thread's port sends the frames
             # it coalesced as the parts of one message (threadport.py).
             routing = frames[0]

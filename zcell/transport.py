@@ -290,7 +290,7 @@ class Socket:
         batch = self._batch
         if batch is None:
             batch = self._batch = {}
-            self.hub.loop.run_callback(self._flush_batch)
+            self.hub.loop.run_callback(self.flush_coalesced)
         frames = batch.get(routing)
         if frames is None:
             batch[routing] = [frame]
@@ -300,7 +300,8 @@ class Socket:
                 del batch[routing]
                 self._send_parts(routing, frames)
 
-    def _flush_batch(self) -> None:
+    def flush_coalesced(self) -> None:
+        """Send the frames ``send_coalesced`` holds now (else: before the loop blocks)."""
         batch, self._batch = self._batch, None
         if batch and not self._closed:
             for routing, frames in batch.items():
@@ -351,12 +352,16 @@ class Socket:
 
     # -- receiving -----------------------------------------------------------
 
-    def recv_loop(self, recheck: float | None = None) -> Iterator[Any]:
+    def recv_loop(
+        self, recheck: float | None = None, settle: Callable[[], None] | None = None
+    ) -> Iterator[Any]:
         """Yield frames forever: drain until there are none, then wait on the FD.
 
         ROUTER and XPUB sockets yield multipart lists; the others single frames.
         Ends when the socket is closed. ``recheck``: also retry every so many
         seconds, for a socket that is written too (a send may consume the edge).
+        ``settle``: called before each check of whether a short burst goes on,
+        to let the work the frames started run first (see ``Node._read_inbox``).
         """
         raw = self.raw
         recv: Callable[[int], Any]
@@ -374,8 +379,10 @@ class Socket:
                 # It costs a system call, a recv that finds nothing (zmq.Again)
                 # three times that: peek first while bursts are short, but not
                 # right after a wake-up, which mostly means a frame is there.
-                if 0 < run < _PEEK and not _events(raw) & _POLLIN:
-                    item = None
+                if 0 < run < _PEEK:
+                    if settle is not None:
+                        settle()
+                    item = recv(_NOBLOCK) if _events(raw) & _POLLIN else None
                 else:
                     item = recv(_NOBLOCK)
             except _AGAIN:
