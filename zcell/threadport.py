@@ -341,7 +341,7 @@ class ThreadPort:
         decode = self._node._thread_codec().decode
         while True:
             self._wait(sock, _POLLIN, node_id, deadline)
-            while True:  # EVENTS said readable: recv at once
+            while True:  # it may be readable: recv at once (Again: wait again)
                 try:
                     data = sock.recv(_NOBLOCK)
                 except _AGAIN:
@@ -427,9 +427,12 @@ class ThreadPort:
         return news
 
     def _wait(self, sock: zmq.Socket, event: int, node_id: str, deadline: float) -> None:
-        """Block (GIL released) until ``sock`` has ``event``; watch for down/stop news."""
-        member = self._sockets[node_id][0]
-        target = NOTIFY_DOWN + node_id.encode()
+        """Block (GIL released) until ``sock`` may have ``event``; watch for down/stop news.
+
+        Returns when EVENTS shows ``event``, or at once when the socket's FD
+        signals (that costs no EVENTS read on the way back): the caller tries,
+        and comes back if it was for something else.
+        """
         while True:
             if _events(sock) & event:
                 return
@@ -439,13 +442,16 @@ class ThreadPort:
                     f"no reply from node {node_id} in time; raise timeout= if the handler is slow"
                 )
             if not self._sleep(node_id, sock, int(remaining * 1000) + 1):
-                continue
+                return
             news = self._drain_news()
             if NOTIFY_STOP in news:
                 raise NodeStopped(f"node {self._node.name} stopped")
             # News about an earlier incarnation of that node is stale: the
             # member we are talking to is still there.
-            if target in news and self._node._members.get(node_id) is not member:
+            if (
+                NOTIFY_DOWN + node_id.encode() in news
+                and self._node._members.get(node_id) is not self._sockets[node_id][0]
+            ):
                 raise NodeDown(
                     f"node {node_id} went down while the call was in flight; the outcome is unknown"
                 )
