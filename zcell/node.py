@@ -439,7 +439,9 @@ class Node(Membership, Messaging):
 
     def _read_pub(self) -> None:
         # Subscription messages: b"\x01" (subscribe) / b"\x00" + topic.
-        for frames in self._pub.recv_loop(recheck=0.05):
+        # Sends poke this reader; the recheck is a safety net, once a second so
+        # that an idle node does not wake 20 times a second for it.
+        for frames in self._pub.recv_loop(recheck=1.0):
             data = frames[0]
             if len(data) > 1 and data[1:2] == b"\xff":
                 node_id = data[2:].decode("ascii", "replace")

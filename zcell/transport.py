@@ -9,8 +9,10 @@ sync RTT and 329k one-way msg/s, against 153 µs and 93k for ``zmq.green``).
 Rules that keep the edge-triggered FD honest:
 - a reader drains until ``Again`` before it waits;
 - at most one greenlet waits on a socket's FD at a time;
-- a socket that is both written and read (the XPUB) is also rechecked on a
-  timer, because a send may consume the edge its reader waits for.
+- every libzmq call on a socket whose reader is parked may consume the edge
+  the reader waits for: sends, socket options, connects and disconnects poke
+  the reader (``_poke_reader``), which checks EVENTS before the loop blocks.
+  The XPUB's reader also rechecks once a second, as a safety net.
 
 zmq errors become zcell errors here; nothing above this module catches
 ``zmq.ZMQError``.
@@ -344,6 +346,7 @@ class Socket:
                     raise self._error(exc) from exc
         if not lock.locked() and self._send_lock is lock:
             self._send_lock = None
+        self._poke_reader()  # the waits above read EVENTS
 
     def _error(self, exc: zmq.ZMQError) -> ZcellError:
         if exc.errno in (zmq.ENOTSOCK, zmq.ETERM) or self._closed:
