@@ -8,8 +8,8 @@ messages (``send``, ``call``, fire and forget) go out on that socket, in order,
 and their replies come straight back on it (the peer answers through its ROUTER
 to our routing id):
 
-- a blocking ``send`` waits for its reply in ``zmq.poll``, without waking the
-  loop;
+- a blocking ``send`` waits for its reply in ``poll(2)`` on the socket's FD
+  (``_sleep``), without waking the loop;
 - a ``call``'s ``AsyncResult`` is completed by the thread itself, which reads
   the replies that have arrived when it goes through the port (every 32nd
   call, and ``get()``/``ready()``/``state`` of one of its results). A pipelined
