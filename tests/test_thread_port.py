@@ -132,3 +132,17 @@ def test_calls_in_a_burst_complete_though_the_thread_sleeps(pair):
     while len(seen) < 50 and time.monotonic() < end:
         time.sleep(0.01)  # never touches the node
     assert sorted(seen) == list(range(50))
+
+
+def test_a_reply_whose_connection_is_gone_is_counted_not_lost_silently(pair):
+    a, b, ref = pair
+    assert b.statistics()["undeliverable_replies"] == 0
+    ref.call.sleep(seconds=0.5 * SLOW)  # never read: the caller goes away first
+    time.sleep(0.1 * SLOW)
+    a.stop()  # closes this thread's port: its connection to b is gone
+    wait_until(
+        lambda: b.statistics()["undeliverable_replies"] == 1,
+        5,
+        "b counts the reply it could not deliver",
+    )
+    assert b.statistics()["errors"] == 0

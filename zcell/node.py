@@ -184,11 +184,13 @@ class Node(Membership, Messaging):
                 "send_failures",
                 "name_clashes",
                 "refused_auth",  # connections ZAP refused (no or another secret)
+                "undeliverable_replies",  # see statistics()
             ),
             0,
         )
         self.host_ = Host(self)
         self._ctx: Context | None = None
+        self._inbox: Any = None
         self._hb: HeartbeatThread | None = None
         self._disc: Any = None
 
@@ -231,6 +233,9 @@ class Node(Membership, Messaging):
             # Before any socket binds: ZAP is consulted only if a handler is there.
             ZapHandler(ctx, hub, self._curve, self.stats).start()
         self._inbox = ctx.socket(zmq.ROUTER, hub)
+        # Direct replies to a connection that is gone or full fail instead of
+        # vanishing: they are counted (statistics()["undeliverable_replies"]).
+        self._inbox.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._pub = ctx.socket(zmq.XPUB, hub)
         self._pub.setsockopt(zmq.XPUB_NODROP, 1)
         self._sub = ctx.socket(zmq.SUB, hub)
@@ -731,6 +736,9 @@ class Node(Membership, Messaging):
         stats["messages_in"] += sum(port.received for port in ports)
         stats["late_replies"] += sum(port.late for port in ports)
         stats["dropped_bad_frames"] += sum(port.dropped for port in ports)
+        if self._inbox is not None:
+            # Direct replies whose caller's connection was gone or full.
+            stats["undeliverable_replies"] += self._inbox.undeliverable
         stats["in_flight"] = self.host_.in_flight
         stats["queued"] = len(self.host_.queue)
         stats["actors_hosted"] = len(self.host_.actors)

@@ -160,7 +160,16 @@ def _primary_address() -> str:
 class Socket:
     """A pyzmq socket driven from one gevent hub with NOBLOCK + FD watcher."""
 
-    __slots__ = ("raw", "hub", "_watcher", "_send_lock", "_closed", "_poke_due", "_batch")
+    __slots__ = (
+        "raw",
+        "hub",
+        "_watcher",
+        "_send_lock",
+        "_closed",
+        "_poke_due",
+        "_batch",
+        "undeliverable",
+    )
 
     def __init__(self, raw: zmq.Socket, hub: Any) -> None:
         self.raw = raw
@@ -170,6 +179,9 @@ class Socket:
         self._closed = False
         self._poke_due = False
         self._batch: dict[bytes, list[bytes]] | None = None
+        # ROUTER (with ROUTER_MANDATORY): frames send_coalesced could not deliver
+        # because their peer was gone or full, dropped and counted here.
+        self.undeliverable = 0
 
     @property
     def closed(self) -> bool:
@@ -283,11 +295,13 @@ class Socket:
     def send_coalesced(self, routing: bytes, frame: bytes) -> None:
         """ROUTER: send ``frame`` to the peer ``routing`` before the loop next blocks.
 
-        The frames queued for one peer in one loop iteration leave as one
-        multipart message ``[routing, frame, frame, ...]`` (up to
-        ``_BATCH_FRAMES``): one wake-up of each I/O thread and of the reader for
-        a burst of replies instead of one per reply. A ROUTER never waits (a
-        peer past its high-water mark misses the message, as with ``send``).
+        The frames queued for one peer leave together as one multipart message
+        ``[routing, frame, frame, ...]`` (up to ``_BATCH_FRAMES``), at
+        ``flush_coalesced`` or before the loop blocks: one wake-up of each I/O
+        thread and of the reader for a burst of replies instead of one per
+        reply. A ROUTER never waits: frames for a peer that is gone or past its
+        high-water mark are dropped and counted in ``undeliverable`` (with
+        ``ROUTER_MANDATORY`` set, else libzmq drops them silently).
         """
         batch = self._batch
         if batch is None:
@@ -312,8 +326,14 @@ class Socket:
     def _send_parts(self, routing: bytes, frames: list[bytes]) -> None:
         try:
             self._put_parts([routing, *frames])
-        except zmq.ZMQError:
-            return  # closed meanwhile (the node stops): nobody waits for these
+        except _AGAIN:
+            # The peer is past its high-water mark (it does not read its
+            # replies): a ROUTER never waits for one peer.
+            self.undeliverable += len(frames)
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:  # that connection is gone
+                self.undeliverable += len(frames)
+            return  # else closed meanwhile (the node stops): nobody waits for these
         self._poke_reader()
 
     def _put_parts(self, frames: list[bytes]) -> None:
