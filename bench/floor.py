@@ -134,6 +134,22 @@ def _percentile(sorted_ns: list[int], q: float) -> float:
     return sorted_ns[k] / 1000.0
 
 
+def time_calls(call: Any, warm: int, n: int, check: Any) -> list[int]:
+    """Warm up, then time ``n`` calls of ``call(i)`` one at a time; ``check(i, result)``
+    raises on a wrong result. Returns the sorted samples (ns)."""
+    clock = time.perf_counter_ns
+    for i in range(warm):
+        call(i)
+    samples = [0] * n
+    for i in range(n):
+        t0 = clock()
+        got = call(i)
+        samples[i] = clock() - t0
+        check(i, got)
+    samples.sort()
+    return samples
+
+
 def client(variant: str, port: int, counts: dict[str, Any], limit: float) -> dict[str, Any]:
     """Measure RTT and one-way rate against the server on *port*; return one rep."""
     import gevent

@@ -99,17 +99,9 @@ def _median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
 def _time_calls(call: Any, warm: int, n: int, check: Any) -> dict[str, Any]:
     """Warm up, then time ``n`` calls of ``call(i)`` one at a time; ``check(i, result)``
     raises on a wrong result. Returns the percentiles."""
-    clock = time.perf_counter_ns
-    for i in range(warm):
-        call(i)
-    samples = [0] * n
-    for i in range(n):
-        t0 = clock()
-        got = call(i)
-        samples[i] = clock() - t0
-        check(i, got)
-    samples.sort()
-    return _percentiles(samples)
+    from bench.floor import time_calls
+
+    return _percentiles(time_calls(call, warm, n, check))
 
 
 def rss_kib(pid: int) -> int:

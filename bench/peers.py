@@ -81,20 +81,15 @@ def measure(
     counts: dict[str, Any],
 ) -> dict[str, Any]:
     """Client side, common to all peers: sync RTT samples, then a pipelined run."""
-    from bench.floor import _percentile
+    from bench.floor import _percentile, time_calls
+
+    def check(i: int, got: Any) -> None:
+        if got != i:
+            raise RuntimeError(f"reply {got!r} to {i}")
 
     clock = time.perf_counter_ns
     warm, n = counts["sync"]
-    for i in range(warm):
-        sync_call(i)
-    samples = [0] * n
-    for i in range(n):
-        t0 = clock()
-        got = sync_call(i)
-        samples[i] = clock() - t0
-        if got != i:
-            raise RuntimeError(f"reply {got!r} to {i}")
-    samples.sort()
+    samples = time_calls(sync_call, warm, n, check)
     rate = 0.0
     warm, n = counts["pipelined"]
     for count in (warm, n):
