@@ -45,7 +45,6 @@ _send: Callable[..., Any] = zmq.backend.Socket.send
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
-_RCVMORE = int(zmq.RCVMORE)
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
 _BATCH_FRAMES = 256  # frames per coalesced multipart message (send_coalesced)
@@ -57,10 +56,11 @@ def _events(raw: zmq.Socket) -> int:
 
 
 def _recv_envelope(raw: zmq.Socket, flags: int) -> list[bytes]:
-    """A ROUTER's [routing id, frame]: pyzmq's recv_multipart costs twice as much.
+    """A ROUTER's [routing id, frame, ...]: pyzmq's recv_multipart costs twice as much.
 
     A ROUTER always puts the routing id before a peer's parts, so a second part
-    is there. A message of more parts comes back whole, to be dropped.
+    is there; a program thread's port sends the frames it coalesced as further
+    parts.
     """
     routing = raw.recv(flags)
     part = raw.recv(flags, copy=False)  # a Frame knows `more` without a getsockopt
@@ -331,9 +331,9 @@ class Socket:
             # replies): a ROUTER never waits for one peer.
             self.undeliverable += len(frames)
         except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:  # that connection is gone
-                self.undeliverable += len(frames)
-            return  # else closed meanwhile (the node stops): nobody waits for these
+            if exc.errno != zmq.EHOSTUNREACH:
+                return  # closed meanwhile (the node stops): nobody waits for these
+            self.undeliverable += len(frames)  # that connection is gone
         self._poke_reader()
 
     def _put_parts(self, frames: list[bytes]) -> None:
