@@ -160,11 +160,7 @@ class ThreadPort:
             sock = self._socket(node_id)
             if node_id in self._out:
                 self._put_all(sock, node_id, deadline)  # coalesced frames first, in order
-            try:
-                _send(sock, frame, _NOBLOCK)
-                self.sent += 1
-            except _AGAIN:  # not connected yet, or the peer is full
-                self._put(sock, node_id, [frame], deadline)
+            self._put(sock, node_id, [frame], deadline)
             if rid is None:
                 return None
             return self._reply(sock, node_id, rid, deadline)
