@@ -78,6 +78,18 @@ class Actor:
     On the hosting node an ``Actor`` instance is the hosted actor (``self.actor``
     inside handlers); in a caller it wraps a proxy so that client-side helpers
     defined on the outer class can use ``self.send`` and friends.
+
+    Attributes:
+        state: The inner class that runs on the hosting node. Its public methods are
+            the handlers; ``on_start()``, ``on_stop()`` and ``default_receive(method,
+            kwargs)`` are hooks. ``self.actor``, ``self.node`` and ``self.agent`` are
+            set before its ``__init__`` runs.
+        name: The type name nodes agree on; actors of one name form the group of
+            ``throw`` and ``scatter``. Default ``"<module>.<qualname>"``; classes
+            defined in ``__main__`` must set it.
+        default_timeout: The default bound, in seconds, on every wait for a reply.
+        id: The actor's id.
+        ref: The actor's ``ActorProxy``.
     """
 
     state: ClassVar[type] = _State
@@ -105,18 +117,22 @@ class Actor:
     # The primitives, addressed to this actor (send/call/emit) or its type.
     @property
     def send(self) -> Any:
+        """``ActorProxy.send``, addressed to this actor."""
         return self.ref.send
 
     @property
     def call(self) -> Any:
+        """``ActorProxy.call``, addressed to this actor."""
         return self.ref.call
 
     @property
     def throw(self) -> Any:
+        """``ActorProxy.throw``, addressed to this actor's type."""
         return self.ref.throw
 
     @property
     def scatter(self) -> Any:
+        """``ActorProxy.scatter``, addressed to this actor's type."""
         return self.ref.scatter
 
     def emit(self, method: str, kwargs: dict[str, Any] | None = None) -> None:
@@ -124,9 +140,11 @@ class Actor:
         self.ref.emit(method, kwargs)
 
     def add_binding(self, target: Any, kind: str = "direct") -> None:
+        """Bind this actor's outbox to ``target`` (see ``ActorProxy.add_binding``)."""
         self.ref.add_binding(target, kind)
 
     def remove_binding(self, target: Any) -> None:
+        """Remove the bindings of this actor's outbox to ``target``."""
         self.ref.remove_binding(target)
 
     @property

@@ -42,10 +42,13 @@ class RemoteError(ZcellError):
 
     Raised by ``send``/``throw``/``AsyncResult.get()`` and by a ``scatter``
     iterator when the handler on the hosting node raised. The actor keeps running
-    and the message is not retried. ``type_name`` is the remote exception's
-    qualified type name, ``remote_message`` its ``str()``, ``remote_traceback``
-    the formatted remote traceback. Inspect them, fix the handler or the arguments,
-    and call again if the operation is safe to repeat.
+    and the message is not retried. Inspect the attributes below, fix the handler
+    or the arguments, and call again if the operation is safe to repeat.
+
+    Attributes:
+        type_name: The remote exception's qualified type name.
+        remote_message: The remote exception's ``str()``.
+        remote_traceback: The formatted remote traceback.
     """
 
     type_name: str = ""

@@ -203,7 +203,17 @@ class Node(Membership, Messaging):
         self.stop()
 
     def start(self, timeout: float = 10.0) -> Node:
-        """Bind, start the loop thread, join the mesh. Returns the node."""
+        """Bind, start the loop thread, join the mesh.
+
+        Args:
+            timeout: Seconds to wait for the sockets to bind and the loop to run.
+
+        Returns:
+            The node itself, so that ``node = Node().start()`` reads as one step.
+
+        Raises:
+            NodeStopped: The node was already started once; create a new ``Node``.
+        """
         if self._state != "new":
             raise NodeStopped(f"node {self.name} was already started; create a new Node")
         for spec in self._actor_specs:
@@ -297,6 +307,9 @@ class Node(Membership, Messaging):
         handlers finish until ``timeout``, fails what is left with
         ``ActorStopped``, runs ``on_stop`` hooks, announces that it has left and
         closes everything. Idempotent.
+
+        Args:
+            timeout: Seconds that in-flight handlers get to finish.
         """
         if self._state in ("stopping", "stopped"):
             if self._state == "stopping" and not self._loop.in_loop():
@@ -656,8 +669,13 @@ class Node(Membership, Messaging):
     def kill(self, actor: Any, timeout: float | None = None) -> None:
         """Stop an actor wherever it is (``on_stop`` runs).
 
+        Args:
+            actor: Its proxy (or ``Actor``) or its id.
+            timeout: Bound on the wait (default ``Actor.default_timeout``).
+
         Raises:
             NoSuchActor: unknown id.
+            TypeError: ``actor`` is neither a proxy nor an id.
         """
         self._check_running()
         if isinstance(actor, Actor):
@@ -675,7 +693,11 @@ class Node(Membership, Messaging):
         self._run(self.directory.remove, actor_id)
 
     def lookup(self, actor_id: str) -> ActorProxy:
-        """A proxy for a known actor id. Raises ``NoSuchActor`` for an unknown one."""
+        """A proxy for a known actor id.
+
+        Raises:
+            NoSuchActor: The id is not in the mesh's directory.
+        """
         self._check_running()
         entry = self.directory.actors.get(actor_id)
         if entry is None:
@@ -683,7 +705,11 @@ class Node(Membership, Messaging):
         return ActorProxy(self, actor_id, entry[0], entry[1])
 
     def actors(self, type: Any = None) -> list[ActorProxy]:  # noqa: A002 - API name
-        """The mesh directory, as proxies (optionally only one type)."""
+        """The mesh directory, as proxies.
+
+        Args:
+            type: Only actors of this type (an Actor class or type name).
+        """
         self._check_running()
         items = list(self.directory.actors.items())
         name = type_name_of(type) if type is not None else None
@@ -754,6 +780,11 @@ class Node(Membership, Messaging):
     ) -> None:
         """Block until the mesh has ``nodes`` members (itself included) and/or an actor
         of ``type``.
+
+        Args:
+            nodes: The number of members to wait for.
+            type: An Actor class or type name to wait for an actor of.
+            timeout: Seconds to wait.
 
         Raises:
             CallTimeout: not reached within ``timeout`` seconds.

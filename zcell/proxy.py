@@ -50,7 +50,21 @@ class Mesh(Protocol):
 
 
 class ActorProxy:
-    """A reference to an actor somewhere in the mesh. Compares equal by id."""
+    """A reference to an actor somewhere in the mesh. Compares equal by id.
+
+    Made by ``Node.spawn``, ``select``, ``lookup`` and ``actors``; it travels in
+    messages as a proxy. Each primitive has a string form, ``ref.send("log",
+    {"msg": "hi"})``, and a typed form, ``ref.send.log(msg="hi")`` (or
+    ``ref.send.log({"msg": "hi"})``, cell style), checked against the local
+    ``state`` class when this program has it. The options below go with either
+    form as keyword arguments. Methods of the outer Actor class that are not
+    primitives are client-side helpers, reachable as attributes of the proxy.
+
+    Attributes:
+        id: The actor's id.
+        name: The actor's type name.
+        node_id: The id of the node hosting it.
+    """
 
     __slots__ = ("id", "name", "node_id", "_node", "_cls", "_client")
 
@@ -78,22 +92,42 @@ class ActorProxy:
 
     @property
     def send(self) -> _Primitive:
-        """Deliver to this actor; return the handler's value (``nowait=True``: None)."""
+        """Deliver to this actor and return the handler's value.
+
+        Options: ``nowait=True`` returns ``None`` at once (fire and forget);
+        ``timeout`` bounds the wait (default ``Actor.default_timeout``), after
+        which ``CallTimeout`` is raised. A handler's exception is raised here as
+        ``RemoteError``.
+        """
         return _Primitive(self, "send")
 
     @property
     def call(self) -> _Primitive:
-        """Deliver to this actor; return an ``AsyncResult`` at once."""
+        """Deliver to this actor and return an ``AsyncResult`` at once.
+
+        Options: ``timeout`` bounds the result's wait (``CallTimeout``).
+        """
         return _Primitive(self, "call")
 
     @property
     def throw(self) -> _Primitive:
-        """Deliver to one actor of this type, round-robin over the mesh."""
+        """Deliver to one actor of this type, round-robin over the mesh.
+
+        Returns the handler's value; an actor that declines (raises ``Next``)
+        passes the message on to another. Options as for ``send``.
+        """
         return _Primitive(self, "throw")
 
     @property
     def scatter(self) -> _Primitive:
-        """Deliver to every actor of this type; iterate over the replies."""
+        """Deliver to every actor of this type; iterate over the replies.
+
+        Replies come in arrival order; actors that decline (``Next``) give none.
+        The iteration ends when every actor known at send time has answered or
+        declined, at ``limit`` replies, or at ``timeout`` (without raising).
+        ``propagate=False`` yields a handler's error instead of raising it;
+        ``nowait=True`` returns ``None``.
+        """
         return _Primitive(self, "scatter")
 
     def emit(self, method: str, kwargs: dict[str, Any] | None = None) -> None:
@@ -225,4 +259,6 @@ class _Binder:
 
 
 forward = _Binder("forward")
+"""``a | forward | b`` binds ``a``'s outbox to ``b``: ``a.add_binding(b)``."""
 stop_forward = _Binder("stop_forward")
+"""``a | stop_forward | b`` removes that binding: ``a.remove_binding(b)``."""

@@ -112,13 +112,16 @@ class AsyncResult:
         return FAILURE if self._error is not None else SUCCESS
 
     def ready(self) -> bool:
+        """True once the reply (or the call's error) is in."""
         self._observe()
         return self._flag.is_set()
 
     def successful(self) -> bool:
+        """True once the handler's value is in."""
         return self.state == SUCCESS
 
     def failed(self) -> bool:
+        """True once the call failed (the handler raised, a timeout, ``NodeDown``)."""
         return self.state == FAILURE
 
     def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
@@ -301,7 +304,18 @@ class ScatterResult(Iterator[Any]):
 
 
 def first_reply(replies: Iterable[Any], key: Any = None) -> Any:
-    """The first item of a scatter's replies, or ``KeyError(key)`` when there is none."""
+    """The first item of a scatter's replies; stops waiting for the others.
+
+    Args:
+        replies: What ``scatter`` returned (any iterable works).
+        key: What the ``KeyError`` carries when there is no reply.
+
+    Returns:
+        The first reply.
+
+    Raises:
+        KeyError: No actor replied (``KeyError(key)``).
+    """
     iterator = iter(replies)
     try:
         return next(iterator)
