@@ -18,6 +18,8 @@ import argparse
 from zcell import Actor, CallTimeout, Node, first_reply
 
 
+# The docs include the parts between "--8<--" markers (docs/index.md).
+# --8<-- [start:greeter]
 class Greeter(Actor):
     # The type name nodes agree on. Explicit, so that it is the same whether this
     # file runs as a script (module "__main__") or is imported as examples.hello.
@@ -29,6 +31,9 @@ class Greeter(Actor):
 
         def greet(self, who: str = "world") -> str:
             return f"{self.greeting}, {who}! (from {self.node.name})"
+
+
+# --8<-- [end:greeter]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         except CallTimeout:
             pass
 
+        # --8<-- [start:calls]
         english = node.spawn(Greeter, greeting="Hello")
         french = node.spawn(Greeter, greeting="Bonjour")
 
@@ -65,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # first_reply: the first answer of a scatter (KeyError when nobody answers).
         print("first:  ", first_reply(english.scatter.greet(who="first", limit=1), key=Greeter))
+        # --8<-- [end:calls]
     return 0
 
 
