@@ -21,9 +21,12 @@ from gevent.event import Event
 
 from zcell import Actor, CallTimeout, Node, forward
 
+# The docs include the parts between "--8<--" markers (docs/actors.md).
+
 # --- 1. via greenlets --------------------------------------------------------
 
 
+# --8<-- [start:greenlets]
 class Incrementer(Actor):
     name = "examples.counter.Incrementer"
 
@@ -51,9 +54,13 @@ class Counter(Actor):
             return counted
 
 
+# --8<-- [end:greenlets]
+
+
 # --- 2. via actor outboxes ---------------------------------------------------
 
 
+# --8<-- [start:outbox]
 class Adder(Actor):
     name = "examples.counter.Adder"
 
@@ -109,6 +116,9 @@ class AsyncCounter(Actor):
                 raise TimeoutError(f"counting {token} did not finish")
             time.sleep(0.01)
         return counted
+
+
+# --8<-- [end:outbox]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,8 @@ import time
 from zcell import Actor, CallTimeout, Node, forward, stop_forward
 
 
+# The docs include the parts between "--8<--" markers (docs/actors.md).
+# --8<-- [start:logger]
 class Logger(Actor):
     name = "examples.logger.Logger"  # explicit: the same when run as a script
 
@@ -42,6 +44,9 @@ class Logger(Actor):
             time.sleep(0.01)
 
 
+# --8<-- [end:logger]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="forward and stop_forward")
     parser.add_argument("--cluster", default="zcell", help="mesh to join (default: zcell)")
@@ -55,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         except CallTimeout:
             pass
 
+        # --8<-- [start:delivery]
         logger1 = node.spawn(Logger, label="logger1")
         logger2 = node.spawn(Logger, label="logger2")
 
@@ -62,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         logger1.send("log", {"msg": "the quick brown fox ... (send: logger1)"})
         logger1.throw("log", {"msg": "the quick brown fox ... (throw: logger1 or logger2)"})
         list(logger1.scatter("log", {"msg": "the quick brown fox ... (scatter: both)"}))
+        # --8<-- [end:delivery]
 
+        # --8<-- [start:outbox]
         # The outbox: emit() goes to the bindings of logger1's outbox...
         logger1 | forward | logger2
         seen = logger2.send.count()
@@ -74,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         seen = logger1.send.count()
         logger1.emit("log", {"msg": "I will be printed from logger1"})
         logger1.wait_for_lines(seen + 1)
+        # --8<-- [end:outbox]
     return 0
 
 
