@@ -2,7 +2,8 @@
 
 Nodes find each other (mDNS or static peers) and host actors; any program can
 spawn actors anywhere and talk to them with ``send``, ``throw``, ``scatter`` and
-``emit``. Every message runs in its own greenlet. See README.md and API.md.
+``emit``. Every message runs in its own greenlet. See README.md, and the API
+reference (docs/reference.md, built from these docstrings: ``mkdocs serve``).
 """
 
 from .actor import Actor, Next
