@@ -9,6 +9,7 @@ from .actor import Actor, Next
 from .errors import (
     ActorStopped,
     CallTimeout,
+    NameTaken,
     NodeDown,
     NodeStopped,
     NoNodeForType,
@@ -32,6 +33,7 @@ __all__ = [
     "ActorStopped",
     "AsyncResult",
     "CallTimeout",
+    "NameTaken",
     "Next",
     "NoNodeForType",
     "NoReplyError",

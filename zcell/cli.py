@@ -293,7 +293,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise UsageError(f"cannot import -A {spec}: {exc}") from exc
 
-    from zcell import Node
+    from zcell import NameTaken, Node
 
     stop: list[int] = []
 
@@ -320,6 +320,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         ).start()
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
+    except NameTaken as exc:
+        raise Failure(str(exc)) from exc
     me = node.nodes()[0]
     mode = "static" if args.no_mdns else "mdns"
     if args.json:
@@ -348,7 +350,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         lines.append("ready")
         _lines(*lines)
     try:
-        while not stop:
+        while not stop and node.failure is None:
             time.sleep(0.1)
     finally:
         node.stop()
@@ -356,6 +358,8 @@ def cmd_node(args: argparse.Namespace) -> int:
             _lines(json.dumps({"event": "stopped", "name": node.name}))
         else:
             _lines(f"zcell node {node.name} stopped")
+    if node.failure is not None:  # it stopped itself: e.g. its name is taken
+        raise Failure(str(node.failure))
     return 0
 
 
@@ -630,6 +634,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"zcell {args.command}: {exc}", file=sys.stderr)
         return 2
+    except Failure as exc:  # `zcell node` (the clients report their own failures)
+        print(f"zcell {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
