@@ -399,11 +399,7 @@ def _join(node: Node, args: argparse.Namespace, settle: bool) -> None:
     deadline = time.monotonic() + args.wait
     while len(node.nodes()) < 2:
         if time.monotonic() >= deadline:
-            how = f"peers {', '.join(args.peer)}" if args.no_mdns else "mDNS on " + args.host
-            raise Failure(
-                f"no zcell node found in cluster {args.cluster!r} within {args.wait:g}s "
-                f"({how}); start one with `zcell node -A MODULE`, or pass --peer / --wait"
-            )
+            raise Failure(_not_found(node, args))
         time.sleep(0.01)
     if not settle:
         return
@@ -419,6 +415,34 @@ def _join(node: Node, args: argparse.Namespace, settle: bool) -> None:
         now = view()
         if now != last:
             last, quiet_since = now, time.monotonic()
+
+
+def _not_found(node: Node, args: argparse.Namespace) -> str:
+    """Why no member was found, as far as mDNS tells: a secret missing, extra or wrong."""
+    stats = node.statistics()
+    cluster, secret = args.cluster, node.secret is not None
+    how = "--secret-file FILE or the ZCELL_SECRET environment variable"
+    if stats["mdns_ads_other_secret"] and not secret:
+        return (
+            f"cluster {cluster!r} uses a secret (its nodes' mDNS ads say so) and this client "
+            f"has none: pass the cluster's secret with {how}"
+        )
+    if stats["mdns_ads_other_secret"]:
+        return (
+            f"the nodes of cluster {cluster!r} use no secret (their mDNS ads say so) but this "
+            "client has one: drop --secret-file and unset ZCELL_SECRET"
+        )
+    if stats["mdns_ads"] and secret:
+        return (
+            f"nodes of cluster {cluster!r} were found by mDNS but none let this client in "
+            f"within {args.wait:g}s: its secret is probably not the cluster's (check {how}), "
+            "or they cannot be reached from here"
+        )
+    where = f"peers {', '.join(args.peer)}" if args.no_mdns else "mDNS on " + args.host
+    return (
+        f"no zcell node found in cluster {cluster!r} within {args.wait:g}s "
+        f"({where}); start one with `zcell node -A MODULE`, or pass --peer / --wait"
+    )
 
 
 def _poll(check: Callable[[], bool], args: argparse.Namespace) -> bool:

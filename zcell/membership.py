@@ -440,7 +440,9 @@ class Membership:
         if self._state not in ("starting", "running") or ad.cluster != self.cluster:
             return
         if ad.secure != (self.secret is not None):
+            self.stats["mdns_ads_other_secret"] += 1  # says why nobody is found
             return  # it could never complete a handshake with us
+        self.stats["mdns_ads"] += 1
         member = self._members.get(ad.node_id)
         if member is None:
             self._seeds[ad.inbox] = time.monotonic() + 600.0

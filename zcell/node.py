@@ -188,6 +188,8 @@ class Node(Membership, Messaging):
                 "name_clashes",
                 "refused_auth",  # connections ZAP refused (no or another secret)
                 "undeliverable_replies",  # see statistics()
+                "mdns_ads",  # ads of peers of this cluster heard (each change)
+                "mdns_ads_other_secret",  # ... ignored: one side has a secret, the other not
             ),
             0,
         )
