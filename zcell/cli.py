@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import itertools
 import json
 import logging
@@ -94,6 +95,14 @@ def _client_options(parser: argparse.ArgumentParser, timeout: bool = True) -> No
         )
 
 
+def _version() -> str:
+    """The installed distribution's version (the package metadata, not a copy)."""
+    try:
+        return importlib.metadata.version("zcell")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``zcell`` argument parser (every subcommand and option)."""
     parser = argparse.ArgumentParser(
@@ -102,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start with `zcell demo`. Exit codes: 0 success, 1 remote error, timeout "
         "or unknown actor, 2 usage error.",
     )
+    parser.add_argument("--version", action="version", version=f"zcell {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     node = sub.add_parser("node", help="run a node until SIGINT/SIGTERM")
@@ -291,7 +301,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            raise UsageError(f"cannot import -A {spec}: {exc}") from exc
+            raise UsageError(f"cannot import -A {spec}: {exc}{_dotted_hint(module)}") from exc
 
     from zcell import NameTaken, Node
 
@@ -361,6 +371,14 @@ def cmd_node(args: argparse.Namespace) -> int:
     if node.failure is not None:  # it stopped itself: e.g. its name is taken
         raise Failure(str(node.failure))
     return 0
+
+
+def _dotted_hint(module: str) -> str:
+    """``examples/hello.py`` -> a hint to name the module as Python does."""
+    if not (module.endswith(".py") or os.sep in module or "/" in module):
+        return ""
+    dotted = module.removesuffix(".py").replace(os.sep, ".").replace("/", ".").strip(".")
+    return f"; -A takes a module name, not a file: -A {dotted}"
 
 
 def _lines(*lines: str) -> None:
@@ -462,6 +480,13 @@ def _node_names(node: Node) -> dict[str, str]:
     return {n["id"]: n["name"] for n in node.nodes()}
 
 
+def _actor_object(ref: Any, names: dict[str, str]) -> dict[str, str]:
+    """An actor as ``spawn --json`` and ``actors --json`` print it (one shape for both;
+    ``name`` repeats ``type``, the key ``spawn --json`` has always had)."""
+    node = names.get(ref.node_id, ref.node_id)
+    return {"id": ref.id, "type": ref.name, "name": ref.name, "node": node, "node_id": ref.node_id}
+
+
 def cmd_status(node: Node, args: argparse.Namespace) -> int:
     _join(node, args, settle=True)
     members = sorted(_others(node), key=lambda n: n["name"])
@@ -491,10 +516,7 @@ def cmd_actors(node: Node, args: argparse.Namespace) -> int:
     _join(node, args, settle=True)
     names = _node_names(node)
     refs = sorted(node.actors(args.type), key=lambda r: (r.name, names.get(r.node_id, ""), r.id))
-    out = [
-        {"id": r.id, "type": r.name, "node": names.get(r.node_id, r.node_id), "node_id": r.node_id}
-        for r in refs
-    ]
+    out = [_actor_object(r, names) for r in refs]
     if args.json:
         print(json.dumps(out))
     elif out:
@@ -516,31 +538,37 @@ def cmd_spawn(node: Node, args: argparse.Namespace) -> int:
 
     _poll(placeable, args)  # if it never becomes true, spawn says why (NoNodeForType)
     ref = node.spawn(args.type, args.kw, on=args.on, timeout=args.timeout)
-    node_name = _node_names(node).get(ref.node_id, ref.node_id)
     if args.json:
-        print(
-            json.dumps({"id": ref.id, "name": ref.name, "node": node_name, "node_id": ref.node_id})
-        )
+        print(json.dumps(_actor_object(ref, _node_names(node))))
     else:
         print(ref.id)
     return 0
 
 
 def _find_actor(node: Node, args: argparse.Namespace) -> Any:
+    """The actor whose id is ``args.id`` or starts with it (the demo and reprs
+    print 8-digit prefixes); an ambiguous prefix is a usage error."""
     from zcell import NoSuchActor
 
     _join(node, args, settle=False)
-    if not _poll(lambda: _known(node, args.id), args):
+    if not _poll(lambda: bool(_matching(node, args.id)), args):
         raise NoSuchActor(f"no actor with id {args.id} in cluster {args.cluster!r}")
-    return node.lookup(args.id)
+    found = _matching(node, args.id)
+    if len(found) > 1:
+        some = ", ".join(f"{r.id} ({r.name})" for r in found[:5])
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        raise UsageError(
+            f"id prefix {args.id!r} is ambiguous: {len(found)} actors match ({some}{more}); "
+            "give more digits"
+        )
+    return found[0]
 
 
-def _known(node: Node, actor_id: str) -> bool:
-    try:
-        node.lookup(actor_id)
-    except KeyError:
-        return False
-    return True
+def _matching(node: Node, prefix: str) -> list[Any]:
+    """The actors whose id is ``prefix`` (just that one) or starts with it."""
+    refs = [r for r in node.actors() if r.id.startswith(prefix)]
+    exact = [r for r in refs if r.id == prefix]
+    return exact or sorted(refs, key=lambda r: r.id)
 
 
 def _wait_type(node: Node, args: argparse.Namespace, settle: bool) -> Any:
@@ -548,9 +576,12 @@ def _wait_type(node: Node, args: argparse.Namespace, settle: bool) -> Any:
 
     _join(node, args, settle=settle)
     if not _poll(lambda: bool(node.actors(args.type)), args):
+        from zcell.errors import did_you_mean
+
+        known = {r.name for r in node.actors()}.union(*(n["types"] for n in node.nodes()))
         raise NoSuchActor(
-            f"no actor of type {args.type} in cluster {args.cluster!r}; spawn one with "
-            f"`zcell spawn {args.type}`"
+            f"no actor of type {args.type} in cluster {args.cluster!r}"
+            f"{did_you_mean(args.type, known)}; spawn one with `zcell spawn {args.type}`"
         )
     return node.actors(args.type)[0]
 

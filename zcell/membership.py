@@ -64,6 +64,7 @@ class Membership:
     _clashes: set[tuple[str, str]]
     _inbox: Any
     _info: Any  # a Node method
+    _node_label: Any  # a Node method
     _refused: Any  # a Node method
     _started_at: float
     _loop: Any
@@ -419,14 +420,13 @@ class Membership:
             for member in list(self._members.values()):
                 if now - member.last_seen > down_after:
                     self._member_down(member, f"silent for {now - member.last_seen:.1f}s")
-            for rid, (result, _, deadline) in list(self._pending.items()):
+            for rid, (result, node_id, deadline) in list(self._pending.items()):
                 if deadline is not None and now > deadline + 0.05:
                     if isinstance(result, ScatterResult):
                         self._pending.pop(rid, None)
                     else:
-                        self._fail_pending(
-                            rid, result, CallTimeout(f"no reply to request {rid} in time")
-                        )
+                        late = f"no reply from node {self._node_label(node_id)} to request {rid}"
+                        self._fail_pending(rid, result, CallTimeout(f"{late} in time"))
             if now >= next_knock and not (self._hb and now < self._hb.quiet_until):
                 next_knock = now + 1.0
                 member_inboxes = {m.inbox for m in self._members.values()}

@@ -41,6 +41,7 @@ from .errors import (
     NoSuchActor,
     ProtocolError,
     ZcellError,
+    did_you_mean,
 )
 from .heartbeat import HeartbeatThread
 from .hosting import Host
@@ -654,11 +655,23 @@ class Node(Membership, Messaging):
         if isinstance(cls, type):
             self.register(cls)
             return self.id
-        module = name.rsplit(".", 1)[0]
+        hosted = set(self._types).union(*(m.types for m in list(self._members.values())))
+        if "." in name:
+            module = name.rsplit(".", 1)[0]
+            how = f"Start one that does: `zcell node -A {module}`, or Node(actors=[{name!r}])"
+        else:  # not `zcell node -A Greeter`: there is no such module
+            how = "A type name is MODULE.CLASS, e.g. examples.hello.Greeter"
         raise NoNodeForType(
-            f"no node in the mesh hosts actor type {name!r}; nodes: {self._node_names()}. "
-            f"Start one that does: `zcell node -A {module}`, or Node(actors=[{name!r}])"
+            f"no node in the mesh hosts actor type {name!r}{did_you_mean(name, hosted)}; "
+            f"nodes: {self._node_names()}. {how}"
         )
+
+    def _node_label(self, node_id: str) -> str:
+        """A node's name for messages (its id when it is no member, e.g. gone)."""
+        if node_id == self.id:
+            return str(self.name)
+        member = self._members.get(node_id)
+        return member.name if member is not None else node_id
 
     def _node_names(self) -> str:
         names = [f"{self.name} (hosts {sorted(self._types) or 'nothing'})"]
@@ -855,6 +868,9 @@ def _resolve_actor_spec(spec: Any) -> list[type[Actor]]:
         import sys
 
         cls = getattr(sys.modules[module_name], attr, None)
+        if cls is None:
+            names = [c.__qualname__ for c in module_actor_classes(module_name)]
+            raise ValueError(f"module {module_name!r} has no {attr}{did_you_mean(attr, names)}")
         if not (isinstance(cls, type) and issubclass(cls, Actor)):
             raise TypeError(f"{spec!r} is not an Actor class")
         return [cls]
