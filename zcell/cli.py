@@ -303,7 +303,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise UsageError(f"cannot import -A {spec}: {exc}{_dotted_hint(module)}") from exc
 
-    from zcell import NameTaken, Node
+    from zcell import Node, NodeStopped
 
     stop: list[int] = []
 
@@ -327,12 +327,12 @@ def cmd_node(args: argparse.Namespace) -> int:
             secret=read_secret(args.secret_file),
             heartbeat=args.heartbeat,
             concurrency=args.concurrency,
-        ).start()
+        )
+        me = node.start().nodes()[0]
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
-    except NameTaken as exc:
-        raise Failure(str(exc)) from exc
-    me = node.nodes()[0]
+    except NodeStopped as exc:  # refused (NameTaken) while starting, or just after
+        raise Failure(str(getattr(node, "failure", None) or exc)) from exc
     mode = "static" if args.no_mdns else "mdns"
     if args.json:
         banner = {
