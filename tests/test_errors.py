@@ -350,6 +350,7 @@ def test_zcell_errors_all_lists_every_class_and_the_two_helpers() -> None:
         "ProtocolError",
         "SerializationError",
         "NodeStopped",
+        "NameTaken",
         "remote_error",
         "builtin_ancestor",
     }
@@ -434,6 +435,7 @@ API_NAMES = {
     "ProtocolError",
     "SerializationError",
     "NodeStopped",
+    "NameTaken",
 }
 
 

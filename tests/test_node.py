@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from conftest import SLOW
+from conftest import SLOW, wait_until
 from zcell_test_actors import Counter, Echo
 
 from zcell import (
     Actor,
     ActorStopped,
     CallTimeout,
+    NameTaken,
+    Node,
     NodeStopped,
     NoNodeForType,
     NoSuchActor,
@@ -302,15 +304,22 @@ def test_names_are_unique_in_a_mesh_a_second_node_with_a_taken_name_is_refused(m
     hub = make_node("hub")
     first = make_node("twin", peers=[hub.endpoints["inbox"]])
     hub.wait_for(nodes=2, timeout=10 * SLOW)
+    second = Node("twin", discovery="static", peers=[hub.endpoints["inbox"]])
     with caplog.at_level(logging.ERROR, logger="zcell.node"):
-        second = make_node("twin", peers=[hub.endpoints["inbox"]])
-        with pytest.raises(CallTimeout):
-            second.wait_for(nodes=2, timeout=1.5)
+        try:  # refused: start() raises, or the node stops itself just after
+            second.start()
+            wait_until(lambda: second.failure is not None, 5, "the refusal")
+        except NameTaken:
+            pass
+        finally:
+            second.stop(timeout=0.5)
+    assert isinstance(second.failure, NameTaken)
     assert [n["name"] for n in hub.nodes()].count("twin") == 1
     assert {n["id"] for n in hub.nodes()} == {hub.id, first.id}
     assert hub.statistics()["name_clashes"] >= 1
     assert any("already used" in r.getMessage() for r in caplog.records)
-    # Once the first one leaves, the name is free: the second gets in.
+    # Once the first one leaves, the name is free: a new node under it gets in.
     first.stop()
+    third = make_node("twin", peers=[hub.endpoints["inbox"]])
     hub.wait_for(nodes=2, timeout=10 * SLOW)
-    assert {n["id"] for n in hub.nodes()} == {hub.id, second.id}
+    assert {n["id"] for n in hub.nodes()} == {hub.id, third.id}

@@ -10,6 +10,7 @@ from .actor import Actor, Next
 from .errors import (
     ActorStopped,
     CallTimeout,
+    NameTaken,
     NodeDown,
     NodeStopped,
     NoNodeForType,
@@ -33,6 +34,7 @@ __all__ = [
     "ActorStopped",
     "AsyncResult",
     "CallTimeout",
+    "NameTaken",
     "Next",
     "NoNodeForType",
     "NoReplyError",

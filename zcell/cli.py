@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import itertools
 import json
 import logging
@@ -94,6 +95,14 @@ def _client_options(parser: argparse.ArgumentParser, timeout: bool = True) -> No
         )
 
 
+def _version() -> str:
+    """The installed distribution's version (the package metadata, not a copy)."""
+    try:
+        return importlib.metadata.version("zcell")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``zcell`` argument parser (every subcommand and option)."""
     parser = argparse.ArgumentParser(
@@ -102,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start with `zcell demo`. Exit codes: 0 success, 1 remote error, timeout "
         "or unknown actor, 2 usage error.",
     )
+    parser.add_argument("--version", action="version", version=f"zcell {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     node = sub.add_parser("node", help="run a node until SIGINT/SIGTERM")
@@ -291,9 +301,9 @@ def cmd_node(args: argparse.Namespace) -> int:
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            raise UsageError(f"cannot import -A {spec}: {exc}") from exc
+            raise UsageError(f"cannot import -A {spec}: {exc}{_dotted_hint(module)}") from exc
 
-    from zcell import Node
+    from zcell import Node, NodeStopped
 
     stop: list[int] = []
 
@@ -317,10 +327,12 @@ def cmd_node(args: argparse.Namespace) -> int:
             secret=read_secret(args.secret_file),
             heartbeat=args.heartbeat,
             concurrency=args.concurrency,
-        ).start()
+        )
+        me = node.start().nodes()[0]
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
-    me = node.nodes()[0]
+    except NodeStopped as exc:  # refused (NameTaken) while starting, or just after
+        raise Failure(str(getattr(node, "failure", None) or exc)) from exc
     mode = "static" if args.no_mdns else "mdns"
     if args.json:
         banner = {
@@ -348,7 +360,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         lines.append("ready")
         _lines(*lines)
     try:
-        while not stop:
+        while not stop and node.failure is None:
             time.sleep(0.1)
     finally:
         node.stop()
@@ -356,7 +368,17 @@ def cmd_node(args: argparse.Namespace) -> int:
             _lines(json.dumps({"event": "stopped", "name": node.name}))
         else:
             _lines(f"zcell node {node.name} stopped")
+    if node.failure is not None:  # it stopped itself: e.g. its name is taken
+        raise Failure(str(node.failure))
     return 0
+
+
+def _dotted_hint(module: str) -> str:
+    """``examples/hello.py`` -> a hint to name the module as Python does."""
+    if not (module.endswith(".py") or os.sep in module or "/" in module):
+        return ""
+    dotted = module.removesuffix(".py").replace(os.sep, ".").replace("/", ".").strip(".")
+    return f"; -A takes a module name, not a file: -A {dotted}"
 
 
 def _lines(*lines: str) -> None:
@@ -395,11 +417,7 @@ def _join(node: Node, args: argparse.Namespace, settle: bool) -> None:
     deadline = time.monotonic() + args.wait
     while len(node.nodes()) < 2:
         if time.monotonic() >= deadline:
-            how = f"peers {', '.join(args.peer)}" if args.no_mdns else "mDNS on " + args.host
-            raise Failure(
-                f"no zcell node found in cluster {args.cluster!r} within {args.wait:g}s "
-                f"({how}); start one with `zcell node -A MODULE`, or pass --peer / --wait"
-            )
+            raise Failure(_not_found(node, args))
         time.sleep(0.01)
     if not settle:
         return
@@ -417,6 +435,34 @@ def _join(node: Node, args: argparse.Namespace, settle: bool) -> None:
             last, quiet_since = now, time.monotonic()
 
 
+def _not_found(node: Node, args: argparse.Namespace) -> str:
+    """Why no member was found, as far as mDNS tells: a secret missing, extra or wrong."""
+    stats = node.statistics()
+    cluster, secret = args.cluster, node.secret is not None
+    how = "--secret-file FILE or the ZCELL_SECRET environment variable"
+    if stats["mdns_ads_other_secret"] and not secret:
+        return (
+            f"cluster {cluster!r} uses a secret (its nodes' mDNS ads say so) and this client "
+            f"has none: pass the cluster's secret with {how}"
+        )
+    if stats["mdns_ads_other_secret"]:
+        return (
+            f"the nodes of cluster {cluster!r} use no secret (their mDNS ads say so) but this "
+            "client has one: drop --secret-file and unset ZCELL_SECRET"
+        )
+    if stats["mdns_ads"] and secret:
+        return (
+            f"nodes of cluster {cluster!r} were found by mDNS but none let this client in "
+            f"within {args.wait:g}s: its secret is probably not the cluster's (check {how}), "
+            "or they cannot be reached from here"
+        )
+    where = f"peers {', '.join(args.peer)}" if args.no_mdns else "mDNS on " + args.host
+    return (
+        f"no zcell node found in cluster {cluster!r} within {args.wait:g}s "
+        f"({where}); start one with `zcell node -A MODULE`, or pass --peer / --wait"
+    )
+
+
 def _poll(check: Callable[[], bool], args: argparse.Namespace) -> bool:
     deadline = time.monotonic() + args.wait
     while not check():
@@ -432,6 +478,13 @@ def _others(node: Node) -> list[dict[str, Any]]:
 
 def _node_names(node: Node) -> dict[str, str]:
     return {n["id"]: n["name"] for n in node.nodes()}
+
+
+def _actor_object(ref: Any, names: dict[str, str]) -> dict[str, str]:
+    """An actor as ``spawn --json`` and ``actors --json`` print it (one shape for both;
+    ``name`` repeats ``type``, the key ``spawn --json`` has always had)."""
+    node = names.get(ref.node_id, ref.node_id)
+    return {"id": ref.id, "type": ref.name, "name": ref.name, "node": node, "node_id": ref.node_id}
 
 
 def cmd_status(node: Node, args: argparse.Namespace) -> int:
@@ -463,10 +516,7 @@ def cmd_actors(node: Node, args: argparse.Namespace) -> int:
     _join(node, args, settle=True)
     names = _node_names(node)
     refs = sorted(node.actors(args.type), key=lambda r: (r.name, names.get(r.node_id, ""), r.id))
-    out = [
-        {"id": r.id, "type": r.name, "node": names.get(r.node_id, r.node_id), "node_id": r.node_id}
-        for r in refs
-    ]
+    out = [_actor_object(r, names) for r in refs]
     if args.json:
         print(json.dumps(out))
     elif out:
@@ -488,31 +538,37 @@ def cmd_spawn(node: Node, args: argparse.Namespace) -> int:
 
     _poll(placeable, args)  # if it never becomes true, spawn says why (NoNodeForType)
     ref = node.spawn(args.type, args.kw, on=args.on, timeout=args.timeout)
-    node_name = _node_names(node).get(ref.node_id, ref.node_id)
     if args.json:
-        print(
-            json.dumps({"id": ref.id, "name": ref.name, "node": node_name, "node_id": ref.node_id})
-        )
+        print(json.dumps(_actor_object(ref, _node_names(node))))
     else:
         print(ref.id)
     return 0
 
 
 def _find_actor(node: Node, args: argparse.Namespace) -> Any:
+    """The actor whose id is ``args.id`` or starts with it (the demo and reprs
+    print 8-digit prefixes); an ambiguous prefix is a usage error."""
     from zcell import NoSuchActor
 
     _join(node, args, settle=False)
-    if not _poll(lambda: _known(node, args.id), args):
+    if not _poll(lambda: bool(_matching(node, args.id)), args):
         raise NoSuchActor(f"no actor with id {args.id} in cluster {args.cluster!r}")
-    return node.lookup(args.id)
+    found = _matching(node, args.id)
+    if len(found) > 1:
+        some = ", ".join(f"{r.id} ({r.name})" for r in found[:5])
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        raise UsageError(
+            f"id prefix {args.id!r} is ambiguous: {len(found)} actors match ({some}{more}); "
+            "give more digits"
+        )
+    return found[0]
 
 
-def _known(node: Node, actor_id: str) -> bool:
-    try:
-        node.lookup(actor_id)
-    except KeyError:
-        return False
-    return True
+def _matching(node: Node, prefix: str) -> list[Any]:
+    """The actors whose id is ``prefix`` (just that one) or starts with it."""
+    refs = [r for r in node.actors() if r.id.startswith(prefix)]
+    exact = [r for r in refs if r.id == prefix]
+    return exact or sorted(refs, key=lambda r: r.id)
 
 
 def _wait_type(node: Node, args: argparse.Namespace, settle: bool) -> Any:
@@ -520,9 +576,12 @@ def _wait_type(node: Node, args: argparse.Namespace, settle: bool) -> Any:
 
     _join(node, args, settle=settle)
     if not _poll(lambda: bool(node.actors(args.type)), args):
+        from zcell.errors import did_you_mean
+
+        known = {r.name for r in node.actors()}.union(*(n["types"] for n in node.nodes()))
         raise NoSuchActor(
-            f"no actor of type {args.type} in cluster {args.cluster!r}; spawn one with "
-            f"`zcell spawn {args.type}`"
+            f"no actor of type {args.type} in cluster {args.cluster!r}"
+            f"{did_you_mean(args.type, known)}; spawn one with `zcell spawn {args.type}`"
         )
     return node.actors(args.type)[0]
 
@@ -630,6 +689,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"zcell {args.command}: {exc}", file=sys.stderr)
         return 2
+    except Failure as exc:  # `zcell node` (the clients report their own failures)
+        print(f"zcell {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -13,6 +13,8 @@ ancestor, so ``except KeyError:`` catches a remote ``KeyError`` (see
 from __future__ import annotations
 
 import builtins
+import difflib
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "ProtocolError",
     "SerializationError",
     "NodeStopped",
+    "NameTaken",
     "remote_error",
     "builtin_ancestor",
 ]
@@ -160,6 +163,30 @@ class NodeStopped(ZcellError):
 
     Start a new ``Node`` (a stopped node cannot be restarted).
     """
+
+
+class NameTaken(NodeStopped):
+    """A member of the mesh refused this node: its name is used by another node.
+
+    Names are unique in a mesh. Raised by ``Node.start()`` when the refusal came
+    while starting; a refusal that comes later stops the node, which logs it and
+    keeps it in ``node.failure`` (``zcell node`` exits 1). Give one of the nodes
+    another name (``--name`` / ``Node(name=...)``), or stop the other one first.
+    """
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"; did you mean a.b.Echo?"`` for the choices closest to ``word``, else ``""``.
+
+    A bare class name also matches the dotted names that end with a close one
+    (``Greeter`` -> ``examples.hello.Greeter``): users type what they see last.
+    """
+    known = sorted(set(choices))
+    close = difflib.get_close_matches(word, known, n=3)
+    if not close:
+        tails = {c.rsplit(".", 1)[-1]: c for c in known}
+        close = [tails[t] for t in difflib.get_close_matches(word.rsplit(".", 1)[-1], tails, n=3)]
+    return f"; did you mean {' or '.join(close)}?" if close else ""
 
 
 # -- remote exceptions -------------------------------------------------------

@@ -32,6 +32,7 @@ from .wire import (
     HELLO,
     LEAVING,
     PROTOCOL_VERSION,
+    REFUSED,
     WELCOME,
 )
 
@@ -61,7 +62,11 @@ class Membership:
     _hb: HeartbeatThread | None
     _hello_inflight: set[str]
     _clashes: set[tuple[str, str]]
+    _inbox: Any
     _info: Any  # a Node method
+    _node_label: Any  # a Node method
+    _refused: Any  # a Node method
+    _started_at: float
     _loop: Any
     _members: dict[str, Member]
     _notify_pub: Any
@@ -106,10 +111,27 @@ class Membership:
         try:
             dealer = self._dealer_for(endpoint)
             dealer.send(self._codec.encode([V, HELLO, self._info()]), time.monotonic() + 1.0)
+            # Nothing else comes back on this DEALER: a frame here can only be
+            # the node at `endpoint` refusing us (the WELCOME comes to our inbox).
+            frame = dealer.recv_until(time.monotonic() + 1.0)
+            if frame is not None:
+                self._on_refusal(frame, endpoint)
         except (ZcellError, OSError) as exc:
             log.debug("zcell: hello to %s not delivered yet: %s", endpoint, exc)
         finally:
             self._hello_inflight.discard(endpoint)
+
+    def _on_refusal(self, frame: bytes, endpoint: str) -> None:
+        """A refusal that answers our own HELLO (this boot) stops us; others are dropped."""
+        try:
+            msg = self._codec.decode(frame)
+        except ZcellError:
+            self.stats["dropped_bad_frames"] += 1
+            return
+        if msg[1] != REFUSED or msg[2] != self.id or msg[3] != self.boot:
+            self.stats["dropped_stale"] += 1
+            return
+        self._refused(f"refused by the node at {endpoint}: {msg[4][:500]}")
 
     def _add_member(self, info: dict[str, Any]) -> Member | None:
         if info["cluster"] != self.cluster or info["id"] == self.id:
@@ -131,24 +153,13 @@ class Membership:
             if old.inbox == info["inbox"]:
                 self._member_down(old, "replaced by a new node at the same address")
         # Names are unique in a mesh: a second node under a name in use is refused
-        # (it is let in once the first one has gone, e.g. a restart elsewhere).
-        name = info["name"]
-        holder = self.name if name == self.name else None
-        for other in self._members.values():
-            if other.name == name:
-                holder = f"{other.name} at {other.inbox}"
-        if holder is not None:
+        # (told so when it knocked: see _on_hello; let in once the name is free).
+        clash = self._name_clash(info)
+        if clash is not None:
             self.stats["name_clashes"] += 1
-            if (name, info["id"]) not in self._clashes:
-                self._clashes.add((name, info["id"]))
-                log.error(
-                    "zcell: refused node %s at %s: the name is already used by %s in "
-                    "cluster %s; give one of them another name (--name / Node(name=...))",
-                    name,
-                    info["inbox"],
-                    holder,
-                    self.cluster,
-                )
+            if (info["name"], info["id"]) not in self._clashes:
+                self._clashes.add((info["name"], info["id"]))
+                log.error("zcell: refused node %s at %s: %s", info["name"], info["inbox"], clash[0])
             return None
         member = Member.from_info(info)
         member.dealer = self._dealer_for(member.inbox)
@@ -174,10 +185,42 @@ class Membership:
             [V, WELCOME, self._info(), self._dir_seq, self.host_.snapshot(), members]
         )
 
-    def _on_hello(self, info: dict[str, Any]) -> None:
+    def _name_clash(self, info: dict[str, Any]) -> tuple[str, bool] | None:
+        """Why ``info``'s name is taken here, and whether to tell its node to go.
+
+        Told to go: a node whose name a live member holds, or that we hold and
+        had first (the older start wins, so of two twins that meet exactly one
+        goes). Not told: a holder that is leaving or silent (maybe a crash
+        being restarted): the newcomer keeps knocking and gets in once it is gone.
+        """
+        name = info["name"]
+        if name == self.name:
+            mine = (self._started_at, self.id)
+            theirs = (info.get("started"), info["id"])
+            go = type(theirs[0]) in (int, float) and theirs > mine
+            holder = f"node {self.name} at {self.endpoints['inbox']}"
+        else:
+            other = next((m for m in self._members.values() if m.name == name), None)
+            if other is None:
+                return None
+            alive = time.monotonic() - other.last_seen < 1.5 * self.heartbeat
+            go = alive and not other.leaving
+            holder = f"node {other.name} at {other.inbox}"
+        return (
+            f"the name {name!r} is already used by {holder} in cluster {self.cluster!r}; "
+            "give one of them another name (--name / Node(name=...))",
+            go,
+        )
+
+    def _on_hello(self, info: dict[str, Any], routing: bytes | None = None) -> None:
         known = info["id"] in self._members
         member = self._add_member(info)
         if member is None:
+            clash = self._name_clash(info) if routing is not None else None
+            if clash is not None and clash[1]:
+                # Over the HELLO's own connection: only its sender can read it.
+                refusal = [V, REFUSED, info["id"], info["boot"], clash[0]]
+                self._inbox.send_coalesced(routing, self._codec.encode(refusal))
             return
         welcome = self._welcome_frame(
             [self._member_info(m) for m in self._members.values() if m.id != member.id]
@@ -377,14 +420,13 @@ class Membership:
             for member in list(self._members.values()):
                 if now - member.last_seen > down_after:
                     self._member_down(member, f"silent for {now - member.last_seen:.1f}s")
-            for rid, (result, _, deadline) in list(self._pending.items()):
+            for rid, (result, node_id, deadline) in list(self._pending.items()):
                 if deadline is not None and now > deadline + 0.05:
                     if isinstance(result, ScatterResult):
                         self._pending.pop(rid, None)
                     else:
-                        self._fail_pending(
-                            rid, result, CallTimeout(f"no reply to request {rid} in time")
-                        )
+                        late = f"no reply from node {self._node_label(node_id)} to request {rid}"
+                        self._fail_pending(rid, result, CallTimeout(f"{late} in time"))
             if now >= next_knock and not (self._hb and now < self._hb.quiet_until):
                 next_knock = now + 1.0
                 member_inboxes = {m.inbox for m in self._members.values()}
@@ -398,7 +440,9 @@ class Membership:
         if self._state not in ("starting", "running") or ad.cluster != self.cluster:
             return
         if ad.secure != (self.secret is not None):
+            self.stats["mdns_ads_other_secret"] += 1  # says why nobody is found
             return  # it could never complete a handshake with us
+        self.stats["mdns_ads"] += 1
         member = self._members.get(ad.node_id)
         if member is None:
             self._seeds[ad.inbox] = time.monotonic() + 600.0

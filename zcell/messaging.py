@@ -104,6 +104,7 @@ class Messaging:
     _loop: Any
     _make_proxy: Any  # a Node method
     _members: dict[str, Member]
+    _node_label: Any  # a Node method
     _on_frame: Any  # a Node method
     _outbound: dict[str, Outbound]
     _pending: dict[int, tuple[Any, str, float | None]]
@@ -271,7 +272,7 @@ class Messaging:
             return None
         if mode == "send":
             return self._direct_result(port.send(node_id, frame, deadline, rid))
-        result = AsyncResult(rid, deadline, self._cancel_pending, port)
+        result = AsyncResult(rid, deadline, self._cancel_pending, port, self._node_label(node_id))
         self._pending[rid] = (result, node_id, deadline)
         try:
             port.call(node_id, frame, deadline, result)
@@ -351,7 +352,7 @@ class Messaging:
         self, node_id: str, frame: bytes, deadline: float, rid: int, in_loop: bool
     ) -> AsyncResult:
         """Register a pending reply and send the request frame."""
-        result = AsyncResult(rid, deadline, self._cancel_pending)
+        result = AsyncResult(rid, deadline, self._cancel_pending, None, self._node_label(node_id))
         self._pending[rid] = (result, node_id, deadline)
         try:
             port = None if in_loop else self._own_port(node_id)

@@ -35,15 +35,17 @@ from .directory import Directory, Member
 from .discovery import Discovery
 from .errors import (
     CallTimeout,
+    NameTaken,
     NodeStopped,
     NoNodeForType,
     NoSuchActor,
     ProtocolError,
     ZcellError,
+    did_you_mean,
 )
 from .heartbeat import HeartbeatThread
 from .hosting import Host
-from .loop import Flag, LoopThread, real_lock
+from .loop import Flag, LoopThread, real_lock, real_thread
 from .membership import Membership
 from .messaging import Messaging
 from .outbound import Outbound
@@ -78,6 +80,8 @@ _names = itertools.count(1)  # only to number default names: "<host>-<pid>", "-2
 # that their replies leave while a caller's next burst is read: reading a long
 # backlog first would hold every reply back until its end.
 _YIELD_EVERY = 32
+#: Seconds after its start in which a node obeys a refusal of its name (at least).
+_REFUSAL_WINDOW = 5.0
 
 
 def _default_name() -> str:
@@ -185,6 +189,8 @@ class Node(Membership, Messaging):
                 "name_clashes",
                 "refused_auth",  # connections ZAP refused (no or another secret)
                 "undeliverable_replies",  # see statistics()
+                "mdns_ads",  # ads of peers of this cluster heard (each change)
+                "mdns_ads_other_secret",  # ... ignored: one side has a secret, the other not
             ),
             0,
         )
@@ -193,6 +199,8 @@ class Node(Membership, Messaging):
         self._inbox: Any = None
         self._hb: HeartbeatThread | None = None
         self._disc: Any = None
+        #: The error that made this node stop itself (a ``NameTaken``), or None.
+        self.failure: ZcellError | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -221,6 +229,8 @@ class Node(Membership, Messaging):
                 self._types[cls.name] = cls
         self._known.update(self._types)
         self._state = "starting"
+        # Before the first HELLO: of two nodes with one name, the older keeps it.
+        self._started_at = time.time()
         self._loop.start(self._main)
         try:
             self._loop.call(self._start_in_loop, timeout=timeout)
@@ -229,8 +239,27 @@ class Node(Membership, Messaging):
             self.stop(timeout=1)
             raise
         self._state = "running"
-        self._started_at = time.time()
+        if self.failure is not None:  # refused while starting (see _refused)
+            self.stop(timeout=1)
+            raise self.failure
         return self
+
+    def _refused(self, reason: str) -> None:
+        """A member refused us (our name is taken): stop, visibly.
+
+        Heeded only in the first seconds of the node's life, when the newcomer
+        is the one to go; later (a healed partition) it is logged, not obeyed,
+        so that nobody can stop an established node by refusing its knock.
+        """
+        if self.failure is not None or self._state not in ("starting", "running"):
+            return
+        if time.time() - self._started_at > max(_REFUSAL_WINDOW, 5 * self.heartbeat):
+            log.error("zcell: node %s was %s (ignored: it is past its start)", self.name, reason)
+            return
+        self.failure = NameTaken(f"node {self.name} was {reason}")
+        log.error("zcell: %s; stopping", self.failure)
+        if self._state == "running":  # else start() raises it
+            real_thread(self.stop)
 
     def _main(self) -> None:
         self._stop_event = Event()
@@ -503,11 +532,13 @@ class Node(Membership, Messaging):
             elif kind == DIRECTORY:
                 self._on_directory(msg)
             elif kind == HELLO:
-                self._on_hello(msg[2])
+                self._on_hello(msg[2], routing)
             elif kind == WELCOME:
                 self._on_welcome(msg)
             elif kind in (LEAVING, LEFT):
                 self._on_leave(msg, from_pub)
+            else:  # REFUSED counts only on the connection of our HELLO (_hello_send)
+                self.stats["dropped_stale"] += 1
         except Exception:
             self.stats["dropped_bad_frames"] += 1
             log.exception("zcell: message of kind %s could not be handled", kind)
@@ -637,11 +668,23 @@ class Node(Membership, Messaging):
         if isinstance(cls, type):
             self.register(cls)
             return self.id
-        module = name.rsplit(".", 1)[0]
+        hosted = set(self._types).union(*(m.types for m in list(self._members.values())))
+        if "." in name:
+            module = name.rsplit(".", 1)[0]
+            how = f"Start one that does: `zcell node -A {module}`, or Node(actors=[{name!r}])"
+        else:  # not `zcell node -A Greeter`: there is no such module
+            how = "A type name is MODULE.CLASS, e.g. examples.hello.Greeter"
         raise NoNodeForType(
-            f"no node in the mesh hosts actor type {name!r}; nodes: {self._node_names()}. "
-            f"Start one that does: `zcell node -A {module}`, or Node(actors=[{name!r}])"
+            f"no node in the mesh hosts actor type {name!r}{did_you_mean(name, hosted)}; "
+            f"nodes: {self._node_names()}. {how}"
         )
+
+    def _node_label(self, node_id: str) -> str:
+        """A node's name for messages (its id when it is no member, e.g. gone)."""
+        if node_id == self.id:
+            return str(self.name)
+        member = self._members.get(node_id)
+        return member.name if member is not None else node_id
 
     def _node_names(self) -> str:
         names = [f"{self.name} (hosts {sorted(self._types) or 'nothing'})"]
@@ -856,6 +899,9 @@ def _resolve_actor_spec(spec: Any) -> list[type[Actor]]:
         import sys
 
         cls = getattr(sys.modules[module_name], attr, None)
+        if cls is None:
+            names = [c.__qualname__ for c in module_actor_classes(module_name)]
+            raise ValueError(f"module {module_name!r} has no {attr}{did_you_mean(attr, names)}")
         if not (isinstance(cls, type) and issubclass(cls, Actor)):
             raise TypeError(f"{spec!r} is not an Actor class")
         return [cls]

@@ -48,6 +48,8 @@ class Mesh(Protocol):
 
     def _class_for(self, type_name: str) -> type[Actor] | None: ...
 
+    def _node_label(self, node_id: str) -> str: ...
+
 
 class ActorProxy:
     """A reference to an actor somewhere in the mesh. Compares equal by id.
@@ -88,7 +90,7 @@ class ActorProxy:
         return hash(self.id)
 
     def __repr__(self) -> str:
-        return f"<ActorProxy {self.name} {self.id} on {self.node_id}>"
+        return f"<ActorProxy {self.name} {self.id} on {self._node._node_label(self.node_id)}>"
 
     @property
     def send(self) -> _Primitive:

@@ -30,7 +30,17 @@ class AsyncResult:
         id: The request id.
     """
 
-    __slots__ = ("id", "_deadline", "_flag", "_value", "_error", "_callbacks", "_cancel", "_port")
+    __slots__ = (
+        "id",
+        "_deadline",
+        "_flag",
+        "_value",
+        "_error",
+        "_callbacks",
+        "_cancel",
+        "_port",
+        "_to",
+    )
 
     def __init__(
         self,
@@ -38,8 +48,10 @@ class AsyncResult:
         deadline: float | None,
         cancel: Callable[[int], None] | None = None,
         port: Any = None,
+        to: str = "",
     ) -> None:
         self.id = request_id
+        self._to = f" from node {to}" if to else ""  # for reprs and timeout messages
         self._deadline = deadline
         self._flag = Flag()
         self._value: Any = _UNSET
@@ -154,8 +166,8 @@ class AsyncResult:
                     self._expire()
                 else:
                     raise CallTimeout(
-                        f"no reply to request {self.id} within {timeout}s; the call is "
-                        "still pending: get() again, or raise timeout="
+                        f"no reply{self._to} to request {self.id} within {timeout}s; the "
+                        "call is still pending: get() again, or raise timeout="
                     )
         if self._error is not None:
             if propagate:
@@ -195,12 +207,14 @@ class AsyncResult:
         return self._deadline - time.monotonic()
 
     def _expire(self) -> None:
-        if self._complete(error=CallTimeout(f"no reply to request {self.id} before its deadline")):
+        if self._complete(
+            error=CallTimeout(f"no reply{self._to} to request {self.id} before its deadline")
+        ):
             if self._cancel is not None:
                 self._cancel(self.id)
 
     def __repr__(self) -> str:
-        return f"<AsyncResult {self.id} {self.state}>"
+        return f"<AsyncResult {self.id}{self._to} {self.state}>"
 
 
 class ScatterResult(Iterator[Any]):

@@ -440,7 +440,8 @@ class ThreadPort:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise CallTimeout(
-                    f"no reply from node {node_id} in time; raise timeout= if the handler is slow"
+                    f"no reply from node {self._node._node_label(node_id)} in time; raise "
+                    "timeout= if the handler is slow"
                 )
             if not self._sleep(node_id, sock, int(remaining * 1000) + 1):
                 return

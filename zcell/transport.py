@@ -375,6 +375,27 @@ class Socket:
 
     # -- receiving -----------------------------------------------------------
 
+    def recv_until(self, deadline: float) -> bytes | None:
+        """One frame, waiting (cooperatively) until ``deadline``; None if none came.
+
+        For a socket nobody reads otherwise (a DEALER that is mostly written):
+        a reply to what was sent on it. Raises ``TransportClosed`` once closed.
+        """
+        while True:
+            try:
+                frame: bytes = self.raw.recv(_NOBLOCK)
+                return frame
+            except _AGAIN:
+                pass
+            except zmq.ZMQError as exc:
+                raise self._error(exc) from exc
+            if _events(self.raw) & _POLLIN:
+                continue
+            try:
+                self._wait_fd(deadline)
+            except CallTimeout:
+                return None
+
     def recv_loop(
         self, recheck: float | None = None, settle: Callable[[], None] | None = None
     ) -> Iterator[Any]:

@@ -34,6 +34,7 @@ HEARTBEAT = 7  # liveness, from the heartbeat thread
 DIRECTORY = 8  # a numbered change to a node's own actors
 LEAVING = 9  # graceful stop begins: place no new work here
 LEFT = 10  # graceful stop ended
+REFUSED = 11  # answer to a HELLO, on its connection: "your name is taken here"
 
 # REQ/SCATTER flags
 F_NOWAIT = 1
@@ -59,6 +60,7 @@ _LENGTHS = {
     DIRECTORY: 7,
     LEAVING: 4,
     LEFT: 4,
+    REFUSED: 5,
 }
 
 # REQ / SCATTER field positions
@@ -254,6 +256,9 @@ def check(msg: Any) -> None:
         ):
             raise ProtocolError("malformed directory change")
         check_actor_list([msg[6]])
+    elif kind == REFUSED:
+        if not all(type(field) is str for field in msg[2:]):
+            raise ProtocolError("malformed refusal")
     else:  # LEAVING, LEFT
         if not isinstance(msg[2], str) or not isinstance(msg[3], str):
             raise ProtocolError("malformed membership news")
