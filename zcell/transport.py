@@ -187,8 +187,11 @@ class Socket:
     def closed(self) -> bool:
         return self._closed
 
-    def connect(self, endpoint: str) -> None:
+    def connect(self, endpoint: str, routing_id: bytes | None = None) -> None:
+        """Connect; ``routing_id``: the identity the peer's ROUTER sees (DEALER)."""
         try:
+            if routing_id is not None:
+                self.raw.setsockopt(zmq.ROUTING_ID, routing_id)
             self.raw.connect(endpoint)
         except zmq.ZMQError as exc:
             raise ZcellError(f"cannot connect to {endpoint!r}: {exc}") from exc
