@@ -65,6 +65,7 @@ class Knock:
     nonce: str
     expiry: float
     source: bytes  # routing prefix of the connection that made us knock (b"": ours)
+    answered: str = ""  # the address's own challenge we sent back (last one)
 
 
 class Membership:
@@ -173,6 +174,8 @@ class Membership:
             self._knocks[endpoint] = knock
         elif not echo:
             return  # already knocking there
+        if echo:
+            knock.answered = echo
         frame = self._codec.encode([V, HELLO, self._info(), knock.nonce, echo])
         gevent.spawn(self._hello_send, endpoint, frame)
 
@@ -326,15 +329,19 @@ class Membership:
         info, nonce, echo = msg[2], msg[3], msg[4]
         if routing is None or not self._in_cluster(info):
             return
-        if self._answers_knock(info["inbox"], echo):
-            # It answered the challenge we sent to its inbox: it is there.
+        inbox = info["inbox"]
+        if self._answers_knock(inbox, echo) and self._knocks[inbox].answered == nonce:
+            # It answered the challenge we sent to its inbox (it is there), and
+            # we answered its own: both sides are verified. We admit it first
+            # and say so with a WELCOME; it admits us on that.
             member = self._add_member(info, routing)
             if member is not None:
                 self._full_welcome(member, nonce)
             return
-        # Not verified yet: knock on the inbox it claims, answering its challenge.
-        # Only there does anything about us (our own info) go, never the others.
-        self._hello(info["inbox"], nonce, routing[:PREFIX])
+        # Not verified yet (or it is, but has not verified us): knock on the
+        # inbox it claims, answering its challenge. Only there does anything
+        # about us (our own info) go, never the other members.
+        self._hello(inbox, nonce, routing[:PREFIX])
 
     def _send_quiet(self, member: Member, frame: bytes) -> None:
         try:

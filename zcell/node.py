@@ -533,11 +533,11 @@ class Node(Membership, Messaging):
         sender = self._sender(routing, via)
         if sender is None or sender.id != src:
             relayed = msg[1] == REQ and msg[wire.R_FLAGS] & F_THROW and msg[wire.R_SEEN]
-            if sender is None or src == self.id or not relayed:
+            if sender is None or not relayed:
                 self._drop_claim(src)
                 return False
-        member = self._members.get(src)
-        if member is None or member.boot != msg[wire.R_BOOT]:
+        boot = self.boot if src == self.id else getattr(self._members.get(src), "boot", None)
+        if boot != msg[wire.R_BOOT]:
             self.stats["dropped_stale"] += 1
             return False
         sender.last_seen = now

@@ -318,6 +318,8 @@ class ThreadPort:
                     with self._lock:
                         if self._downs:
                             self._settle_downs()  # the loop left our calls to us
+                    if node_id not in self._sockets:  # that node went down: settled
+                        return result._flag._is_set
         finally:
             self._leave()
 
@@ -487,6 +489,7 @@ class ThreadPort:
 
     def _drop_socket(self, node_id: str) -> None:
         """(Under the lock) close the DEALER to a node that went down."""
+        self._pollers.pop(node_id, None)
         entry = self._sockets.pop(node_id, None)
         if entry is not None:
             entry[1].close(linger=0)
