@@ -268,7 +268,9 @@ def test_ten_thousand_forged_HELLOs_neither_abort_nor_bloat_a_node_and_a_genuine
     assert late.spawn(Echo, on="target").send.echo(value="late") == "late"
     assert child.returncode is None, "the node died under the flood"
     rss = vm_kib(child.pid)["VmRSS"] / 1024
-    print(f"node RSS after 10k forged HELLOs: {rss:.1f} MiB; fds {len(os.listdir(f'/proc/{child.pid}/fd'))}")
+    print(
+        f"node RSS after 10k forged HELLOs: {rss:.1f} MiB; fds {len(os.listdir(f'/proc/{child.pid}/fd'))}"
+    )
     assert rss < 200
     assert ref.send.echo(value="after") == "after"
     assert me.statistics()["members"] == 3

@@ -301,9 +301,7 @@ class Discovery:
             host = _pick_address(v4, self._nets) or f"[{v6[0]}]"  # IndexError: none at all
             inbox, pub, hb = (f"tcp://{host}:{port}" for port in ports)
             sec = txt["secure"] == "1"
-            ad = PeerAd(
-                self.cluster, txt["id"], txt["name"], inbox, pub, hb, sec, proto
-            )
+            ad = PeerAd(self.cluster, txt["id"], txt["name"], inbox, pub, hb, sec, proto)
         except (KeyError, ValueError, IndexError, UnicodeDecodeError):
             self.stats["bad_ads"] += 1
             log.debug("ignoring malformed zcell ad %s", info.name, exc_info=True)

@@ -500,7 +500,11 @@ class Messaging:
             if sender is None or sender.id != src:
                 self.stats["dropped_forged" if src in self._members else "dropped_stale"] += 1
                 return
-            if src != entry[1] and rid not in self._throws and not isinstance(result, ScatterResult):
+            if (
+                src != entry[1]
+                and rid not in self._throws
+                and not isinstance(result, ScatterResult)
+            ):
                 self.stats["dropped_forged"] += 1
                 return
         self._throws.discard(rid)
