@@ -19,8 +19,10 @@ zcell at all. Where each kind of frame lands (``Node._read_inbox``,
 - never seen by the node: a message over ``max_message_size + 1 KiB``; ZeroMQ
   (``MAXMSGSIZE``) drops the connection on reading its size.
 
-(Without a secret a well-formed ``HELLO`` of the node's own cluster makes the sender a
-member: that is what ``Node(secret=...)`` is for; see tests/test_security.py.)
+(Without a secret a well-formed ``HELLO`` of the node's own cluster makes the node
+knock back on the inbox it claims, and the sender can join as itself if it answers:
+that is what ``Node(secret=...)`` is for; see tests/test_security.py and
+tests/test_stranger.py.)
 """
 
 from __future__ import annotations

@@ -274,3 +274,64 @@ def test_ten_thousand_forged_HELLOs_neither_abort_nor_bloat_a_node_and_a_genuine
     assert rss < 200
     assert ref.send.echo(value="after") == "after"
     assert me.statistics()["members"] == 3
+
+
+# ----------------------------------------------------------------------------- joined as itself
+
+
+@contextmanager
+def joined_stranger(node: Any) -> Iterator[tuple[zmq.Socket, zmq.Socket, dict[str, Any]]]:
+    """A stranger that answers the knocks (protocol §8) and becomes a member as
+    itself; yields (its DEALER to ``node``'s inbox, its XPUB, its info)."""
+    ctx = zmq.Context()
+    inbox, pub, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.XPUB), ctx.socket(zmq.DEALER)
+    for sock in (inbox, pub, dealer):
+        sock.linger = 0
+    try:
+        in_port = inbox.bind_to_random_port("tcp://127.0.0.1")
+        pub_port = pub.bind_to_random_port("tcp://127.0.0.1")
+        me = fake_info(7, node.cluster, in_port)
+        me.update(pub=f"tcp://127.0.0.1:{pub_port}", hb=f"tcp://127.0.0.1:{pub_port}")
+        dealer.connect(node.endpoints["inbox"])
+        nonce = "7" * 32
+        dealer.send(packed([V, HELLO, me, nonce, ""]))
+        answered = False
+        deadline = time.monotonic() + 5 * SLOW
+        while me["id"] not in node._members:
+            assert time.monotonic() < deadline, "the stranger could not join as itself"
+            if not inbox.poll(50):
+                continue
+            msg = msgpack.unpackb(inbox.recv_multipart()[-1], raw=False)
+            if msg[1] == HELLO and msg[4] == nonce and not answered:
+                dealer.send(packed([V, HELLO, me, nonce, msg[3]]))  # answer its challenge
+                answered = True
+        assert pub.poll(5000 * SLOW), "the node never subscribed to the stranger"
+        pub.recv()
+        yield dealer, pub, me
+    finally:
+        for sock in (inbox, pub, dealer):
+            sock.close(linger=0)
+        ctx.term()
+
+
+def test_a_stranger_that_joined_as_itself_cannot_speak_for_another_member(mesh):
+    target, friend = mesh(2, actors=[Echo], heartbeat=1.0)
+    ref = friend.spawn(Echo, on=friend.name)
+    target.wait_for(type=Echo, timeout=5 * SLOW)
+    before = target.statistics()["dropped_forged"]
+    with joined_stranger(target) as (dealer, pub, me):
+        news = [V, wire.DIRECTORY, friend.id, friend.boot, 10**6, "-", [ref.id, Echo.name]]
+        pub.send(packed(news))
+        pub.send(packed([V, LEFT, friend.id, friend.boot]))
+        dealer.send(packed([V, LEFT, friend.id, friend.boot]))
+        req = [V, REQ, 9, friend.id, friend.boot, 1, 5000, ref.id, "echo", {}, F_NOWAIT]
+        dealer.send(packed([*req, None, None]))
+        wait_until(
+            lambda: target.statistics()["dropped_forged"] >= before + 4,
+            5,
+            "the four forgeries to be dropped",
+        )
+        assert me["id"] in target._members  # it is a member: as itself
+    assert friend.id in target._members
+    assert target.directory.actors.get(ref.id) == (Echo.name, friend.id)
+    assert ref.send.count() == 0
