@@ -200,6 +200,13 @@ class Membership:
                 if endpoint not in inboxes:
                     self._close_dealer(endpoint)
 
+    def _discard_dealer_input(self) -> None:
+        """Nothing a peer should send comes back on our DEALERs (replies come to
+        the inbox): drop and count what does, before its queue fills (see
+        ``Context.raw_socket`` on libzmq's abort)."""
+        for dealer in list(self._dealers.values()):
+            self.stats["dropped_bad_frames"] += dealer.discard_incoming()
+
     def _in_cluster(self, info: dict[str, Any]) -> bool:
         if info["cluster"] != self.cluster:
             self.stats["dropped_stale"] += 1
@@ -566,6 +573,7 @@ class Membership:
                             rid, result, CallTimeout(f"no reply to request {rid} in time")
                         )
             self._expire_knocks(now)
+            self._discard_dealer_input()
             if now >= next_knock and not (self._hb and now < self._hb.quiet_until):
                 next_knock = now + 1.0
                 member_inboxes = {m.inbox for m in self._members.values()}

@@ -109,6 +109,14 @@ class Context:
         raw.setsockopt(zmq.RECONNECT_IVL, 100)
         raw.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         raw.setsockopt(zmq.CONNECT_TIMEOUT, 2000)
+        if kind in (zmq.ROUTER, zmq.XPUB):
+            # Sockets that bind, which anyone may connect to, send no ZMTP pings
+            # (they answer those of their peers). libzmq 4.3 aborts
+            # (`!_io_error`, stream_engine_base.cpp:310) when the ping timer of a
+            # connection fires after its input stopped (we read slower than that
+            # peer sends) and the peer then hung up: a stranger could do that.
+            # Our DEALERs and SUBs, which connect, keep their pings.
+            raw.setsockopt(zmq.HEARTBEAT_IVL, 0)
         if kind == zmq.DEALER:
             # Queue only on completed connections: a peer that is not there
             # back-pressures the sender instead of swallowing messages.
@@ -429,6 +437,24 @@ class Socket:
             else:
                 with gevent.Timeout(recheck, False):
                     wait(watcher)
+
+    def discard_incoming(self, limit: int = 1000) -> int:
+        """Read and drop what waits on a socket nobody reads (a DEALER whose
+        replies come to the inbox), so that its input never stops; the count.
+
+        Skipped while a sender waits on the socket: reading EVENTS could take
+        the edge it waits for (a later sender checks EVENTS before it waits).
+        """
+        if self._send_lock is not None:
+            return 0
+        n = 0
+        try:
+            while n < limit and not self._closed and _events(self.raw) & _POLLIN:
+                self.raw.recv(_NOBLOCK)
+                n += 1
+        except zmq.ZMQError:
+            pass
+        return n
 
     def close(self) -> None:
         if self._closed:
