@@ -279,6 +279,25 @@ def test_ten_thousand_forged_HELLOs_neither_abort_nor_bloat_a_node_and_a_genuine
 # ----------------------------------------------------------------------------- joined as itself
 
 
+def knock_and_answer(inbox: zmq.Socket, dealer: zmq.Socket, me: dict[str, Any]) -> list:
+    """Knock as ``me`` and answer the node's challenge (docs/protocol.md §8);
+    returns the WELCOME that admits us, or [] when none came within a second."""
+    nonce = "7" * 32
+    dealer.send(packed([V, HELLO, me, nonce, ""]))
+    answered = False
+    deadline = time.monotonic() + 1.0 * SLOW
+    while time.monotonic() < deadline:
+        if not inbox.poll(20):
+            continue
+        msg = msgpack.unpackb(inbox.recv_multipart()[-1], raw=False)
+        if msg[1] == HELLO and msg[4] == nonce and not answered:
+            dealer.send(packed([V, HELLO, me, nonce, msg[3]]))  # answer its challenge
+            answered = True
+        elif msg[1] == WELCOME and msg[6] == nonce:
+            return msg
+    return []
+
+
 @contextmanager
 def joined_stranger(node: Any) -> Iterator[tuple[zmq.Socket, zmq.Socket, dict[str, Any]]]:
     """A stranger that answers the knocks (protocol §8) and becomes a member as
@@ -293,18 +312,8 @@ def joined_stranger(node: Any) -> Iterator[tuple[zmq.Socket, zmq.Socket, dict[st
         me = fake_info(7, node.cluster, in_port)
         me.update(pub=f"tcp://127.0.0.1:{pub_port}", hb=f"tcp://127.0.0.1:{pub_port}")
         dealer.connect(node.endpoints["inbox"])
-        nonce = "7" * 32
-        dealer.send(packed([V, HELLO, me, nonce, ""]))
-        answered = False
-        deadline = time.monotonic() + 5 * SLOW
-        while me["id"] not in node._members:
-            assert time.monotonic() < deadline, "the stranger could not join as itself"
-            if not inbox.poll(50):
-                continue
-            msg = msgpack.unpackb(inbox.recv_multipart()[-1], raw=False)
-            if msg[1] == HELLO and msg[4] == nonce and not answered:
-                dealer.send(packed([V, HELLO, me, nonce, msg[3]]))  # answer its challenge
-                answered = True
+        knock_and_answer(inbox, dealer, me)
+        wait_until(lambda: me["id"] in node._members, 5, "the stranger to join as itself")
         assert pub.poll(5000 * SLOW), "the node never subscribed to the stranger"
         pub.recv()
         yield dealer, pub, me
@@ -335,3 +344,18 @@ def test_a_stranger_that_joined_as_itself_cannot_speak_for_another_member(mesh):
     assert friend.id in target._members
     assert target.directory.actors.get(ref.id) == (Echo.name, friend.id)
     assert ref.send.count() == 0
+
+
+def test_a_stranger_that_answers_its_knocks_still_cannot_take_a_live_members_id(mesh):
+    target, friend = mesh(2, actors=[Echo], heartbeat=HB)
+    ref = target.spawn(Echo, on=friend.name)
+    before = target.statistics()["dropped_forged"]
+    with stranger_inbox() as (inbox, endpoint), raw_dealers(target.endpoints["inbox"]) as (sock,):
+        claim = info_of(friend, boot="0badb007", inbox=endpoint, pub=endpoint, hb=endpoint)
+        assert knock_and_answer(inbox, sock, claim) == []  # no WELCOME: refused
+        assert ref.send.echo(value="the secret payload") == "the secret payload"
+        frames = received(inbox, 0.3)
+    assert not any(b"the secret payload" in frame for frame in frames)
+    assert target.statistics()["dropped_forged"] > before
+    member = target._members[friend.id]
+    assert (member.boot, member.inbox) == (friend.boot, friend.endpoints["inbox"])
