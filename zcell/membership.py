@@ -1,8 +1,11 @@
 """Membership and liveness: who is in the mesh, first-hand.
 
-A node knows a peer only through direct contact: a HELLO it received or a
-WELCOME answering its own. Gossip (the member lists in WELCOMEs) and mDNS ads
-only suggest addresses to knock on. A member that stays silent for 2.6 heartbeat
+A node knows a peer only through direct contact, verified both ways: each side
+knocks (a HELLO with a challenge) on the inbox the other claims, and a peer
+becomes a member once it has sent our challenge back (docs/protocol.md §8). Its
+frames are then accepted only from its own connections (routing-id prefix) and
+its own SUB. Gossip (the member lists in WELCOMEs) and mDNS ads only suggest
+addresses to knock on; knocks are bounded and close their DEALERs when unanswered. A member that stays silent for 2.6 heartbeat
 intervals is declared down: its actors leave the directory and calls in flight
 to it fail with ``NodeDown``. This mixin also publishes the numbered changes to
 the node's own actors and pulls peers' snapshots when it sees a gap.
