@@ -82,7 +82,6 @@ def make_node() -> Iterator[MakeNode]:
         d = Discovery(
             cluster=cluster,
             node_id=uuid.uuid4().hex,
-            boot_id=uuid.uuid4().hex[:16],
             name=f"node-{port}",
             host=host,
             inbox_port=port,
@@ -125,8 +124,8 @@ def register(zc: Zeroconf, name: str, properties: dict[bytes, bytes | None]) -> 
 
 
 def txt(cluster: str, **overrides: str) -> dict[bytes, bytes | None]:
-    fields = {"cluster": cluster, "id": uuid.uuid4().hex, "boot": "b" * 16, "name": "raw"}
-    fields |= {"inbox": "1", "pub": "2", "hb": "3", "secure": "0", "proto": "1"}
+    fields = {"cluster": cluster, "id": uuid.uuid4().hex, "name": "raw"}
+    fields |= {"inbox": "1", "pub": "2", "hb": "3", "secure": "0", "proto": str(PROTOCOL_VERSION)}
     fields |= overrides
     return {k.encode(): v.encode() for k, v in fields.items()}
 
@@ -149,7 +148,6 @@ def test_two_nodes_in_one_process_find_each_other_within_a_second(make_node: Mak
     assert ad_of_b == PeerAd(
         cluster=cluster,
         node_id=b.node_id,
-        boot_id=ad_of_b.boot_id,
         name=f"node-{port}",
         inbox=f"tcp://127.0.0.1:{port}",
         pub=f"tcp://127.0.0.1:{port + 1}",
@@ -157,7 +155,6 @@ def test_two_nodes_in_one_process_find_each_other_within_a_second(make_node: Mak
         secure=True,
         proto=PROTOCOL_VERSION,
     )
-    assert len(ad_of_b.boot_id) == 16
     assert ad_of_a.secure is False and ad_of_a.inbox.startswith("tcp://127.0.0.1:")
     assert a_peers.find(a.node_id) is None and b_peers.find(b.node_id) is None, "saw itself"
     assert a.stats["bad_ads"] == b.stats["bad_ads"] == 0
@@ -233,7 +230,7 @@ def node(label, other, port):
     def on_peer(ad):
         ads.append(ad)
         watcher.send()
-    d = Discovery(cluster=cluster, node_id=uuid.uuid4().hex, boot_id="0" * 16, name=label,
+    d = Discovery(cluster=cluster, node_id=uuid.uuid4().hex, name=label,
                   host="127.0.0.1", inbox_port=port, pub_port=port + 1, hb_port=port + 2,
                   secure=False, on_peer=on_peer)
     t0 = time.monotonic()
@@ -312,11 +309,10 @@ def test_malformed_and_foreign_ads_are_counted_and_never_reported(
     d.start()
     bad = {
         "foreign": {b"path": b"/printer", b"rp": None},
-        "newer_protocol": txt(cluster, proto="2"),
+        "newer_protocol": txt(cluster, proto=str(PROTOCOL_VERSION + 1)),
         "port_not_a_number": txt(cluster, inbox="http"),
         "port_out_of_range": txt(cluster, hb="70000"),
         "secure_not_a_flag": txt(cluster, secure="yes"),
-        "no_boot_id": txt(cluster, boot=""),
         "not_utf8": {**txt(cluster), b"name": b"\xff\xfe"},
     }
     for name, properties in bad.items():
@@ -402,7 +398,7 @@ _txt_strings = st.one_of(st.binary(max_size=20), st.sampled_from([b"1", b"0", b"
 @settings(max_examples=200, deadline=None)
 @given(
     properties=st.dictionaries(
-        st.sampled_from([b"cluster", b"id", b"boot", b"name", b"inbox", b"pub", b"hb"])
+        st.sampled_from([b"cluster", b"id", b"name", b"inbox", b"pub", b"hb"])
         | st.sampled_from([b"secure", b"proto"])
         | st.binary(min_size=1, max_size=8).filter(lambda k: b"=" not in k),
         st.none() | _txt_strings | st.just(b"c"),
@@ -415,7 +411,6 @@ def test_any_txt_record_gives_an_ad_or_a_counted_drop(
     d = Discovery(
         cluster="c",
         node_id="me",
-        boot_id="b",
         name="n",
         host="127.0.0.1",
         inbox_port=1,

@@ -19,8 +19,10 @@ zcell at all. Where each kind of frame lands (``Node._read_inbox``,
 - never seen by the node: a message over ``max_message_size + 1 KiB``; ZeroMQ
   (``MAXMSGSIZE``) drops the connection on reading its size.
 
-(Without a secret a well-formed ``HELLO`` of the node's own cluster makes the sender a
-member: that is what ``Node(secret=...)`` is for; see tests/test_security.py.)
+(Without a secret a well-formed ``HELLO`` of the node's own cluster makes the node
+knock back on the inbox it claims, and the sender can join as itself if it answers:
+that is what ``Node(secret=...)`` is for; see tests/test_security.py and
+tests/test_stranger.py.)
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from zcell.wire import (
     HELLO,
     LEAVING,
     LEFT,
+    PROTOCOL_VERSION,
     REP,
     REQ,
     SCATTER,
@@ -59,7 +62,7 @@ from zcell.wire import (
     Codec,
 )
 
-V = 1
+V = PROTOCOL_VERSION
 SEED = 20240611
 MIB = 1024 * 1024
 
@@ -181,7 +184,7 @@ def wrong_schema() -> list[bytes]:
         [],
         [V],
         [V, None],
-        [2, *request()[1:]],  # another protocol version
+        [V + 1, *request()[1:]],  # another protocol version
         [True, *request()[1:]],  # a boolean is not a version
         [V, 0],
         [V, 99],
@@ -238,7 +241,7 @@ def well_formed_from_a_stranger(rng: random.Random) -> dict[str, list[bytes]]:
             codec.encode([V, CTRL, big + i, STRANGER, "b", 1000, "snapshot", {}])
             for i in range(100)
         ]
-        + [codec.encode([V, HELLO, INFO]) for _ in range(100)],
+        + [codec.encode([V, HELLO, INFO, "n" * 32, ""]) for _ in range(100)],
         "late_replies": [codec.encode([V, REP, big + i, STRANGER, 0, "late"]) for i in range(200)],
         "ignored": [codec.encode([V, HEARTBEAT, STRANGER, "b", 1, 0, 0]) for _ in range(100)]
         + [codec.encode([V, DIRECTORY, STRANGER, "b", 1, "+", ["a", "T"]]) for _ in range(100)]
@@ -251,8 +254,8 @@ def malformed(rng: random.Random) -> list[bytes]:
     codec = Codec(lambda *ref: ref)
     valid = [
         codec.encode(request(kwargs={"value": "x" * 50, "n": [1, 2.5, None, b"\x00"]})),
-        codec.encode([V, HELLO, INFO]),
-        codec.encode([V, WELCOME, INFO, 3, [["a" * 32, "mod.T"]], [INFO]]),
+        codec.encode([V, HELLO, INFO, "n" * 32, ""]),
+        codec.encode([V, WELCOME, INFO, 3, [["a" * 32, "mod.T"]], [INFO], ""]),
         codec.encode([V, REP, 1, STRANGER, 0, {"k": [1, 2, 3]}]),
         codec.encode([V, CTRL, 1, STRANGER, "b", 100, "spawn", {"type": "x.Y", "id": "i"}]),
     ]

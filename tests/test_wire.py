@@ -50,7 +50,7 @@ FUZZ_LIGHT = settings(FUZZ, max_examples=150)
 
 # -- realistic values, shaped like what zcell.node and zcell.hosting send ---------------
 
-V = 1
+V = wire.PROTOCOL_VERSION
 NODE = "3f2a9c0d1e4b5a67"  # uuid4().hex[:16]
 BOOT = "9b1c2d3e"  # uuid4().hex[:8]
 PEER = "77aa01bc99de4f10"
@@ -167,7 +167,8 @@ SAMPLES: dict[str, list[Any]] = {
     "rep-scatter-ok": [V, REP, 18, PEER, OK, [ACTOR, {"lines": 4}]],
     "rep-scatter-declined": [V, REP, 18, PEER, DECLINED, [ACTOR, None]],
     "rep-without-value": [V, REP, 17, PEER, OK],
-    "hello": [V, HELLO, info(types=[TYPE], started=1718000000.25)],
+    "hello": [V, HELLO, info(types=[TYPE], started=1718000000.25), "9f" * 16, ""],
+    "hello-answer": [V, HELLO, info(), "9f" * 16, "3c" * 16],
     "welcome": [
         V,
         WELCOME,
@@ -175,8 +176,9 @@ SAMPLES: dict[str, list[Any]] = {
         12,
         [[ACTOR, TYPE], [OTHER_ACTOR, "examples.counter.Counter"]],
         [info(id=PEER, boot=PEER_BOOT, name="other-1", inbox="tcp://10.0.0.7:5555")],
+        "3c" * 16,
     ],
-    "welcome-empty": [V, WELCOME, info(), 0, [], []],
+    "welcome-empty": [V, WELCOME, info(), 0, [], [], ""],
     "ctrl-spawn": [
         V,
         CTRL,
@@ -256,7 +258,7 @@ def packb(value: Any) -> bytes:
 
 def test_the_protocol_numbers_are_pinned() -> None:
     # Changing any of these is a new protocol version.
-    assert wire.PROTOCOL_VERSION == 1
+    assert wire.PROTOCOL_VERSION == 2
     assert wire.EXT_PROXY == 1
     assert (REQ, REP, HELLO, WELCOME, CTRL, SCATTER, HEARTBEAT, DIRECTORY, LEAVING, LEFT) == (
         1,
@@ -406,8 +408,8 @@ def test_any_msgpack_kwargs_round_trip_through_a_codec_without_proxy_factory(
 _LENGTHS = {
     REQ: 13,
     SCATTER: 13,
-    HELLO: 3,
-    WELCOME: 6,
+    HELLO: 5,
+    WELCOME: 7,
     CTRL: 8,
     HEARTBEAT: 7,
     DIRECTORY: 7,
@@ -454,9 +456,9 @@ def assert_well_formed(msg: Any) -> None:
         assert ttl is None or _is_int(ttl)
         assert isinstance(op, str) and isinstance(args, dict)
     elif kind == HELLO:
-        assert _is_node_info(msg[2])
+        assert _is_node_info(msg[2]) and isinstance(msg[3], str) and isinstance(msg[4], str)
     elif kind == WELCOME:
-        assert _is_node_info(msg[2]) and _is_int(msg[3])
+        assert _is_node_info(msg[2]) and _is_int(msg[3]) and isinstance(msg[6], str)
         assert isinstance(msg[4], list) and all(_is_actor_entry(e) for e in msg[4])
         assert isinstance(msg[5], list) and all(_is_node_info(m) for m in msg[5])
     elif kind == HEARTBEAT:
@@ -646,7 +648,8 @@ WRONG: dict[str, Any] = {
     "one-item": [V],
     "bare-header": [V, REQ],
     # version
-    "version-2": replace("heartbeat", 0, 2),
+    "version-next": replace("heartbeat", 0, V + 1),
+    "version-1": replace("heartbeat", 0, 1),  # before the knock (HELLO with a challenge)
     "version-0": replace("heartbeat", 0, 0),
     "version-str": replace("heartbeat", 0, "1"),
     "version-nil": replace("heartbeat", 0, None),
@@ -704,7 +707,9 @@ WRONG: dict[str, Any] = {
     "hello-info-int-inbox": with_info("hello", 2, inbox=41234),
     "hello-info-nil-boot": with_info("hello", 2, boot=None),
     "hello-long": [*SAMPLES["hello"], None],
-    "hello-short": SAMPLES["hello"][:2],
+    "hello-short": SAMPLES["hello"][:4],
+    "hello-nonce-nil": replace("hello", 3, None),
+    "hello-echo-bin": replace("hello", 4, b"3c"),
     # WELCOME
     "welcome-info-bad": with_info("welcome", 2, cluster=_DROP),
     "welcome-seq-str": replace("welcome", 3, "12"),
@@ -717,7 +722,8 @@ WRONG: dict[str, Any] = {
     "welcome-members-map": replace("welcome", 5, {"m": info()}),
     "welcome-member-list": replace("welcome", 5, [list(info().values())]),
     "welcome-member-no-pub": replace("welcome", 5, [{**info(), "pub": None}]),
-    "welcome-short": SAMPLES["welcome"][:5],
+    "welcome-short": SAMPLES["welcome"][:6],
+    "welcome-echo-nil": replace("welcome", 6, None),
     # CTRL
     "ctrl-rid-str": replace("ctrl-kill", wire.C_ID, "4"),
     "ctrl-src-nil": replace("ctrl-kill", wire.C_SRC, None),

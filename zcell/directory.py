@@ -29,6 +29,11 @@ class Member:
     types: set[str] = field(default_factory=set)
     started: float = 0.0  # wall clock, for uptime display only
     dealer: Any = None  # transport.Socket to its inbox
+    # The routing-id prefix of its connections to our inbox (see membership.py):
+    # frames that claim to be its own are accepted only from those.
+    prefix: bytes = b""
+    sub: Any = None  # transport.Socket subscribed to its PUB and heartbeat PUB only
+    reader: Any = None  # the greenlet reading ``sub``
     last_seen: float = field(default_factory=time.monotonic)
     subscribed: bool = False  # its SUB is connected to our PUB
     dir_seq: int = 0

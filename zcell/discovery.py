@@ -60,7 +60,6 @@ class PeerAd:
 
     cluster: str
     node_id: str
-    boot_id: str
     name: str
     inbox: str
     pub: str
@@ -75,7 +74,6 @@ class Discovery:
     Args:
         cluster: Mesh name; ads of other clusters are ignored.
         node_id: Unique per node start; also the service instance name (<= 63 bytes).
-        boot_id: Carried in the ad so restarts are recognisable.
         name: The node's human-readable name.
         host: The node's bind address: any 127.x uses mDNS on loopback only,
             ``"0.0.0.0"`` all interfaces, another address that interface.
@@ -95,7 +93,6 @@ class Discovery:
         *,
         cluster: str,
         node_id: str,
-        boot_id: str,
         name: str,
         host: str,
         inbox_port: int,
@@ -128,7 +125,6 @@ class Discovery:
         txt = {
             "cluster": cluster,
             "id": node_id,
-            "boot": boot_id,
             "name": name,
             "inbox": str(inbox_port),
             "pub": str(pub_port),
@@ -297,7 +293,7 @@ class Discovery:
             if txt["id"] == self.node_id:
                 return None
             proto, ports = int(txt["proto"]), [int(txt[k]) for k in ("inbox", "pub", "hb")]
-            if proto != PROTOCOL_VERSION or txt["secure"] not in ("0", "1") or not txt["boot"]:
+            if proto != PROTOCOL_VERSION or txt["secure"] not in ("0", "1"):
                 raise ValueError("foreign protocol version or malformed field")
             if not txt["id"] or not all(0 < port < 65536 for port in ports):
                 raise ValueError("malformed id or port")
@@ -305,9 +301,7 @@ class Discovery:
             host = _pick_address(v4, self._nets) or f"[{v6[0]}]"  # IndexError: none at all
             inbox, pub, hb = (f"tcp://{host}:{port}" for port in ports)
             sec = txt["secure"] == "1"
-            ad = PeerAd(
-                self.cluster, txt["id"], txt["boot"], txt["name"], inbox, pub, hb, sec, proto
-            )
+            ad = PeerAd(self.cluster, txt["id"], txt["name"], inbox, pub, hb, sec, proto)
         except (KeyError, ValueError, IndexError, UnicodeDecodeError):
             self.stats["bad_ads"] += 1
             log.debug("ignoring malformed zcell ad %s", info.name, exc_info=True)

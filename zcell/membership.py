@@ -1,17 +1,26 @@
 """Membership and liveness: who is in the mesh, first-hand.
 
-A node knows a peer only through direct contact: a HELLO it received or a
-WELCOME answering its own. Gossip (the member lists in WELCOMEs) and mDNS ads
-only suggest addresses to knock on. A member that stays silent for 2.6 heartbeat
-intervals is declared down: its actors leave the directory and calls in flight
+A node knows a peer only through direct contact, verified both ways: each side
+knocks (a HELLO with a challenge) on the inbox the other claims, and a peer
+becomes a member once it has sent our challenge back (docs/protocol.md §8). Its
+frames are then accepted only from its own connections (routing-id prefix) and
+its own SUB. Gossip (the member lists in WELCOMEs) and mDNS ads only suggest
+addresses to knock on; knocks are bounded and close their DEALERs when
+unanswered. A verified joiner whose name is taken is told so (REFUSED) on its
+own connection. A member that stays silent for 2.6 heartbeat intervals is
+declared down: its actors leave the directory and calls in flight
 to it fail with ``NodeDown``. This mixin also publishes the numbered changes to
 the node's own actors and pulls peers' snapshots when it sees a gap.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import time
+import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -46,6 +55,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("zcell.node")
 V = PROTOCOL_VERSION
+INF = float("inf")
+
+PREFIX = 12  # bytes of a connection's routing id that name the node behind it
+MAX_KNOCKS = 32  # unverified addresses being knocked on at once
+MAX_KNOCKS_PER_SOURCE = 2  # ... of which one connection's HELLOs (or gossip) may cause
+KNOCK_TIMEOUT = 2.0  # seconds an address has to answer a knock
+MAX_SEEDS = 256  # addresses (gossip, mDNS) kept to knock on again
+
+
+@dataclass
+class Knock:
+    """A HELLO we sent to an address, waiting for its challenge to come back."""
+
+    nonce: str
+    expiry: float
+    source: bytes  # routing prefix of the connection that made us knock (b"": ours)
+    answered: str = ""  # the address's own challenge we sent back (last one)
 
 
 class Membership:
@@ -60,7 +86,11 @@ class Membership:
     _dealers: dict[str, Socket]
     _dir_seq: Any
     _hb: HeartbeatThread | None
-    _hello_inflight: set[str]
+    _knocks: dict[str, Knock]
+    _by_prefix: dict[bytes, Member]
+    _route_key: bytes
+    _route_n: Any
+    _on_frame: Any  # a Node method
     _clashes: set[tuple[str, str]]
     _inbox: Any
     _info: Any  # a Node method
@@ -76,7 +106,6 @@ class Membership:
     _ports_lock: Any
     _seeds: dict[str, float]
     _state: Any
-    _sub: Any
     _subscribed: set[str]
     boot: Any
     cluster: Any
@@ -89,63 +118,156 @@ class Membership:
     secret: Any
     stats: dict[str, int]
 
+    def _routing_id(self, endpoint: str) -> bytes:
+        """The identity of a new DEALER of ours to ``endpoint``'s inbox.
+
+        Its first ``PREFIX`` bytes are the same for all our connections to that
+        endpoint (the loop's DEALER, each program thread's) and differ per
+        endpoint, so a peer learns only the prefix we use towards it; the
+        counter makes each connection's identity unique at its ROUTER.
+        """
+        digest = hashlib.blake2b(
+            endpoint.encode(), key=self._route_key, digest_size=PREFIX - 1
+        ).digest()
+        return b"z" + digest + next(self._route_n).to_bytes(4, "big")
+
     def _dealer_for(self, endpoint: str) -> Socket:
         dealer = self._dealers.get(endpoint)
         if dealer is None or dealer.closed:
             assert self._ctx is not None
             dealer = self._ctx.socket(zmq.DEALER, self._loop.hub)
-            dealer.connect(endpoint)
+            dealer.connect(endpoint, self._routing_id(endpoint))
             self._dealers[endpoint] = dealer
         return dealer
 
-    def _hello(self, endpoint: str) -> None:
-        """Introduce ourselves to the node at ``endpoint`` (it answers WELCOME)."""
-        if endpoint == self.endpoints.get("inbox") or endpoint in self._hello_inflight:
-            return
-        if any(m.inbox == endpoint for m in self._members.values()):
-            return
-        self._hello_inflight.add(endpoint)
-        gevent.spawn(self._hello_send, endpoint)
+    def _close_dealer(self, endpoint: str) -> None:
+        """Close our DEALER to ``endpoint`` (a peer gone, a knock unanswered)."""
+        dealer = self._dealers.pop(endpoint, None)
+        if dealer is not None:
+            dealer.close()
+            if self._ctx is not None and dealer in self._ctx.sockets:
+                self._ctx.sockets.remove(dealer)
 
-    def _hello_send(self, endpoint: str) -> None:
+    def _sender(self, routing: bytes | None, via: Member | None) -> Member | None:
+        """The member a frame came from: the one whose connection (inbox) or
+        whose PUB (``via``) carried it; None for a stranger's."""
+        if via is not None:
+            return via
+        if routing is None:
+            return None
+        return self._by_prefix.get(routing[:PREFIX])
+
+    def _hello(self, endpoint: str, echo: str = "", source: bytes = b"") -> None:
+        """Knock on ``endpoint``: a HELLO with a fresh challenge, answering ``echo``.
+
+        Whoever answers the challenge (a HELLO or WELCOME echoing it) is at that
+        address: that is how a node is verified before it becomes a member.
+        Knocks are bounded (``MAX_KNOCKS``, ``MAX_KNOCKS_PER_SOURCE`` for those
+        one connection's HELLOs cause) and expire after ``KNOCK_TIMEOUT``; a
+        knock that is not answered closes its DEALER.
+        """
+        if endpoint == self.endpoints.get("inbox"):
+            return
+        knock = self._knocks.get(endpoint)
+        if knock is None:
+            if not echo and any(m.inbox == endpoint for m in self._members.values()):
+                return
+            busy = len(self._knocks) >= MAX_KNOCKS or (
+                source
+                and sum(1 for k in self._knocks.values() if k.source == source)
+                >= MAX_KNOCKS_PER_SOURCE
+            )
+            if busy:
+                self.stats["refused_knocks"] += 1
+                return
+            knock = Knock(uuid.uuid4().hex, time.monotonic() + KNOCK_TIMEOUT, source)
+            self._knocks[endpoint] = knock
+        elif not echo:
+            return  # already knocking there
+        if echo:
+            knock.answered = echo
+        frame = self._codec.encode([V, HELLO, self._info(), knock.nonce, echo])
+        gevent.spawn(self._hello_send, endpoint, frame)
+
+    def _hello_send(self, endpoint: str, frame: bytes) -> None:
         try:
             dealer = self._dealer_for(endpoint)
-            dealer.send(self._codec.encode([V, HELLO, self._info()]), time.monotonic() + 1.0)
-            # Nothing else comes back on this DEALER: a frame here can only be
-            # the node at `endpoint` refusing us (the WELCOME comes to our inbox).
-            frame = dealer.recv_until(time.monotonic() + 1.0)
-            if frame is not None:
-                self._on_refusal(frame, endpoint)
+            dealer.send(frame, time.monotonic() + KNOCK_TIMEOUT)
         except (ZcellError, OSError) as exc:
             log.debug("zcell: hello to %s not delivered yet: %s", endpoint, exc)
-        finally:
-            self._hello_inflight.discard(endpoint)
 
-    def _on_refusal(self, frame: bytes, endpoint: str) -> None:
-        """A refusal that answers our own HELLO (this boot) stops us; others are dropped."""
+    def _answers_knock(self, endpoint: str, echo: str) -> bool:
+        """Whether ``echo`` is the challenge we sent to ``endpoint`` (still valid)."""
+        knock = self._knocks.get(endpoint)
+        return bool(echo) and knock is not None and hmac.compare_digest(knock.nonce, echo)
+
+    def _expire_knocks(self, now: float) -> None:
+        """Forget unanswered knocks, closing DEALERs that no member uses."""
+        inboxes = {m.inbox for m in self._members.values()}
+        for endpoint, knock in list(self._knocks.items()):
+            if knock.expiry < now:
+                del self._knocks[endpoint]
+                if endpoint not in inboxes:
+                    self._close_dealer(endpoint)
+
+    def _drain_dealers(self) -> None:
+        """Read what came back on our DEALERs, before a queue fills (see
+        ``Context.raw_socket`` on libzmq's abort). Replies come to the inbox,
+        so the only frame a peer may send here is a REFUSED answering our HELLO:
+        it came from the node at that address, the one we knocked on."""
+        for endpoint, dealer in list(self._dealers.items()):
+            for frame in dealer.take_incoming():
+                self._on_dealer_frame(frame, endpoint)
+
+    def _on_dealer_frame(self, frame: bytes, endpoint: str) -> None:
+        """A refusal of this very node (id and boot) stops it (see ``Node._refused``);
+        a refusal of another is stale; anything else is a bad frame."""
         try:
             msg = self._codec.decode(frame)
         except ZcellError:
             self.stats["dropped_bad_frames"] += 1
             return
-        if msg[1] != REFUSED or msg[2] != self.id or msg[3] != self.boot:
+        if msg[1] != REFUSED:
+            self.stats["dropped_bad_frames"] += 1
+        elif msg[2] != self.id or msg[3] != self.boot:
             self.stats["dropped_stale"] += 1
-            return
-        self._refused(f"refused by the node at {endpoint}: {msg[4][:500]}")
+        else:
+            self._refused(f"refused by the node at {endpoint}: {msg[4][:500]}")
 
-    def _add_member(self, info: dict[str, Any]) -> Member | None:
-        if info["cluster"] != self.cluster or info["id"] == self.id:
-            if info["cluster"] != self.cluster:
-                self.stats["dropped_stale"] += 1
-            return None
+    def _in_cluster(self, info: dict[str, Any]) -> bool:
+        if info["cluster"] != self.cluster:
+            self.stats["dropped_stale"] += 1
+            return False
+        if info["id"] == self.id:
+            self.stats["dropped_forged"] += 1
+            return False
+        return True
+
+    def _add_member(self, info: dict[str, Any], routing: bytes) -> Member | None:
+        """Admit the node that answered our knock on ``info["inbox"]``.
+
+        ``routing`` is the identity of the connection the answer came on: its
+        prefix is the node's from now on. A live member is never taken over by
+        another node claiming its id (a restart has a new id).
+        """
         now = time.monotonic()
         if self._check_frozen(now) or (self._hb is not None and now < self._hb.quiet_until):
             return None  # just woke from a process stop: let the stale backlog drain
         member = self._members.get(info["id"])
         if member is not None:
-            if member.boot == info["boot"]:
-                member.last_seen = time.monotonic()
+            if member.boot == info["boot"] and member.inbox == info["inbox"]:
+                member.last_seen = now
+                self._bind(member, routing)
                 return member
+            if member.inbox != info["inbox"]:
+                self.stats["dropped_forged"] += 1
+                log.warning(
+                    "zcell: refused node at %s claiming the id of %s (at %s)",
+                    info["inbox"],
+                    member.name,
+                    member.inbox,
+                )
+                return None
             self._member_down(member, "restarted with a new boot id")
         # A node restarted on the same inbox address is a new member: the old
         # one is gone for good.
@@ -165,11 +287,8 @@ class Membership:
         member.dealer = self._dealer_for(member.inbox)
         member.subscribed = member.id in self._subscribed
         self._members[member.id] = member
-        try:
-            self._sub.connect(member.pub)
-            self._sub.connect(member.hb)
-        except ZcellError:
-            log.warning("zcell: cannot subscribe to %s", member.name)
+        self._bind(member, routing)
+        self._subscribe(member)
         log.info("zcell: %s joined (%s)", member.name, member.inbox)
         # Tell the others: a node that joined through us before this one did
         # would otherwise never hear of it (gossip suggests; they verify).
@@ -180,10 +299,54 @@ class Membership:
                 gevent.spawn(self._send_quiet, other, news)
         return member
 
-    def _welcome_frame(self, members: list[dict[str, Any]]) -> bytes:
+    def _bind(self, member: Member, routing: bytes) -> None:
+        """Frames claiming ``member`` are accepted from connections with this prefix."""
+        prefix = routing[:PREFIX]
+        if member.prefix != prefix:
+            if self._by_prefix.get(member.prefix) is member:
+                del self._by_prefix[member.prefix]
+            member.prefix = prefix
+        self._by_prefix[prefix] = member
+
+    def _subscribe(self, member: Member) -> None:
+        """A SUB of its own for each member: what arrives on it is that member's."""
+        assert self._ctx is not None
+        sub = self._ctx.socket(zmq.SUB, self._loop.hub)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        # A topic nothing is published on: its arrival at the member's XPUB
+        # tells it exactly when this SUB is connected.
+        sub.setsockopt(zmq.SUBSCRIBE, b"\xff" + self.id.encode())
+        member.sub = sub
+        try:
+            sub.connect(member.pub)
+            sub.connect(member.hb)
+        except ZcellError:
+            log.warning("zcell: cannot subscribe to %s", member.name)
+        member.reader = gevent.spawn(self._read_member, member, sub)
+
+    def _read_member(self, member: Member, sub: Socket) -> None:
+        for frame in sub.recv_loop():
+            self._on_frame(frame, True, None, member)
+
+    def _unsubscribe(self, member: Member) -> None:
+        sub, reader = member.sub, member.reader
+        member.sub = member.reader = None
+        if reader is not None and reader is not gevent.getcurrent():
+            reader.kill(block=False)
+        if sub is not None:
+            sub.close()
+            if self._ctx is not None and sub in self._ctx.sockets:
+                self._ctx.sockets.remove(sub)
+
+    def _welcome_frame(self, members: list[dict[str, Any]], echo: str = "") -> bytes:
         return self._codec.encode(
-            [V, WELCOME, self._info(), self._dir_seq, self.host_.snapshot(), members]
+            [V, WELCOME, self._info(), self._dir_seq, self.host_.snapshot(), members, echo]
         )
+
+    def _full_welcome(self, member: Member, echo: str) -> None:
+        """Our directory and the other members, for a node just verified."""
+        others = [self._member_info(m) for m in self._members.values() if m is not member]
+        gevent.spawn(self._send_quiet, member, self._welcome_frame(others, echo))
 
     def _name_clash(self, info: dict[str, Any]) -> tuple[str, bool] | None:
         """Why ``info``'s name is taken here, and whether to tell its node to go.
@@ -212,27 +375,38 @@ class Membership:
             go,
         )
 
-    def _on_hello(self, info: dict[str, Any], routing: bytes | None = None) -> None:
-        known = info["id"] in self._members
-        member = self._add_member(info)
-        if member is None:
-            clash = self._name_clash(info) if routing is not None else None
-            if clash is not None and clash[1]:
-                # Over the HELLO's own connection: only its sender can read it.
-                refusal = [V, REFUSED, info["id"], info["boot"], clash[0]]
-                self._inbox.send_coalesced(routing, self._codec.encode(refusal))
+    def _on_hello(self, msg: list[Any], routing: bytes | None) -> None:
+        info, nonce, echo = msg[2], msg[3], msg[4]
+        if routing is None or not self._in_cluster(info):
             return
-        welcome = self._welcome_frame(
-            [self._member_info(m) for m in self._members.values() if m.id != member.id]
-        )
-        gevent.spawn(self._welcome_and_sync, member, welcome, not known)
+        inbox = info["inbox"]
+        if self._answers_knock(inbox, echo) and self._knocks[inbox].answered == nonce:
+            # It answered the challenge we sent to its inbox (it is there), and
+            # we answered its own: both sides are verified. We admit it first
+            # and say so with a WELCOME; it admits us on that.
+            member = self._add_member(info, routing)
+            if member is not None:
+                self._full_welcome(member, nonce)
+            else:
+                self._refuse(info, routing)
+            return
+        # Not verified yet (or it is, but has not verified us): knock on the
+        # inbox it claims, answering its challenge. Only there does anything
+        # about us (our own info) go, never the other members.
+        self._hello(inbox, nonce, routing[:PREFIX])
 
-    def _welcome_and_sync(self, member: Member, welcome: bytes, sync: bool) -> None:
-        self._send_quiet(member, welcome)
-        if sync:
-            # A HELLO carries no directory: pull the newcomer's snapshot now
-            # (after our WELCOME, which makes us a member on its side).
-            self._resync(member)
+    def _refuse(self, info: dict[str, Any], routing: bytes) -> None:
+        """Tell a verified joiner whose name is taken here to go (if it should).
+
+        Sent over its HELLO's own connection (the joiner's DEALER to us), so only
+        that node reads it, and only once it answered our challenge: a stranger
+        learns nothing about members from a HELLO. No WELCOME follows, so the
+        joiner does not admit us either.
+        """
+        clash = self._name_clash(info)
+        if clash is not None and clash[1]:
+            refusal = [V, REFUSED, info["id"], info["boot"], clash[0]]
+            self._inbox.send_coalesced(routing, self._codec.encode(refusal))
 
     def _send_quiet(self, member: Member, frame: bytes) -> None:
         try:
@@ -251,9 +425,22 @@ class Membership:
             "hb": m.hb,
         }
 
-    def _on_welcome(self, msg: list[Any]) -> None:
-        info, seq, actors, members = msg[2], msg[3], msg[4], msg[5]
-        member = self._add_member(info)
+    def _on_welcome(self, msg: list[Any], routing: bytes | None) -> None:
+        info, seq, actors, members, echo = msg[2], msg[3], msg[4], msg[5], msg[6]
+        if routing is None or not self._in_cluster(info):
+            return
+        if self._answers_knock(info["inbox"], echo):
+            known = self._members.get(info["id"])
+            member = self._add_member(info, routing)
+            if member is not None and member is not known:
+                self._full_welcome(member, "")
+        else:
+            # News from a member: only over its own connection.
+            member = self._sender(routing, None)
+            if member is None or member.id != info["id"] or member.boot != info["boot"]:
+                self.stats["dropped_forged"] += 1
+                return
+            member.last_seen = time.monotonic()
         if member is None:
             return
         if seq >= member.dir_seq:  # welcomes may be overtaken by directory news
@@ -264,13 +451,26 @@ class Membership:
         now = time.monotonic()
         for other in members:
             if other["cluster"] == self.cluster and other["id"] not in self._members:
-                if other["id"] != self.id:
+                if other["id"] != self.id and len(self._seeds) < MAX_SEEDS:
                     self._seeds.setdefault(other["inbox"], now + 60.0)
-                    self._hello(other["inbox"])
+                    self._hello(other["inbox"], source=member.prefix)
 
-    def _on_heartbeat(self, msg: list[Any]) -> None:
+    def _claimed_by(self, msg: list[Any], via: Member | None, routing: bytes | None) -> Any:
+        """The member a piece of news names (msg[2], msg[3]: id, boot), if it
+        came from that member itself; None otherwise (forgeries counted)."""
         member = self._members.get(msg[2])
         if member is None or member.boot != msg[3]:
+            return None
+        if via is None and routing is None:
+            return member  # from this node itself
+        if self._sender(routing, via) is not member:
+            self.stats["dropped_forged"] += 1
+            return None
+        return member
+
+    def _on_heartbeat(self, msg: list[Any], via: Member | None = None) -> None:
+        member = self._claimed_by(msg, via, None)
+        if member is None:
             return
         member.last_seen = time.monotonic()
         member.load = msg[5]
@@ -278,9 +478,9 @@ class Membership:
         if (msg[4] > member.dir_seq or not member.synced) and not member.syncing:
             gevent.spawn(self._resync, member)
 
-    def _on_directory(self, msg: list[Any]) -> None:
-        member = self._members.get(msg[2])
-        if member is None or member.boot != msg[3]:
+    def _on_directory(self, msg: list[Any], via: Member | None = None) -> None:
+        member = self._claimed_by(msg, via, None)
+        if member is None:
             return
         seq, op, (actor_id, type_name) = msg[4], msg[5], msg[6]
         if seq <= member.dir_seq:
@@ -315,10 +515,13 @@ class Membership:
             self.directory.replace_node(member.id, actors)
             member.synced = True
 
-    def _on_leave(self, msg: list[Any], from_pub: bool = False) -> None:
-        member = self._members.get(msg[2])
-        if member is None or member.boot != msg[3]:
+    def _on_leave(
+        self, msg: list[Any], via: Member | None = None, routing: bytes | None = None
+    ) -> None:
+        member = self._claimed_by(msg, via, routing)
+        if member is None:
             return
+        from_pub = via is not None
         if msg[1] == LEAVING:
             member.leaving = True
         elif from_pub:
@@ -356,15 +559,14 @@ class Membership:
                 self._fail_pending(rid, result, error)
         # After failing them: a thread woken by this news finds its results failed.
         self._notify_pub.send(NOTIFY_DOWN + member.id.encode())
-        for endpoint in (member.pub, member.hb):
-            self._sub.disconnect(endpoint)
-        dealer = self._dealers.pop(member.inbox, None)
-        if dealer is not None:
-            dealer.close()
-            if self._ctx is not None and dealer in self._ctx.sockets:
-                self._ctx.sockets.remove(dealer)
-        # It may come back (a healed partition): keep knocking for a while.
-        if self._seeds.get(member.inbox, 0) != float("inf"):
+        if self._by_prefix.get(member.prefix) is member:
+            del self._by_prefix[member.prefix]
+        self._unsubscribe(member)
+        self._close_dealer(member.inbox)
+        self._knocks.pop(member.inbox, None)
+        # It may come back (a healed partition): keep knocking for a while (each
+        # knock opens a DEALER that closes again when nobody answers).
+        if self._seeds.get(member.inbox, 0) != INF:
             self._seeds[member.inbox] = time.monotonic() + 300.0
 
     def _actor_gone(self, actor_id: str) -> None:
@@ -427,6 +629,9 @@ class Membership:
                     else:
                         late = f"no reply from node {self._node_label(node_id)} to request {rid}"
                         self._fail_pending(rid, result, CallTimeout(f"{late} in time"))
+            # Before expiring knocks: a refusal may be waiting on a knock's DEALER.
+            self._drain_dealers()
+            self._expire_knocks(now)
             if now >= next_knock and not (self._hb and now < self._hb.quiet_until):
                 next_knock = now + 1.0
                 member_inboxes = {m.inbox for m in self._members.values()}
@@ -444,8 +649,8 @@ class Membership:
             return  # it could never complete a handshake with us
         self.stats["mdns_ads"] += 1
         member = self._members.get(ad.node_id)
-        if member is None:
-            self._seeds[ad.inbox] = time.monotonic() + 600.0
+        if member is None and (ad.inbox in self._seeds or len(self._seeds) < MAX_SEEDS):
+            self._seeds[ad.inbox] = max(self._seeds.get(ad.inbox, 0.0), time.monotonic() + 600.0)
             self._hello(ad.inbox)
 
     def _announce(self, op: str, actor_id: str, type_name: str) -> None:

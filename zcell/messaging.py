@@ -112,6 +112,8 @@ class Messaging:
     _ports_lock: Any
     _pub: Any
     _req_ids: Any
+    _sender: Any  # a Membership method
+    _throws: set[int]
     _run: Any  # a Node method
     _state: Any
     _thread_codecs: Any
@@ -238,6 +240,8 @@ class Messaging:
         if nowait:
             self._send_one(node_id, frame, deadline, in_loop)
             return None
+        if mode == "throw":
+            self._throws.add(rid)  # declined, it may be answered by another member
         result = self._request(node_id, frame, deadline, rid, in_loop)
         if mode == "call":
             return result
@@ -401,6 +405,7 @@ class Messaging:
 
     def _fail_pending(self, rid: int, result: Any, exc: BaseException) -> None:
         self._pending.pop(rid, None)
+        self._throws.discard(rid)
         if isinstance(result, ScatterResult):
             result.close()
         else:
@@ -409,8 +414,9 @@ class Messaging:
     def _cancel_pending(self, rid: int) -> None:
         if self._loop.in_loop():
             self._pending.pop(rid, None)
+            self._throws.discard(rid)
         elif self._state == "running":
-            self._loop.submit(self._pending.pop, rid, None)
+            self._loop.submit(self._cancel_pending, rid)
 
     def _scatter(
         self,
@@ -480,18 +486,29 @@ class Messaging:
         member = self._members.get(node_id)
         return member is not None and member.subscribed
 
-    def _on_reply(self, msg: list[Any]) -> None:
+    def _on_reply(self, msg: list[Any], routing: bytes | None = None) -> None:
         rid = msg[P_ID]
         entry = self._pending.get(rid)
         if entry is None:
             self.stats["late_replies"] += 1
             return
         src = msg[P_SRC]
-        if src != self.id and src not in self._members:
-            # Only members reply (a declined throw may be answered by any of them).
-            self.stats["dropped_stale"] += 1
-            return
         result = entry[0]
+        if routing is not None:
+            # Only the node asked replies, over its own connection (a declined
+            # throw may be answered by any member; a scatter by all of them).
+            sender = self._sender(routing, None)
+            if sender is None or sender.id != src:
+                self.stats["dropped_forged" if src in self._members else "dropped_stale"] += 1
+                return
+            if (
+                src != entry[1]
+                and rid not in self._throws
+                and not isinstance(result, ScatterResult)
+            ):
+                self.stats["dropped_forged"] += 1
+                return
+        self._throws.discard(rid)
         status = msg[P_STATUS]
         value = msg[5] if len(msg) > 5 else None
         if isinstance(result, ScatterResult):

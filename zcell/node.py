@@ -59,6 +59,7 @@ from .wire import (
     CTRL,
     DIRECTORY,
     F_DIRECT,
+    F_THROW,
     HEARTBEAT,
     HELLO,
     LEAVING,
@@ -153,11 +154,18 @@ class Node(Membership, Messaging):
         self._members: dict[str, Member] = {}
         self.directory = Directory()
         self._pending: dict[int, tuple[Any, str, float | None]] = {}
-        self._req_ids = itertools.count(1)
+        self._throws: set[int] = set()  # pending throws: any member may answer
+        # Request ids start at a random point: no stranger can guess a pending one
+        # (and replies are matched on the node asked as well: messaging._on_reply).
+        self._req_ids = itertools.count(int.from_bytes(os.urandom(5), "big") << 8)
         self._chains = itertools.count(int.from_bytes(os.urandom(4), "big") << 20)
         self._dir_seq = 0
         self._seeds: dict[str, float] = {}  # inbox endpoint -> expiry (inf: forever)
-        self._hello_inflight: set[str] = set()
+        self._knocks: dict[str, Any] = {}  # endpoint -> membership.Knock
+        # Routing-id prefix of a member's connections to our inbox -> the member.
+        self._by_prefix: dict[bytes, Member] = {}
+        self._route_key = os.urandom(16)  # keys our own DEALERs' routing ids
+        self._route_n = itertools.count(1)
         self._clashes: set[tuple[str, str]] = set()  # (name, node id) refused, logged once
         self._dealers: dict[str, Socket] = {}
         self._outbound: dict[str, Outbound] = {}
@@ -187,6 +195,8 @@ class Node(Membership, Messaging):
                 "nowait_failures",
                 "send_failures",
                 "name_clashes",
+                "dropped_forged",  # frames claiming a member (or us) on another's connection
+                "refused_knocks",  # HELLOs not answered: too many unverified joiners at once
                 "refused_auth",  # connections ZAP refused (no or another secret)
                 "undeliverable_replies",  # see statistics()
                 "mdns_ads",  # ads of peers of this cluster heard (each change)
@@ -275,13 +285,11 @@ class Node(Membership, Messaging):
         # Direct replies to a connection that is gone or full fail instead of
         # vanishing: they are counted (statistics()["undeliverable_replies"]).
         self._inbox.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A member's DEALER that reconnects keeps its routing id (membership.py):
+        # the new connection takes it over from the dead one.
+        self._inbox.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._pub = ctx.socket(zmq.XPUB, hub)
         self._pub.setsockopt(zmq.XPUB_NODROP, 1)
-        self._sub = ctx.socket(zmq.SUB, hub)
-        self._sub.setsockopt(zmq.SUBSCRIBE, b"")
-        # A topic nothing is published on: its arrival at a peer's XPUB tells
-        # that peer exactly when our SUB is connected.
-        self._sub.setsockopt(zmq.SUBSCRIBE, b"\xff" + self.id.encode())
         # Program threads waiting in their own ports hear of nodes going down here.
         self._notify_pub = ctx.zmq.socket(zmq.PUB)
         self._notify_pub.setsockopt(zmq.LINGER, 0)
@@ -296,7 +304,6 @@ class Node(Membership, Messaging):
             hb = hb.replace("0.0.0.0", inbox.split("//")[1].rsplit(":", 1)[0])
         self.endpoints = {"inbox": inbox, "pub": pub, "hb": hb}
         gevent.spawn(self._read_inbox)
-        gevent.spawn(self._read_sub)
         gevent.spawn(self._read_pub)
         gevent.spawn(self._housekeeping)
         for peer in self._peers:
@@ -318,7 +325,6 @@ class Node(Membership, Messaging):
         self._disc = Discovery(
             cluster=self.cluster,
             node_id=self.id,
-            boot_id=self.boot,
             name=self.name,
             host=self.host,
             inbox_port=port(self.endpoints["inbox"]),
@@ -480,10 +486,6 @@ class Node(Membership, Messaging):
                 while len(host.queue) > 10_000 and not self._pending:
                     host.wait_for_room()
 
-    def _read_sub(self) -> None:
-        for frame in self._sub.recv_loop():
-            self._on_frame(frame, from_pub=True)
-
     def _read_pub(self) -> None:
         # Subscription messages: b"\x01" (subscribe) / b"\x00" + topic.
         # Sends poke this reader; the recheck is a safety net, once a second so
@@ -500,7 +502,16 @@ class Node(Membership, Messaging):
                 if member is not None:
                     member.subscribed = data[0] == 1
 
-    def _on_frame(self, frame: bytes, from_pub: bool = False, routing: bytes | None = None) -> None:
+    def _on_frame(
+        self,
+        frame: bytes,
+        from_pub: bool = False,
+        routing: bytes | None = None,
+        via: Member | None = None,
+    ) -> None:
+        """Handle one frame: from our inbox (``routing``: the connection's
+        identity), from a member's PUB (``via``: that member), or from this node
+        itself (neither). Who a frame claims to be from is checked against that."""
         try:
             msg = self._codec.decode(frame)
         except ProtocolError as exc:
@@ -515,58 +526,81 @@ class Node(Membership, Messaging):
         kind = msg[1]
         try:
             if kind == REP:
-                self._on_reply(msg)
+                self._on_reply(msg, routing)
             elif kind == REQ:
-                if self._admit(msg):
+                if self._admit(msg, routing, via):
                     if msg[wire.R_FLAGS] & F_DIRECT and routing is not None:
                         msg.append(routing)  # the reply goes back on this connection
                     self.host_.request(msg)
             elif kind == SCATTER:
-                if self._admit(msg) and self._first_scatter(msg):
+                if self._admit(msg, routing, via) and self._first_scatter(msg):
                     self.host_.scatter(msg)
             elif kind == HEARTBEAT:
-                self._on_heartbeat(msg)
+                if via is not None:
+                    self._on_heartbeat(msg, via)
             elif kind == CTRL:
-                if self._admit_ctrl(msg):
+                if self._admit_ctrl(msg, routing):
                     gevent.spawn(self._on_ctrl, msg)
             elif kind == DIRECTORY:
-                self._on_directory(msg)
+                if via is not None:
+                    self._on_directory(msg, via)
             elif kind == HELLO:
-                self._on_hello(msg[2], routing)
+                self._on_hello(msg, routing)
             elif kind == WELCOME:
-                self._on_welcome(msg)
+                self._on_welcome(msg, routing)
             elif kind in (LEAVING, LEFT):
-                self._on_leave(msg, from_pub)
-            else:  # REFUSED counts only on the connection of our HELLO (_hello_send)
+                self._on_leave(msg, via, routing)
+            else:  # REFUSED counts only on the DEALER of our HELLO (_drain_dealers)
                 self.stats["dropped_stale"] += 1
         except Exception:
             self.stats["dropped_bad_frames"] += 1
             log.exception("zcell: message of kind %s could not be handled", kind)
 
-    def _admit(self, msg: list[Any]) -> bool:
-        """Requests only from current members (right boot id), and not past deadline."""
+    def _admit(self, msg: list[Any], routing: bytes | None, via: Member | None) -> bool:
+        """Requests only from current members (right boot id) over their own
+        connections, and not past deadline.
+
+        A declined throw that another member passes on (``F_THROW``, with the
+        actors that have seen it) keeps its caller as source: it is admitted
+        from any member's connection, as the protocol's one relay.
+        """
+        if routing is None and via is None:
+            return True  # from this node itself
         src = msg[wire.R_SRC]
-        if src != self.id:
-            now = time.monotonic()
-            # Right after a SIGSTOP/SIGCONT the inbox holds requests whose callers
-            # gave up long ago: check for that before admitting any of them. A
-            # stop shows as a jump of the clock, so every 10 ms is enough.
-            if now - self._frozen_checked > 0.01:
-                self._frozen_checked = now
-                self._check_frozen(now)
-            member = self._members.get(src)
-            if member is None or member.boot != msg[wire.R_BOOT]:
-                self.stats["dropped_stale"] += 1
+        now = time.monotonic()
+        # Right after a SIGSTOP/SIGCONT the inbox holds requests whose callers
+        # gave up long ago: check for that before admitting any of them. A
+        # stop shows as a jump of the clock, so every 10 ms is enough.
+        if now - self._frozen_checked > 0.01:
+            self._frozen_checked = now
+            self._check_frozen(now)
+        sender = self._sender(routing, via)
+        if sender is None or sender.id != src:
+            relayed = msg[1] == REQ and msg[wire.R_FLAGS] & F_THROW and msg[wire.R_SEEN]
+            if sender is None or not relayed:
+                self._drop_claim(src)
                 return False
-            member.last_seen = now
+        boot = self.boot if src == self.id else getattr(self._members.get(src), "boot", None)
+        if boot != msg[wire.R_BOOT]:
+            self.stats["dropped_stale"] += 1
+            return False
+        sender.last_seen = now
         return True
 
-    def _admit_ctrl(self, msg: list[Any]) -> bool:
+    def _drop_claim(self, src: str) -> None:
+        """Count a frame from a connection that is not its claimed sender's."""
+        forged = src == self.id or src in self._members
+        self.stats["dropped_forged" if forged else "dropped_stale"] += 1
+
+    def _admit_ctrl(self, msg: list[Any], routing: bytes | None) -> bool:
+        if routing is None:
+            return True  # from this node itself
         src = msg[C_SRC]
-        if src == self.id:
-            return True
-        member = self._members.get(src)
-        if member is None or member.boot != msg[wire.C_BOOT]:
+        sender = self._sender(routing, None)
+        if sender is None or sender.id != src:
+            self._drop_claim(src)
+            return False
+        if sender.boot != msg[wire.C_BOOT]:
             self.stats["dropped_stale"] += 1
             return False
         return True

@@ -142,6 +142,8 @@ class ThreadPort:
                 return entry[1]
             entry[1].close(linger=0)  # the node left and came back: a new connection
         sock = self._ctx.raw_socket(zmq.DEALER)
+        # The peer knows our connections by their routing id (membership.py).
+        sock.setsockopt(zmq.ROUTING_ID, self._node._routing_id(member.inbox))
         sock.connect(member.inbox)
         self._sockets[node_id] = (member, sock)
         return sock
@@ -316,6 +318,8 @@ class ThreadPort:
                     with self._lock:
                         if self._downs:
                             self._settle_downs()  # the loop left our calls to us
+                    if node_id not in self._sockets:  # that node went down: settled
+                        return result._flag._is_set
         finally:
             self._leave()
 
@@ -452,7 +456,7 @@ class ThreadPort:
             # member we are talking to is still there.
             if (
                 NOTIFY_DOWN + node_id.encode() in news
-                and self._node._members.get(node_id) is not self._sockets[node_id][0]
+                and self._node._members.get(node_id) is not self._sockets.get(node_id, (None,))[0]
             ):
                 raise NodeDown(
                     f"node {node_id} went down while the call was in flight; the outcome is unknown"
@@ -481,7 +485,15 @@ class ThreadPort:
                 self._downs.append((node_id, error))
                 return False
             self._drain_all(self._node._codec.decode)
+            self._drop_socket(node_id)
             return True
+
+    def _drop_socket(self, node_id: str) -> None:
+        """(Under the lock) close the DEALER to a node that went down."""
+        self._pollers.pop(node_id, None)
+        entry = self._sockets.pop(node_id, None)
+        if entry is not None:
+            entry[1].close(linger=0)
 
     def _settle_downs(self) -> None:
         """(Under the lock, by the thread) see ``settle``."""
@@ -489,6 +501,7 @@ class ThreadPort:
         downs, self._downs = self._downs, []
         pending = self._node._pending
         for node_id, error in downs:
+            self._drop_socket(node_id)
             for rid, (result, target) in list(self._calls.items()):
                 if target == node_id:
                     del self._calls[rid]

@@ -109,6 +109,14 @@ class Context:
         raw.setsockopt(zmq.RECONNECT_IVL, 100)
         raw.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         raw.setsockopt(zmq.CONNECT_TIMEOUT, 2000)
+        if kind in (zmq.ROUTER, zmq.XPUB):
+            # Sockets that bind, which anyone may connect to, send no ZMTP pings
+            # (they answer those of their peers). libzmq 4.3 aborts
+            # (`!_io_error`, stream_engine_base.cpp:310) when the ping timer of a
+            # connection fires after its input stopped (we read slower than that
+            # peer sends) and the peer then hung up: a stranger could do that.
+            # Our DEALERs and SUBs, which connect, keep their pings.
+            raw.setsockopt(zmq.HEARTBEAT_IVL, 0)
         if kind == zmq.DEALER:
             # Queue only on completed connections: a peer that is not there
             # back-pressures the sender instead of swallowing messages.
@@ -187,8 +195,11 @@ class Socket:
     def closed(self) -> bool:
         return self._closed
 
-    def connect(self, endpoint: str) -> None:
+    def connect(self, endpoint: str, routing_id: bytes | None = None) -> None:
+        """Connect; ``routing_id``: the identity the peer's ROUTER sees (DEALER)."""
         try:
+            if routing_id is not None:
+                self.raw.setsockopt(zmq.ROUTING_ID, routing_id)
             self.raw.connect(endpoint)
         except zmq.ZMQError as exc:
             raise ZcellError(f"cannot connect to {endpoint!r}: {exc}") from exc
@@ -375,27 +386,6 @@ class Socket:
 
     # -- receiving -----------------------------------------------------------
 
-    def recv_until(self, deadline: float) -> bytes | None:
-        """One frame, waiting (cooperatively) until ``deadline``; None if none came.
-
-        For a socket nobody reads otherwise (a DEALER that is mostly written):
-        a reply to what was sent on it. Raises ``TransportClosed`` once closed.
-        """
-        while True:
-            try:
-                frame: bytes = self.raw.recv(_NOBLOCK)
-                return frame
-            except _AGAIN:
-                pass
-            except zmq.ZMQError as exc:
-                raise self._error(exc) from exc
-            if _events(self.raw) & _POLLIN:
-                continue
-            try:
-                self._wait_fd(deadline)
-            except CallTimeout:
-                return None
-
     def recv_loop(
         self, recheck: float | None = None, settle: Callable[[], None] | None = None
     ) -> Iterator[Any]:
@@ -447,6 +437,23 @@ class Socket:
             else:
                 with gevent.Timeout(recheck, False):
                     wait(watcher)
+
+    def take_incoming(self, limit: int = 1000) -> list[bytes]:
+        """Read what waits on a socket nobody reads otherwise (a DEALER whose
+        replies come to the inbox), so that its input never stops.
+
+        Skipped while a sender waits on the socket: reading EVENTS could take
+        the edge it waits for (a later sender checks EVENTS before it waits).
+        """
+        frames: list[bytes] = []
+        if self._send_lock is not None:
+            return frames
+        try:
+            while len(frames) < limit and not self._closed and _events(self.raw) & _POLLIN:
+                frames.append(self.raw.recv(_NOBLOCK))
+        except zmq.ZMQError:
+            pass
+        return frames
 
     def close(self) -> None:
         if self._closed:

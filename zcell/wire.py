@@ -20,14 +20,14 @@ import msgpack
 
 from .errors import ProtocolError, SerializationError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: HELLO and WELCOME carry a challenge and its answer
 EXT_PROXY = 1
 
 # Message kinds. Field layouts (after [version, kind]) are in docs/protocol.md.
 REQ = 1  # request to an actor (send, call, throw, emit delivery)
 REP = 2  # reply to a request or a control call
-HELLO = 3  # "I am here": node info; asks for a WELCOME
-WELCOME = 4  # node info + directory snapshot + known members
+HELLO = 3  # "I am here": node info + a challenge (+ the answer to one); a knock
+WELCOME = 4  # node info + directory snapshot + known members (+ an answer)
 CTRL = 5  # control call to a node: spawn, kill, bind, unbind, snapshot
 SCATTER = 6  # request to every actor of a type (over PUB, or direct)
 HEARTBEAT = 7  # liveness, from the heartbeat thread
@@ -52,8 +52,8 @@ DECLINED = 3  # handler raised Next (scatter): no value
 _LENGTHS = {
     REQ: 13,
     REP: 5,
-    HELLO: 3,
-    WELCOME: 6,
+    HELLO: 5,
+    WELCOME: 7,
     CTRL: 8,
     SCATTER: 13,
     HEARTBEAT: 7,
@@ -226,11 +226,11 @@ def check(msg: Any) -> None:
         ):
             raise ProtocolError("malformed control call")
     elif kind == HELLO:
-        if not isinstance(msg[2], dict):
+        if not isinstance(msg[2], dict) or type(msg[3]) is not str or type(msg[4]) is not str:
             raise ProtocolError("malformed hello")
         check_node_info(msg[2])
     elif kind == WELCOME:
-        if not isinstance(msg[2], dict) or type(msg[3]) is not int:
+        if not isinstance(msg[2], dict) or type(msg[3]) is not int or type(msg[6]) is not str:
             raise ProtocolError("malformed welcome")
         check_node_info(msg[2])
         check_actor_list(msg[4])
