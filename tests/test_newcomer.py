@@ -20,6 +20,8 @@ import msgpack
 import pytest
 import zmq
 from conftest import SLOW, child_env, start_zcell_node, wait_until
+from test_hostile import raw_dealers
+from test_stranger import fake_info, packed, received, stranger_inbox
 from zcell_test_actors import Echo
 
 from zcell import CallTimeout, Node, NodeStopped, wire
@@ -141,6 +143,55 @@ def test_a_refusal_answered_to_a_stale_hello_is_counted_and_ignored(make_node):
         assert node.failure is None
     finally:
         fake.close()
+
+
+def test_a_taken_name_is_refused_only_to_a_verified_joiner_on_its_own_connection(make_node):
+    """Issue 13 meets item 10: a HELLO under a taken name learns nothing until its
+    sender answered the challenge sent to the inbox it claims; then the refusal
+    comes back on the connection of that HELLO, and no WELCOME follows."""
+    hub = make_node("hub")
+    make_node("twin", peers=[hub.endpoints["inbox"]])
+    hub.wait_for(nodes=2, timeout=10 * SLOW)
+    nonce = "7" * 32
+    with stranger_inbox() as (inbox, endpoint), raw_dealers(hub.endpoints["inbox"]) as (dealer,):
+        me = fake_info(1, hub.cluster, 0)
+        me.update(name="twin", inbox=endpoint, pub=endpoint, hb=endpoint, started=time.time())
+        dealer.send(packed([wire.PROTOCOL_VERSION, wire.HELLO, me, nonce, ""]))
+        assert inbox.poll(5000 * SLOW), "the hub did not knock on the inbox we claim"
+        knock = msgpack.unpackb(inbox.recv_multipart()[-1], raw=False)
+        assert knock[1] == wire.HELLO and knock[4] == nonce
+        assert not dealer.poll(300), "refused before it answered the challenge"
+        dealer.send(packed([wire.PROTOCOL_VERSION, wire.HELLO, me, nonce, knock[3]]))
+        assert dealer.poll(5000 * SLOW), "no refusal on the HELLO's connection"
+        refusal = msgpack.unpackb(dealer.recv(), raw=False)
+        assert refusal[:4] == [wire.PROTOCOL_VERSION, wire.REFUSED, me["id"], me["boot"]]
+        assert "already used by node twin" in refusal[4], refusal
+        later = [msgpack.unpackb(f, raw=False)[1] for f in received(inbox, 0.3)]
+    assert wire.WELCOME not in later
+    assert me["id"] not in hub._members
+    assert hub.statistics()["name_clashes"] >= 1
+
+
+def test_in_its_first_seconds_the_node_knocked_on_can_refuse_a_node_other_frames_are_bad(
+    make_node,
+):
+    """What comes back on a knock's DEALER is drained: a REFUSED for this node goes
+    to the refusal check (docs/security.md: the node knocked on can refuse a
+    node in its first seconds), anything else is counted as a bad frame."""
+    with stranger_inbox() as (fake, endpoint):
+        node = Node("knocker", discovery="static", peers=[endpoint])
+        try:
+            node.start()
+            assert fake.poll(5000 * SLOW)
+            routing, _hello = fake.recv_multipart()
+            refusal = [wire.PROTOCOL_VERSION, wire.REFUSED, node.id, node.boot, "name taken"]
+            fake.send_multipart([routing, b"\xc1garbage", packed(refusal)])
+            wait_until(lambda: node.failure is not None, 5, "the refusal")
+        finally:
+            node.stop(timeout=0.5)
+    assert node.statistics()["dropped_bad_frames"] >= 1
+    assert isinstance(node.failure, NameTaken)
+    assert "refused by the node at " + endpoint in str(node.failure)
 
 
 # ------------------------------------------------------------- 19. secrets
