@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import subprocess
 import time
 import uuid
@@ -192,6 +193,29 @@ def test_in_its_first_seconds_the_node_knocked_on_can_refuse_a_node_other_frames
     assert node.statistics()["dropped_bad_frames"] >= 1
     assert isinstance(node.failure, NameTaken)
     assert "refused by the node at " + endpoint in str(node.failure)
+
+
+def test_past_its_first_seconds_a_node_only_logs_a_refusal_from_the_node_knocked_on(
+    make_node, caplog
+):
+    """Nobody can stop an established node by refusing its knock (issue 13): a
+    static peer's address keeps being knocked on, whoever sits there."""
+    with stranger_inbox() as (fake, endpoint):
+        node = make_node("old", peers=[endpoint], heartbeat=0.2)
+        time.sleep(5.2)  # past max(5 s, 5 heartbeats): the refusal window
+        received(fake, 0.05)  # the knocks so far
+        assert fake.poll(5000 * SLOW), "no knock on the static peer"
+        routing, _hello = fake.recv_multipart()
+        refusal = [wire.PROTOCOL_VERSION, wire.REFUSED, node.id, node.boot, "name taken"]
+        with caplog.at_level(logging.ERROR, logger="zcell.node"):
+            fake.send_multipart([routing, packed(refusal)])
+            wait_until(
+                lambda: any("past its start" in r.getMessage() for r in caplog.records),
+                5,
+                "the refusal to be logged",
+            )
+    assert node.failure is None
+    assert node.nodes()[0]["name"] == "old"  # still running
 
 
 # ------------------------------------------------------------- 19. secrets
