@@ -275,7 +275,7 @@ class Membership:
             if old.inbox == info["inbox"]:
                 self._member_down(old, "replaced by a new node at the same address")
         # Names are unique in a mesh: a second node under a name in use is refused
-        # (told so when it knocked: see _on_hello; let in once the name is free).
+        # (told so once its knock is verified: _refuse; let in once the name is free).
         clash = self._name_clash(info)
         if clash is not None:
             self.stats["name_clashes"] += 1
