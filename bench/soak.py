@@ -37,6 +37,7 @@ from __future__ import annotations
 # Only the standard library at import time, as in bench.mesh.
 import argparse
 import collections
+import functools
 import json
 import os
 import random
@@ -186,10 +187,13 @@ def _client_rounds(node: Any, A: Any, seconds: float, cfg: dict[str, Any]) -> di
     next_stats = 0.0
     i = 0
 
+    def echo(x: int, timeout: float | None = None) -> None:
+        _check(ping.send.ping(x=x, timeout=timeout), x)
+
     def short_lived(base: int) -> None:
         """A thread that makes a few calls and ends (its port should go with it)."""
         for k in range(cfg["thread_calls"]):
-            tr.attempt("thread.send", lambda k=k: _check(ping.send.ping(x=base + k), base + k))
+            tr.attempt("thread.send", functools.partial(echo, base + k))
         tr.attempt("thread.call", lambda: ping.call.ping(x=base).get(timeout=timeout))
         tr.attempt("thread.nowait", lambda: sink.send.hit(x=base, nowait=True))
         with tr.lock:
@@ -197,13 +201,13 @@ def _client_rounds(node: Any, A: Any, seconds: float, cfg: dict[str, Any]) -> di
 
     def main_ops(i: int) -> None:
         """One round of the main thread: every primitive once, a spawn, kills past the pool."""
-        tr.attempt("send", lambda: _check(ping.send.ping(x=i, timeout=timeout), i))
+        tr.attempt("send", functools.partial(echo, i, timeout))
         calls = [ping.call.ping(x=i + k) for k in range(cfg["calls"])]
         tr.attempt("call", lambda: [r.get(timeout=timeout) for r in calls])
         tr.attempt("throw", lambda: _check(worker.throw.work(x=i, timeout=timeout), i))
         tr.attempt("scatter", lambda: list(gather.scatter.ping(x=i, timeout=timeout)))
         for k in range(cfg["nowait"]):
-            tr.attempt("nowait", lambda k=k: sink.send.hit(x=k, nowait=True))
+            tr.attempt("nowait", functools.partial(sink.send.hit, x=k, nowait=True))
         where = "subject" if i % 2 else None  # None: wherever placement puts it
         kind = rng.choice(kinds)
         ref = tr.attempt("spawn", lambda: node.spawn(kind, on=where, timeout=timeout))
@@ -211,7 +215,7 @@ def _client_rounds(node: Any, A: Any, seconds: float, cfg: dict[str, Any]) -> di
             pool.append(ref)
         while len(pool) > cfg["pool"]:
             old = pool.popleft()
-            tr.attempt("kill", lambda old=old: node.kill(old, timeout=timeout))
+            tr.attempt("kill", functools.partial(node.kill, old, timeout=timeout))
 
     while time.monotonic() < end:
         i += 1
@@ -536,7 +540,7 @@ def format_report(result: dict[str, Any]) -> str:
     """The verdict table, with the run's context beneath it."""
     from bench.report import _fmt, _table
 
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for metric, v in result["verdicts"].items():
         if v["verdict"] == "n/a":
             rows.append((metric, "-", "-", "-", "-", "n/a"))
