@@ -309,6 +309,27 @@ def verdicts(samples: list[dict[str, Any]], warmup_s: float, peers: int) -> dict
     return out
 
 
+def traffic_after_warmup(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
+    """The client's operations and errors (by kind) between the first sample past the
+    warm-up and the last: a soak whose levels stay flat because its traffic fails
+    is not a healthy one."""
+    after = [s for s in samples if s["t"] >= warmup_s and s.get("client_errors_by_kind")]
+    after = after or [s for s in samples if s["t"] >= warmup_s]
+    if len(after) < 2:
+        return {"ops": None, "errors": None, "errors_by_kind": {}}
+    first, last = after[0], after[-1]
+    kinds0, kinds1 = (
+        first.get("client_errors_by_kind") or {},
+        last.get("client_errors_by_kind") or {},
+    )
+    by_kind = {k: v - kinds0.get(k, 0) for k, v in sorted(kinds1.items()) if v - kinds0.get(k, 0)}
+    return {
+        "ops": last["client_ops"] - first["client_ops"],
+        "errors": last["client_errors"] - first["client_errors"],
+        "errors_by_kind": by_kind,
+    }
+
+
 def warmup_seconds(duration_s: float, fraction: float, minimum_s: float = 60.0) -> float:
     """*fraction* of the run, at least *minimum_s*, at most half the run (short runs)."""
     return min(max(fraction * duration_s, minimum_s), duration_s / 2)
@@ -462,6 +483,7 @@ def run_soak(
         "elapsed_s": round(time.monotonic() - t0, 1),
         "samples": samples,
         "verdicts": verdicts(samples, warmup, peers),
+        "after_warmup": traffic_after_warmup(samples, warmup),
         "churn": churn.events if churn is not None else [],
         "client": final,
         "children": [
@@ -513,8 +535,14 @@ def _sample_loop(
                 f"t={sample['t']:.0f}s subject rss {s['rss_mib']} MiB, fds {s['fds']} "
                 f"(sockets {s['sockets']}, eventfds {s['eventfds']}), members "
                 f"{(sample.get('stats') or {}).get('members')}, peers {sample['churn_alive']}, "
-                f"client errors {sample['client_errors']}"
+                f"client errors {sample['client_errors']} {_top(sample['client_errors_by_kind'])}"
             )
+
+
+def _top(counts: dict[str, int], n: int = 3) -> str:
+    """The *n* largest counts, for a progress line."""
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+    return ", ".join(f"{k} {v}" for k, v in top)
 
 
 def _sample(report: Any, subject: Any, client: Any, churn: _Churn, t0: float) -> dict[str, Any]:
@@ -529,6 +557,7 @@ def _sample(report: Any, subject: Any, client: Any, churn: _Churn, t0: float) ->
         "churn_alive": len(churn.alive),
         "client_ops": sum((report.get("ops") or {}).values()),
         "client_errors": sum((report.get("errors") or {}).values()),
+        "client_errors_by_kind": report.get("errors") or {},
         "threads_started": (report.get("threads") or {}).get("started"),
     }
 
@@ -573,11 +602,14 @@ def _context(result: dict[str, Any]) -> list[str]:
     client = result.get("client") or {}
     ops, errs = client.get("ops") or {}, client.get("errors") or {}
     actions = collections.Counter(e["action"] for e in result["churn"])
+    aw = result.get("after_warmup") or {}
     last = next((s["stats"] for s in reversed(result["samples"]) if s.get("stats")), None)
     lines = [
         f"client: {sum(ops.values()):,} ops ({', '.join(f'{k} {v:,}' for k, v in ops.items())})",
         f"client threads: {client.get('threads')}",
         "client errors: " + (", ".join(f"{k} {v:,}" for k, v in sorted(errs.items())) or "none"),
+        f"client after the warm-up: {aw.get('ops')} ops, {aw.get('errors')} errors "
+        + str(aw.get("errors_by_kind") or ""),
         f"churn: {dict(actions) or 'none'}",
         f"subject at the end: {last}",
     ]
