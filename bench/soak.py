@@ -458,7 +458,7 @@ def run_soak(
         if peers > 0:
             churn.start()
         t0 = time.monotonic()
-        final = _sample_loop(subject, client, churn, samples, t0, duration, interval, verbose)
+        _sample_loop(subject, client, churn, samples, final, t0, duration, interval, verbose)
     except (ChildError, TimeoutError, ValueError, KeyError) as exc:
         errors.append(f"{type(exc).__name__}: {exc}")
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: report what was sampled so far
@@ -499,13 +499,15 @@ def _sample_loop(
     client: Any,
     churn: _Churn,
     samples: list[dict[str, Any]],
+    final: dict[str, Any],
     t0: float,
     duration: float,
     interval: float,
     verbose: bool,
-) -> dict[str, Any]:
+) -> None:
     """Take a sample at every ``STATS`` line of the client (or every 3 intervals without
-    one) until the client prints its ``RESULT``; returns the client's final counters."""
+    one) until the client prints its ``RESULT``. *final* holds the client's latest
+    counters (its ``RESULT`` at the end; its last report if the run is cut short)."""
     from bench._proc import ChildError
 
     deadline = t0 + duration + 60.0  # the client's start-up and stop, with room to spare
@@ -521,11 +523,15 @@ def _sample_loop(
                 raise
             line = "STATS null"  # the client is silent: /proc still tells
         if line.startswith("RESULT "):
-            result: dict[str, Any] = json.loads(line[len("RESULT ") :])
-            return result
+            final.update(json.loads(line[len("RESULT ") :]))
+            return
         if not line.startswith("STATS "):
             continue
-        sample = _sample(json.loads(line[len("STATS ") :]), subject, client, churn, t0)
+        report = json.loads(line[len("STATS ") :])
+        for key in ("ops", "errors", "last_error", "threads"):
+            if report and key in report:
+                final[key] = report[key]
+        sample = _sample(report, subject, client, churn, t0)
         samples.append(sample)
         if sample["subject"] is None:
             raise ChildError(f"the subject (pid {subject.pid}) is gone\n{subject.stderr_tail()}")
