@@ -339,6 +339,30 @@ def warmup_seconds(duration_s: float, fraction: float, minimum_s: float = 60.0) 
 # --------------------------------------------------------------------------- orchestration
 
 
+def _wait(child: Any, timeout: float) -> int | None:
+    """*child*'s exit code once it exits by itself within *timeout* s, else None."""
+    import subprocess
+
+    try:
+        return int(child.proc.wait(timeout=timeout))
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def terminate(child: Any, timeout: float) -> int | None:
+    """SIGTERM *child* (a graceful stop for ``zcell node``) and wait up to *timeout*
+    seconds; its exit code, or None if it is still running (the caller kills it)."""
+    import subprocess
+
+    try:
+        os.kill(child.pid, signal.SIGTERM)
+        return int(child.proc.wait(timeout=timeout))
+    except ProcessLookupError:
+        return child.proc.poll()
+    except subprocess.TimeoutExpired:
+        return None
+
+
 class _Churn(threading.Thread):
     """Peers that join and leave the subject's mesh every *every* seconds."""
 
@@ -392,13 +416,7 @@ class _Churn(threading.Thread):
         self.stops += 1
         graceful = self.stops % 2 == 1
         t0 = time.monotonic()
-        rc: int | None
-        if graceful:
-            os.kill(child.pid, signal.SIGTERM)
-            try:
-                rc = child.proc.wait(timeout=15)
-            except Exception:  # subprocess.TimeoutExpired: a hung leave, killed below
-                rc = None
+        rc = terminate(child, 15.0) if graceful else None
         child.kill()
         if not graceful:
             rc = child.proc.returncode
@@ -459,6 +477,9 @@ def run_soak(
             churn.start()
         t0 = time.monotonic()
         _sample_loop(subject, client, churn, samples, final, t0, duration, interval, verbose)
+        # A clean end: the client stops its node and exits; the subject stops on SIGTERM.
+        final["client_exit"] = _wait(client, 15.0)
+        final["subject_exit_on_sigterm"] = terminate(subject, 15.0)
     except (ChildError, TimeoutError, ValueError, KeyError) as exc:
         errors.append(f"{type(exc).__name__}: {exc}")
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: report what was sampled so far
@@ -614,6 +635,8 @@ def _context(result: dict[str, Any]) -> list[str]:
     lines = [
         f"client: {sum(ops.values()):,} ops ({', '.join(f'{k} {v:,}' for k, v in ops.items())})",
         f"client threads: {client.get('threads')}",
+        f"exit codes: client {client.get('client_exit')} (None: did not exit within 15 s), "
+        f"subject on SIGTERM {client.get('subject_exit_on_sigterm')}",
         "client errors: " + (", ".join(f"{k} {v:,}" for k, v in sorted(errs.items())) or "none"),
         f"client after the warm-up: {aw.get('ops')} ops, {aw.get('errors')} errors "
         + str(aw.get("errors_by_kind") or ""),
