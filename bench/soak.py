@@ -424,6 +424,7 @@ class _Churn(threading.Thread):
         self.record(action, child.name, child.pid, rc=rc, seconds=round(time.monotonic() - t0, 2))
 
     def finish(self) -> None:
+        """Stop churning and kill the peers still alive (idempotent)."""
         self.stop_event.set()
         self.join(timeout=40)
         for child in self.children:
@@ -477,7 +478,9 @@ def run_soak(
             churn.start()
         t0 = time.monotonic()
         _sample_loop(subject, client, churn, samples, final, t0, duration, interval, verbose)
-        # A clean end: the client stops its node and exits; the subject stops on SIGTERM.
+        # A clean end: churn stops, the client stops its node and exits, the subject
+        # stops on SIGTERM.
+        churn.finish()
         final["client_exit"] = _wait(client, 15.0)
         final["subject_exit_on_sigterm"] = terminate(subject, 15.0)
     except (ChildError, TimeoutError, ValueError, KeyError) as exc:
