@@ -426,7 +426,8 @@ class _Churn(threading.Thread):
     def finish(self) -> None:
         """Stop churning and kill the peers still alive (idempotent)."""
         self.stop_event.set()
-        self.join(timeout=40)
+        if self.ident is not None:  # started (not with --peers 0)
+            self.join(timeout=40)
         for child in self.children:
             child.kill()
 
