@@ -314,8 +314,7 @@ def traffic_after_warmup(samples: list[dict[str, Any]], warmup_s: float) -> dict
     """The client's operations and errors (by kind) between the first sample past the
     warm-up and the last: a soak whose levels stay flat because its traffic fails
     is not a healthy one."""
-    after = [s for s in samples if s["t"] >= warmup_s and s.get("client_errors_by_kind")]
-    after = after or [s for s in samples if s["t"] >= warmup_s]
+    after = [s for s in samples if s["t"] >= warmup_s]
     if len(after) < 2:
         return {"ops": None, "errors": None, "errors_by_kind": {}}
     first, last = after[0], after[-1]

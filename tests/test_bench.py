@@ -224,6 +224,9 @@ def test_soak_smoke_run_reaps_its_children_and_writes_a_well_formed_report(
         assert ops.get(op, 0) > 0, (op, ops)
     assert result["client"]["threads"]["started"] > 0, result["client"]
     assert {"client_exit", "subject_exit_on_sigterm"} <= set(result["client"]), result["client"]
+    after = result["after_warmup"]
+    assert after["ops"] > 0 and isinstance(after["errors"], int), after
+    assert sum(after["errors_by_kind"].values()) == after["errors"], after
 
     expected = {f"{who}.{key}" for who in ("subject", "client") for key in PROC_METRICS}
     assert set(result["verdicts"]) == expected
