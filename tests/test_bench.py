@@ -177,3 +177,62 @@ def test_smoke_quick_run_records_placement_load_and_output_files(
         assert all(Path(p).is_file() and p.endswith(".png") for p in files["plots"])
     else:
         assert "matplotlib" in files["plots_skipped"], files
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_soak_smoke_run_reaps_its_children_and_writes_a_well_formed_report(
+    tmp_path: Path,
+) -> None:
+    """``python -m bench.soak --minutes 0.3``: it ends, every child it started (subject,
+    client, churning peers) is gone, and the JSON has samples and a verdict per metric.
+    Flatness is what the soak measures, not what this test asserts."""
+    from bench.soak import PROC_METRICS
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.soak", "--minutes", "0.3", "--churn-every", "1.5"]
+        + ["--out", str(tmp_path), "--no-plots"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = sorted(tmp_path.glob("soak-*.json"))
+    assert len(files) == 1, list(tmp_path.iterdir())
+    result = json.loads(files[0].read_text())
+    assert result["benchmark"] == "soak" and result["errors"] == [], result["errors"]
+
+    names = [c["name"] for c in result["children"]]
+    assert {"subject", "client"} <= set(names) and any(n.startswith("churn-") for n in names)
+    for child in result["children"]:
+        assert child["returncode"] is not None, child  # reaped by the runner
+        assert not Path(f"/proc/{child['pid']}").exists(), child
+    assert any(e["action"] == "join" for e in result["churn"]), result["churn"]
+
+    samples = result["samples"]
+    assert len(samples) >= 4, samples
+    assert [s["t"] for s in samples] == sorted(s["t"] for s in samples)
+    for s in samples:
+        for who in ("subject", "client"):
+            for key in PROC_METRICS:
+                assert positive(s[who][key]), (who, key, s)
+    assert any(s["stats"] and s["stats"]["members"] >= 2 for s in samples), samples
+
+    ops = result["client"]["ops"]
+    for op in ("send", "call", "throw", "scatter", "nowait", "spawn", "thread.send"):
+        assert ops.get(op, 0) > 0, (op, ops)
+    assert result["client"]["threads"]["started"] > 0, result["client"]
+    assert {"client_exit", "subject_exit_on_sigterm"} <= set(result["client"]), result["client"]
+    after = result["after_warmup"]
+    assert after["ops"] > 0 and isinstance(after["errors"], int), after
+    assert sum(after["errors_by_kind"].values()) == after["errors"], after
+
+    expected = {f"{who}.{key}" for who in ("subject", "client") for key in PROC_METRICS}
+    assert set(result["verdicts"]) == expected
+    for metric, v in result["verdicts"].items():
+        assert v["verdict"] in ("flat", "GROWS", "shrinks"), (metric, v)
+        for key in ("first", "last", "growth", "tolerance", "slope_per_hour"):
+            assert isinstance(v[key], int | float), (metric, key, v)
+        assert v["growth"] == pytest.approx(v["last"] - v["first"], abs=0.02), (metric, v)
+    assert "verdict" in proc.stdout and str(files[0]) in proc.stdout
