@@ -1,0 +1,115 @@
+"""Resources and races: the outbound queue's wake-ups, thread ports that end with
+their threads, and a directory that stays cheap with many actors.
+
+The outbound races are made deterministic with a real thread that pauses itself
+(``sys.settrace``) at the exact line where the race lies, while the node's real
+loop drains the queue.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from conftest import SLOW
+from zcell_test_actors import Echo
+
+from zcell import outbound
+
+# -- item 12: Outbound.put ---------------------------------------------------
+
+
+def _pause_in_put(line_has: str, when: Callable[[Any], bool]) -> Callable[..., Any]:
+    """A tracer for the current thread: the first time ``Outbound.put`` (or a method
+    it calls) is about to run a line containing ``line_has`` while ``when(outbound)`` holds, wait (up to
+    2 s) until the loop has emptied that queue and gone idle, then go on."""
+    done: list[bool] = []
+    source = Path(outbound.__file__).read_text().splitlines()
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line" and not done and line_has in source[frame.f_lineno - 1]:
+            out = frame.f_locals["self"]
+            if when(out):
+                done.append(True)
+                end = time.monotonic() + 2 * SLOW
+                while out._queue and time.monotonic() < end:
+                    time.sleep(0.001)
+                time.sleep(0.05)  # the sender greenlet goes back to sleep
+        return local
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        if frame.f_code.co_filename == outbound.__file__:
+            return local
+        return None
+
+    tracer.done = done  # type: ignore[attr-defined]
+    return tracer
+
+
+def _in_thread(fn: Callable[[], Any], timeout: float) -> Any:
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append(("ok", fn()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box.append(("error", exc))
+        finally:
+            sys.settrace(None)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "the sending thread is still blocked"
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def test_a_frame_queued_while_the_loop_drains_the_last_one_is_still_sent(make_node):
+    node = make_node("solo", actors=[Echo])
+    ref = node.spawn(Echo)
+    # A plain thread sending to its own node's actor goes through the outbound queue.
+    tracer = _pause_in_put("queue.append(", lambda out: bool(out._queue))
+
+    def sends() -> Any:
+        sys.settrace(tracer)
+        for i in range(2000):
+            ref.send.echo(value=i, nowait=True)
+            if tracer.done:  # type: ignore[attr-defined]
+                break
+        sys.settrace(None)
+        assert tracer.done, "never caught the queue non-empty at the append"  # type: ignore[attr-defined]
+        return [ref.send.echo(value=f"after {i}", timeout=2 * SLOW) for i in range(3)]
+
+    assert _in_thread(sends, 20 * SLOW) == ["after 0", "after 1", "after 2"]
+
+
+def test_a_full_queue_that_drains_before_the_wait_begins_does_not_sleep_a_deadline(make_node):
+    node = make_node("solo", actors=[Echo])
+    ref = node.spawn(Echo)
+    ref.send.echo(value=0)
+    limit = 1000
+    tracer = _pause_in_put("self._space = Flag()", lambda out: len(out._queue) >= limit)
+
+    def floods() -> float:
+        node._loop.submit(time.sleep, 0.3 * SLOW)  # the loop stops reading meanwhile
+        sys.settrace(tracer)
+        for i in range(limit):
+            ref.send.echo(value=i, nowait=True)
+        start = time.monotonic()
+        ref.send.echo(value="one more", nowait=True, timeout=10 * SLOW)  # waits for room
+        took = time.monotonic() - start
+        sys.settrace(None)
+        assert tracer.done  # type: ignore[attr-defined]
+        return took
+
+    took = _in_thread(floods, 30 * SLOW)
+    assert took < 3 * SLOW, f"waited {took:.1f}s for room in a queue that was empty"
+    assert ref.send.echo(value="last") == "last"
