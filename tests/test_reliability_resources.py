@@ -8,6 +8,8 @@ loop drains the queue.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import threading
 import time
@@ -16,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from conftest import SLOW
+from conftest import SLOW, child_env
 from zcell_test_actors import Echo
 
 from zcell import outbound
@@ -113,3 +115,100 @@ def test_a_full_queue_that_drains_before_the_wait_begins_does_not_sleep_a_deadli
     took = _in_thread(floods, 30 * SLOW)
     assert took < 3 * SLOW, f"waited {took:.1f}s for room in a queue that was empty"
     assert ref.send.echo(value="last") == "last"
+
+
+# -- item 16: a program thread's port ends with its thread ---------------------
+
+_MANY_THREADS = r"""
+import json, os, resource, sys, threading
+
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, hard))
+
+from zcell import Node, ZcellError
+from zcell_test_actors import Echo
+
+SLOW = float(os.environ.get("ZCELL_TEST_SLOW", "1"))
+server = Node("server", discovery="static", actors=[Echo]).start()
+client = Node("client", discovery="static", peers=[server.endpoints["inbox"]]).start()
+client.wait_for(nodes=2, timeout=10 * SLOW)
+ref = client.spawn(Echo, on="server")
+errors = []
+
+
+def fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def one(i):
+    try:
+        assert ref.send.echo(value=i) == i
+        assert ref.call.echo(value=-i).get(timeout=5 * SLOW) == -i
+    except Exception as exc:
+        errors.append(repr(exc))
+
+
+def threads(n, width):
+    peak = 0
+    for start in range(0, n, width):
+        batch = [threading.Thread(target=one, args=(start + k,)) for k in range(width)]
+        for t in batch:
+            t.start()
+        for t in batch:
+            t.join(30 * SLOW)
+        peak = max(peak, fds())
+    return peak
+
+
+before = fds()
+peak = threads(N_THREADS, 8)
+
+# With the descriptors used up, a new thread's call fails with a zcell error.
+filler = []
+try:
+    while True:
+        filler.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+exhausted = []
+def starved():
+    try:
+        ref.send.echo(value="starved", timeout=2 * SLOW)
+    except Exception as exc:
+        exhausted.append((isinstance(exc, ZcellError), type(exc).__name__, str(exc)))
+t = threading.Thread(target=starved)
+t.start()
+t.join(30 * SLOW)
+for fd in filler:
+    os.close(fd)
+threads(16, 8)  # and once there are descriptors again, threads work again
+
+late = Node("late", discovery="static", peers=[server.endpoints["inbox"]]).start()
+client.wait_for(nodes=3, timeout=10 * SLOW)
+late.wait_for(nodes=3, timeout=10 * SLOW)
+print(json.dumps({"before": before, "peak": peak, "errors": errors[:3], "n_errors": len(errors),
+                  "exhausted": exhausted, "ports": len(client._ports), "members": len(client.nodes())}))
+for node in (late, client, server):
+    node.stop(timeout=0.5)
+"""
+
+
+def test_thousands_of_short_lived_threads_do_not_run_out_of_descriptors():
+    script = _MANY_THREADS.replace("FD_LIMIT", "256").replace("N_THREADS", "2000")
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["n_errors"] == 0, report["errors"]
+    # Each thread's port is freed when the thread ends: the count stays flat.
+    assert report["peak"] < report["before"] + 80, report
+    assert report["ports"] < 50, report
+    # Out of descriptors, the caller gets a zcell error that says what to do.
+    assert len(report["exhausted"]) == 1 and report["exhausted"][0][0], report
+    assert "descriptor" in report["exhausted"][0][2], report
+    assert report["members"] == 3
