@@ -13,15 +13,18 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from conftest import SLOW, child_env
+from conftest import SLOW, child_env, wait_until
 from zcell_test_actors import Echo
 
 from zcell import outbound
+from zcell.actor import type_name_of
+from zcell.directory import Directory
 
 # -- item 12: Outbound.put ---------------------------------------------------
 
@@ -212,3 +215,101 @@ def test_thousands_of_short_lived_threads_do_not_run_out_of_descriptors():
     assert len(report["exhausted"]) == 1 and report["exhausted"][0][0], report
     assert "descriptor" in report["exhausted"][0][2], report
     assert report["members"] == 3
+
+
+# -- item 18: the directory's indexes ----------------------------------------
+
+
+def _directory(nodes: int, per_node: int, type_name: str = "T") -> Directory:
+    directory = Directory()
+    for n in range(nodes):
+        for i in range(per_node):
+            directory.add(f"a{n}-{i}", type_name, f"node{n}")
+    return directory
+
+
+def test_count_on_follows_adds_removes_and_replaced_nodes():
+    directory = _directory(3, 100)
+    assert [directory.count_on(f"node{n}") for n in range(3)] == [100, 100, 100]
+    directory.add("a0-0", "T", "node0")  # the same entry again (news after a spawn)
+    directory.remove("a0-1")
+    directory.add("a1-0", "T", "node2")  # an id now elsewhere
+    assert [directory.count_on(f"node{n}") for n in range(3)] == [99, 99, 101]
+    assert sorted(directory.remove_node("node1")) == sorted(f"a1-{i}" for i in range(1, 100))
+    directory.replace_node("node2", [["x", "T"], ["y", "U"]])
+    assert directory.count_on("node1") == 0 and directory.count_on("node2") == 2
+    assert directory.count_on("nowhere") == 0
+    assert set(directory.actors) == {f"a0-{i}" for i in range(100) if i != 1} | {"x", "y"}
+    assert set(directory.of_type("U")) == {"y"} and len(directory.of_type("T")) == 100
+
+
+def test_round_robin_visits_every_actor_of_a_type_once_per_cycle():
+    directory = _directory(4, 25)
+    directory.add("other", "U", "node0")
+    picks = [directory.next_of_type("T") for _ in range(200)]
+    assert all(p is not None and p[1] == directory.actors[p[0]][1] for p in picks)
+    ids = [p[0] for p in picks if p is not None]
+    assert sorted(ids[:100]) == sorted(ids[100:]) == sorted(directory.of_type("T"))
+    assert directory.next_of_type("U") == ("other", "node0")
+    assert directory.next_of_type("nothing") is None
+
+
+def test_round_robin_skips_excluded_actors_and_avoided_nodes():
+    directory = _directory(3, 50)
+    seen = {f"a0-{i}" for i in range(10)}
+    for _ in range(300):
+        picked = directory.next_of_type("T", exclude=seen, avoid={"node1"})
+        assert picked is not None and picked[0] not in seen and picked[1] != "node1"
+    # Only avoided nodes left: one of theirs rather than nothing.
+    picked = directory.next_of_type("T", avoid={"node0", "node1", "node2"})
+    assert picked is not None
+    assert directory.next_of_type("T", exclude=set(directory.of_type("T"))) is None
+
+
+def test_round_robin_stays_fair_while_actors_come_and_go():
+    directory = _directory(1, 10)
+    for i in range(10):
+        directory.remove(f"a0-{i}")
+        directory.add(f"b{i}", "T", "node1")
+    assert directory.count_on("node0") == 0
+    picks = {directory.next_of_type("T")[0] for _ in range(10)}  # type: ignore[index]
+    assert picks == {f"b{i}" for i in range(10)}
+
+
+def _host_many(node: Any, n: int) -> None:
+    """Start ``n`` Echo actors on ``node`` in its loop (spawning them one by one
+    through the API would take most of the test's time)."""
+    spawn, name = node.host_._spawn, type_name_of(Echo)
+    for start in range(0, n, 2000):
+        count = min(2000, n - start)
+        node._run(
+            lambda c=count: [
+                spawn({"type": name, "id": uuid.uuid4().hex}, node.id) for _ in range(c)
+            ]
+        )
+
+
+def test_with_twenty_thousand_actors_joins_spawns_and_throws_stay_correct(make_node):
+    big = make_node("big", actors=[Echo])
+    _host_many(big, 20000)
+    seed = [big.endpoints["inbox"]]
+    b = make_node("b", actors=[Echo], peers=seed)
+    c = make_node("c", actors=[Echo], peers=seed)  # b hears of it: no copy of big's actors
+    for node in (big, b, c):
+        node.wait_for(nodes=3, timeout=10 * SLOW)
+    wait_until(
+        lambda: b.directory.count_on(big.id) == c.directory.count_on(big.id) == 20000,
+        10,
+        "both newcomers see all of big's actors",
+    )
+    assert len(b.actors(Echo)) == 20000
+    # Placement: the least-loaded nodes that host the type, in turn.
+    placed = [b.spawn(Echo).node_id for _ in range(10)]
+    assert placed == [b.id, c.id] * 5
+    wait_until(lambda: big.directory.count_on(c.id) == 5, 5, "big hears of c's actors")
+    # Throws: round-robin over all 20010, so each goes to another actor.
+    ids = [b.lookup(next(iter(big.host_.actors))).throw.whoami()["id"] for _ in range(100)]
+    assert len(set(ids)) == 100
+    # The counts follow kills.
+    b.kill(b.lookup(next(iter(big.host_.actors))))
+    wait_until(lambda: c.directory.count_on(big.id) == 19999, 5, "c sees the kill")

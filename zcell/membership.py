@@ -164,15 +164,16 @@ class Membership:
         # would otherwise never hear of it (gossip suggests; they verify).
         others = [m for m in self._members.values() if m is not member]
         if others:
-            news = self._welcome_frame([self._member_info(member)])
+            # Without our actors: they have them, and a join must not cost
+            # every member a copy of every other member's directory.
+            news = self._welcome_frame([self._member_info(member)], snapshot=False)
             for other in others:
                 gevent.spawn(self._send_quiet, other, news)
         return member
 
-    def _welcome_frame(self, members: list[dict[str, Any]]) -> bytes:
-        return self._codec.encode(
-            [V, WELCOME, self._info(), self._dir_seq, self.host_.snapshot(), members]
-        )
+    def _welcome_frame(self, members: list[dict[str, Any]], snapshot: bool = True) -> bytes:
+        actors = self.host_.snapshot() if snapshot else None
+        return self._codec.encode([V, WELCOME, self._info(), self._dir_seq, actors, members])
 
     def _on_hello(self, info: dict[str, Any]) -> None:
         known = info["id"] in self._members
@@ -213,10 +214,11 @@ class Membership:
         member = self._add_member(info)
         if member is None:
             return
-        if seq >= member.dir_seq:  # welcomes may be overtaken by directory news
-            member.dir_seq = seq
-            self.directory.replace_node(member.id, actors)
-        member.synced = True
+        if actors is not None:  # None: news of a member, our copy stands (else resync)
+            if seq >= member.dir_seq:  # welcomes may be overtaken by directory news
+                member.dir_seq = seq
+                self.directory.replace_node(member.id, actors)
+            member.synced = True
         # Gossip only suggests addresses; membership needs first-hand contact.
         now = time.monotonic()
         for other in members:

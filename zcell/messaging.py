@@ -404,13 +404,10 @@ class Messaging:
         return self._encode(message)
 
     def _pick(self, type_name: str) -> tuple[str, str] | None:
+        """The actor a throw goes to: round-robin, not on a leaving node if possible."""
         # May run in a program thread: copy before iterating (the loop mutates).
         leaving = {m.id for m in list(self._members.values()) if m.leaving}
-        for _ in range(len(self.directory.of_type(type_name)) or 1):
-            picked = self.directory.next_of_type(type_name)
-            if picked is None or picked[1] not in leaving:
-                return picked
-        return picked
+        return self.directory.next_of_type(type_name, avoid=leaving)
 
     def _request(
         self, node_id: str, frame: bytes, deadline: float, rid: int, in_loop: bool
