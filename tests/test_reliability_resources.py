@@ -313,3 +313,17 @@ def test_with_twenty_thousand_actors_joins_spawns_and_throws_stay_correct(make_n
     # The counts follow kills.
     b.kill(b.lookup(next(iter(big.host_.actors))))
     wait_until(lambda: c.directory.count_on(big.id) == 19999, 5, "c sees the kill")
+
+
+def test_a_port_whose_thread_ended_with_a_call_in_flight_is_freed_after_the_reply(mesh):
+    a, b = mesh(2, actors=[Echo])
+    ref = a.spawn(Echo, on="n1")
+    results: list[Any] = []
+    before = len(a._ports)  # this thread's, if it has one
+    thread = threading.Thread(target=lambda: results.append(ref.call.sleep(seconds=0.3)))
+    thread.start()
+    thread.join(5 * SLOW)
+    assert len(a._ports) == before + 1  # the call's reply will come to that port
+    assert results[0].get(timeout=5 * SLOW) == 0.3  # waited on from another thread
+    wait_until(lambda: len(a._ports) == before, 5, "the ended thread's port is freed")
+    assert a.statistics()["messages_out"] >= 1  # what it counted is kept

@@ -211,6 +211,8 @@ class Messaging:
         """(Loop) Free the ports of threads that have ended; those whose calls
         still wait for replies are tried again a little later."""
         self._reap_scheduled = False
+        if self._state != "running":
+            return  # stopping closes every port
         with self._ports_lock:
             ended = [port for port in self._ports if port.ended]
         if not ended:
