@@ -179,6 +179,7 @@ SAMPLES: dict[str, list[Any]] = {
         "3c" * 16,
     ],
     "welcome-empty": [V, WELCOME, info(), 0, [], [], ""],
+    "welcome-news": [V, WELCOME, info(), 3, None, [info(id=PEER, boot=PEER_BOOT, name="o")], ""],
     "ctrl-spawn": [
         V,
         CTRL,
@@ -459,7 +460,9 @@ def assert_well_formed(msg: Any) -> None:
         assert _is_node_info(msg[2]) and isinstance(msg[3], str) and isinstance(msg[4], str)
     elif kind == WELCOME:
         assert _is_node_info(msg[2]) and _is_int(msg[3]) and isinstance(msg[6], str)
-        assert isinstance(msg[4], list) and all(_is_actor_entry(e) for e in msg[4])
+        # nil: news of another member, without the sender's actors
+        assert msg[4] is None or isinstance(msg[4], list)
+        assert msg[4] is None or all(_is_actor_entry(e) for e in msg[4])
         assert isinstance(msg[5], list) and all(_is_node_info(m) for m in msg[5])
     elif kind == HEARTBEAT:
         assert isinstance(msg[2], str) and isinstance(msg[3], str)

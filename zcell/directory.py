@@ -61,29 +61,57 @@ class Member:
 
 
 class Directory:
-    """Actor id -> (type, node id), with an ordered index by type."""
+    """Actor id -> (type, node id), indexed by type and by node.
+
+    Placement (``count_on``) and throws (``next_of_type``) run in callers'
+    threads on every spawn and throw, and a joining node replaces a member's
+    whole entry set: each costs O(1), or O(that node's actors), never
+    O(directory). Only the loop thread changes it; program threads read it.
+    """
 
     def __init__(self) -> None:
         self.actors: dict[str, tuple[str, str]] = {}
         self.by_type: dict[str, dict[str, str]] = {}
+        self._by_node: dict[str, dict[str, None]] = {}  # node id -> its actor ids
+        # Per type, the ids in round-robin order, and each id's place there.
+        self._order: dict[str, list[str]] = {}
+        self._place: dict[str, int] = {}
         self._rr: dict[str, int] = {}
 
     def add(self, actor_id: str, type_name: str, node_id: str) -> None:
-        self.actors[actor_id] = (type_name, node_id)
+        entry = (type_name, node_id)
+        old = self.actors.get(actor_id)
+        if old == entry:
+            return  # the same news twice (a spawn's own add, then its DIRECTORY)
+        if old is not None:
+            self.remove(actor_id)
+        self.actors[actor_id] = entry
         self.by_type.setdefault(type_name, {})[actor_id] = node_id
+        self._by_node.setdefault(node_id, {})[actor_id] = None
+        order = self._order.setdefault(type_name, [])
+        self._place[actor_id] = len(order)
+        order.append(actor_id)
 
     def remove(self, actor_id: str) -> tuple[str, str] | None:
         entry = self.actors.pop(actor_id, None)
-        if entry is not None:
-            group = self.by_type.get(entry[0])
-            if group is not None:
-                group.pop(actor_id, None)
-                if not group:
-                    del self.by_type[entry[0]]
+        if entry is None:
+            return None
+        type_name, node_id = entry
+        _discard(self.by_type, type_name, actor_id)
+        _discard(self._by_node, node_id, actor_id)
+        # Swap the last id into the gap: O(1), and the cycle still visits each once.
+        order = self._order[type_name]
+        place = self._place.pop(actor_id)
+        last = order.pop()
+        if last != actor_id:
+            order[place] = last
+            self._place[last] = place
+        if not order:
+            del self._order[type_name]
         return entry
 
     def remove_node(self, node_id: str) -> list[str]:
-        gone = [a for a, (_, n) in self.actors.items() if n == node_id]
+        gone = list(self._by_node.get(node_id, ()))
         for actor_id in gone:
             self.remove(actor_id)
         return gone
@@ -97,25 +125,64 @@ class Directory:
         return self.by_type.get(type_name, {})
 
     def count_on(self, node_id: str) -> int:
-        return sum(1 for _, n in list(self.actors.values()) if n == node_id)
+        return len(self._by_node.get(node_id, ()))
 
     def next_of_type(
-        self, type_name: str, exclude: set[str] | None = None
+        self, type_name: str, exclude: set[str] | None = None, avoid: set[str] | None = None
     ) -> tuple[str, str] | None:
-        """Round-robin pick of (actor id, node id); this caller cycles over the group."""
-        group = self.by_type.get(type_name)
-        if not group:
+        """Round-robin pick of (actor id, node id); this caller cycles over the group.
+
+        Skips the ids in ``exclude``, and actors on the nodes in ``avoid``
+        (leaving nodes) unless there is nothing else. Looks at a few places
+        after the round-robin one, and at the whole group only when all of
+        those were skipped.
+        """
+        order = self._order.get(type_name)
+        if not order:
             return None
-        ids = list(group)
-        if exclude:
-            ids = [a for a in ids if a not in exclude]
-            if not ids:
-                return None
         n = self._rr.get(type_name)
         if n is None:
             # Each caller starts at a random place, so that many short-lived
             # callers (one-shot clients) do not all pick the first actor.
-            n = random.randrange(len(ids))
+            n = random.randrange(len(order) or 1)
         self._rr[type_name] = n + 1
-        actor_id = ids[n % len(ids)]
-        return actor_id, group[actor_id]
+        fallback = None
+        tries = min(len(order), _LOOK_AHEAD + len(exclude or ()))
+        for k in range(tries):
+            picked = self._at(order, n + k)
+            if picked is None or (exclude and picked[0] in exclude):
+                continue
+            if avoid and picked[1] in avoid:
+                fallback = fallback or picked
+                continue
+            self._rr[type_name] = n + k + 1
+            return picked
+        if tries >= len(order):
+            return fallback  # every place was looked at
+        for actor_id, node_id in list(self.of_type(type_name).items()):
+            if not (exclude and actor_id in exclude):
+                if not (avoid and node_id in avoid):
+                    return actor_id, node_id
+                fallback = fallback or (actor_id, node_id)
+        return fallback
+
+    def _at(self, order: list[str], n: int) -> tuple[str, str] | None:
+        """(actor id, node id) at place ``n`` (mod the size) of ``order``; None if the
+        loop thread changed it meanwhile."""
+        try:
+            actor_id = order[n % len(order)]
+        except (IndexError, ZeroDivisionError):
+            return None
+        entry = self.actors.get(actor_id)
+        return None if entry is None else (actor_id, entry[1])
+
+
+_LOOK_AHEAD = 8  # places next_of_type tries before it scans the whole group
+
+
+def _discard(index: dict[str, dict[str, Any]], key: str, actor_id: str) -> None:
+    group = index.get(key)
+    if group is not None:
+        group.pop(actor_id, None)
+        if not group:
+            del index[key]

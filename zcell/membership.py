@@ -294,7 +294,9 @@ class Membership:
         # would otherwise never hear of it (gossip suggests; they verify).
         others = [m for m in self._members.values() if m is not member]
         if others:
-            news = self._welcome_frame([self._member_info(member)])
+            # Without our actors: they have them, and a join must not cost
+            # every member a copy of every other member's directory.
+            news = self._welcome_frame([self._member_info(member)], snapshot=False)
             for other in others:
                 gevent.spawn(self._send_quiet, other, news)
         return member
@@ -338,10 +340,13 @@ class Membership:
             if self._ctx is not None and sub in self._ctx.sockets:
                 self._ctx.sockets.remove(sub)
 
-    def _welcome_frame(self, members: list[dict[str, Any]], echo: str = "") -> bytes:
-        return self._codec.encode(
-            [V, WELCOME, self._info(), self._dir_seq, self.host_.snapshot(), members, echo]
-        )
+    def _welcome_frame(
+        self, members: list[dict[str, Any]], echo: str = "", snapshot: bool = True
+    ) -> bytes:
+        # News of a member to the others carries no actors (nil): each node's
+        # actors travel once to each joiner, not to every member per join.
+        actors = self.host_.snapshot() if snapshot else None
+        return self._codec.encode([V, WELCOME, self._info(), self._dir_seq, actors, members, echo])
 
     def _full_welcome(self, member: Member, echo: str) -> None:
         """Our directory and the other members, for a node just verified."""
@@ -443,10 +448,11 @@ class Membership:
             member.last_seen = time.monotonic()
         if member is None:
             return
-        if seq >= member.dir_seq:  # welcomes may be overtaken by directory news
-            member.dir_seq = seq
-            self.directory.replace_node(member.id, actors)
-        member.synced = True
+        if actors is not None:  # None: news of a member, our copy stands (else resync)
+            if seq >= member.dir_seq:  # welcomes may be overtaken by directory news
+                member.dir_seq = seq
+                self.directory.replace_node(member.id, actors)
+            member.synced = True
         # Gossip only suggests addresses; membership needs first-hand contact.
         now = time.monotonic()
         for other in members:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -35,7 +36,7 @@ from .loop import hub_here, thread_ident
 from .outbound import Outbound
 from .proxy import ActorProxy
 from .result import AsyncResult, ScatterResult
-from .threadport import ThreadPort
+from .threadport import ThreadPort, free_closed_subscribers
 from .transport import TransportClosed
 from .wire import (
     C_ARGS,
@@ -89,6 +90,29 @@ def zcell_error(value: Any) -> ZcellError:
 if TYPE_CHECKING:
     from .directory import Member
 
+# What a thread port counts -> the node's statistics() key.
+_PORT_COUNTERS = (
+    ("sent", "messages_out"),
+    ("received", "messages_in"),
+    ("late", "late_replies"),
+    ("dropped", "dropped_bad_frames"),
+)
+_REAP_AGAIN = 0.25  # seconds before an ended thread's port with calls waiting is tried again
+
+
+class _ThreadEnd:
+    """Kept in a thread's locals next to its port: collected when the thread ends."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _port_thread_ended(ref: weakref.ref[ThreadPort]) -> None:
+    port = ref()
+    if port is not None:
+        port.ended = True
+        port._node._port_ended()
+
+
 log = logging.getLogger("zcell.node")
 V = PROTOCOL_VERSION
 
@@ -124,6 +148,8 @@ class Messaging:
     id: Any
     max_message_size: Any
     stats: dict[str, int]
+    _notify_pub: Any
+    _reap_scheduled = False  # a retry of _reap_ports is due
 
     def _send_frame(
         self, node_id: str, frame: bytes, deadline: float | None, callback: bool = False
@@ -167,13 +193,54 @@ class Messaging:
         return codec
 
     def _port(self) -> ThreadPort:
-        """This thread's port to the mesh (created on first use)."""
+        """This thread's port to the mesh (created on first use, freed when the
+        thread ends: its sockets are file descriptors)."""
         port = getattr(self._thread_ports, "port", None)
         if port is None:
             port = self._thread_ports.port = ThreadPort(self)  # type: ignore[arg-type]  # self is a Node
+            # The thread's locals go when it ends, and with them this keeper.
+            keeper = self._thread_ports.keeper = _ThreadEnd()
+            weakref.finalize(keeper, _port_thread_ended, weakref.ref(port)).atexit = False
             with self._ports_lock:
                 self._ports.append(port)
         return port
+
+    def _port_ended(self) -> None:
+        """(The ending thread) have the loop free the ports of ended threads."""
+        if self._state == "running":
+            self._loop.submit(self._reap_ports)
+
+    def _reap_ports(self) -> None:
+        """(Loop) Free the ports of threads that have ended; those whose calls
+        still wait for replies are tried again a little later."""
+        self._reap_scheduled = False
+        if self._state != "running":
+            return  # stopping closes every port
+        with self._ports_lock:
+            ended = [port for port in self._ports if port.ended]
+        if not ended:
+            return
+        # Those closed on earlier rounds are done closing by now.
+        free_closed_subscribers(self._notify_pub)
+        waiting = False
+        for port in ended:
+            if not port.retire():
+                waiting = True
+                continue
+            with self._ports_lock:
+                if port in self._ports:
+                    self._ports.remove(port)
+                    self._add_port_counters(self.stats, [port])
+        if waiting and not self._reap_scheduled and self._state == "running":
+            self._reap_scheduled = True
+            gevent.spawn_later(_REAP_AGAIN, self._reap_ports)
+
+    @staticmethod
+    def _add_port_counters(stats: dict[str, int], ports: list[ThreadPort]) -> None:
+        """Add what ports counted (in their threads) to ``stats``."""
+        for port in ports:
+            for attr, key in _PORT_COUNTERS:
+                stats[key] += getattr(port, attr)
 
     def _deliver(
         self,
@@ -344,13 +411,10 @@ class Messaging:
         return self._encode(message)
 
     def _pick(self, type_name: str) -> tuple[str, str] | None:
+        """The actor a throw goes to: round-robin, not on a leaving node if possible."""
         # May run in a program thread: copy before iterating (the loop mutates).
         leaving = {m.id for m in list(self._members.values()) if m.leaving}
-        for _ in range(len(self.directory.of_type(type_name)) or 1):
-            picked = self.directory.next_of_type(type_name)
-            if picked is None or picked[1] not in leaving:
-                return picked
-        return picked
+        return self.directory.next_of_type(type_name, avoid=leaving)
 
     def _request(
         self, node_id: str, frame: bytes, deadline: float, rid: int, in_loop: bool

@@ -832,13 +832,9 @@ class Node(Membership, Messaging):
 
     def statistics(self) -> dict[str, int]:
         """Counters: messages in/out, errors, dropped bad frames, in-flight, actors..."""
-        stats = dict(self.stats)
-        with self._ports_lock:
-            ports = list(self._ports)
-        stats["messages_out"] += sum(port.sent for port in ports)
-        stats["messages_in"] += sum(port.received for port in ports)
-        stats["late_replies"] += sum(port.late for port in ports)
-        stats["dropped_bad_frames"] += sum(port.dropped for port in ports)
+        with self._ports_lock:  # a freed port's counts move into self.stats under it
+            stats = dict(self.stats)
+            self._add_port_counters(stats, self._ports)
         if self._inbox is not None:
             # Direct replies whose caller's connection was gone or full.
             stats["undeliverable_replies"] += self._inbox.undeliverable

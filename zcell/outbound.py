@@ -1,9 +1,10 @@
 """Messages from the program's threads to one peer: a queue and a sender greenlet.
 
 A thread outside the node's loop cannot touch its sockets. It appends the
-encoded frame to the destination's queue and wakes the loop only when the queue
-was empty; one greenlet per destination sends in order, waiting whenever the
-peer is slow. When a queue holds ``limit`` frames the calling thread waits (up
+encoded frame to the destination's queue and wakes the loop only when the loop
+has found the queue empty and gone idle (both decided under one lock, so no
+wake-up is lost); one greenlet per destination sends in order, waiting whenever
+the peer is slow. When a queue holds ``limit`` frames the calling thread waits (up
 to its own deadline) for room: back-pressure reaches the program instead of
 memory filling up, and nothing is dropped silently.
 """
@@ -54,6 +55,7 @@ class Outbound:
         self._greenlet: Any = None
         self._closed = False
         self._busy = False  # the sender greenlet is sending: keep the order
+        self._idle = True  # the loop is not going to look at the queue: wake it
         self._try_send = try_send  # non-blocking send, for the callback fast path
 
     # -- any thread ----------------------------------------------------------
@@ -62,22 +64,35 @@ class Outbound:
         """Queue a frame (from a thread outside the loop); may wait for room."""
         queue = self._queue
         while len(queue) >= self._limit and not self._closed:
-            with self._mutex:
-                space = self._space
-                if space is None:
-                    space = self._space = Flag()
-            remaining = deadline - time.monotonic()
-            if not space.wait(remaining) and len(queue) >= self._limit:
-                raise CallTimeout(
-                    f"node {self.node_id} is not taking messages fast enough: {len(queue)} "
-                    "queued for it; slow down, or raise timeout="
-                )
-        if self._closed:
-            raise ZcellError(f"no longer sending to node {self.node_id}")
-        was_empty = not queue
-        queue.append((frame, deadline, rid))
-        if was_empty:
+            self._wait_for_room(deadline)
+        with self._mutex:
+            # Appending and deciding to wake the loop are one step: the loop
+            # decides to sleep under the same lock (``_idle_if_empty``), so a
+            # frame can never land in a queue nobody is going to look at.
+            if self._closed:
+                raise ZcellError(f"no longer sending to node {self.node_id}")
+            queue.append((frame, deadline, rid))
+            kick, self._idle = self._idle, False
+        if kick:
             self._submit(self._kick)
+
+    def _wait_for_room(self, deadline: float) -> None:
+        """Wait until the loop has drained the queue below half (or raise CallTimeout)."""
+        queue = self._queue
+        with self._mutex:
+            space = self._space
+            if space is None:
+                space = self._space = Flag()
+        # The loop releases only a flag it can see: if it drained the queue
+        # before ours was there, the length shows it (checked after publishing).
+        if len(queue) < self._limit:
+            return
+        remaining = deadline - time.monotonic()
+        if not space.wait(remaining) and len(queue) >= self._limit:
+            raise CallTimeout(
+                f"node {self.node_id} is not taking messages fast enough: {len(queue)} "
+                "queued for it; slow down, or raise timeout="
+            )
 
     # -- loop thread ---------------------------------------------------------
 
@@ -97,7 +112,7 @@ class Outbound:
                 self._failed(rid, exc)
             if self._space is not None and len(queue) <= self._limit // 2:
                 self._release()
-            if not queue:
+            if self._idle_if_empty():
                 return
         if self._greenlet is None:
             self._wake = Event()
@@ -122,8 +137,16 @@ class Outbound:
                     self._release()
             self._busy = False
             wake.clear()
-            if not queue:
+            if self._idle_if_empty():
                 wake.wait()
+
+    def _idle_if_empty(self) -> bool:
+        """(Loop) True if the queue is empty: the next ``put`` wakes the loop."""
+        with self._mutex:
+            if self._queue:
+                return False
+            self._idle = True
+            return True
 
     def _release(self) -> None:
         with self._mutex:

@@ -35,6 +35,7 @@ flushing coalesced frames) or by the stopping node (closing them).
 
 from __future__ import annotations
 
+import errno
 import select
 import time
 from collections.abc import Callable
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from .node import Node
     from .result import AsyncResult
 
-__all__ = ["ThreadPort"]
+__all__ = ["ThreadPort", "free_closed_subscribers"]
 
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -73,8 +74,29 @@ _DRAIN_EVERY = 32  # calls between reads of the replies nobody asked for yet
 _PRUNE_EVERY = 1024  # calls between sweeps of finished results out of _calls
 
 
+def _no_socket(exc: zmq.ZMQError) -> ZcellError:
+    """The zcell error for a socket this thread's port could not open."""
+    if exc.errno == errno.EMFILE:
+        return ZcellError(
+            "out of file descriptors: this thread cannot open its sockets to the mesh. "
+            "Each thread that sends holds some until it ends: send from fewer threads "
+            "at once (a pool), or raise the limit (ulimit -n)"
+        )
+    return ZcellError(f"cannot open a socket to the mesh: {exc}")
+
+
 def _events(sock: zmq.Socket) -> int:
     return int(sock.get(_EVENTS))  # an int for EVENTS
+
+
+def free_closed_subscribers(notify_pub: zmq.Socket) -> None:
+    """Let the loop's news PUB finish the close of ports' SUBs.
+
+    A closed inproc subscriber (and its eventfd) is freed only once the PUB
+    has processed its commands, and a PUB does that only when it is used:
+    news is rare, so without this every freed port would keep a descriptor.
+    """
+    _events(notify_pub)
 
 
 class ThreadPort:
@@ -87,7 +109,10 @@ class ThreadPort:
         self.owner = thread_ident()
         self.encode = node._thread_codec().encode  # this thread's own packer
         self._sockets: dict[str, tuple[Any, zmq.Socket]] = {}  # node id -> (member, socket)
-        self._notify = self._ctx.zmq.socket(zmq.SUB)
+        try:
+            self._notify = self._ctx.zmq.socket(zmq.SUB)
+        except zmq.ZMQError as exc:
+            raise _no_socket(exc) from exc
         self._notify.setsockopt(zmq.LINGER, 0)
         self._notify.setsockopt(zmq.SUBSCRIBE, b"")
         self._notify.connect(node._notify_endpoint)
@@ -109,6 +134,7 @@ class ThreadPort:
         self._out: dict[str, list[bytes]] = {}
         self._burst_end = 0.0  # until then, a new frame joins the others
         self._flusher = False  # the loop's flush timer is running
+        self.ended = False  # its thread has ended: the loop frees it (retire)
         self.sent = 0  # counted here (this thread), summed by Node.statistics()
         self.received = 0
         self.late = 0
@@ -141,7 +167,11 @@ class ThreadPort:
             if entry[0] is member:
                 return entry[1]
             entry[1].close(linger=0)  # the node left and came back: a new connection
-        sock = self._ctx.raw_socket(zmq.DEALER)
+            del self._sockets[node_id]
+        try:
+            sock = self._ctx.raw_socket(zmq.DEALER)
+        except zmq.ZMQError as exc:
+            raise _no_socket(exc) from exc
         # The peer knows our connections by their routing id (membership.py).
         sock.setsockopt(zmq.ROUTING_ID, self._node._routing_id(member.inbox))
         sock.connect(member.inbox)
@@ -566,6 +596,26 @@ class ThreadPort:
             fn(*args)
 
         timer.start(fire)
+
+    # -- the loop: the thread has ended -----------------------------------------
+
+    def retire(self) -> bool:
+        """(Loop) Close the port of a thread that has ended, reading the replies
+        that came first; False while calls made there still wait (try again later:
+        another thread may wait on their results)."""
+        with self._lock:
+            if self._closed:
+                return True
+            if self._busy:
+                return False
+            if self._calls:
+                self._drain_all(self._node._codec.decode)
+                self._prune()
+                if self._calls:
+                    return False
+            self._closed = True
+            self._close_sockets()
+            return True
 
     # -- the stopping node -----------------------------------------------------
 

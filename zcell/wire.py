@@ -233,7 +233,8 @@ def check(msg: Any) -> None:
         if not isinstance(msg[2], dict) or type(msg[3]) is not int or type(msg[6]) is not str:
             raise ProtocolError("malformed welcome")
         check_node_info(msg[2])
-        check_actor_list(msg[4])
+        if msg[4] is not None:  # nil: news of a member, without the sender's actors
+            check_actor_list(msg[4])
         if not isinstance(msg[5], list) or not all(isinstance(m, dict) for m in msg[5]):
             raise ProtocolError("malformed member list")
         for member in msg[5]:
