@@ -123,11 +123,11 @@ class Actor:
         """Put a message in this actor's outbox (delivered to its bindings, or itself)."""
         self.ref.emit(method, kwargs)
 
-    def add_binding(self, target: Any, kind: str = "direct") -> None:
-        self.ref.add_binding(target, kind)
+    def add_binding(self, target: Any, kind: str = "direct", timeout: float | None = None) -> None:
+        self.ref.add_binding(target, kind, timeout)
 
-    def remove_binding(self, target: Any) -> None:
-        self.ref.remove_binding(target)
+    def remove_binding(self, target: Any, timeout: float | None = None) -> None:
+        self.ref.remove_binding(target, timeout)
 
     @property
     def origin(self) -> ActorProxy | None:
