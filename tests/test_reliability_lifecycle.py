@@ -117,6 +117,21 @@ def test_a_node_whose_loop_is_stuck_stops_being_routed_to_and_comes_back(make_no
     assert ref.call.echo(value=7).get(timeout=5 * SLOW) == 7
 
 
+def test_a_cpu_hogging_handler_is_busy_not_stuck(make_node, caplog):
+    caplog.set_level(logging.WARNING, logger="zcell")
+    b = make_node("hog", heartbeat=0.2, actors=[Echo])
+    a = make_node("watcher", heartbeat=0.2, peers=[b.endpoints["inbox"]])
+    a.wait_for(nodes=2, timeout=5 * SLOW)
+    ref = a.spawn(Echo, on="hog")
+    hog = ref.call.hog(seconds=2.0, timeout=10)  # ten heartbeats of pure CPU in b's loop
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:
+        assert "hog" in names(a), "a busy node was dropped"
+        time.sleep(0.05)
+    assert hog.get(timeout=5 * SLOW) > 0
+    assert not [r for r in caplog.records if "unhealthy" in r.getMessage()]
+
+
 # ---------------------------------------------------------------- 11: interpreter exit
 
 LEAVER = """

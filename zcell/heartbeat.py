@@ -142,8 +142,9 @@ class HeartbeatThread:
 
     def _loop_alive(self, now: float) -> bool:
         """The watchdog: False (and logged once) while the loop is stuck."""
+        computing = self._loop_computing(now)  # sampled every beat: a full window
         silent = now - self.loop_tick
-        stuck = silent > self.stuck_after and not self._loop_computing(now)
+        stuck = silent > self.stuck_after and not computing
         if stuck != self.stuck:
             self.stuck = stuck
             if stuck:
@@ -166,7 +167,7 @@ class HeartbeatThread:
             return False
         samples = self._cpu_samples
         samples.append((now, self._loop_cpu()))
-        while len(samples) > 2 and samples[1][0] <= now - self.stuck_after:
+        while len(samples) > 1 and samples[1][0] <= now - self.stuck_after:
             samples.popleft()
         (then, cpu_then), (_, cpu_now) = samples[0], samples[-1]
         return now > then and cpu_now - cpu_then > _IDLE_CPU_SHARE * (now - then)
