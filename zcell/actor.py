@@ -139,13 +139,13 @@ class Actor:
         """Put a message in this actor's outbox (delivered to its bindings, or itself)."""
         self.ref.emit(method, kwargs)
 
-    def add_binding(self, target: Any, kind: str = "direct") -> None:
+    def add_binding(self, target: Any, kind: str = "direct", timeout: float | None = None) -> None:
         """Bind this actor's outbox to ``target`` (see ``ActorProxy.add_binding``)."""
-        self.ref.add_binding(target, kind)
+        self.ref.add_binding(target, kind, timeout)
 
-    def remove_binding(self, target: Any) -> None:
+    def remove_binding(self, target: Any, timeout: float | None = None) -> None:
         """Remove the bindings of this actor's outbox to ``target``."""
-        self.ref.remove_binding(target)
+        self.ref.remove_binding(target, timeout)
 
     @property
     def origin(self) -> ActorProxy | None:

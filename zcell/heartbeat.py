@@ -4,10 +4,17 @@ It keeps a node's heartbeats flowing while a handler hogs the node's loop (the
 GIL is released every few ms, and zmq sends release it), so peers never declare
 a busy node dead. It also measures how late it runs, which tells when the whole
 process was stopped (SIGSTOP) rather than merely busy.
+
+It is also the loop's watchdog: a loop that has not ticked for
+``STUCK_HEARTBEATS`` heartbeats *and* used almost no CPU meanwhile is stuck (a
+handler waits on a lock or a sleep that gevent does not see), not busy. Then it
+stops beating, so peers declare the node down and stop routing to it, until the
+loop ticks again (peers' knocks then bring it back).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -15,11 +22,27 @@ from typing import Any
 
 import zmq
 
-from .loop import real_thread
+from .loop import real_thread, thread_ident
 
 log = logging.getLogger("zcell.heartbeat")
 
-__all__ = ["HeartbeatThread"]
+__all__ = ["STUCK_HEARTBEATS", "HeartbeatThread", "thread_cpu_clock"]
+
+#: Heartbeats without a loop tick (and without loop CPU) before a node calls itself stuck.
+STUCK_HEARTBEATS = 5
+# A loop using less than this share of one CPU is waiting, not computing.
+_IDLE_CPU_SHARE = 0.1
+
+
+def thread_cpu_clock() -> Callable[[], float] | None:
+    """A reader of the calling thread's CPU time that works from other threads
+    (None where the platform has no per-thread clocks)."""
+    try:
+        clock = time.pthread_getcpuclockid(thread_ident())
+        time.clock_gettime(clock)
+    except (AttributeError, OSError):  # pragma: no cover - not Linux/BSD
+        return None
+    return lambda: time.clock_gettime(clock)
 
 
 class HeartbeatThread:
@@ -32,6 +55,8 @@ class HeartbeatThread:
         interval: float,
         make_frame: Callable[[], bytes],
         configure: Callable[[Any], None],
+        loop_cpu: Callable[[], float] | None = None,
+        name: str = "",
     ) -> None:
         self._context = context
         self._host = host
@@ -49,6 +74,13 @@ class HeartbeatThread:
         # Written by the node's loop thread only:
         self.stall_handled = 0.0
         self.quiet_until = 0.0  # the node re-admits no peer before this time
+        self.loop_tick = time.monotonic()  # the loop's last sign of life
+        # The watchdog's (this thread's) own state:
+        self.stuck_after = STUCK_HEARTBEATS * interval
+        self.stuck = False
+        self._name = name
+        self._loop_cpu = loop_cpu
+        self._cpu_samples: collections.deque[tuple[float, float]] = collections.deque()
 
     def stopped_since(self, now: float) -> float | None:
         """When a process stop not yet reported began, else None (loop thread only).
@@ -95,7 +127,8 @@ class HeartbeatThread:
                     self.stalled_since = self.last_beat
                 self.last_beat = now
                 try:
-                    pub.send(self._make_frame(), zmq.NOBLOCK)
+                    if self._loop_alive(now):
+                        pub.send(self._make_frame(), zmq.NOBLOCK)
                 except zmq.Again:
                     pass
                 except Exception:  # never let a bad frame kill liveness silently
@@ -106,6 +139,38 @@ class HeartbeatThread:
         finally:
             pub.close(linger=0)
             control.close(linger=0)
+
+    def _loop_alive(self, now: float) -> bool:
+        """The watchdog: False (and logged once) while the loop is stuck."""
+        computing = self._loop_computing(now)  # sampled every beat: a full window
+        silent = now - self.loop_tick
+        stuck = silent > self.stuck_after and not computing
+        if stuck != self.stuck:
+            self.stuck = stuck
+            if stuck:
+                log.warning(
+                    "zcell: node %s is unhealthy: its loop has been stuck for %.1fs without "
+                    "using the CPU (a handler waits on something gevent does not see: a "
+                    "threading lock, an unpatched sleep or socket); heartbeats paused, so "
+                    "peers drop it until the loop is free",
+                    self._name,
+                    silent,
+                )
+            else:
+                log.warning("zcell: node %s loop is free again; heartbeats resume", self._name)
+        return not stuck
+
+    def _loop_computing(self, now: float) -> bool:
+        """Whether the loop thread used CPU over the last ``stuck_after`` seconds
+        (a CPU-hogging handler is busy, not stuck). Unknown counts as not."""
+        if self._loop_cpu is None:
+            return False
+        samples = self._cpu_samples
+        samples.append((now, self._loop_cpu()))
+        while len(samples) > 1 and samples[1][0] <= now - self.stuck_after:
+            samples.popleft()
+        (then, cpu_then), (_, cpu_now) = samples[0], samples[-1]
+        return now > then and cpu_now - cpu_then > _IDLE_CPU_SHARE * (now - then)
 
     def stop(self) -> None:
         sock, self._stop_sock = self._stop_sock, None

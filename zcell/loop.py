@@ -209,6 +209,11 @@ class LoopThread:
             self._async.close()
             try:
                 hub.destroy(destroy_loop=True)
+                if not hub.dead:
+                    # destroy() leaves the hub suspended in its LoopExit; a
+                    # greenlet suspended when its thread ends is never freed,
+                    # nor anything its frame holds: finish it here.
+                    hub.throw(gevent.GreenletExit)
             except Exception:  # pragma: no cover
                 log.debug("hub destroy failed", exc_info=True)
             self._exited.set()

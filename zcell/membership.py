@@ -615,6 +615,8 @@ class Membership:
         while True:
             gevent.sleep(interval)
             now = time.monotonic()
+            if self._hb is not None:
+                self._hb.loop_tick = now  # the watchdog's sign of life
             frozen = self._check_frozen(now)
             if now - last > interval + self.heartbeat:
                 # Our own loop was blocked: the heartbeats queued meanwhile have

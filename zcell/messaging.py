@@ -256,7 +256,7 @@ class Messaging:
         This is the hot path of every message: keep it lean.
         """
         if self._state != "running":
-            self._check_running()
+            self._check_running(nested=True)
         if options:
             nowait = bool(options.get("nowait", False)) or mode == "emit"
             timeout = options.get("timeout")
@@ -522,7 +522,8 @@ class Messaging:
                 self._scatter_out, frame, deadline, direct, len(direct) < len(nodes), box[0]
             )
 
-        self._run(send, timeout=10.0)
+        # The hop to the loop counts against the scatter's own deadline.
+        self._run(send, timeout=max(0.0, deadline - time.monotonic()))
         return box[0]
 
     def _scatter_out(

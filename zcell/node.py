@@ -13,6 +13,7 @@ actors, themselves included, without deadlock.
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import itertools
 import logging
@@ -21,6 +22,7 @@ import socket as _socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -30,7 +32,7 @@ import zmq
 from gevent.event import Event
 
 from . import wire
-from .actor import Actor, module_actor_classes, type_name_of
+from .actor import Actor, current_context, module_actor_classes, type_name_of
 from .directory import Directory, Member
 from .discovery import Discovery
 from .errors import (
@@ -43,7 +45,7 @@ from .errors import (
     ZcellError,
     did_you_mean,
 )
-from .heartbeat import HeartbeatThread
+from .heartbeat import HeartbeatThread, thread_cpu_clock
 from .hosting import Host
 from .loop import Flag, LoopThread, real_lock, real_thread
 from .membership import Membership
@@ -83,6 +85,15 @@ _names = itertools.count(1)  # only to number default names: "<host>-<pid>", "-2
 _YIELD_EVERY = 32
 #: Seconds after its start in which a node obeys a refusal of its name (at least).
 _REFUSAL_WINDOW = 5.0
+# stop(timeout) returns within timeout + this: announcing, closing ports and
+# sockets normally take milliseconds, and a loop blocked by a handler must not
+# hold the caller (or the interpreter's exit) much longer than asked.
+_STOP_GRACE = 2.5
+# The drain a node left running gets when the interpreter exits (see _stop_at_exit).
+_EXIT_DRAIN = 2.0
+# Started nodes not yet stopped: left gracefully at interpreter exit and disowned
+# in a forked child. Weak, so that it never keeps a node alive.
+_live: weakref.WeakSet[Node] = weakref.WeakSet()
 
 
 def _default_name() -> str:
@@ -174,6 +185,8 @@ class Node(Membership, Messaging):
         self._subscribed: set[str] = set()
         self._state = "new"
         self._started_at = 0.0
+        self._pid = os.getpid()
+        self._tasks: list[gevent.Greenlet] = []  # the node's own long-running greenlets
         self._loop = LoopThread(f"zcell-{self.name}")
         self._stop_event: Event | None = None
         self._codec = wire.Codec(self._make_proxy, max_message_size)
@@ -249,6 +262,7 @@ class Node(Membership, Messaging):
             self.stop(timeout=1)
             raise
         self._state = "running"
+        _live.add(self)
         if self.failure is not None:  # refused while starting (see _refused)
             self.stop(timeout=1)
             raise self.failure
@@ -297,15 +311,21 @@ class Node(Membership, Messaging):
         inbox = bind_random(self._inbox, self.host, self.port)
         pub = bind_random(self._pub, self.host)
         self._hb = HeartbeatThread(
-            ctx.zmq, self.host, self.heartbeat, self._heartbeat_frame, self._configure_hb
+            ctx.zmq,
+            self.host,
+            self.heartbeat,
+            self._heartbeat_frame,
+            self._configure_hb,
+            loop_cpu=thread_cpu_clock(),  # this is the loop thread
+            name=self.name,
         )
         hb = self._hb.start()
         if self.host in ("0.0.0.0", "*"):
             hb = hb.replace("0.0.0.0", inbox.split("//")[1].rsplit(":", 1)[0])
         self.endpoints = {"inbox": inbox, "pub": pub, "hb": hb}
-        gevent.spawn(self._read_inbox)
-        gevent.spawn(self._read_pub)
-        gevent.spawn(self._housekeeping)
+        self._tasks = [
+            gevent.spawn(task) for task in (self._read_inbox, self._read_pub, self._housekeeping)
+        ]
         for peer in self._peers:
             self._seeds[peer] = float("inf")
             self._hello(peer)
@@ -339,29 +359,48 @@ class Node(Membership, Messaging):
         """Leave the mesh gracefully.
 
         Announces the departure (no new work is placed here), lets in-flight
-        handlers finish until ``timeout``, fails what is left with
+        handlers finish until ``timeout`` (their nested calls still work; new
+        work from this program is refused), fails what is left with
         ``ActorStopped``, runs ``on_stop`` hooks, announces that it has left and
-        closes everything. Idempotent.
+        closes everything. Returns within ``timeout`` + 2.5 s even when a
+        handler blocks the loop (the node then closes once its loop is free).
+        Called from one of this node's own handlers, it starts the stop and
+        returns at once, so that the handler can finish. Idempotent.
 
         Args:
             timeout: Seconds that in-flight handlers get to finish.
         """
+        if self._state == "forked":
+            return  # the parent's sockets: nothing of ours to close here
         if self._state in ("stopping", "stopped"):
             if self._state == "stopping" and not self._loop.in_loop():
-                self._loop.join(timeout + 5)
+                self._loop.join(timeout + _STOP_GRACE)
             return
         if self._state == "new":
             self._state = "stopped"
             return
         self._state = "stopping"
+        _live.discard(self)
+        if self._loop.in_loop():
+            # A greenlet of its own: the drain waits for the calling handler,
+            # and kills handlers that outlast it, which must not kill the stop.
+            gevent.spawn(self._stop_in_loop, timeout)
+            return
+        deadline = time.monotonic() + timeout + _STOP_GRACE
         try:
-            self._loop.call(self._stop_in_loop, timeout, timeout=timeout + 10)
+            self._loop.call(self._stop_in_loop, timeout, timeout=timeout + _STOP_GRACE)
+        except CallTimeout:
+            log.warning(
+                "zcell: node %s did not stop within %.1fs: a handler blocks its loop; "
+                "it closes once the loop is free",
+                self.name,
+                timeout + _STOP_GRACE,
+            )
         except Exception:
             log.exception("zcell: node %s did not stop cleanly", self.name)
         finally:
             self._state = "stopped"
-        if not self._loop.in_loop():
-            self._loop.join(5)
+        self._loop.join(max(0.0, deadline - time.monotonic()))
 
     def _stop_in_loop(self, timeout: float) -> None:
         try:
@@ -396,6 +435,12 @@ class Node(Membership, Messaging):
             for sock in list(self._ctx.sockets):
                 sock.close()
             self._ctx.zmq.term()
+        # A greenlet still suspended when its thread ends can never be freed, nor
+        # what its frames hold (the whole node): end them here, in their thread.
+        readers = [m.reader for m in self._members.values() if m.reader is not None]
+        gevent.killall(self._tasks + readers, timeout=1.0)
+        self.host_.end_workers()
+        self._state = "stopped"
         assert self._stop_event is not None
         self._stop_event.set()
 
@@ -413,11 +458,31 @@ class Node(Membership, Messaging):
             busy = [port for port in busy if port._busy]
         self._notify_pub.close(linger=0)
 
-    def _check_running(self) -> None:
+    def _check_running(self, nested: bool = False) -> None:
+        """Raise NodeStopped unless the node serves; ``nested``: a message sent by a
+        handler, which may still go out while a graceful stop drains it."""
         if self._state != "running":
+            if nested and self._state == "stopping" and self._draining_handler():
+                return
             if self._state == "new":
                 raise NodeStopped(f"node {self.name} is not started: call start() or use `with`")
+            if self._state == "forked":
+                raise NodeStopped(
+                    f"node {self.name} belongs to the process that forked this one "
+                    f"(pid {self._pid}); its sockets cannot be used here: create a new "
+                    "Node in the child"
+                )
             raise NodeStopped(f"node {self.name} is stopped; create a new Node")
+
+    def _draining_handler(self) -> bool:
+        """True in one of this node's handlers (which a stop lets finish)."""
+        return self._loop.in_loop() and current_context() is not None
+
+    def _forked(self) -> None:
+        """In a forked child: disown the parent's node without touching its sockets
+        (their I/O threads do not exist here; using them would hang)."""
+        if self._state in ("running", "stopping", "starting"):
+            self._state = "forked"
 
     def _run(self, fn: Any, *args: Any, timeout: float | None = 30.0) -> Any:
         """Run ``fn`` in the loop thread (directly when already there)."""
@@ -674,7 +739,7 @@ class Node(Membership, Messaging):
         self._encode([args])  # SerializationError before anything is sent
         if nowait:
             started = self._ctrl_async(
-                node_id, "spawn", {"type": name, "kwargs": args, "id": actor_id}, 30.0
+                node_id, "spawn", {"type": name, "kwargs": args, "id": actor_id}, timeout
             )
             started.link(_log_failed_spawn)
             return proxy
@@ -766,7 +831,9 @@ class Node(Membership, Messaging):
             actor_id, node_id = actor, entry[1]
         else:
             raise TypeError(f"kill() takes an actor proxy or id, not {type(actor).__name__}")
-        self._ctrl(node_id, "kill", {"id": actor_id}, timeout or Actor.default_timeout)
+        if timeout is None:
+            timeout = Actor.default_timeout
+        self._ctrl(node_id, "kill", {"id": actor_id}, timeout)
         self._run(self.directory.remove, actor_id)
 
     def lookup(self, actor_id: str) -> ActorProxy:
@@ -885,7 +952,9 @@ class Node(Membership, Messaging):
                 )
             Flag().wait(0.01)
 
-    def _binding(self, op: str, source: ActorProxy, target: Any, kind: str) -> None:
+    def _binding(
+        self, op: str, source: ActorProxy, target: Any, kind: str, timeout: float | None = None
+    ) -> None:
         self._check_running()
         if isinstance(target, Actor):
             target = target.ref
@@ -903,11 +972,28 @@ class Node(Membership, Messaging):
             source.node_id,
             op,
             {"source": source.id, "target": spec, "kind": kind},
-            Actor.default_timeout,
+            Actor.default_timeout if timeout is None else timeout,
         )
 
     def __repr__(self) -> str:
         return f"<Node {self.name} {self.id} {self._state}>"
+
+
+def _stop_at_exit() -> None:
+    """A program that ends without stop() (a script, a REPL left with Ctrl-D)
+    leaves gracefully instead of like a crash; bounded, so the exit never hangs."""
+    for node in list(_live):
+        node.stop(timeout=_EXIT_DRAIN)
+
+
+def _disown_after_fork() -> None:
+    for node in list(_live):
+        node._forked()
+    _live.clear()
+
+
+atexit.register(_stop_at_exit)
+os.register_at_fork(after_in_child=_disown_after_fork)
 
 
 def _log_failed_spawn(result: AsyncResult) -> None:

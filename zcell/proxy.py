@@ -44,7 +44,9 @@ class Mesh(Protocol):
         options: dict[str, Any],
     ) -> Any: ...
 
-    def _binding(self, op: str, source: ActorProxy, target: Any, kind: str) -> None: ...
+    def _binding(
+        self, op: str, source: ActorProxy, target: Any, kind: str, timeout: float | None = None
+    ) -> None: ...
 
     def _class_for(self, type_name: str) -> type[Actor] | None: ...
 
@@ -136,15 +138,20 @@ class ActorProxy:
         """Put a message in this actor's outbox (delivered to its bindings, or itself)."""
         self._node._deliver("emit", self, method, _kwargs(kwargs), {})
 
-    def add_binding(self, target: Any, kind: str = "direct") -> None:
-        """Bind this actor's outbox to ``target`` (``direct``, ``round-robin``, ``scatter``)."""
+    def add_binding(self, target: Any, kind: str = "direct", timeout: float | None = None) -> None:
+        """Bind this actor's outbox to ``target`` (``direct``, ``round-robin``, ``scatter``).
+
+        ``timeout``: bound on the wait for the actor's node (default
+        ``Actor.default_timeout``); past it, ``CallTimeout``.
+        """
         if kind not in ("direct", "round-robin", "scatter"):
             raise ValueError(f"binding kind must be direct, round-robin or scatter, not {kind!r}")
-        self._node._binding("bind", self, target, kind)
+        self._node._binding("bind", self, target, kind, timeout)
 
-    def remove_binding(self, target: Any) -> None:
-        """Remove every binding of this actor's outbox to ``target``."""
-        self._node._binding("unbind", self, target, "")
+    def remove_binding(self, target: Any, timeout: float | None = None) -> None:
+        """Remove every binding of this actor's outbox to ``target`` (``timeout``: as
+        for ``add_binding``)."""
+        self._node._binding("unbind", self, target, "", timeout)
 
     def __getattr__(self, attr: str) -> Any:
         # Client-side helpers defined on the outer Actor class.
