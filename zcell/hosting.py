@@ -21,7 +21,7 @@ from gevent.event import Event
 from greenlet import getcurrent, greenlet
 
 from .actor import Actor, MessageContext, Next, _State, handler_table, new_state
-from .errors import NoNodeForType, NoSuchActor, NoSuchMethod, builtin_ancestor
+from .errors import NoNodeForType, NoSuchActor, NoSuchMethod, RemoteError, error_wire
 from .proxy import ActorProxy
 from .wire import (
     DECLINED,
@@ -144,7 +144,7 @@ class Host:
                     self._wake_worker()  # a spare, in case this handler blocks
                 try:
                     self._run(*job)
-                except (Exception, GreenletExit):
+                except BaseException:
                     # Never let a failure escape into the hub (it would end the loop).
                     log.exception("zcell: request processing failed")
             # Out of work: the replies coalesced meanwhile leave now, not after
@@ -231,10 +231,19 @@ class Host:
             elif hasattr(hosted.state, "default_receive"):
                 value = hosted.state.default_receive(method, msg[R_KWARGS])
             else:
-                raise NoSuchMethod(
-                    f"{hosted.actor.name} has no handler {method!r}; handlers: "
-                    f"{sorted(hosted.handlers)}"
+                # Answered here, not raised: a NoSuchMethod raised by a nested
+                # call inside a handler is that handler's error (a RemoteError).
+                self._answer(
+                    msg,
+                    actor_id,
+                    ZERROR,
+                    [
+                        "NoSuchMethod",
+                        f"{hosted.actor.name} has no handler {method!r}; handlers: "
+                        f"{sorted(hosted.handlers)}",
+                    ],
                 )
+                return
         except _Killed:
             self._answer(
                 msg,
@@ -254,9 +263,9 @@ class Host:
                     ZERROR,
                     ["NoSuchActor", f"actor {actor_id} declined {method} (Next)"],
                 )
-        except NoSuchMethod as exc:
-            self._answer(msg, actor_id, ZERROR, ["NoSuchMethod", str(exc)])
-        except Exception as exc:
+        except BaseException as exc:
+            # Any BaseException (SystemExit, KeyboardInterrupt, GreenletExit...)
+            # fails this message only: escaping, it would end the node's loop.
             node.stats["errors"] += 1
             if nowait:
                 node.stats["nowait_failures"] += 1
@@ -289,14 +298,9 @@ class Host:
         )
 
     @staticmethod
-    def error_info(exc: BaseException) -> list[str]:
-        cls = type(exc)
-        name = (
-            cls.__qualname__
-            if cls.__module__ == "builtins"
-            else f"{cls.__module__}.{cls.__qualname__}"
-        )
-        return [name, str(exc), traceback.format_exc(), builtin_ancestor(cls)]
+    def error_info(exc: BaseException) -> list[Any]:
+        """The wire form of a handler's error (docs/protocol.md, status ERROR)."""
+        return error_wire(exc, _hop_traceback(exc))
 
     def _throw_on(self, msg: list[Any], hosted: Hosted) -> None:
         """A throw was declined here: pass it to an actor of the type that has not seen it."""
@@ -428,7 +432,7 @@ class Host:
     def _hook(actor: Actor, fn: Any, what: str) -> None:
         try:
             fn()
-        except Exception:
+        except BaseException:  # even SystemExit: it would end the node's loop
             log.exception("zcell: %s of %s failed", what, actor)
 
     def _kill_handlers(self, hosted: Hosted) -> None:
@@ -489,6 +493,18 @@ class Host:
             self._kill_handlers(hosted)
             self._stop_hook(hosted)
         gevent.sleep(0)  # let killed handlers send their ActorStopped replies
+
+
+def _hop_traceback(exc: BaseException) -> str:
+    """This hop's traceback of ``exc``.
+
+    A relayed ``RemoteError`` gets its frames here and its name only: its
+    ``str()`` holds every earlier hop's traceback, which travel beside it.
+    """
+    if isinstance(exc, RemoteError):
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        return f"Traceback (most recent call last):\n{frames}relayed {exc.type_name}\n"
+    return "".join(traceback.format_exception(exc))
 
 
 def _str(args: dict[str, Any], key: str) -> str:
