@@ -314,3 +314,22 @@ def test_a_zmq_error_in_a_socket_reader_is_logged(make_node, caplog):
 
     wait_until(lambda: logged("reading a SUB socket failed"), 5, "the failure's log")
     wait_until(lambda: logged("_read_sub ended unexpectedly"), 5, "the reader's restart")
+
+
+def test_the_wire_form_of_a_long_relay_keeps_the_first_and_the_latest_tracebacks() -> None:
+    from zcell.errors import MAX_HOPS, MAX_TRACEBACK, error_from_wire, error_wire
+
+    relayed = RemoteError("ValueError", "deep down", [f"hop {i}\n" * 5000 for i in range(40)])
+    relayed.remote_ancestor = "ValueError"
+    try:
+        raise relayed
+    except RemoteError as exc:
+        wire_form = error_wire(exc)
+    err = error_from_wire(wire_form)
+    assert err is not None and isinstance(err, ValueError)
+    assert (err.type_name, err.remote_message) == ("ValueError", "deep down")
+    assert len(err.remote_tracebacks) == MAX_HOPS
+    assert err.remote_tracebacks[0].startswith("hop 0")
+    assert "hops cut" in err.remote_tracebacks[1]
+    assert err.remote_tracebacks[-1].rstrip().endswith("relayed ValueError")
+    assert all(len(tb) < MAX_TRACEBACK + 100 for tb in err.remote_tracebacks)

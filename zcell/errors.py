@@ -13,6 +13,7 @@ ancestor, so ``except KeyError:`` catches a remote ``KeyError`` (see
 from __future__ import annotations
 
 import builtins
+import traceback as _traceback
 from typing import Any
 
 __all__ = [
@@ -267,30 +268,41 @@ def clip(text: str, limit: int) -> str:
     return f"{text[:head]}\n... ({len(text) - limit} characters cut) ...\n{text[-tail:]}"
 
 
-def error_wire(exc: BaseException, hop_traceback: str) -> list[Any]:
+def error_wire(exc: BaseException) -> list[Any]:
     """The flat wire form of a handler's error: [type, message, [traceback...], ancestor].
 
-    An error that came from a nested call (a ``RemoteError`` the handler let
-    escape) keeps the original type, message and tracebacks, and gains one
-    traceback for this hop, so it grows by one bounded entry per hop instead of
-    nesting (which doubled its size at every hop).
-
-    Args:
-        exc: The exception the handler raised.
-        hop_traceback: This hop's formatted traceback (see :func:`hop_traceback`).
+    Call it where ``exc`` was caught. An error that came from a nested call (a
+    ``RemoteError`` the handler let escape) keeps the original type, message and
+    tracebacks, and gains one traceback for this hop, so it grows by one bounded
+    entry per hop instead of nesting (which doubled its size at every hop).
     """
-    hop = clip(hop_traceback, MAX_TRACEBACK)
+    hop = clip(_hop_traceback(exc), MAX_TRACEBACK)
     if isinstance(exc, RemoteError):
         tracebacks = [*exc.remote_tracebacks, hop]
         if len(tracebacks) > MAX_HOPS:
             cut = len(tracebacks) - MAX_HOPS + 1
             tracebacks = [tracebacks[0], f"... ({cut} hops cut) ...", *tracebacks[-MAX_HOPS + 2 :]]
-        return [exc.type_name, exc.remote_message, tracebacks, exc.remote_ancestor or "Exception"]
+        # Clipped again: they may come from a peer that did not bound them.
+        tracebacks = [clip(tb, MAX_TRACEBACK) for tb in tracebacks]
+        message = clip(exc.remote_message, MAX_MESSAGE)
+        return [exc.type_name, message, tracebacks, exc.remote_ancestor or "Exception"]
     cls = type(exc)
     name = (
         cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
     )
     return [name, clip(str(exc), MAX_MESSAGE), [hop], builtin_ancestor(cls)]
+
+
+def _hop_traceback(exc: BaseException) -> str:
+    """This hop's traceback of ``exc``.
+
+    A relayed ``RemoteError`` gets its frames and its name only: its ``str()``
+    holds every earlier hop's traceback, which travel beside it.
+    """
+    if isinstance(exc, RemoteError):
+        frames = "".join(_traceback.format_tb(exc.__traceback__))
+        return f"Traceback (most recent call last):\n{frames}relayed {exc.type_name}\n"
+    return "".join(_traceback.format_exception(exc))
 
 
 def error_from_wire(value: Any) -> RemoteError | None:

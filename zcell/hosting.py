@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import logging
 import time
-import traceback
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -21,7 +20,7 @@ from gevent.event import Event
 from greenlet import getcurrent, greenlet
 
 from .actor import Actor, MessageContext, Next, _State, handler_table, new_state
-from .errors import NoNodeForType, NoSuchActor, NoSuchMethod, RemoteError, error_wire
+from .errors import NoNodeForType, NoSuchActor, NoSuchMethod, error_wire
 from .proxy import ActorProxy
 from .wire import (
     DECLINED,
@@ -300,7 +299,7 @@ class Host:
     @staticmethod
     def error_info(exc: BaseException) -> list[Any]:
         """The wire form of a handler's error (docs/protocol.md, status ERROR)."""
-        return error_wire(exc, _hop_traceback(exc))
+        return error_wire(exc)
 
     def _throw_on(self, msg: list[Any], hosted: Hosted) -> None:
         """A throw was declined here: pass it to an actor of the type that has not seen it."""
@@ -493,18 +492,6 @@ class Host:
             self._kill_handlers(hosted)
             self._stop_hook(hosted)
         gevent.sleep(0)  # let killed handlers send their ActorStopped replies
-
-
-def _hop_traceback(exc: BaseException) -> str:
-    """This hop's traceback of ``exc``.
-
-    A relayed ``RemoteError`` gets its frames here and its name only: its
-    ``str()`` holds every earlier hop's traceback, which travel beside it.
-    """
-    if isinstance(exc, RemoteError):
-        frames = "".join(traceback.format_tb(exc.__traceback__))
-        return f"Traceback (most recent call last):\n{frames}relayed {exc.type_name}\n"
-    return "".join(traceback.format_exception(exc))
 
 
 def _str(args: dict[str, Any], key: str) -> str:
