@@ -167,25 +167,33 @@ def _check_payload(message: list[Any]) -> None:
     """Refuse what the receiver's decoder would refuse in a message's user data.
 
     Only the user's values are walked (a request's kwargs, a reply's value, a
-    control call's args): the rest is built by zcell itself. A list that is
-    not a message (a value checked before it is sent) is walked whole.
+    control call's args): the rest is built by zcell itself. A list that is not
+    a message (a value checked before it is sent) is walked whole. On the hot
+    path (flat kwargs, a scalar reply) this costs a few type checks.
 
     Raises:
         SerializationError: the value would be dropped by the receiver.
     """
     kind = message[1] if len(message) > 1 and message[0] == PROTOCOL_VERSION else None
-    if kind is None:
-        reason = _refused(message)
-    elif kind == REQ or kind == SCATTER:
-        kwargs = message[9]
-        for key in kwargs:
+    if kind == REQ or kind == SCATTER:
+        nested = None
+        for key, item in message[9].items():
             if type(key) is not str:
                 raise SerializationError(
                     f"keyword argument names must be strings, not {type(key).__name__}"
                 )
-        reason = _refused(kwargs)
+            if type(item) not in _SCALARS:
+                nested = True
+        if nested is None:
+            return
+        reason = _refused(message[9])
     elif kind == REP:
-        reason = _refused(message[5]) if len(message) > 5 else None
+        value = message[5] if len(message) > 5 else None
+        if type(value) in _SCALARS:
+            return
+        reason = _refused(value)
+    elif kind is None:
+        reason = _refused(message)
     elif kind == CTRL:
         reason = _refused(message[7])
     else:
