@@ -278,7 +278,8 @@ def test_a_failed_internal_task_is_logged_and_restarted(caplog):
     node = FlakyHousekeeping("flaky", discovery="static").start()
     try:
         wait_until(lambda: FlakyHousekeeping.runs >= 2, 5, "housekeeping to restart")
-        assert any("housekeeping" in r.getMessage() for r in caplog.records)
+        assert any("_housekeeping failed" in r.getMessage() for r in caplog.records)
+        assert node.statistics()["internal_errors"] == 1
     finally:
         stops_cleanly(node)
 
@@ -288,9 +289,13 @@ def test_a_bug_in_dispatch_is_counted_as_an_internal_error_not_a_bad_frame(caplo
     first = Node("ok", discovery="static").start()
     buggy = BuggyDispatch("buggy", discovery="static", peers=[first.endpoints["inbox"]]).start()
     try:
-        wait_until(lambda: buggy.statistics()["internal_errors"] > 0, 5, "an internal error")
+        wait_until(
+            lambda: any("a bug in dispatch" in str(r.exc_info) for r in caplog.records),
+            5,
+            "the bug's traceback in the log",
+        )
+        assert buggy.statistics()["internal_errors"] > 0
         assert buggy.statistics()["dropped_bad_frames"] == 0
-        assert any("a bug in dispatch" in str(r.exc_info) for r in caplog.records)
     finally:
         stops_cleanly(buggy)
         stops_cleanly(first)
