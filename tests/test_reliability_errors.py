@@ -62,6 +62,16 @@ class Raiser(Actor):
             return seconds
 
 
+class Picky(Actor):
+    name = "test_reliability_errors.Picky"
+
+    class state(Actor.state):
+        def default_receive(self, method, kwargs):
+            if method == "maybe":
+                return "handled"
+            raise NoSuchMethod(f"Picky does not take {method!r} either")
+
+
 class ExitsOnStart(Actor):
     name = "test_reliability_errors.ExitsOnStart"
 
@@ -177,6 +187,18 @@ def test_a_nested_no_such_method_comes_back_wrapped_in_a_remote_error(mesh):
     assert err.type_name == "zcell.errors.NoSuchMethod"
     assert "nope" in err.remote_message
     assert "Traceback" in err.remote_traceback
+
+
+def test_a_default_receive_that_declines_a_name_gives_no_such_method(mesh):
+    a, b = mesh(2, actors=[Raiser, Picky])
+    picky = a.spawn(Picky, on="n1")
+    assert picky.send("maybe", {}) == "handled"
+    with pytest.raises(NoSuchMethod, match="either"):
+        picky.send("other", {})
+    outer = a.spawn(Raiser, on="n0")
+    with pytest.raises(RemoteError) as info:  # but a nested call's stays the handler's error
+        outer.send.call_missing(other=picky)
+    assert info.value.type_name == "zcell.errors.NoSuchMethod"
 
 
 def test_the_typed_and_string_forms_raise_the_same_class_for_a_missing_method(mesh):

@@ -262,25 +262,35 @@ class Host:
                     ZERROR,
                     ["NoSuchActor", f"actor {actor_id} declined {method} (Next)"],
                 )
+        except NoSuchMethod as exc:
+            if _raised_by(exc, "default_receive"):  # it declines the name itself
+                self._answer(msg, actor_id, ZERROR, ["NoSuchMethod", str(exc)])
+            else:  # a nested call's: this handler's error
+                self._failed(msg, actor_id, hosted, exc)
         except BaseException as exc:
             # Any BaseException (SystemExit, KeyboardInterrupt, GreenletExit...)
             # fails this message only: escaping, it would end the node's loop.
-            node.stats["errors"] += 1
-            if nowait:
-                node.stats["nowait_failures"] += 1
-                log.error(
-                    "zcell: %s.%s (fire and forget) failed",
-                    hosted.actor.name,
-                    method,
-                    exc_info=True,
-                )
-            self._answer(msg, actor_id, ERROR, self.error_info(exc))
+            self._failed(msg, actor_id, hosted, exc)
         else:
             if not nowait:
                 self._answer(msg, actor_id, OK, value)
         finally:
             hosted.greenlets.discard(g)
             g.zcell_ctx = None  # the worker greenlet is reused
+
+    def _failed(self, msg: list[Any], actor_id: str, hosted: Hosted, exc: BaseException) -> None:
+        """A handler raised: count it, log it if nobody waits, answer ERROR."""
+        node = self.node
+        node.stats["errors"] += 1
+        if msg[R_FLAGS] & F_NOWAIT:
+            node.stats["nowait_failures"] += 1
+            log.error(
+                "zcell: %s.%s (fire and forget) failed",
+                hosted.actor.name,
+                msg[R_METHOD],
+                exc_info=exc,
+            )
+        self._answer(msg, actor_id, ERROR, self.error_info(exc))
 
     def _answer(self, msg: list[Any], actor_id: str, status: int, value: Any) -> None:
         """Reply to a request (not to a fire-and-forget one)."""
@@ -492,6 +502,16 @@ class Host:
             self._kill_handlers(hosted)
             self._stop_hook(hosted)
         gevent.sleep(0)  # let killed handlers send their ActorStopped replies
+
+
+def _raised_by(exc: BaseException, function: str) -> bool:
+    """Whether ``exc`` was raised in the body of a function of that name (not deeper)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_name == function
 
 
 def _str(args: dict[str, Any], key: str) -> str:
