@@ -384,8 +384,10 @@ class Socket:
         """Yield frames forever: drain until there are none, then wait on the FD.
 
         ROUTER and XPUB sockets yield multipart lists; the others single frames.
-        Ends when the socket is closed, or (logged) when reading it fails. ``recheck``: also retry every so many
-        seconds, for a socket that is written too (a send may consume the edge).
+        Ends when the socket is closed, or (logged: the node's supervisor then
+        restarts the reader) when reading it fails. ``recheck``: also retry
+        every so many seconds, for a socket that is written too (a send may
+        consume the edge).
         ``settle``: called before each check of whether a short burst goes on,
         to let the work the frames started run first (see ``Node._read_inbox``).
         """
