@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from greenlet import getcurrent
 
+from .errors import NoSuchMethod
+
 if TYPE_CHECKING:
     from .proxy import ActorProxy
 
@@ -244,7 +246,8 @@ def handler_binding(state_cls: type, method: str) -> _Binding | None:
     """The argument check of handler ``method``; None when ``default_receive`` takes it.
 
     Raises:
-        AttributeError: the state class has no public handler of that name.
+        NoSuchMethod: the state class has no public handler of that name (an
+            ``AttributeError``, as the string form's answer).
     """
     key = (state_cls, method)
     try:
@@ -252,7 +255,7 @@ def handler_binding(state_cls: type, method: str) -> _Binding | None:
     except KeyError:
         pass
     if method not in handler_table(state_cls) and not hasattr(state_cls, "default_receive"):
-        raise AttributeError(
+        raise NoSuchMethod(
             f"{state_cls.__qualname__} has no handler {method!r}; handlers are its public "
             f"methods: {sorted(handler_table(state_cls))}"
         )

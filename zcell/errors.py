@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import difflib
+import traceback as _traceback
 from collections.abc import Iterable
 from typing import Any
 
@@ -49,20 +50,28 @@ class RemoteError(ZcellError):
     or the arguments, and call again if the operation is safe to repeat.
 
     Attributes:
-        type_name: The remote exception's qualified type name.
-        remote_message: The remote exception's ``str()``.
-        remote_traceback: The formatted remote traceback.
+        type_name: The original exception's qualified type name, however many
+            handlers relayed it (a handler that lets a nested call's error escape).
+        remote_message: The original exception's ``str()``.
+        remote_tracebacks: One formatted traceback per hop, where it was raised first.
+        remote_traceback: All of them as one string.
     """
 
     type_name: str = ""
     remote_message: str = ""
     remote_traceback: str = ""
+    remote_tracebacks: list[str]
+    remote_ancestor: str = ""  # the original type's nearest built-in ancestor
 
-    def __init__(self, type_name: str = "", message: str = "", traceback: str = "") -> None:
+    def __init__(
+        self, type_name: str = "", message: str = "", traceback: str | list[str] = ""
+    ) -> None:
         Exception.__init__(self, f"{type_name}: {message}" if type_name else message)
         self.type_name = type_name
         self.remote_message = message
-        self.remote_traceback = traceback
+        tracebacks = [traceback] if isinstance(traceback, str) else list(traceback)
+        self.remote_tracebacks = [tb for tb in tracebacks if tb]
+        self.remote_traceback = _HOP_SEPARATOR.join(self.remote_tracebacks)
         if isinstance(self, SyntaxError):
             # traceback formats SyntaxErrors from .msg, not str().
             self.msg = str(self)
@@ -74,11 +83,9 @@ class RemoteError(ZcellError):
         return text
 
     def __reduce__(self) -> Any:
-        base = getattr(type(self), "_builtin_base", None)
-        ancestor = base.__name__ if base is not None else ""
         return (
             remote_error,
-            (self.type_name, self.remote_message, self.remote_traceback, ancestor),
+            (self.type_name, self.remote_message, self.remote_tracebacks, self.remote_ancestor),
         )
 
 
@@ -250,16 +257,93 @@ def _mirror_new(cls: type, *args: Any, **kwargs: Any) -> Any:
         return Exception.__new__(cls)
 
 
-def remote_error(type_name: str, message: str, traceback: str, ancestor: str) -> RemoteError:
+def remote_error(
+    type_name: str, message: str, traceback: str | list[str], ancestor: str
+) -> RemoteError:
     """Build the exception a caller sees for a remote handler's failure.
 
     Args:
-        type_name: The remote exception's qualified type name.
-        message: ``str()`` of the remote exception.
-        traceback: The formatted remote traceback.
-        ancestor: Name of the remote type's nearest built-in ancestor.
+        type_name: The original exception's qualified type name.
+        message: ``str()`` of the original exception.
+        traceback: The formatted remote tracebacks, one per hop (or one string).
+        ancestor: Name of the original type's nearest built-in ancestor.
 
     Returns:
         A ``RemoteError`` that is also an instance of ``builtins.<ancestor>``.
     """
-    return _mirror_class(ancestor)(type_name, message, traceback)
+    error = _mirror_class(ancestor)(type_name, message, traceback)
+    error.remote_ancestor = ancestor
+    return error
+
+
+# -- the wire form of a handler's error (docs/protocol.md, status ERROR) ------------
+
+MAX_TRACEBACK = 8 * 1024  # characters kept of one hop's traceback
+MAX_MESSAGE = 16 * 1024  # characters kept of the original message
+MAX_HOPS = 32  # tracebacks kept: the first (where it was raised) and the latest
+_HOP_SEPARATOR = "\n-- relayed by the handler that called it --\n"
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, keeping its start and (mostly) its end.
+
+    The end of a traceback names the failing line and the exception, the start
+    says where the call came from: both are worth more than the middle.
+    """
+    if len(text) <= limit:
+        return text
+    head = limit // 4
+    tail = limit - head
+    return f"{text[:head]}\n... ({len(text) - limit} characters cut) ...\n{text[-tail:]}"
+
+
+def error_wire(exc: BaseException) -> list[Any]:
+    """The flat wire form of a handler's error: [type, message, [traceback...], ancestor].
+
+    Call it where ``exc`` was caught. An error that came from a nested call (a
+    ``RemoteError`` the handler let escape) keeps the original type, message and
+    tracebacks, and gains one traceback for this hop, so it grows by one bounded
+    entry per hop instead of nesting (which doubled its size at every hop).
+    """
+    hop = clip(_hop_traceback(exc), MAX_TRACEBACK)
+    if isinstance(exc, RemoteError):
+        tracebacks = [*exc.remote_tracebacks, hop]
+        if len(tracebacks) > MAX_HOPS:
+            cut = len(tracebacks) - MAX_HOPS + 1
+            tracebacks = [tracebacks[0], f"... ({cut} hops cut) ...", *tracebacks[-MAX_HOPS + 2 :]]
+        # Clipped again: they may come from a peer that did not bound them.
+        tracebacks = [clip(tb, MAX_TRACEBACK) for tb in tracebacks]
+        message = clip(exc.remote_message, MAX_MESSAGE)
+        return [exc.type_name, message, tracebacks, exc.remote_ancestor or "Exception"]
+    cls = type(exc)
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+    return [name, clip(str(exc), MAX_MESSAGE), [hop], builtin_ancestor(cls)]
+
+
+def _hop_traceback(exc: BaseException) -> str:
+    """This hop's traceback of ``exc``.
+
+    A relayed ``RemoteError`` gets its frames and its name only: its ``str()``
+    holds every earlier hop's traceback, which travel beside it.
+    """
+    if isinstance(exc, RemoteError):
+        frames = "".join(_traceback.format_tb(exc.__traceback__))
+        return f"Traceback (most recent call last):\n{frames}relayed {exc.type_name}\n"
+    return "".join(_traceback.format_exception(exc))
+
+
+def error_from_wire(value: Any) -> RemoteError | None:
+    """Rebuild a handler's error from its wire form; None when malformed.
+
+    Also takes the older form whose third item is one traceback string.
+    """
+    if not isinstance(value, list) or len(value) != 4:
+        return None
+    type_name, message, tracebacks, ancestor = value
+    if isinstance(tracebacks, list):
+        tracebacks = [str(tb) for tb in tracebacks]
+    else:
+        tracebacks = [str(tracebacks)]
+    return remote_error(str(type_name), str(message), tracebacks, str(ancestor))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import logging
 import time
-import traceback
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -21,7 +20,7 @@ from gevent.event import Event
 from greenlet import getcurrent, greenlet
 
 from .actor import Actor, MessageContext, Next, _State, handler_table, new_state
-from .errors import NoNodeForType, NoSuchActor, NoSuchMethod, builtin_ancestor
+from .errors import NoNodeForType, NoSuchActor, NoSuchMethod, error_wire
 from .proxy import ActorProxy
 from .wire import (
     DECLINED,
@@ -144,7 +143,7 @@ class Host:
                     self._wake_worker()  # a spare, in case this handler blocks
                 try:
                     self._run(*job)
-                except (Exception, GreenletExit):
+                except BaseException:
                     # Never let a failure escape into the hub (it would end the loop).
                     log.exception("zcell: request processing failed")
             # Out of work: the replies coalesced meanwhile leave now, not after
@@ -231,10 +230,19 @@ class Host:
             elif hasattr(hosted.state, "default_receive"):
                 value = hosted.state.default_receive(method, msg[R_KWARGS])
             else:
-                raise NoSuchMethod(
-                    f"{hosted.actor.name} has no handler {method!r}; handlers: "
-                    f"{sorted(hosted.handlers)}"
+                # Answered here, not raised: a NoSuchMethod raised by a nested
+                # call inside a handler is that handler's error (a RemoteError).
+                self._answer(
+                    msg,
+                    actor_id,
+                    ZERROR,
+                    [
+                        "NoSuchMethod",
+                        f"{hosted.actor.name} has no handler {method!r}; handlers: "
+                        f"{sorted(hosted.handlers)}",
+                    ],
                 )
+                return
         except _Killed:
             self._answer(
                 msg,
@@ -255,24 +263,34 @@ class Host:
                     ["NoSuchActor", f"actor {actor_id} declined {method} (Next)"],
                 )
         except NoSuchMethod as exc:
-            self._answer(msg, actor_id, ZERROR, ["NoSuchMethod", str(exc)])
-        except Exception as exc:
-            node.stats["errors"] += 1
-            if nowait:
-                node.stats["nowait_failures"] += 1
-                log.error(
-                    "zcell: %s.%s (fire and forget) failed",
-                    hosted.actor.name,
-                    method,
-                    exc_info=True,
-                )
-            self._answer(msg, actor_id, ERROR, self.error_info(exc))
+            if _raised_by(exc, "default_receive"):  # it declines the name itself
+                self._answer(msg, actor_id, ZERROR, ["NoSuchMethod", str(exc)])
+            else:  # a nested call's: this handler's error
+                self._failed(msg, actor_id, hosted, exc)
+        except BaseException as exc:
+            # Any BaseException (SystemExit, KeyboardInterrupt, GreenletExit...)
+            # fails this message only: escaping, it would end the node's loop.
+            self._failed(msg, actor_id, hosted, exc)
         else:
             if not nowait:
                 self._answer(msg, actor_id, OK, value)
         finally:
             hosted.greenlets.discard(g)
             g.zcell_ctx = None  # the worker greenlet is reused
+
+    def _failed(self, msg: list[Any], actor_id: str, hosted: Hosted, exc: BaseException) -> None:
+        """A handler raised: count it, log it if nobody waits, answer ERROR."""
+        node = self.node
+        node.stats["errors"] += 1
+        if msg[R_FLAGS] & F_NOWAIT:
+            node.stats["nowait_failures"] += 1
+            log.error(
+                "zcell: %s.%s (fire and forget) failed",
+                hosted.actor.name,
+                msg[R_METHOD],
+                exc_info=exc,
+            )
+        self._answer(msg, actor_id, ERROR, self.error_info(exc))
 
     def _answer(self, msg: list[Any], actor_id: str, status: int, value: Any) -> None:
         """Reply to a request (not to a fire-and-forget one)."""
@@ -289,14 +307,9 @@ class Host:
         )
 
     @staticmethod
-    def error_info(exc: BaseException) -> list[str]:
-        cls = type(exc)
-        name = (
-            cls.__qualname__
-            if cls.__module__ == "builtins"
-            else f"{cls.__module__}.{cls.__qualname__}"
-        )
-        return [name, str(exc), traceback.format_exc(), builtin_ancestor(cls)]
+    def error_info(exc: BaseException) -> list[Any]:
+        """The wire form of a handler's error (docs/protocol.md, status ERROR)."""
+        return error_wire(exc)
 
     def _throw_on(self, msg: list[Any], hosted: Hosted) -> None:
         """A throw was declined here: pass it to an actor of the type that has not seen it."""
@@ -428,7 +441,7 @@ class Host:
     def _hook(actor: Actor, fn: Any, what: str) -> None:
         try:
             fn()
-        except Exception:
+        except BaseException:  # even SystemExit: it would end the node's loop
             log.exception("zcell: %s of %s failed", what, actor)
 
     def _kill_handlers(self, hosted: Hosted) -> None:
@@ -497,6 +510,16 @@ class Host:
         for worker in idle:
             self._hub.loop.run_callback(worker.throw, GreenletExit)
         gevent.sleep(0)
+
+
+def _raised_by(exc: BaseException, function: str) -> bool:
+    """Whether ``exc`` was raised in the body of a function of that name (not deeper)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_name == function
 
 
 def _str(args: dict[str, Any], key: str) -> str:

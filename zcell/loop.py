@@ -224,7 +224,7 @@ class LoopThread:
             fn, args = queue.popleft()
             try:
                 fn(*args)
-            except Exception:
+            except BaseException:  # even SystemExit: raised here, it would end the loop
                 log.exception("zcell: callback %r failed in loop %s", fn, self.name)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:

@@ -28,9 +28,10 @@ from .errors import (
     NoNodeForType,
     NoSuchActor,
     NoSuchMethod,
+    RemoteError,
     SerializationError,
     ZcellError,
-    remote_error,
+    error_from_wire,
 )
 from .loop import hub_here, thread_ident
 from .outbound import Outbound
@@ -595,9 +596,11 @@ class Messaging:
             result._complete(error=self._error_from(status, value))
 
     def _error_from(self, status: int, value: Any) -> ZcellError:
-        if status == ERROR and isinstance(value, list) and len(value) == 4:
-            return remote_error(*(str(v) for v in value))
-        if status == ZERROR:
+        if status == ERROR:
+            error = error_from_wire(value)
+            if error is not None:
+                return error
+        elif status == ZERROR:
             return zcell_error(value)
         return ZcellError(f"malformed error reply: {value!r}")
 
@@ -619,8 +622,11 @@ class Messaging:
         try:
             value = self.host_.control(op, args, src)
         except ZcellError as exc:
-            self.reply(src, rid, ZERROR, [type(exc).__name__, str(exc)], ttl)
-        except Exception as exc:
+            if isinstance(exc, RemoteError):  # a nested call's error: relay it
+                self.reply(src, rid, ERROR, self.host_.error_info(exc), ttl)
+            else:
+                self.reply(src, rid, ZERROR, [type(exc).__name__, str(exc)], ttl)
+        except BaseException as exc:  # a constructor may raise anything, even SystemExit
             self.reply(src, rid, ERROR, self.host_.error_info(exc), ttl)
         else:
             self.reply(src, rid, OK, value, ttl)

@@ -214,6 +214,7 @@ class Node(Membership, Messaging):
                 "undeliverable_replies",  # see statistics()
                 "mdns_ads",  # ads of peers of this cluster heard (each change)
                 "mdns_ads_other_secret",  # ... ignored: one side has a secret, the other not
+                "internal_errors",  # bugs in dispatch, failed internal tasks (logged)
             ),
             0,
         )
@@ -324,13 +325,49 @@ class Node(Membership, Messaging):
             hb = hb.replace("0.0.0.0", inbox.split("//")[1].rsplit(":", 1)[0])
         self.endpoints = {"inbox": inbox, "pub": pub, "hb": hb}
         self._tasks = [
-            gevent.spawn(task) for task in (self._read_inbox, self._read_pub, self._housekeeping)
+            gevent.spawn(self._supervise, task)
+            for task in (self._read_inbox, self._read_pub, self._housekeeping)
         ]
         for peer in self._peers:
             self._seeds[peer] = float("inf")
             self._hello(peer)
         if self.discovery == "mdns":
             self._start_discovery()
+
+    def _supervise(self, task: Any) -> None:
+        """Run one of the node's own tasks (a socket reader, housekeeping) for good.
+
+        Such a task only ends when the node stops. If it fails or returns before
+        that, it is a bug or a broken socket: log it and start it again, waiting
+        longer after each failure in a row (up to 5 s) so that a task that keeps
+        failing does not spin.
+        """
+        name = task.__name__
+        backoff = 0.05
+        while True:
+            started = time.monotonic()
+            try:
+                task()
+                what = "ended"
+            except BaseException:  # noqa: BLE001 - even SystemExit: the loop must go on
+                if self._state not in ("starting", "running"):
+                    return
+                log.exception("zcell: node %s internal task %s failed", self.name, name)
+                what = "failed"
+            if self._state not in ("starting", "running"):
+                return
+            if time.monotonic() - started > 60:
+                backoff = 0.05  # not a failure in a row
+            log.error(
+                "zcell: node %s internal task %s %s unexpectedly; restarting it in %.2fs",
+                self.name,
+                name,
+                what,
+                backoff,
+            )
+            self.stats["internal_errors"] += 1
+            gevent.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
 
     def _configure_hb(self, sock: Any) -> None:
         sock.setsockopt(zmq.LINGER, 0)
@@ -618,7 +655,8 @@ class Node(Membership, Messaging):
             else:  # REFUSED counts only on the DEALER of our HELLO (_drain_dealers)
                 self.stats["dropped_stale"] += 1
         except Exception:
-            self.stats["dropped_bad_frames"] += 1
+            # The frame was valid: this is a bug on our side, not bad input.
+            self.stats["internal_errors"] += 1
             log.exception("zcell: message of kind %s could not be handled", kind)
 
     def _admit(self, msg: list[Any], routing: bytes | None, via: Member | None) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from .actor import Actor, handler_binding, handler_table
+from .errors import NoSuchMethod
 
 __all__ = ["ActorProxy", "Mesh", "forward", "stop_forward"]
 
@@ -188,8 +189,11 @@ class _Primitive:
 
     def __getattr__(self, method: str) -> _Typed:
         cls = self._ref._cls
+        if method.startswith("__"):  # Python's own protocols (copy, pickle...)
+            raise AttributeError(method)
         if method.startswith("_"):
-            raise AttributeError(f"{method!r} is private: handlers are public methods")
+            # The same class as the string form's answer for a name never dispatched.
+            raise NoSuchMethod(f"{method!r} is private: handlers are public methods")
         if cls is not None:
             _check_name(cls, method)
         return _Typed(self, method)
@@ -197,7 +201,7 @@ class _Primitive:
 
 def _check_name(cls: type[Actor], method: str) -> None:
     if method not in handler_table(cls.state) and not hasattr(cls.state, "default_receive"):
-        raise AttributeError(
+        raise NoSuchMethod(
             f"{cls.name} has no handler {method!r}; its handlers are "
             f"{sorted(handler_table(cls.state))}"
         )

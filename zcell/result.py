@@ -10,14 +10,20 @@ them, and the loop does so for it when it will not (see ``_observe``).
 from __future__ import annotations
 
 import collections
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+from gevent.hub import _get_hub
+from greenlet import greenlet
 
 from .errors import CallTimeout
 from .loop import Flag, real_lock, thread_ident
 
 __all__ = ["AsyncResult", "ScatterResult", "first_reply"]
+
+log = logging.getLogger("zcell")
 
 PENDING, SUCCESS, FAILURE = "PENDING", "SUCCESS", "FAILURE"
 _UNSET = object()
@@ -86,19 +92,31 @@ class AsyncResult:
         callbacks, self._callbacks = self._callbacks, None
         if callbacks:
             if defer is not None:
-                defer(self._run_callbacks, callbacks)
+                defer(self._start_callbacks, callbacks)
             else:
-                self._run_callbacks(callbacks)
+                self._start_callbacks(callbacks)
         return True
+
+    def _start_callbacks(self, callbacks: list[Callable[[AsyncResult], None]]) -> None:
+        """Run the link callbacks where they may block.
+
+        In a thread with a gevent hub (the node's loop: its socket reader or a
+        hub callback) they get a greenlet of their own, so a callback that
+        waits (a ``send``, a sleep) parks only itself and never the loop. In a
+        plain thread (one whose ``get()`` saw the deadline pass) they run here.
+        """
+        hub = _get_hub()
+        if hub is None:
+            self._run_callbacks(callbacks)
+        else:
+            hub.loop.run_callback(greenlet(self._run_callbacks, parent=hub).switch, callbacks)
 
     def _run_callbacks(self, callbacks: list[Callable[[AsyncResult], None]]) -> None:
         for callback in callbacks:
             try:
                 callback(self)
-            except Exception:  # a user callback must not break the node's reader
-                import logging
-
-                logging.getLogger("zcell").exception("AsyncResult link callback failed")
+            except BaseException:  # noqa: BLE001 - nothing may escape into the hub
+                log.exception("zcell: AsyncResult link callback %r failed", callback)
 
     def _observe(self) -> None:
         """Read the replies that have come, if they come to a program thread's port.
@@ -184,8 +202,10 @@ class AsyncResult:
     def link(self, callback: Callable[[AsyncResult], None]) -> None:
         """Call ``callback(self)`` once ready (at once if already ready).
 
-        Callbacks run in the node's loop thread (or at once, in the caller's,
-        when already ready): keep them short and non-blocking.
+        Callbacks run in a greenlet of their own in the node's loop thread (or
+        at once, in the caller's thread, when already ready), so one may block,
+        e.g. on a ``send``: it parks only itself. An exception it raises is
+        logged, never propagated.
         """
         self._observe()
         with self._flag._mutex:

@@ -21,6 +21,7 @@ zmq errors become zcell errors here; nothing above this module catches
 from __future__ import annotations
 
 import functools
+import logging
 import socket as _socket
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from .security import ClusterKeys
 
 __all__ = ["Context", "Socket", "TransportClosed", "bind_random"]
+
+log = logging.getLogger("zcell.transport")
 
 _AGAIN = zmq.Again
 # pyzmq's Python layer above it costs ~0.3 us a send.
@@ -392,8 +395,10 @@ class Socket:
         """Yield frames forever: drain until there are none, then wait on the FD.
 
         ROUTER and XPUB sockets yield multipart lists; the others single frames.
-        Ends when the socket is closed. ``recheck``: also retry every so many
-        seconds, for a socket that is written too (a send may consume the edge).
+        Ends when the socket is closed, or (logged: the node's supervisor then
+        restarts the reader) when reading it fails. ``recheck``: also retry
+        every so many seconds, for a socket that is written too (a send may
+        consume the edge).
         ``settle``: called before each check of whether a short burst goes on,
         to let the work the frames started run first (see ``Node._read_inbox``).
         """
@@ -423,7 +428,10 @@ class Socket:
                 if not self._closed and _events(raw) & _POLLIN:
                     continue
                 item = None
-            except zmq.ZMQError:
+            except zmq.ZMQError as exc:
+                if not self._closed:  # closed by its owner: the normal end
+                    kind = zmq.SocketType(int(raw.type)).name
+                    log.error("zcell: reading a %s socket failed: %s", kind, exc)
                 return
             if item is not None:
                 run += 1

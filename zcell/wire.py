@@ -111,6 +111,7 @@ class Codec:
                 f"{exc}; zcell sends only msgpack types (None, bool, int, float, str, "
                 "bytes, list, dict) and actor proxies"
             ) from exc
+        _check_payload(message)
         if len(data) > self.max_message_size:
             raise SerializationError(
                 f"message of {len(data)} bytes exceeds max_message_size="
@@ -154,6 +155,84 @@ class Codec:
             raise ProtocolError("msgpack timestamps are not accepted")
         check(msg)
         return msg
+
+
+# What the decoder takes back as it was sent: a dict key of another type (a tuple
+# or list) arrives as a list, which cannot be a key, and the whole frame would be
+# refused by the receiver (after the caller waited its full timeout).
+_SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
+_REFUSED_KEYS = (list, tuple, dict, msgpack.Timestamp)
+_REFUSED_VALUES = (msgpack.ExtType, msgpack.Timestamp)
+
+
+def _check_payload(message: list[Any]) -> None:
+    """Refuse what the receiver's decoder would refuse in a message's user data.
+
+    Only the user's values are walked (a request's kwargs, a reply's value, a
+    control call's args): the rest is built by zcell itself. A list that is not
+    a message (a value checked before it is sent) is walked whole. On the hot
+    path (flat kwargs, a scalar reply) this costs a few type checks.
+
+    Raises:
+        SerializationError: the value would be dropped by the receiver.
+    """
+    kind = message[1] if len(message) > 1 and message[0] == PROTOCOL_VERSION else None
+    if kind == REQ or kind == SCATTER:
+        nested = None
+        for key, item in message[9].items():
+            if type(key) is not str:
+                raise SerializationError(
+                    f"keyword argument names must be strings, not {type(key).__name__}"
+                )
+            if type(item) not in _SCALARS:
+                nested = True
+        if nested is None:
+            return
+        reason = _refused(message[9])
+    elif kind == REP:
+        value = message[5] if len(message) > 5 else None
+        if type(value) in _SCALARS:
+            return
+        reason = _refused(value)
+    elif kind is None:
+        reason = _refused(message)
+    elif kind == CTRL:
+        reason = _refused(message[7])
+    else:
+        return
+    if reason is not None:
+        raise SerializationError(
+            f"{reason}: the receiver would refuse it; zcell sends only msgpack types "
+            "(None, bool, int, float, str, bytes, list, dict with keys of those "
+            "scalar types) and actor proxies"
+        )
+
+
+def _refused(value: Any) -> str | None:
+    """Why the decoder would refuse ``value`` once packed, else None.
+
+    Cheap for the common case (exact types first; a long list of scalars costs
+    one ``set`` of its item types), and iterative: a value as deep as msgpack
+    takes must not hit Python's recursion limit here.
+    """
+    stack = [value]
+    while stack:
+        value = stack.pop()
+        t = type(value)
+        if t is dict or (t is not list and t is not tuple and isinstance(value, dict)):
+            for key, item in value.items():
+                if type(key) not in _SCALARS and isinstance(key, _REFUSED_KEYS):
+                    return f"a dict key of type {type(key).__name__} cannot travel"
+                if type(item) not in _SCALARS:
+                    stack.append(item)
+        elif isinstance(value, _REFUSED_VALUES):  # ExtType is a tuple: before the next test
+            return f"a msgpack {t.__name__} cannot travel"
+        elif t is list or t is tuple or isinstance(value, list | tuple):
+            if len(value) > 16 and set(map(type, value)) <= _SCALARS:
+                continue
+            stack.extend(item for item in value if type(item) not in _SCALARS)
+        # else: a scalar, a proxy, or what packing already refused
+    return None
 
 
 def _has_timestamp(value: Any) -> bool:
