@@ -1,4 +1,5 @@
-"""Actor types of ``zcell demo``, hosted by its ``zcell node -A zcell.demo_actors`` nodes.
+"""Actor types of ``zcell demo``, hosted by the ``zcell node -A zcell.cli.demo.actors``
+nodes it starts.
 
 They live in the package (not in ``examples/``) so that ``zcell demo`` works
 wherever zcell is installed. Handlers may call ``time.sleep``: ``zcell node``

@@ -1,6 +1,6 @@
 """``zcell demo``: a guided tour of a real mesh, in about ten seconds.
 
-It starts a few ``zcell node -A zcell.demo_actors`` child processes on this
+It starts a few ``zcell node -A zcell.cli.demo.actors`` child processes on this
 machine (mDNS on loopback, in a cluster of its own, so it never meets anything
 else; each child also gets this program's address as a ``--peer``, so it works
 where multicast does not), joins them as a node itself, and narrates every
@@ -26,7 +26,7 @@ from typing import Any
 
 __all__ = ["run_demo"]
 
-MODULE = "zcell.demo_actors"
+MODULE = "zcell.cli.demo.actors"
 #: Bound on each wait of the demo (mesh formation, replies, relayed output).
 STEP_TIMEOUT = 15.0
 
@@ -195,7 +195,7 @@ class Demo:
     def start_mesh(self) -> None:
         from zcell import Node
 
-        from .cli import read_secret
+        from ..common import read_secret
 
         args, say = self.args, self.say
         secret = read_secret(args.secret_file)
@@ -256,7 +256,8 @@ class Demo:
 
     def tour(self) -> None:
         from zcell import NodeDown, first_reply, forward, stop_forward
-        from zcell.demo_actors import Bouncer, Greeter, Logger, Worker
+
+        from .actors import Bouncer, Greeter, Logger, Worker
 
         say, node, names = self.say, self.node, self.names
         first, second, last = names[0], names[1], names[-1]
@@ -392,7 +393,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if not 2 <= args.nodes <= 9:
         print("zcell demo: --nodes must be between 2 and 9", file=sys.stderr)
         return 2
-    from .cli import read_secret
+    from ..common import read_secret
 
     read_secret(args.secret_file)  # a bad --secret-file is a usage error (exit 2)
     say = Narrator(args.json)
