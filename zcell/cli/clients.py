@@ -72,28 +72,26 @@ def register(sub: Subcommands) -> None:
         ["zcell send 3f9c2a7e greet who=shell", "zcell send $ID greet who='\"007\"' --json"],
         client(cmd_send),
     )
-    send.add_argument("id", metavar="ID", help="actor id, or a unique prefix of one")
+    _actor_id(send)
     _method_arguments(send)
 
-    throw = add_command(
-        sub,
-        "throw",
-        "call a method of one actor of a type (round-robin)",
-        ["zcell throw examples.hello.Greeter greet who=anyone"],
-        client(cmd_throw),
-    )
-    throw.add_argument("type", metavar="TYPE")
-    _method_arguments(throw)
-
-    scatter = add_command(
-        sub,
-        "scatter",
-        "call a method of every actor of a type",
-        ["zcell scatter examples.hello.Greeter greet who=everyone --json"],
-        client(cmd_scatter),
-    )
-    scatter.add_argument("type", metavar="TYPE")
-    _method_arguments(scatter)
+    for name, summary, example, command in [
+        (
+            "throw",
+            "call a method of one actor of a type (round-robin)",
+            "zcell throw examples.hello.Greeter greet who=anyone",
+            cmd_throw,
+        ),
+        (
+            "scatter",
+            "call a method of every actor of a type",
+            "zcell scatter examples.hello.Greeter greet who=everyone --json",
+            cmd_scatter,
+        ),
+    ]:
+        by_type = add_command(sub, name, summary, [example], client(command))
+        by_type.add_argument("type", metavar="TYPE", help="actor type name")
+        _method_arguments(by_type)
 
     kill = add_command(
         sub,
@@ -102,8 +100,13 @@ def register(sub: Subcommands) -> None:
         ["zcell kill 3f9c2a7e"],
         client(cmd_kill),
     )
-    kill.add_argument("id", metavar="ID", help="actor id, or a unique prefix of one")
+    _actor_id(kill)
     client_options(kill)
+
+
+def _actor_id(parser: argparse.ArgumentParser) -> None:
+    """``ID``: ``send`` and ``kill`` take an id or a unique prefix (``_find_actor``)."""
+    parser.add_argument("id", metavar="ID", help="actor id, or a unique prefix of one")
 
 
 def _method_arguments(parser: argparse.ArgumentParser) -> None:
