@@ -17,9 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zcell import wire
-from zcell.errors import ProtocolError, SerializationError
-from zcell.wire import (
+from zcell import _wire as wire
+from zcell._wire import (
     CTRL,
     DECLINED,
     DIRECTORY,
@@ -39,6 +38,7 @@ from zcell.wire import (
     ZERROR,
     Codec,
 )
+from zcell.errors import ProtocolError, SerializationError
 
 FUZZ = settings(
     max_examples=300,

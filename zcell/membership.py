@@ -26,7 +26,15 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import zmq
 
-from . import wire
+from . import _wire as wire
+from ._wire import (
+    DIRECTORY,
+    HELLO,
+    LEAVING,
+    PROTOCOL_VERSION,
+    REFUSED,
+    WELCOME,
+)
 from .directory import Member
 from .errors import (
     CallTimeout,
@@ -36,14 +44,6 @@ from .errors import (
 from .result import ScatterResult
 from .threadport import NOTIFY_DOWN
 from .transport import Socket
-from .wire import (
-    DIRECTORY,
-    HELLO,
-    LEAVING,
-    PROTOCOL_VERSION,
-    REFUSED,
-    WELCOME,
-)
 
 __all__ = ["Membership"]
 

@@ -31,7 +31,23 @@ import msgpack
 import zmq
 from gevent.event import Event
 
-from . import wire
+from . import _wire as wire
+from ._wire import (
+    C_SRC,
+    CTRL,
+    DIRECTORY,
+    F_DIRECT,
+    F_THROW,
+    HEARTBEAT,
+    HELLO,
+    LEAVING,
+    LEFT,
+    PROTOCOL_VERSION,
+    REP,
+    REQ,
+    SCATTER,
+    WELCOME,
+)
 from .actor import Actor, current_context, module_actor_classes, type_name_of
 from .directory import Directory, Member
 from .discovery import Discovery
@@ -56,22 +72,6 @@ from .result import AsyncResult
 from .security import ZapHandler, derive_keys
 from .threadport import NOTIFY_STOP, ThreadPort
 from .transport import Context, Socket, bind_random
-from .wire import (
-    C_SRC,
-    CTRL,
-    DIRECTORY,
-    F_DIRECT,
-    F_THROW,
-    HEARTBEAT,
-    HELLO,
-    LEAVING,
-    LEFT,
-    PROTOCOL_VERSION,
-    REP,
-    REQ,
-    SCATTER,
-    WELCOME,
-)
 
 log = logging.getLogger("zcell.node")
 
