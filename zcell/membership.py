@@ -38,6 +38,7 @@ from ._wire import (
 from .directory import Member
 from .errors import (
     CallTimeout,
+    IncompatibleProtocol,
     NodeDown,
     ZcellError,
 )
@@ -221,9 +222,24 @@ class Membership:
 
     def _on_dealer_frame(self, frame: bytes, endpoint: str) -> None:
         """A refusal of this very node (id and boot) stops it (see ``Node._refused``);
-        a refusal of another is stale; anything else is a bad frame."""
+        a refusal of another is stale; anything else is a bad frame. A refusal
+        in another major version is that node refusing ours."""
         try:
             msg = self._codec.decode(frame)
+        except wire.VersionMismatch as exc:
+            refusal = wire.foreign_refusal(exc)
+            if refusal is None:
+                self.stats["dropped_bad_frames"] += 1
+            elif refusal[:2] != (self.id, self.boot):
+                self.stats["dropped_stale"] += 1
+            else:
+                theirs = f"protocol {exc.major}"
+                self._refused(
+                    f"refused by the node at {endpoint}, which speaks {theirs} (this node "
+                    f"speaks {wire.mine()}): {refusal[2][:500]}",
+                    IncompatibleProtocol,
+                )
+            return
         except ZcellError:
             self.stats["dropped_bad_frames"] += 1
             return
@@ -384,6 +400,11 @@ class Membership:
         info, nonce, echo = msg[2], msg[3], msg[4]
         if routing is None or not self._in_cluster(info):
             return
+        if wire.minors(info)[0] > wire.PROTOCOL_MINOR:
+            # It no longer speaks our minors (the rule says it then bumps the
+            # major: this is a broken node). Never a member, nothing to say.
+            self.stats["refused_versions"] += 1
+            return
         inbox = info["inbox"]
         if self._answers_knock(inbox, echo) and self._knocks[inbox].answered == nonce:
             # It answered the challenge we sent to its inbox (it is there), and
@@ -412,6 +433,26 @@ class Membership:
         if clash is not None and clash[1]:
             refusal = [V, REFUSED, info["id"], info["boot"], clash[0]]
             self._inbox.send_coalesced(routing, self._codec.encode(refusal))
+
+    def _refuse_version(self, exc: wire.VersionMismatch, routing: bytes) -> None:
+        """Answer a HELLO of another major version of our cluster: a refusal in
+        ours, on its own connection, naming both versions.
+
+        Unverified (we cannot read the rest of its frames), it learns only our
+        version; the joiner heeds it only from the node it knocked on, in its
+        first seconds, like a refusal of its name.
+        """
+        hello = wire.foreign_hello(exc)
+        if hello is None or hello[2] != self.cluster:
+            return
+        self.stats["refused_versions"] += 1
+        reason = (
+            f"the node at {self.endpoints['inbox']} speaks zcell protocol {wire.mine()}, "
+            f"the joiner protocol {exc.major}; nodes of two major versions cannot mesh: "
+            "run one major version of zcell on every node (zcell --version)"
+        )
+        refusal = [V, REFUSED, hello[0], hello[1], reason]
+        self._inbox.send_coalesced(routing, self._codec.encode(refusal))
 
     def _send_quiet(self, member: Member, frame: bytes) -> None:
         try:

@@ -176,8 +176,19 @@ def _check_refusal(msg: list[Any]) -> None:
         raise ProtocolError("malformed refusal")
 
 
-_REQUEST = ("rid", "src", "boot", "chain", "ttl", "target", "method", "kwargs", "flags")
-_REQUEST += ("origin", "seen")
+_REQUEST = (
+    "rid",
+    "src",
+    "boot",
+    "chain",
+    "ttl",
+    "target",
+    "method",
+    "kwargs",
+    "flags",
+    "origin",
+    "seen",
+)
 
 #: The protocol's message kinds, by number (docs/protocol.md §3).
 KINDS: dict[int, Kind] = {
@@ -264,20 +275,20 @@ def check_actor_list(actors: Any) -> None:
             raise ProtocolError("malformed actor entry")
 
 
-def foreign_hello(error: VersionMismatch) -> tuple[str, str] | None:
-    """The (node id, boot id) of a HELLO of another major, else None.
+def foreign_hello(error: VersionMismatch) -> tuple[str, str, str] | None:
+    """The (node id, boot id, cluster) of a HELLO of another major, else None.
 
-    Every major keeps HELLO as ``[major, 3, info, ...]`` with ``id`` and ``boot``
-    in the info, and REFUSED as ``[major, 11, id, boot, reason]``: that much a
-    node of any version reads, so that it can refuse and be refused.
+    Every major keeps HELLO as ``[major, 3, info, ...]`` with ``id``, ``boot``
+    and ``cluster`` in the info, and REFUSED as ``[major, 11, id, boot, reason]``:
+    that much a node of any version reads, so that it can refuse and be refused.
     """
     msg = error.msg
     if len(msg) < 3 or type(msg[1]) is not int or msg[1] != HELLO or type(msg[2]) is not dict:
         return None
-    node_id, boot = msg[2].get("id"), msg[2].get("boot")
-    if type(node_id) is not str or type(boot) is not str:
+    fields = tuple(msg[2].get(key) for key in ("id", "boot", "cluster"))
+    if not all(type(field) is str for field in fields):
         return None
-    return node_id, boot
+    return fields  # type: ignore[return-value]
 
 
 def foreign_refusal(error: VersionMismatch) -> tuple[str, str, str] | None:
