@@ -21,10 +21,11 @@ import pytest
 from conftest import SLOW, child_env, wait_until
 from test_hostile import raw_dealers
 from test_stranger import fake_info, packed
+from test_wire import SAMPLES
 from zcell_test_actors import Echo
 
 import zcell
-from zcell import IncompatibleProtocol, Node, NodeStopped
+from zcell import IncompatibleProtocol, Node, NodeStopped, ProtocolError
 from zcell import _wire as wire
 from zcell.directory import Member
 
@@ -95,6 +96,22 @@ def test_a_kind_is_sent_only_to_members_whose_minor_has_it():
     info = {k: "x" for k in ("id", "boot", "name", "cluster", "inbox", "pub", "hb")}
     assert Member.from_info(info).minors == (0, 0)
     assert Member.from_info({**info, "proto": [0, 3]}).minors == (0, 3)
+
+
+def test_every_kind_of_the_table_refuses_a_wrong_number_of_items():
+    """Rows that count their own items (requests, replies: the hot path) refuse
+    what the table's lengths refuse, like the others."""
+    refusal = [wire.PROTOCOL_VERSION, wire.REFUSED, "0" * 16, "0" * 8, "taken"]
+    samples = [*SAMPLES.values(), refusal]
+    assert {msg[1] for msg in samples} == set(wire.KINDS)
+    for msg in samples:
+        lengths = wire.KINDS[msg[1]].lengths
+        assert len(msg) in lengths
+        wire.check(msg)
+        too_long = msg + [None] * (max(lengths) + 1 - len(msg))
+        for wrong in too_long, msg[: min(lengths) - 1]:
+            with pytest.raises(ProtocolError):
+                wire.check(wrong)
 
 
 @pytest.fixture
