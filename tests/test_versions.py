@@ -20,7 +20,7 @@ import msgpack
 import pytest
 from conftest import SLOW, child_env, wait_until
 from test_hostile import raw_dealers
-from test_stranger import fake_info, packed
+from test_stranger import fake_info, packed, received, stranger_inbox
 from test_wire import SAMPLES
 from zcell_test_actors import Echo
 
@@ -218,3 +218,25 @@ def test_a_hello_of_another_major_is_answered_on_its_connection_only_in_its_clus
     stats = hub.statistics()
     assert stats["dropped_bad_frames"] == before + 2  # counted as today
     assert stats["refused_versions"] == 1
+
+
+def test_a_hello_that_no_longer_speaks_our_minors_or_garbles_them_is_not_knocked_back(make_node):
+    hub = make_node("hub")
+    with stranger_inbox() as (inbox, endpoint), raw_dealers(hub.endpoints["inbox"]) as (dealer,):
+        gone = {**fake_info(1, hub.cluster, 0), "inbox": endpoint, "pub": endpoint}
+        gone["proto"] = [wire.PROTOCOL_MINOR + 1, wire.PROTOCOL_MINOR + 2]
+        garbled = {**gone, "id": "2" * 16, "proto": [1, 0]}
+        before = hub.statistics()
+        dealer.send(packed([wire.PROTOCOL_VERSION, wire.HELLO, gone, "n" * 32, ""]))
+        dealer.send(packed([wire.PROTOCOL_VERSION, wire.HELLO, garbled, "n" * 32, ""]))
+        wait_until(
+            lambda: (
+                hub.statistics()["refused_versions"] == 1
+                and hub.statistics()["dropped_bad_frames"] == before["dropped_bad_frames"] + 1
+            ),
+            5,
+            "both HELLOs counted",
+        )
+        assert received(inbox, 0.3) == []  # no knock on the inbox they claim
+        assert not dealer.poll(0)  # and no answer
+    assert len(hub.nodes()) == 1
