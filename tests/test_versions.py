@@ -214,7 +214,7 @@ def test_a_hello_of_another_major_is_answered_on_its_connection_only_in_its_clus
         refusal = msgpack.unpackb(dealer.recv(), raw=False)
         assert not dealer.poll(200), "the other cluster's HELLO was answered too"
     assert refusal[:4] == [wire.PROTOCOL_VERSION, wire.REFUSED, ours["id"], ours["boot"]]
-    assert "protocol 2.0" in refusal[4] and "protocol 3" in refusal[4], refusal
+    assert "protocol 2.0 and the joiner 3.0" in refusal[4], refusal
     stats = hub.statistics()
     assert stats["dropped_bad_frames"] == before + 2  # counted as today
     assert stats["refused_versions"] == 1

@@ -233,10 +233,9 @@ class Membership:
             elif refusal[:2] != (self.id, self.boot):
                 self.stats["dropped_stale"] += 1
             else:
-                theirs = f"protocol {exc.major}"
                 self._refused(
-                    f"refused by the node at {endpoint}, which speaks {theirs} (this node "
-                    f"speaks {wire.mine()}): {refusal[2][:500]}",
+                    f"refused by the node at {endpoint} (protocol {exc.major}, this node "
+                    f"{wire.mine()}): {refusal[2][:500]}",
                     IncompatibleProtocol,
                 )
             return
@@ -442,16 +441,16 @@ class Membership:
         version; the joiner heeds it only from the node it knocked on, in its
         first seconds, like a refusal of its name.
         """
-        hello = wire.foreign_hello(exc)
-        if hello is None or hello[2] != self.cluster:
+        info = wire.foreign_hello(exc)
+        if info is None or info["cluster"] != self.cluster:
             return
         self.stats["refused_versions"] += 1
         reason = (
-            f"the node at {self.endpoints['inbox']} speaks zcell protocol {wire.mine()}, "
-            f"the joiner protocol {exc.major}; nodes of two major versions cannot mesh: "
+            f"it speaks zcell protocol {wire.mine()} and the joiner "
+            f"{wire.stated(exc.major, info)}; nodes of two major versions cannot mesh: "
             "run one major version of zcell on every node (zcell --version)"
         )
-        refusal = [V, REFUSED, hello[0], hello[1], reason]
+        refusal = [V, REFUSED, info["id"], info["boot"], reason]
         self._inbox.send_coalesced(routing, self._codec.encode(refusal))
 
     def _send_quiet(self, member: Member, frame: bytes) -> None:

@@ -69,6 +69,7 @@ from .version import (
     mine,
     minors,
     speaks,
+    stated,
 )
 
 __all__ = [
@@ -133,4 +134,5 @@ __all__ = [
     "minors",
     "sendable",
     "speaks",
+    "stated",
 ]

@@ -300,8 +300,8 @@ def check_actor_list(actors: Any) -> None:
             raise ProtocolError("malformed actor entry")
 
 
-def foreign_hello(error: VersionMismatch) -> tuple[str, str, str] | None:
-    """The (node id, boot id, cluster) of a HELLO of another major, else None.
+def foreign_hello(error: VersionMismatch) -> dict[str, Any] | None:
+    """The node info of a HELLO of another major (str id, boot, cluster), else None.
 
     Every major keeps HELLO as ``[major, 3, info, ...]`` with ``id``, ``boot``
     and ``cluster`` in the info, and REFUSED as ``[major, 11, id, boot, reason]``:
@@ -310,10 +310,10 @@ def foreign_hello(error: VersionMismatch) -> tuple[str, str, str] | None:
     msg = error.msg
     if len(msg) < 3 or type(msg[1]) is not int or msg[1] != HELLO or type(msg[2]) is not dict:
         return None
-    fields = tuple(msg[2].get(key) for key in ("id", "boot", "cluster"))
-    if not all(type(field) is str for field in fields):
+    info: dict[str, Any] = msg[2]
+    if not all(type(info.get(key)) is str for key in ("id", "boot", "cluster")):
         return None
-    return fields  # type: ignore[return-value]
+    return info
 
 
 def foreign_refusal(error: VersionMismatch) -> tuple[str, str, str] | None:

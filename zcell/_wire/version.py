@@ -67,6 +67,15 @@ def describe(major: int, lowest: int, highest: int) -> str:
     return f"{major}.{lowest}-{major}.{highest}"
 
 
+def stated(major: int, info: dict[str, Any]) -> str:
+    """The versions a node of ``major`` says it speaks, as far as its ``info`` says."""
+    try:
+        check_minors(info.get("proto"))
+    except ProtocolError:
+        return str(major)
+    return describe(major, *info["proto"])
+
+
 def mine() -> str:
     """This code's versions, as :func:`describe` writes them."""
     return describe(PROTOCOL_VERSION, MIN_MINOR, PROTOCOL_MINOR)
