@@ -1,4 +1,4 @@
-"""The protocol version and the rule for who can mesh with whom (docs/protocol.md §1).
+"""The protocol version and the rule for who can mesh with whom (docs/protocol.md §1.1).
 
 A version is ``major.minor``. Every frame carries the major in position 0: a
 frame of another major is not read (its layout may differ), and a HELLO of
