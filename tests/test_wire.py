@@ -1,4 +1,4 @@
-"""zcell.wire: the frame format, as a specification (docs/protocol.md). Pure: no sockets.
+"""zcell._wire: the frame format, as a specification (docs/protocol.md). Pure: no sockets.
 
 Every message is one msgpack array ``[version, kind, ...fields]``. ``Codec.decode``
 turns any byte string into either a well-formed message or ``ProtocolError``;
