@@ -351,6 +351,7 @@ def test_zcell_errors_all_lists_every_class_and_the_two_helpers() -> None:
         "SerializationError",
         "NodeStopped",
         "NameTaken",
+        "IncompatibleProtocol",
         "remote_error",
         "builtin_ancestor",
     }
@@ -436,6 +437,7 @@ API_NAMES = {
     "SerializationError",
     "NodeStopped",
     "NameTaken",
+    "IncompatibleProtocol",  # issue 14: a node of another protocol major
 }
 
 

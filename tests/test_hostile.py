@@ -44,8 +44,7 @@ from zcell_test_actors import Echo
 from zmq.utils.monitor import recv_monitor_message
 
 from zcell import NoNodeForType, SerializationError
-from zcell.errors import ProtocolError
-from zcell.wire import (
+from zcell._wire import (
     CTRL,
     DIRECTORY,
     EXT_PROXY,
@@ -61,6 +60,7 @@ from zcell.wire import (
     WELCOME,
     Codec,
 )
+from zcell.errors import ProtocolError
 
 V = PROTOCOL_VERSION
 SEED = 20240611

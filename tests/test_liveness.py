@@ -17,7 +17,8 @@ import zmq
 from conftest import SLOW, wait_until
 from zcell_test_actors import Echo
 
-from zcell import Node, NodeDown, ProtocolError, wire
+from zcell import Node, NodeDown, ProtocolError
+from zcell import _wire as wire
 
 FAST_HB = 0.3
 

@@ -25,7 +25,8 @@ from test_hostile import raw_dealers
 from test_stranger import fake_info, packed, received, stranger_inbox
 from zcell_test_actors import Echo
 
-from zcell import CallTimeout, Node, NodeStopped, wire
+from zcell import CallTimeout, Node, NodeStopped
+from zcell import _wire as wire
 from zcell.cli import main
 from zcell.errors import NameTaken, ZcellError
 

@@ -26,8 +26,8 @@ from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
 from zcell import Node
+from zcell._wire import F_NOWAIT, HELLO, PROTOCOL_VERSION, REQ, Codec
 from zcell.security import ClusterKeys, ZapHandler, derive_keys, role_of
-from zcell.wire import F_NOWAIT, HELLO, PROTOCOL_VERSION, REQ, Codec
 
 SECRET = "correct horse battery staple"
 OTHER_SECRET = "incorrect horse"

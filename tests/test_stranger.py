@@ -22,8 +22,8 @@ from conftest import SLOW, start_zcell_node, wait_until
 from test_hostile import raw_dealers, unique_cluster, vm_kib
 from zcell_test_actors import Echo
 
-from zcell import wire
-from zcell.wire import CTRL, F_NOWAIT, HELLO, LEAVING, LEFT, REP, REQ, WELCOME
+from zcell import _wire as wire
+from zcell._wire import CTRL, F_NOWAIT, HELLO, LEAVING, LEFT, REP, REQ, WELCOME
 
 V = wire.PROTOCOL_VERSION
 HB = 0.3  # fast heartbeats: fake members are declared down within a second
@@ -35,12 +35,12 @@ def packed(value: object) -> bytes:
 
 def hello(info: dict[str, Any]) -> bytes:
     """A HELLO as a stranger sends it (a challenge of its own, answering none)."""
-    extra = ["5" * 16, ""][: wire._LENGTHS[HELLO] - 3]
+    extra = ["5" * 16, ""][: wire.KINDS[HELLO].lengths[-1] - 3]
     return packed([V, HELLO, info, *extra])
 
 
 def welcome(info: dict[str, Any], seq: int, actors: list, members: list) -> bytes:
-    extra = [""][: wire._LENGTHS[WELCOME] - 6]
+    extra = [""][: wire.KINDS[WELCOME].lengths[-1] - 6]
     return packed([V, WELCOME, info, seq, actors, members, *extra])
 
 

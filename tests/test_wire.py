@@ -1,4 +1,4 @@
-"""zcell.wire: the frame format, as a specification (docs/protocol.md). Pure: no sockets.
+"""zcell._wire: the frame format, as a specification (docs/protocol.md). Pure: no sockets.
 
 Every message is one msgpack array ``[version, kind, ...fields]``. ``Codec.decode``
 turns any byte string into either a well-formed message or ``ProtocolError``;
@@ -17,9 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zcell import wire
-from zcell.errors import ProtocolError, SerializationError
-from zcell.wire import (
+from zcell import _wire as wire
+from zcell._wire import (
     CTRL,
     DECLINED,
     DIRECTORY,
@@ -39,6 +38,7 @@ from zcell.wire import (
     ZERROR,
     Codec,
 )
+from zcell.errors import ProtocolError, SerializationError
 
 FUZZ = settings(
     max_examples=300,

@@ -10,6 +10,7 @@ from .actor import Actor, Next
 from .errors import (
     ActorStopped,
     CallTimeout,
+    IncompatibleProtocol,
     NameTaken,
     NodeDown,
     NodeStopped,
@@ -34,6 +35,7 @@ __all__ = [
     "ActorStopped",
     "AsyncResult",
     "CallTimeout",
+    "IncompatibleProtocol",
     "NameTaken",
     "Next",
     "NoNodeForType",

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._wire import UNSTATED, minors
+
 __all__ = ["Directory", "Member"]
 
 
@@ -42,6 +44,8 @@ class Member:
     leaving: bool = False
     syncing: bool = False  # a snapshot request is in flight
     synced: bool = False  # its directory snapshot has arrived
+    # The protocol minors it speaks: only kinds its highest has are sent to it.
+    minors: tuple[int, int] = UNSTATED
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> Member:
@@ -57,6 +61,7 @@ class Member:
             hb=info["hb"],
             types={t for t in types if isinstance(t, str)} if isinstance(types, list) else set(),
             started=float(started) if isinstance(started, int | float) else 0.0,
+            minors=minors(info),
         )
 
 

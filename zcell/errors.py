@@ -32,6 +32,7 @@ __all__ = [
     "SerializationError",
     "NodeStopped",
     "NameTaken",
+    "IncompatibleProtocol",
     "remote_error",
     "builtin_ancestor",
 ]
@@ -179,6 +180,18 @@ class NameTaken(NodeStopped):
     while starting; a refusal that comes later stops the node, which logs it and
     keeps it in ``node.failure`` (``zcell node`` exits 1). Give one of the nodes
     another name (``--name`` / ``Node(name=...)``), or stop the other one first.
+    """
+
+
+class IncompatibleProtocol(NodeStopped):
+    """A node of the mesh speaks another major version of the zcell protocol.
+
+    Nodes of one major version mesh whatever their minor versions; nodes of two
+    majors cannot read each other's frames. The node knocked on refuses the
+    joiner, naming both versions. Raised by ``Node.start()`` when the refusal came
+    while starting; one that comes later stops the node, which keeps it in
+    ``node.failure`` (``zcell node`` exits 1). Run one major version of zcell on
+    every node of a cluster (``zcell --version`` shows it).
     """
 
 

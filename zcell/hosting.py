@@ -19,10 +19,7 @@ from gevent import GreenletExit
 from gevent.event import Event
 from greenlet import getcurrent, greenlet
 
-from .actor import Actor, MessageContext, Next, _State, handler_table, new_state
-from .errors import NoNodeForType, NoSuchActor, NoSuchMethod, error_wire
-from .proxy import ActorProxy
-from .wire import (
+from ._wire import (
     DECLINED,
     ERROR,
     F_EMIT,
@@ -43,6 +40,9 @@ from .wire import (
     SCATTER,
     ZERROR,
 )
+from .actor import Actor, MessageContext, Next, _State, handler_table, new_state
+from .errors import NoNodeForType, NoSuchActor, NoSuchMethod, error_wire
+from .proxy import ActorProxy
 
 if TYPE_CHECKING:
     from .node import Node

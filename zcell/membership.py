@@ -26,17 +26,8 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import zmq
 
-from . import wire
-from .directory import Member
-from .errors import (
-    CallTimeout,
-    NodeDown,
-    ZcellError,
-)
-from .result import ScatterResult
-from .threadport import NOTIFY_DOWN
-from .transport import Socket
-from .wire import (
+from . import _wire as wire
+from ._wire import (
     DIRECTORY,
     HELLO,
     LEAVING,
@@ -44,6 +35,16 @@ from .wire import (
     REFUSED,
     WELCOME,
 )
+from .directory import Member
+from .errors import (
+    CallTimeout,
+    IncompatibleProtocol,
+    NodeDown,
+    ZcellError,
+)
+from .result import ScatterResult
+from .threadport import NOTIFY_DOWN
+from .transport import Socket
 
 __all__ = ["Membership"]
 
@@ -221,9 +222,23 @@ class Membership:
 
     def _on_dealer_frame(self, frame: bytes, endpoint: str) -> None:
         """A refusal of this very node (id and boot) stops it (see ``Node._refused``);
-        a refusal of another is stale; anything else is a bad frame."""
+        a refusal of another is stale; anything else is a bad frame. A refusal
+        in another major version is that node refusing ours."""
         try:
             msg = self._codec.decode(frame)
+        except wire.VersionMismatch as exc:
+            refusal = wire.foreign_refusal(exc)
+            if refusal is None:
+                self.stats["dropped_bad_frames"] += 1
+            elif refusal[:2] != (self.id, self.boot):
+                self.stats["dropped_stale"] += 1
+            else:
+                self._refused(
+                    f"refused by the node at {endpoint} (protocol {exc.major}, this node "
+                    f"{wire.mine()}): {refusal[2][:500]}",
+                    IncompatibleProtocol,
+                )
+            return
         except ZcellError:
             self.stats["dropped_bad_frames"] += 1
             return
@@ -384,6 +399,11 @@ class Membership:
         info, nonce, echo = msg[2], msg[3], msg[4]
         if routing is None or not self._in_cluster(info):
             return
+        if wire.minors(info)[0] > wire.PROTOCOL_MINOR:
+            # It no longer speaks our minors (the rule says it then bumps the
+            # major: this is a broken node). Never a member, nothing to say.
+            self.stats["refused_versions"] += 1
+            return
         inbox = info["inbox"]
         if self._answers_knock(inbox, echo) and self._knocks[inbox].answered == nonce:
             # It answered the challenge we sent to its inbox (it is there), and
@@ -412,6 +432,26 @@ class Membership:
         if clash is not None and clash[1]:
             refusal = [V, REFUSED, info["id"], info["boot"], clash[0]]
             self._inbox.send_coalesced(routing, self._codec.encode(refusal))
+
+    def _refuse_version(self, exc: wire.VersionMismatch, routing: bytes) -> None:
+        """Answer a HELLO of another major version of our cluster: a refusal in
+        ours, on its own connection, naming both versions.
+
+        Unverified (we cannot read the rest of its frames), it learns only our
+        version; the joiner heeds it only from the node it knocked on, in its
+        first seconds, like a refusal of its name.
+        """
+        info = wire.foreign_hello(exc)
+        if info is None or info["cluster"] != self.cluster:
+            return
+        self.stats["refused_versions"] += 1
+        reason = (
+            f"it speaks zcell protocol {wire.mine()} and the joiner "
+            f"{wire.stated(exc.major, info)}; nodes of two major versions cannot mesh: "
+            "run one major version of zcell on every node (zcell --version)"
+        )
+        refusal = [V, REFUSED, info["id"], info["boot"], reason]
+        self._inbox.send_coalesced(routing, self._codec.encode(refusal))
 
     def _send_quiet(self, member: Member, frame: bytes) -> None:
         try:

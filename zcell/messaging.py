@@ -18,28 +18,8 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent.hub import _get_hub
 
-from . import wire
-from .actor import Actor, current_context
-from .errors import (
-    ActorStopped,
-    CallTimeout,
-    NodeDown,
-    NodeStopped,
-    NoNodeForType,
-    NoSuchActor,
-    NoSuchMethod,
-    RemoteError,
-    SerializationError,
-    ZcellError,
-    error_from_wire,
-)
-from .loop import hub_here, thread_ident
-from .outbound import Outbound
-from .proxy import ActorProxy
-from .result import AsyncResult, ScatterResult
-from .threadport import ThreadPort, free_closed_subscribers
-from .transport import TransportClosed
-from .wire import (
+from . import _wire as wire
+from ._wire import (
     C_ARGS,
     C_ID,
     C_OP,
@@ -61,6 +41,26 @@ from .wire import (
     SCATTER,
     ZERROR,
 )
+from .actor import Actor, current_context
+from .errors import (
+    ActorStopped,
+    CallTimeout,
+    NodeDown,
+    NodeStopped,
+    NoNodeForType,
+    NoSuchActor,
+    NoSuchMethod,
+    RemoteError,
+    SerializationError,
+    ZcellError,
+    error_from_wire,
+)
+from .loop import hub_here, thread_ident
+from .outbound import Outbound
+from .proxy import ActorProxy
+from .result import AsyncResult, ScatterResult
+from .threadport import ThreadPort, free_closed_subscribers
+from .transport import TransportClosed
 
 __all__ = ["Messaging", "zcell_error"]
 

@@ -31,7 +31,23 @@ import msgpack
 import zmq
 from gevent.event import Event
 
-from . import wire
+from . import _wire as wire
+from ._wire import (
+    C_SRC,
+    CTRL,
+    DIRECTORY,
+    F_DIRECT,
+    F_THROW,
+    HEARTBEAT,
+    HELLO,
+    LEAVING,
+    LEFT,
+    PROTOCOL_VERSION,
+    REP,
+    REQ,
+    SCATTER,
+    WELCOME,
+)
 from .actor import Actor, current_context, module_actor_classes, type_name_of
 from .directory import Directory, Member
 from .discovery import Discovery
@@ -56,22 +72,6 @@ from .result import AsyncResult
 from .security import ZapHandler, derive_keys
 from .threadport import NOTIFY_STOP, ThreadPort
 from .transport import Context, Socket, bind_random
-from .wire import (
-    C_SRC,
-    CTRL,
-    DIRECTORY,
-    F_DIRECT,
-    F_THROW,
-    HEARTBEAT,
-    HELLO,
-    LEAVING,
-    LEFT,
-    PROTOCOL_VERSION,
-    REP,
-    REQ,
-    SCATTER,
-    WELCOME,
-)
 
 log = logging.getLogger("zcell.node")
 
@@ -215,6 +215,8 @@ class Node(Membership, Messaging):
                 "mdns_ads",  # ads of peers of this cluster heard (each change)
                 "mdns_ads_other_secret",  # ... ignored: one side has a secret, the other not
                 "internal_errors",  # bugs in dispatch, failed internal tasks (logged)
+                "dropped_newer_kinds",  # kinds of a newer minor a member speaks and we do not
+                "refused_versions",  # HELLOs of another protocol version (refused)
             ),
             0,
         )
@@ -223,7 +225,8 @@ class Node(Membership, Messaging):
         self._inbox: Any = None
         self._hb: HeartbeatThread | None = None
         self._disc: Any = None
-        #: The error that made this node stop itself (a ``NameTaken``), or None.
+        #: The error that made this node stop itself (``NameTaken``,
+        #: ``IncompatibleProtocol``), or None.
         self.failure: ZcellError | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -269,8 +272,8 @@ class Node(Membership, Messaging):
             raise self.failure
         return self
 
-    def _refused(self, reason: str) -> None:
-        """A member refused us (our name is taken): stop, visibly.
+    def _refused(self, reason: str, error: type[NodeStopped] = NameTaken) -> None:
+        """A member refused us (our name is taken, or our version): stop, visibly.
 
         Heeded only in the first seconds of the node's life, when the newcomer
         is the one to go; later (a healed partition) it is logged, not obeyed,
@@ -281,7 +284,7 @@ class Node(Membership, Messaging):
         if time.time() - self._started_at > max(_REFUSAL_WINDOW, 5 * self.heartbeat):
             log.error("zcell: node %s was %s (ignored: it is past its start)", self.name, reason)
             return
-        self.failure = NameTaken(f"node {self.name} was {reason}")
+        self.failure = error(f"node {self.name} was {reason}")
         log.error("zcell: %s; stopping", self.failure)
         if self._state == "running":  # else start() raises it
             real_thread(self.stop)
@@ -540,6 +543,7 @@ class Node(Membership, Messaging):
             "hb": self.endpoints["hb"],
             "types": sorted(self._types),
             "started": self._started_at or time.time(),
+            "proto": wire.speaks(),
         }
 
     def _heartbeat_frame(self) -> bytes:
@@ -617,8 +621,7 @@ class Node(Membership, Messaging):
         try:
             msg = self._codec.decode(frame)
         except ProtocolError as exc:
-            self.stats["dropped_bad_frames"] += 1
-            log.debug("zcell: dropped a bad frame: %s", exc)
+            self._on_bad_frame(exc, routing, via)
             return
         except Exception:  # a proxy factory or hook must never kill the reader
             self.stats["dropped_bad_frames"] += 1
@@ -658,6 +661,22 @@ class Node(Membership, Messaging):
             # The frame was valid: this is a bug on our side, not bad input.
             self.stats["internal_errors"] += 1
             log.exception("zcell: message of kind %s could not be handled", kind)
+
+    def _on_bad_frame(self, exc: ProtocolError, routing: bytes | None, via: Member | None) -> None:
+        """Count a frame that failed its check; answer a HELLO of another major.
+
+        A kind we lack from a member that speaks a newer minor is that minor's
+        news, not hostile input: counted apart. From anyone else it is malformed.
+        """
+        if isinstance(exc, wire.UnknownKind):
+            sender = self._sender(routing, via)
+            if sender is not None and sender.minors[1] > wire.PROTOCOL_MINOR:
+                self.stats["dropped_newer_kinds"] += 1
+                return
+        self.stats["dropped_bad_frames"] += 1
+        log.debug("zcell: dropped a bad frame: %s", exc)
+        if isinstance(exc, wire.VersionMismatch) and routing is not None:
+            self._refuse_version(exc, routing)
 
     def _admit(self, msg: list[Any], routing: bytes | None, via: Member | None) -> bool:
         """Requests only from current members (right boot id) over their own

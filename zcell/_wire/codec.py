@@ -1,9 +1,10 @@
-"""The zcell wire format: msgpack frames, pure (no sockets). See docs/protocol.md.
+"""msgpack encoding and decoding of frames, with the input limits. See docs/protocol.md.
 
 Every message is one ZeroMQ frame holding one msgpack array whose first two
-items are the protocol version and the message kind. :func:`decode` applies
-input limits and checks the shape of every kind, so any byte string yields either
-a well-formed list or :class:`~zcell.errors.ProtocolError`, nothing else.
+items are the protocol version and the message kind. :meth:`Codec.decode` applies
+input limits and checks the shape of every kind (``kinds.check``), so any byte
+string yields either a well-formed list or :class:`~zcell.errors.ProtocolError`,
+nothing else. :meth:`Codec.encode` refuses what the receiver's decoder would refuse.
 
 Actor proxies travel as msgpack extension type :data:`EXT_PROXY` whose payload is
 the msgpack array ``[actor_id, type_name, node_id]``. Encoding recognises any
@@ -18,60 +19,11 @@ from typing import Any
 
 import msgpack
 
-from .errors import ProtocolError, SerializationError
+from ..errors import ProtocolError, SerializationError
+from .kinds import CTRL, REP, REQ, SCATTER, check
+from .version import PROTOCOL_VERSION
 
-PROTOCOL_VERSION = 2  # 2: HELLO and WELCOME carry a challenge and its answer
 EXT_PROXY = 1
-
-# Message kinds. Field layouts (after [version, kind]) are in docs/protocol.md.
-REQ = 1  # request to an actor (send, call, throw, emit delivery)
-REP = 2  # reply to a request or a control call
-HELLO = 3  # "I am here": node info + a challenge (+ the answer to one); a knock
-WELCOME = 4  # node info + directory snapshot + known members (+ an answer)
-CTRL = 5  # control call to a node: spawn, kill, bind, unbind, snapshot
-SCATTER = 6  # request to every actor of a type (over PUB, or direct)
-HEARTBEAT = 7  # liveness, from the heartbeat thread
-DIRECTORY = 8  # a numbered change to a node's own actors
-LEAVING = 9  # graceful stop begins: place no new work here
-LEFT = 10  # graceful stop ended
-REFUSED = 11  # answer to a HELLO, on its connection: "your name is taken here"
-
-# REQ/SCATTER flags
-F_NOWAIT = 1
-F_THROW = 2
-F_EMIT = 4  # deliver through the target's outbox
-F_DIRECT = 8  # reply over the connection the request came on (a program thread's port)
-
-# REP statuses
-OK = 0
-ERROR = 1  # handler raised: value = [type_name, message, traceback, builtin_ancestor]
-ZERROR = 2  # zcell error on the far side: value = [error_class_name, message]
-DECLINED = 3  # handler raised Next (scatter): no value
-
-# Field counts per kind, including version and kind.
-_LENGTHS = {
-    REQ: 13,
-    REP: 5,
-    HELLO: 5,
-    WELCOME: 7,
-    CTRL: 8,
-    SCATTER: 13,
-    HEARTBEAT: 7,
-    DIRECTORY: 7,
-    LEAVING: 4,
-    LEFT: 4,
-    REFUSED: 5,
-}
-
-# REQ / SCATTER field positions
-R_ID, R_SRC, R_BOOT, R_CHAIN, R_TTL, R_TARGET, R_METHOD, R_KWARGS, R_FLAGS, R_ORIGIN, R_SEEN = (
-    range(2, 13)
-)
-# REP
-P_ID, P_SRC, P_STATUS = 2, 3, 4
-P_VALUE = 5  # optional 6th field for OK/ERROR/ZERROR
-# CTRL
-C_ID, C_SRC, C_BOOT, C_TTL, C_OP, C_ARGS = range(2, 8)
 
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 
@@ -243,125 +195,3 @@ def _has_timestamp(value: Any) -> bool:
     if isinstance(value, dict):
         return any(_has_timestamp(k) or _has_timestamp(v) for k, v in value.items())
     return False
-
-
-_PLAIN = (list, dict, str, bytes, int, float, bool)
-
-
-def check(msg: Any) -> None:
-    """Raise ProtocolError unless ``msg`` has the shape of a known message."""
-    # Decoded msgpack has exact types (bool is not int here): `type(x) is`.
-    # Requests and replies first: they are nearly all the traffic.
-    if type(msg) is not list or len(msg) < 2:
-        raise ProtocolError("a message is an array of at least 2 items")
-    version, kind = msg[0], msg[1]
-    if type(version) is not int or version != PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported protocol version {version!r}")
-    expected = _LENGTHS.get(kind) if type(kind) is int else None
-    if expected is None:
-        raise ProtocolError(f"unknown message kind {kind!r}")
-    n = len(msg)
-    if kind == REQ or kind == SCATTER:
-        if n != expected:
-            raise ProtocolError(f"kind {kind} needs {expected} items, got {n}")
-        _, _, rid, src, boot, chain, ttl, target, method, kwargs, flags, origin, seen = msg
-        if (
-            type(rid) is not int
-            or type(src) is not str
-            or type(boot) is not str
-            or type(chain) is not int
-            or (ttl is not None and type(ttl) is not int)
-            or type(target) is not str
-            or type(method) is not str
-            or type(kwargs) is not dict
-            or type(flags) is not int
-            or (seen is not None and type(seen) is not list)
-            # The origin is nil or a decoded proxy, never plain data.
-            or (origin is not None and isinstance(origin, _PLAIN))
-        ):
-            raise ProtocolError("malformed request")
-        if seen is not None and not all(type(x) is str for x in seen):
-            raise ProtocolError("malformed request: seen ids must be strings")
-        for key in kwargs:
-            if type(key) is not str:
-                raise ProtocolError("request keyword names must be strings")
-        return
-    if kind == REP:
-        if n not in (5, 6) or type(msg[P_ID]) is not int or type(msg[P_STATUS]) is not int:
-            raise ProtocolError("malformed reply")
-        if type(msg[P_SRC]) is not str:
-            raise ProtocolError("malformed reply")
-        return
-    if n != expected:
-        raise ProtocolError(f"kind {kind} needs {expected} items, got {n}")
-    if kind == CTRL:
-        if (
-            type(msg[C_ID]) is not int
-            or not isinstance(msg[C_SRC], str)
-            or not isinstance(msg[C_BOOT], str)
-            or not (msg[C_TTL] is None or type(msg[C_TTL]) is int)
-            or not isinstance(msg[C_OP], str)
-            or not isinstance(msg[C_ARGS], dict)
-        ):
-            raise ProtocolError("malformed control call")
-    elif kind == HELLO:
-        if not isinstance(msg[2], dict) or type(msg[3]) is not str or type(msg[4]) is not str:
-            raise ProtocolError("malformed hello")
-        check_node_info(msg[2])
-    elif kind == WELCOME:
-        if not isinstance(msg[2], dict) or type(msg[3]) is not int or type(msg[6]) is not str:
-            raise ProtocolError("malformed welcome")
-        check_node_info(msg[2])
-        if msg[4] is not None:  # nil: news of a member, without the sender's actors
-            check_actor_list(msg[4])
-        if not isinstance(msg[5], list) or not all(isinstance(m, dict) for m in msg[5]):
-            raise ProtocolError("malformed member list")
-        for member in msg[5]:
-            check_node_info(member)
-    elif kind == HEARTBEAT:
-        if (
-            not isinstance(msg[2], str)
-            or not isinstance(msg[3], str)
-            or type(msg[4]) is not int
-            or type(msg[5]) is not int
-            or type(msg[6]) is not int
-        ):
-            raise ProtocolError("malformed heartbeat")
-    elif kind == DIRECTORY:
-        if (
-            not isinstance(msg[2], str)
-            or not isinstance(msg[3], str)
-            or type(msg[4]) is not int
-            or msg[5] not in ("+", "-", "t")
-        ):
-            raise ProtocolError("malformed directory change")
-        check_actor_list([msg[6]])
-    elif kind == REFUSED:
-        if not all(type(field) is str for field in msg[2:]):
-            raise ProtocolError("malformed refusal")
-    else:  # LEAVING, LEFT
-        if not isinstance(msg[2], str) or not isinstance(msg[3], str):
-            raise ProtocolError("malformed membership news")
-
-
-_NODE_INFO_KEYS = ("id", "boot", "name", "cluster", "inbox", "pub", "hb")
-
-
-def check_node_info(info: dict[str, Any]) -> None:
-    for key in _NODE_INFO_KEYS:
-        if not isinstance(info.get(key), str):
-            raise ProtocolError(f"node info lacks {key!r}")
-
-
-def check_actor_list(actors: Any) -> None:
-    """Actors travel as [actor_id, type_name] pairs."""
-    if not isinstance(actors, list):
-        raise ProtocolError("malformed actor list")
-    for entry in actors:
-        if (
-            not isinstance(entry, list)
-            or len(entry) != 2
-            or not isinstance(entry[0], str)
-            or not isinstance(entry[1], str)
-        ):
-            raise ProtocolError("malformed actor entry")
