@@ -26,7 +26,7 @@ from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
 from zcell import Node
-from zcell.security import ClusterKeys, ZapHandler, derive_keys, role_of
+from zcell._transport.security import ClusterKeys, ZapHandler, derive_keys, role_of
 from zcell.wire import F_NOWAIT, HELLO, PROTOCOL_VERSION, REQ, Codec
 
 SECRET = "correct horse battery staple"

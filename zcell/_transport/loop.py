@@ -23,7 +23,7 @@ import gevent.hub
 from gevent import monkey
 from greenlet import getcurrent
 
-from .errors import CallTimeout
+from ..errors import CallTimeout
 
 _get_ident: Callable[[], int] = monkey.get_original("_thread", "get_ident")
 _start_new_thread: Callable[..., int] = monkey.get_original("_thread", "start_new_thread")

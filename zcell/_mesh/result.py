@@ -18,8 +18,8 @@ from typing import Any
 from gevent.hub import _get_hub
 from greenlet import greenlet
 
-from .errors import CallTimeout
-from .loop import Flag, real_lock, thread_ident
+from .._transport.loop import Flag, real_lock, thread_ident
+from ..errors import CallTimeout
 
 __all__ = ["AsyncResult", "ScatterResult", "first_reply"]
 

@@ -32,10 +32,10 @@ import gevent
 import zmq
 from zmq.utils import z85
 
-from .transport import Socket, TransportClosed
+from .sockets import Socket, TransportClosed
 
 if TYPE_CHECKING:
-    from .transport import Context
+    from .sockets import Context
 
 log = logging.getLogger("zcell.security")
 

@@ -19,10 +19,8 @@ from gevent import GreenletExit
 from gevent.event import Event
 from greenlet import getcurrent, greenlet
 
-from .actor import Actor, MessageContext, Next, _State, handler_table, new_state
-from .errors import NoNodeForType, NoSuchActor, NoSuchMethod, error_wire
-from .proxy import ActorProxy
-from .wire import (
+from ..errors import NoNodeForType, NoSuchActor, NoSuchMethod, error_wire
+from ..wire import (
     DECLINED,
     ERROR,
     F_EMIT,
@@ -43,9 +41,11 @@ from .wire import (
     SCATTER,
     ZERROR,
 )
+from .actor import Actor, MessageContext, Next, _State, handler_table, new_state
+from .proxy import ActorProxy
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .._mesh.node import Node
 
 log = logging.getLogger("zcell.node")
 

@@ -31,7 +31,7 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from .errors import ZcellError
+from ..errors import ZcellError
 
 __all__ = ["PROTOCOL_VERSION", "SERVICE_TYPE", "Discovery", "DiscoveryError", "PeerAd"]
 

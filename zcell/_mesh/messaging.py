@@ -18,9 +18,12 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent.hub import _get_hub
 
-from . import wire
-from .actor import Actor, current_context
-from .errors import (
+from .. import wire
+from .._transport.loop import hub_here, thread_ident
+from .._transport.sockets import TransportClosed
+from ..actors.actor import Actor, current_context
+from ..actors.proxy import ActorProxy
+from ..errors import (
     ActorStopped,
     CallTimeout,
     NodeDown,
@@ -33,13 +36,7 @@ from .errors import (
     ZcellError,
     error_from_wire,
 )
-from .loop import hub_here, thread_ident
-from .outbound import Outbound
-from .proxy import ActorProxy
-from .result import AsyncResult, ScatterResult
-from .threadport import ThreadPort, free_closed_subscribers
-from .transport import TransportClosed
-from .wire import (
+from ..wire import (
     C_ARGS,
     C_ID,
     C_OP,
@@ -61,6 +58,9 @@ from .wire import (
     SCATTER,
     ZERROR,
 )
+from .outbound import Outbound
+from .result import AsyncResult, ScatterResult
+from .threadport import ThreadPort, free_closed_subscribers
 
 __all__ = ["Messaging", "zcell_error"]
 

@@ -32,7 +32,7 @@ import zmq
 import zmq.backend
 from gevent.lock import Semaphore
 
-from .errors import CallTimeout, NodeStopped, ZcellError
+from ..errors import CallTimeout, NodeStopped, ZcellError
 
 if TYPE_CHECKING:
     from .security import ClusterKeys

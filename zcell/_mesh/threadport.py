@@ -44,9 +44,9 @@ from typing import TYPE_CHECKING, Any
 import zmq
 import zmq.backend
 
-from .errors import CallTimeout, NodeDown, NodeStopped, ZcellError
-from .loop import real_lock, thread_ident
-from .wire import REP
+from .._transport.loop import real_lock, thread_ident
+from ..errors import CallTimeout, NodeDown, NodeStopped, ZcellError
+from ..wire import REP
 
 if TYPE_CHECKING:
     from .node import Node

@@ -31,11 +31,15 @@ import msgpack
 import zmq
 from gevent.event import Event
 
-from . import wire
-from .actor import Actor, current_context, module_actor_classes, type_name_of
-from .directory import Directory, Member
-from .discovery import Discovery
-from .errors import (
+from .. import wire
+from .._transport.heartbeat import HeartbeatThread, thread_cpu_clock
+from .._transport.loop import Flag, LoopThread, real_lock, real_thread
+from .._transport.security import ZapHandler, derive_keys
+from .._transport.sockets import Context, Socket, bind_random
+from ..actors.actor import Actor, current_context, module_actor_classes, type_name_of
+from ..actors.hosting import Host
+from ..actors.proxy import ActorProxy
+from ..errors import (
     CallTimeout,
     NameTaken,
     NodeStopped,
@@ -45,18 +49,7 @@ from .errors import (
     ZcellError,
     did_you_mean,
 )
-from .heartbeat import HeartbeatThread, thread_cpu_clock
-from .hosting import Host
-from .loop import Flag, LoopThread, real_lock, real_thread
-from .membership import Membership
-from .messaging import Messaging
-from .outbound import Outbound
-from .proxy import ActorProxy
-from .result import AsyncResult
-from .security import ZapHandler, derive_keys
-from .threadport import NOTIFY_STOP, ThreadPort
-from .transport import Context, Socket, bind_random
-from .wire import (
+from ..wire import (
     C_SRC,
     CTRL,
     DIRECTORY,
@@ -72,6 +65,13 @@ from .wire import (
     SCATTER,
     WELCOME,
 )
+from .directory import Directory, Member
+from .discovery import Discovery
+from .membership import Membership
+from .messaging import Messaging
+from .outbound import Outbound
+from .result import AsyncResult
+from .threadport import NOTIFY_STOP, ThreadPort
 
 log = logging.getLogger("zcell.node")
 

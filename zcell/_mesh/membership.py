@@ -26,17 +26,14 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import zmq
 
-from . import wire
-from .directory import Member
-from .errors import (
+from .. import wire
+from .._transport.sockets import Socket
+from ..errors import (
     CallTimeout,
     NodeDown,
     ZcellError,
 )
-from .result import ScatterResult
-from .threadport import NOTIFY_DOWN
-from .transport import Socket
-from .wire import (
+from ..wire import (
     DIRECTORY,
     HELLO,
     LEAVING,
@@ -44,14 +41,17 @@ from .wire import (
     REFUSED,
     WELCOME,
 )
+from .directory import Member
+from .result import ScatterResult
+from .threadport import NOTIFY_DOWN
 
 __all__ = ["Membership"]
 
 
 if TYPE_CHECKING:
-    from .heartbeat import HeartbeatThread
+    from .._transport.heartbeat import HeartbeatThread
+    from .._transport.sockets import Context
     from .outbound import Outbound
-    from .transport import Context
 
 log = logging.getLogger("zcell.node")
 V = PROTOCOL_VERSION

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from greenlet import getcurrent
 
-from .errors import NoSuchMethod
+from ..errors import NoSuchMethod
 
 if TYPE_CHECKING:
     from .proxy import ActorProxy
