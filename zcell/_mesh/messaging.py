@@ -89,6 +89,7 @@ def zcell_error(value: Any) -> ZcellError:
 
 
 if TYPE_CHECKING:
+    from ..control.registry import ControlRegistry
     from .directory import Member
 
 # What a thread port counts -> the node's statistics() key.
@@ -144,6 +145,7 @@ class Messaging:
     _thread_codecs: Any
     _thread_ports: Any
     boot: Any
+    control: ControlRegistry
     directory: Any
     host_: Any
     id: Any
@@ -620,7 +622,7 @@ class Messaging:
         rid, src, op, args = msg[C_ID], msg[C_SRC], msg[C_OP], msg[C_ARGS]
         ttl = msg[C_TTL]
         try:
-            value = self.host_.control(op, args, src)
+            value = self.control.run(op, args, src)
         except ZcellError as exc:
             if isinstance(exc, RemoteError):  # a nested call's error: relay it
                 self.reply(src, rid, ERROR, self.host_.error_info(exc), ttl)

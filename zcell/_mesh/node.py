@@ -39,6 +39,7 @@ from .._transport.sockets import Context, Socket, bind_random
 from ..actors.actor import Actor, current_context, module_actor_classes, type_name_of
 from ..actors.hosting import Host
 from ..actors.proxy import ActorProxy
+from ..control.registry import ControlRegistry
 from ..errors import (
     CallTimeout,
     NameTaken,
@@ -218,7 +219,10 @@ class Node(Membership, Messaging):
             ),
             0,
         )
+        #: The control operations this node answers (spawn, kill, ...; add yours).
+        self.control = ControlRegistry()
         self.host_ = Host(self)
+        self.host_.add_control_ops(self.control)
         self._ctx: Context | None = None
         self._inbox: Any = None
         self._hb: HeartbeatThread | None = None

@@ -46,6 +46,7 @@ from .proxy import ActorProxy
 
 if TYPE_CHECKING:
     from .._mesh.node import Node
+    from ..control.registry import ControlRegistry
 
 log = logging.getLogger("zcell.node")
 
@@ -374,39 +375,54 @@ class Host:
 
     # ------------------------------------------------------------------ control
 
-    def control(self, op: str, args: dict[str, Any], src: str) -> Any:
-        if op == "spawn":
-            return self._spawn(args, src)
-        if op == "kill":
-            self.kill(_str(args, "id"))
-            return None
-        if op in ("bind", "unbind"):
-            hosted = self.actors.get(_str(args, "source"))
-            if hosted is None:
-                raise NoSuchActor(f"no actor {args.get('source')} on node {self.node.name}")
-            target = args.get("target")
-            if not (
-                isinstance(target, list)
-                and len(target) == 3
-                and all(isinstance(x, str) for x in target)
-            ):
-                raise NoSuchActor("malformed binding target")
-            if op == "bind":
-                binding = (_str(args, "kind"), target)
-                if binding not in hosted.bindings:
-                    hosted.bindings.append(binding)
-            else:
-                hosted.bindings = [
-                    b
-                    for b in hosted.bindings
-                    if not (b[1][0] == target[0] if target[0] else b[1][1] == target[1])
-                ]
-            return None
-        if op == "snapshot":
-            return [self.node._dir_seq, self.snapshot(), sorted(self.node._types)]
-        raise NoSuchMethod(f"unknown control operation {op!r}")
+    def add_control_ops(self, registry: ControlRegistry) -> None:
+        """Offer the actor operations to the other nodes (see zcell/control)."""
+        registry.add(self._spawn, "spawn")
+        registry.add(self._kill_op, "kill")
+        registry.add(self._bind_op, "bind")
+        registry.add(self._unbind_op, "unbind")
+        registry.add(self._snapshot_op, "snapshot")
+
+    def _kill_op(self, args: dict[str, Any], src: str) -> None:
+        """Stop a hosted actor: {"id": actor id}."""
+        self.kill(_str(args, "id"))
+
+    def _bind_op(self, args: dict[str, Any], src: str) -> None:
+        """Forward an actor's emits: {"source": id, "kind": kind, "target": [id, type, node]}."""
+        hosted, target = self._binding_args(args)
+        binding = (_str(args, "kind"), target)
+        if binding not in hosted.bindings:
+            hosted.bindings.append(binding)
+
+    def _unbind_op(self, args: dict[str, Any], src: str) -> None:
+        """Stop forwarding an actor's emits to a target (by id, or by type if no id)."""
+        hosted, target = self._binding_args(args)
+        hosted.bindings = [
+            b
+            for b in hosted.bindings
+            if not (b[1][0] == target[0] if target[0] else b[1][1] == target[1])
+        ]
+
+    def _binding_args(self, args: dict[str, Any]) -> tuple[Hosted, list[str]]:
+        """The hosted source actor and the [id, type, node] target of a (un)bind."""
+        hosted = self.actors.get(_str(args, "source"))
+        if hosted is None:
+            raise NoSuchActor(f"no actor {args.get('source')} on node {self.node.name}")
+        target = args.get("target")
+        if not (
+            isinstance(target, list)
+            and len(target) == 3
+            and all(isinstance(x, str) for x in target)
+        ):
+            raise NoSuchActor("malformed binding target")
+        return hosted, target
+
+    def _snapshot_op(self, args: dict[str, Any], src: str) -> list[Any]:
+        """This node's directory sequence, hosted actors and actor types (for a joiner)."""
+        return [self.node._dir_seq, self.snapshot(), sorted(self.node._types)]
 
     def _spawn(self, args: dict[str, Any], src: str) -> list[str]:
+        """Start an actor of a registered type: {"type": name, "id": id, "kwargs": dict}."""
         node = self.node
         type_name = _str(args, "type")
         actor_id = _str(args, "id")
