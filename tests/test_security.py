@@ -1,7 +1,7 @@
 """A cluster secret: CURVE on every socket, and only holders of the secret are members.
 
 Real nodes on loopback, no mocks. Keys come from the secret through scrypt salted
-with the cluster name (``zcell.security.derive_keys``); every member holds the same
+with the cluster name (``zcell._transport.security.derive_keys``); every member holds the same
 CURVE keypair, and each node's ZAP handler admits only clients presenting it.
 Strangers are shown out at the ZeroMQ handshake, below the frame layer: not one
 of their frames reaches a node's decoder, so they are not even counted as bad

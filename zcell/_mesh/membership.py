@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from .._transport.sockets import Context
     from .outbound import Outbound
 
-log = logging.getLogger("zcell.node")
+log = logging.getLogger(__name__)
 V = PROTOCOL_VERSION
 INF = float("inf")
 

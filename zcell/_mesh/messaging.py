@@ -115,7 +115,7 @@ def _port_thread_ended(ref: weakref.ref[ThreadPort]) -> None:
         port._node._port_ended()
 
 
-log = logging.getLogger("zcell.node")
+log = logging.getLogger(__name__)
 V = PROTOCOL_VERSION
 
 

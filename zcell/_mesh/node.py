@@ -74,7 +74,7 @@ from .outbound import Outbound
 from .result import AsyncResult
 from .threadport import NOTIFY_STOP, ThreadPort
 
-log = logging.getLogger("zcell.node")
+log = logging.getLogger(__name__)
 
 __all__ = ["Node"]
 

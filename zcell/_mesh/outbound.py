@@ -23,7 +23,7 @@ from gevent.event import Event
 from .._transport.loop import Flag, real_lock
 from ..errors import CallTimeout, ZcellError
 
-log = logging.getLogger("zcell.node")
+log = logging.getLogger(__name__)
 
 __all__ = ["Outbound"]
 

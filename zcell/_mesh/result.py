@@ -23,7 +23,7 @@ from ..errors import CallTimeout
 
 __all__ = ["AsyncResult", "ScatterResult", "first_reply"]
 
-log = logging.getLogger("zcell")
+log = logging.getLogger(__name__)
 
 PENDING, SUCCESS, FAILURE = "PENDING", "SUCCESS", "FAILURE"
 _UNSET = object()

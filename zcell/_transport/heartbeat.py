@@ -24,7 +24,7 @@ import zmq
 
 from .loop import real_thread, thread_ident
 
-log = logging.getLogger("zcell.heartbeat")
+log = logging.getLogger(__name__)
 
 __all__ = ["STUCK_HEARTBEATS", "HeartbeatThread", "thread_cpu_clock"]
 

@@ -37,7 +37,7 @@ from .sockets import Socket, TransportClosed
 if TYPE_CHECKING:
     from .sockets import Context
 
-log = logging.getLogger("zcell.security")
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CLIENT",

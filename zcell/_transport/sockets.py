@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Context", "Socket", "TransportClosed", "bind_random"]
 
-log = logging.getLogger("zcell.transport")
+log = logging.getLogger(__name__)
 
 _AGAIN = zmq.Again
 # pyzmq's Python layer above it costs ~0.3 us a send.

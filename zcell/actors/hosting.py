@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from .._mesh.node import Node
     from ..control.registry import ControlRegistry
 
-log = logging.getLogger("zcell.node")
+log = logging.getLogger(__name__)
 
 __all__ = ["Host"]
 
