@@ -567,8 +567,6 @@ class Node(Membership, Messaging):
     def _class_for(self, type_name: str) -> type[Actor] | None:
         return self._known.get(type_name)
 
-    # ------------------------------------------------------------------ sending
-
     # ------------------------------------------------------------------ receiving
 
     def _read_inbox(self) -> None:
@@ -589,7 +587,7 @@ class Node(Membership, Messaging):
                 # Too much held back by the concurrency bound: stop reading, so
                 # ZeroMQ's high-water marks push back on the senders. Never while
                 # a reply is awaited here: replies arrive on this socket too.
-                while len(host.queue) > 10_000 and not self._pending:
+                while host.backlogged() and not self._pending:
                     host.wait_for_room()
 
     def _read_pub(self) -> None:
@@ -724,11 +722,7 @@ class Node(Membership, Messaging):
                 del seen[old]
         return True
 
-    # ------------------------------------------------------------------ membership
-
-    # ------------------------------------------------------------------ control calls
-
-    # ------------------------------------------------------------------ directory news
+    # ------------------------------------------------------------------ public API
 
     def register(self, cls: type[Actor]) -> None:
         """Allow this node to host ``cls`` (as ``Node(actors=[cls])`` does at start)."""
@@ -738,8 +732,6 @@ class Node(Membership, Messaging):
             self._types[name] = cls
             if self._state == "running":
                 self._run(self._announce, "t", "", name)
-
-    # ------------------------------------------------------------------ public API
 
     def spawn(
         self,

@@ -286,9 +286,6 @@ class ScatterResult(Iterator[Any]):
         if wake is not None:
             wake.set()
 
-    def _waiting_on(self, node_id: str) -> bool:
-        return node_id in self._expected.values()
-
     # -- iterator ------------------------------------------------------------
 
     def __iter__(self) -> ScatterResult:

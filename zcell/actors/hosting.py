@@ -55,6 +55,7 @@ __all__ = ["Host"]
 _MAX_IDLE_WORKERS = 256  # parked workers kept for reuse
 _QUEUE_HIGH = 10_000  # requests held back by the concurrency bound: pause reading
 _QUEUE_LOW = 2_000  # ... and resume below this
+_STOPPED_KEPT = 10_000  # recently killed ids remembered, to answer ActorStopped
 
 
 class _Killed(GreenletExit):
@@ -178,9 +179,13 @@ class Host:
         if self._runnable:
             gevent.sleep(0)
 
+    def backlogged(self) -> bool:
+        """Too many requests wait for a slot: the inbox reader should pause."""
+        return len(self.queue) > _QUEUE_HIGH
+
     def wait_for_room(self) -> None:
         """Called by the inbox reader: pause while too many requests wait for a slot."""
-        if len(self.queue) > _QUEUE_HIGH:
+        if self.backlogged():
             if self._drained is None:
                 self._drained = Event()
             self._drained.wait(1.0)
@@ -480,7 +485,7 @@ class Host:
         if hosted is None:
             raise NoSuchActor(f"no actor {actor_id} on node {self.node.name}")
         self._stopped[actor_id] = None
-        if len(self._stopped) > 10000:
+        if len(self._stopped) > _STOPPED_KEPT:
             del self._stopped[next(iter(self._stopped))]
         self.node._announce("-", actor_id, hosted.actor.name)
         self._kill_handlers(hosted)
