@@ -21,8 +21,6 @@ from gevent.hub import _get_hub
 from .. import wire
 from .._transport.loop import hub_here, thread_ident
 from .._transport.sockets import TransportClosed
-from ..actors.actor import Actor, current_context
-from ..actors.proxy import ActorProxy
 from ..errors import (
     ActorStopped,
     CallTimeout,
@@ -58,6 +56,7 @@ from ..wire import (
     SCATTER,
     ZERROR,
 )
+from .context import DEFAULT_TIMEOUT, current_context
 from .outbound import Outbound
 from .result import AsyncResult, ScatterResult
 from .threadport import ThreadPort, free_closed_subscribers
@@ -89,6 +88,7 @@ def zcell_error(value: Any) -> ZcellError:
 
 
 if TYPE_CHECKING:
+    from ..actors.proxy import ActorProxy
     from ..control.registry import ControlRegistry
     from .directory import Member
 
@@ -268,7 +268,7 @@ class Messaging:
             timeout = None
         if timeout is None:
             cls = ref._cls
-            timeout = cls.default_timeout if cls is not None else Actor.default_timeout
+            timeout = cls.default_timeout if cls is not None else DEFAULT_TIMEOUT
         in_loop = thread_ident() == self._loop.ident
         if not in_loop and (mode == "send" or mode == "call" or mode == "emit"):
             port = self._own_port(ref.node_id)

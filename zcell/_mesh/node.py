@@ -36,7 +36,7 @@ from .._transport.heartbeat import HeartbeatThread, thread_cpu_clock
 from .._transport.loop import Flag, LoopThread, real_lock, real_thread
 from .._transport.security import ZapHandler, derive_keys
 from .._transport.sockets import Context, Socket, bind_random
-from ..actors.actor import Actor, current_context, module_actor_classes, type_name_of
+from ..actors.actor import Actor, module_actor_classes, type_name_of
 from ..actors.hosting import Host
 from ..actors.proxy import ActorProxy
 from ..control.registry import ControlRegistry
@@ -66,6 +66,7 @@ from ..wire import (
     SCATTER,
     WELCOME,
 )
+from .context import current_context
 from .directory import Directory, Member
 from .discovery import Discovery
 from .membership import Membership
