@@ -7,6 +7,7 @@ imports point down the layers (a lower layer never imports a higher one).
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -243,3 +244,54 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=30 * SLOW
     )
     assert done.returncode == 0, done.stderr
+
+
+# -- the architecture page matches the code --------------------------------------------
+
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+OUTSIDE_PACKAGE = frozenset({"tests", "bench", "docs", "examples"})
+
+
+def _defines(path: Path, qualname: str) -> bool:
+    """Whether ``path`` defines ``qualname`` (``Class.method`` or ``function``)."""
+    scope: list[ast.stmt] = ast.parse(path.read_text()).body
+    for part in qualname.split("."):
+        found = [
+            node
+            for node in scope
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and node.name == part
+        ]
+        if not found:
+            return False
+        scope = found[0].body
+    return True
+
+
+def _architecture_problems(text: str) -> list[str]:
+    """Modules the page leaves out, and the files and functions it names that do not exist."""
+    problems = [
+        f"not described: zcell/{path.relative_to(PACKAGE).as_posix()}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "__init__.py" or path.parent == PACKAGE
+        if f"zcell/{path.relative_to(PACKAGE).as_posix()}" not in text
+    ]
+    for match in re.finditer(r"`(?:zcell/)?((?:_?\w+/)*\w+\.py)(?::([\w.]+))?`", text):
+        if match.group(1).split("/")[0] in OUTSIDE_PACKAGE:
+            continue
+        path = PACKAGE / match.group(1)
+        if not path.exists():
+            problems.append(f"no such file: {match.group(0)}")
+        elif match.group(2) and not _defines(path, match.group(2)):
+            problems.append(f"no such function: {match.group(0)}")
+    return problems
+
+
+def test_the_architecture_page_describes_every_module_and_names_only_real_code():
+    assert _architecture_problems(ARCHITECTURE.read_text(encoding="utf-8")) == []
+
+
+def test_the_architecture_check_notices_a_function_that_is_gone():
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    assert _architecture_problems(text + "`_mesh/messaging.py:Messaging._gone`") == [
+        "no such function: `_mesh/messaging.py:Messaging._gone`"
+    ]
