@@ -1,7 +1,8 @@
 """The house: zcell's layers, checked on the source (see docs/architecture.md).
 
 Limits are named once; no import cycle exists between zcell modules at run time;
-imports point down the layers (a lower layer never imports a higher one).
+imports point down the layers (a lower layer never imports a higher one); the
+architecture page describes every module and names only code that exists.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _sources(*packages: str) -> list[Path]:
 
 
 def _constant_names(tree: ast.Module) -> dict[int, str]:
-    """Line of each int literal inside a module-level ALL_CAPS assignment -> its name."""
+    """id() of each AST node inside a module-level ALL_CAPS assignment -> the name."""
     named: dict[int, str] = {}
     for node in tree.body:
         target = node.targets[0] if isinstance(node, ast.Assign) else None
