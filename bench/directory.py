@@ -19,7 +19,7 @@ import time
 import uuid
 
 from zcell import Actor, Node
-from zcell.actor import type_name_of
+from zcell.actors.actor import type_name_of
 
 
 class Idle(Actor):

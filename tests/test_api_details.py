@@ -60,7 +60,7 @@ def test_a_scatter_stops_waiting_for_actors_on_a_node_that_goes_down(make_node, 
 def test_a_handler_that_blocks_the_loop_is_logged(make_node, caplog):
     node = make_node(actors=[Echo], heartbeat=0.3)
     ref = node.spawn(Echo)
-    with caplog.at_level(logging.WARNING, logger="zcell.node"):
+    with caplog.at_level(logging.WARNING, logger="zcell"):
         ref.send.block(seconds=1.5)  # time.sleep, unpatched: the loop is blocked
         end = time.monotonic() + 3
         while time.monotonic() < end and not any(

@@ -1,4 +1,4 @@
-"""zcell.discovery against real zeroconf on loopback: no mocks.
+"""zcell._mesh.discovery against real zeroconf on loopback: no mocks.
 
 Every test uses its own random cluster name, so concurrent runs (and other zcell
 processes on this host) cannot disturb it.
@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zeroconf import ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
-from zcell.discovery import PROTOCOL_VERSION, SERVICE_TYPE, Discovery, DiscoveryError, PeerAd
+from zcell._mesh.discovery import PROTOCOL_VERSION, SERVICE_TYPE, Discovery, DiscoveryError, PeerAd
 
 ROOT = Path(__file__).resolve().parents[1]
 _ports = itertools.count(20000, 3)
@@ -211,7 +211,7 @@ if sys.argv[1] == "patched":
 import json, time, uuid
 import gevent, gevent.event
 from gevent import monkey
-from zcell.discovery import Discovery
+from zcell._mesh.discovery import Discovery
 
 assert monkey.is_module_patched("threading") == (sys.argv[1] == "patched")
 cluster, results = sys.argv[2], {}

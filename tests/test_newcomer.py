@@ -208,7 +208,7 @@ def test_past_its_first_seconds_a_node_only_logs_a_refusal_from_the_node_knocked
         assert fake.poll(5000 * SLOW), "no knock on the static peer"
         routing, _hello = fake.recv_multipart()
         refusal = [wire.PROTOCOL_VERSION, wire.REFUSED, node.id, node.boot, "name taken"]
-        with caplog.at_level(logging.ERROR, logger="zcell.node"):
+        with caplog.at_level(logging.ERROR, logger="zcell"):
             fake.send_multipart([routing, packed(refusal)])
             wait_until(
                 lambda: any("past its start" in r.getMessage() for r in caplog.records),

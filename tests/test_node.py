@@ -305,7 +305,7 @@ def test_names_are_unique_in_a_mesh_a_second_node_with_a_taken_name_is_refused(m
     first = make_node("twin", peers=[hub.endpoints["inbox"]])
     hub.wait_for(nodes=2, timeout=10 * SLOW)
     second = Node("twin", discovery="static", peers=[hub.endpoints["inbox"]])
-    with caplog.at_level(logging.ERROR, logger="zcell.node"):
+    with caplog.at_level(logging.ERROR, logger="zcell"):
         try:  # refused: start() raises, or the node stops itself just after
             second.start()
             wait_until(lambda: second.failure is not None, 5, "the refusal")

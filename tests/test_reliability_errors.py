@@ -19,7 +19,7 @@ import pytest
 from conftest import SLOW, wait_until
 
 from zcell import Actor, NoSuchMethod, RemoteError, SerializationError
-from zcell.node import Node
+from zcell._mesh.node import Node
 
 
 class Custom(BaseException):

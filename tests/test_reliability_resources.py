@@ -22,9 +22,9 @@ from typing import Any
 from conftest import SLOW, child_env, wait_until
 from zcell_test_actors import Echo
 
-from zcell import outbound
-from zcell.actor import type_name_of
-from zcell.directory import Directory
+from zcell._mesh import outbound
+from zcell._mesh.directory import Directory
+from zcell.actors.actor import type_name_of
 
 # -- item 12: Outbound.put ---------------------------------------------------
 

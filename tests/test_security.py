@@ -1,7 +1,7 @@
 """A cluster secret: CURVE on every socket, and only holders of the secret are members.
 
 Real nodes on loopback, no mocks. Keys come from the secret through scrypt salted
-with the cluster name (``zcell.security.derive_keys``); every member holds the same
+with the cluster name (``zcell._transport.security.derive_keys``); every member holds the same
 CURVE keypair, and each node's ZAP handler admits only clients presenting it.
 Strangers are shown out at the ZeroMQ handshake, below the frame layer: not one
 of their frames reaches a node's decoder, so they are not even counted as bad
@@ -26,8 +26,8 @@ from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
 from zcell import Node
+from zcell._transport.security import ClusterKeys, ZapHandler, derive_keys, role_of
 from zcell._wire import F_NOWAIT, HELLO, PROTOCOL_VERSION, REQ, Codec
-from zcell.security import ClusterKeys, ZapHandler, derive_keys, role_of
 
 SECRET = "correct horse battery staple"
 OTHER_SECRET = "incorrect horse"

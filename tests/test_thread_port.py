@@ -1,6 +1,6 @@
 """A program thread's calls: replies come back on the thread's own port.
 
-The thread completes its results as it reads the replies (zcell/threadport.py);
+The thread completes its results as it reads the replies (zcell/_mesh/threadport.py);
 these tests pin down that nothing is lost when it does not come back to read:
 link callbacks, waits from other threads, ``ready()`` polling, many calls never
 read, a node that goes away or stops meanwhile.

@@ -27,7 +27,7 @@ from zcell_test_actors import Echo
 import zcell
 from zcell import IncompatibleProtocol, Node, NodeStopped, ProtocolError
 from zcell import _wire as wire
-from zcell.directory import Member
+from zcell._mesh.directory import Member
 
 FUTURE_KIND = max(wire.KINDS) + 1  # a kind some later minor adds
 

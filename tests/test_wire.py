@@ -48,7 +48,7 @@ FUZZ = settings(
 #: For the structure-aware fuzzers, whose examples cost more to generate.
 FUZZ_LIGHT = settings(FUZZ, max_examples=150)
 
-# -- realistic values, shaped like what zcell.node and zcell.hosting send ---------------
+# -- realistic values, shaped like what zcell._mesh.node and zcell.actors.hosting send ---------------
 
 V = wire.PROTOCOL_VERSION
 NODE = "3f2a9c0d1e4b5a67"  # uuid4().hex[:16]

@@ -6,7 +6,10 @@ spawn actors anywhere and talk to them with ``send``, ``throw``, ``scatter`` and
 reference (docs/reference.md, built from these docstrings: ``mkdocs serve``).
 """
 
-from .actor import Actor, Next
+from ._mesh.node import Node
+from ._mesh.result import AsyncResult, first_reply
+from .actors.actor import Actor, Next
+from .actors.proxy import ActorProxy, forward, stop_forward
 from .errors import (
     ActorStopped,
     CallTimeout,
@@ -23,9 +26,6 @@ from .errors import (
     SerializationError,
     ZcellError,
 )
-from .node import Node
-from .proxy import ActorProxy, forward, stop_forward
-from .result import AsyncResult, first_reply
 
 __version__ = "0.1.0"
 

@@ -18,12 +18,12 @@ from typing import Any
 from gevent.hub import _get_hub
 from greenlet import greenlet
 
-from .errors import CallTimeout
-from .loop import Flag, real_lock, thread_ident
+from .._transport.loop import Flag, real_lock, thread_ident
+from ..errors import CallTimeout
 
 __all__ = ["AsyncResult", "ScatterResult", "first_reply"]
 
-log = logging.getLogger("zcell")
+log = logging.getLogger(__name__)
 
 PENDING, SUCCESS, FAILURE = "PENDING", "SUCCESS", "FAILURE"
 _UNSET = object()
@@ -285,9 +285,6 @@ class ScatterResult(Iterator[Any]):
             wake = self._wakeup
         if wake is not None:
             wake.set()
-
-    def _waiting_on(self, node_id: str) -> bool:
-        return node_id in self._expected.values()
 
     # -- iterator ------------------------------------------------------------
 

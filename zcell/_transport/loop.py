@@ -23,13 +23,13 @@ import gevent.hub
 from gevent import monkey
 from greenlet import getcurrent
 
-from .errors import CallTimeout
+from ..errors import CallTimeout
 
 _get_ident: Callable[[], int] = monkey.get_original("_thread", "get_ident")
 _start_new_thread: Callable[..., int] = monkey.get_original("_thread", "start_new_thread")
 _allocate_lock: Callable[[], Any] = monkey.get_original("_thread", "allocate_lock")
 
-log = logging.getLogger("zcell.loop")
+log = logging.getLogger(__name__)
 
 __all__ = ["Flag", "LoopThread", "hub_here", "real_lock", "real_thread", "thread_ident"]
 

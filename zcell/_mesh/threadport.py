@@ -44,9 +44,9 @@ from typing import TYPE_CHECKING, Any
 import zmq
 import zmq.backend
 
-from ._wire import REP
-from .errors import CallTimeout, NodeDown, NodeStopped, ZcellError
-from .loop import real_lock, thread_ident
+from .._transport.loop import real_lock, thread_ident
+from .._wire import REP
+from ..errors import CallTimeout, NodeDown, NodeStopped, ZcellError
 
 if TYPE_CHECKING:
     from .node import Node

@@ -32,14 +32,14 @@ import zmq
 import zmq.backend
 from gevent.lock import Semaphore
 
-from .errors import CallTimeout, NodeStopped, ZcellError
+from ..errors import CallTimeout, NodeStopped, ZcellError
 
 if TYPE_CHECKING:
     from .security import ClusterKeys
 
 __all__ = ["Context", "Socket", "TransportClosed", "bind_random"]
 
-log = logging.getLogger("zcell.transport")
+log = logging.getLogger(__name__)
 
 _AGAIN = zmq.Again
 # pyzmq's Python layer above it costs ~0.3 us a send.
@@ -52,6 +52,9 @@ _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
 _BATCH_FRAMES = 256  # frames per coalesced multipart message (send_coalesced)
 _PEEK = 4  # recv_loop: check EVENTS before each of the first frames of a burst
+_COPY_BELOW = 65_536  # smaller frames are copied into ZeroMQ, larger ones sent zero-copy
+#: The range random TCP ports are bound in (every socket of a node, same range).
+RANDOM_PORTS = (20_000, 60_000)
 
 
 def _events(raw: zmq.Socket) -> int:
@@ -143,7 +146,8 @@ def bind_random(sock: Socket, host: str, port: int = 0) -> str:
         if port:
             sock.raw.bind(f"tcp://{host}:{port}")
         else:
-            sock.raw.bind_to_random_port(f"tcp://{host}", min_port=20000, max_port=60000)
+            low, high = RANDOM_PORTS
+            sock.raw.bind_to_random_port(f"tcp://{host}", min_port=low, max_port=high)
     except zmq.ZMQError as exc:
         raise ZcellError(
             f"cannot bind tcp://{host}:{port or '*'}: {exc}; choose another host or port"
@@ -268,7 +272,7 @@ class Socket:
         """Send one frame; wait (cooperatively, up to ``deadline``) while the peer is full."""
         if self._send_lock is None:  # nobody is queued: try the fast path
             try:
-                _send(self.raw, data, _NOBLOCK, len(data) < 65536)
+                _send(self.raw, data, _NOBLOCK, len(data) < _COPY_BELOW)
                 if self._watcher.active:  # a reader is parked (XPUB)
                     self._poke_reader()
                 return
@@ -284,7 +288,7 @@ class Socket:
         if self._send_lock is not None:
             return False  # others are queued: keep the order
         try:
-            _send(self.raw, data, _NOBLOCK, len(data) < 65536)
+            _send(self.raw, data, _NOBLOCK, len(data) < _COPY_BELOW)
             return True
         except _AGAIN:
             return False

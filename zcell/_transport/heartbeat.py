@@ -23,8 +23,9 @@ from typing import Any
 import zmq
 
 from .loop import real_thread, thread_ident
+from .sockets import RANDOM_PORTS
 
-log = logging.getLogger("zcell.heartbeat")
+log = logging.getLogger(__name__)
 
 __all__ = ["STUCK_HEARTBEATS", "HeartbeatThread", "thread_cpu_clock"]
 
@@ -102,9 +103,9 @@ class HeartbeatThread:
         """Bind the socket (in this thread, then hand it over); return its endpoint."""
         pub = self._context.socket(zmq.PUB)
         self._configure(pub)
-        port = pub.bind_to_random_port(f"tcp://{self._host}", min_port=20000, max_port=60000)
+        low, high = RANDOM_PORTS
+        pub.bind_to_random_port(f"tcp://{self._host}", min_port=low, max_port=high)
         self.endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._port = port
         control = self._context.socket(zmq.PAIR)
         control.setsockopt(zmq.LINGER, 0)
         control.bind(self._control)

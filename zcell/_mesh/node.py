@@ -31,8 +31,12 @@ import msgpack
 import zmq
 from gevent.event import Event
 
-from . import _wire as wire
-from ._wire import (
+from .. import _wire as wire
+from .._transport.heartbeat import HeartbeatThread, thread_cpu_clock
+from .._transport.loop import Flag, LoopThread, real_lock, real_thread
+from .._transport.security import ZapHandler, derive_keys
+from .._transport.sockets import Context, Socket, bind_random
+from .._wire import (
     C_SRC,
     CTRL,
     DIRECTORY,
@@ -48,10 +52,11 @@ from ._wire import (
     SCATTER,
     WELCOME,
 )
-from .actor import Actor, current_context, module_actor_classes, type_name_of
-from .directory import Directory, Member
-from .discovery import Discovery
-from .errors import (
+from ..actors.actor import Actor, module_actor_classes, type_name_of
+from ..actors.hosting import Host
+from ..actors.proxy import ActorProxy
+from ..control.registry import ControlRegistry
+from ..errors import (
     CallTimeout,
     NameTaken,
     NodeStopped,
@@ -61,19 +66,16 @@ from .errors import (
     ZcellError,
     did_you_mean,
 )
-from .heartbeat import HeartbeatThread, thread_cpu_clock
-from .hosting import Host
-from .loop import Flag, LoopThread, real_lock, real_thread
+from .context import current_context
+from .directory import Directory, Member
+from .discovery import Discovery
 from .membership import Membership
 from .messaging import Messaging
 from .outbound import Outbound
-from .proxy import ActorProxy
 from .result import AsyncResult
-from .security import ZapHandler, derive_keys
 from .threadport import NOTIFY_STOP, ThreadPort
-from .transport import Context, Socket, bind_random
 
-log = logging.getLogger("zcell.node")
+log = logging.getLogger(__name__)
 
 __all__ = ["Node"]
 
@@ -220,7 +222,10 @@ class Node(Membership, Messaging):
             ),
             0,
         )
+        #: The control operations this node answers (spawn, kill, ...; add yours).
+        self.control = ControlRegistry()
         self.host_ = Host(self)
+        self.host_.add_control_ops(self.control)
         self._ctx: Context | None = None
         self._inbox: Any = None
         self._hb: HeartbeatThread | None = None
@@ -567,8 +572,6 @@ class Node(Membership, Messaging):
     def _class_for(self, type_name: str) -> type[Actor] | None:
         return self._known.get(type_name)
 
-    # ------------------------------------------------------------------ sending
-
     # ------------------------------------------------------------------ receiving
 
     def _read_inbox(self) -> None:
@@ -589,7 +592,7 @@ class Node(Membership, Messaging):
                 # Too much held back by the concurrency bound: stop reading, so
                 # ZeroMQ's high-water marks push back on the senders. Never while
                 # a reply is awaited here: replies arrive on this socket too.
-                while len(host.queue) > 10_000 and not self._pending:
+                while host.backlogged() and not self._pending:
                     host.wait_for_room()
 
     def _read_pub(self) -> None:
@@ -739,11 +742,7 @@ class Node(Membership, Messaging):
                 del seen[old]
         return True
 
-    # ------------------------------------------------------------------ membership
-
-    # ------------------------------------------------------------------ control calls
-
-    # ------------------------------------------------------------------ directory news
+    # ------------------------------------------------------------------ public API
 
     def register(self, cls: type[Actor]) -> None:
         """Allow this node to host ``cls`` (as ``Node(actors=[cls])`` does at start)."""
@@ -753,8 +752,6 @@ class Node(Membership, Messaging):
             self._types[name] = cls
             if self._state == "running":
                 self._run(self._announce, "t", "", name)
-
-    # ------------------------------------------------------------------ public API
 
     def spawn(
         self,

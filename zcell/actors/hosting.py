@@ -19,7 +19,7 @@ from gevent import GreenletExit
 from gevent.event import Event
 from greenlet import getcurrent, greenlet
 
-from ._wire import (
+from .._wire import (
     DECLINED,
     ERROR,
     F_EMIT,
@@ -40,20 +40,22 @@ from ._wire import (
     SCATTER,
     ZERROR,
 )
+from ..errors import NoNodeForType, NoSuchActor, NoSuchMethod, error_wire
 from .actor import Actor, MessageContext, Next, _State, handler_table, new_state
-from .errors import NoNodeForType, NoSuchActor, NoSuchMethod, error_wire
 from .proxy import ActorProxy
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .._mesh.node import Node
+    from ..control.registry import ControlRegistry
 
-log = logging.getLogger("zcell.node")
+log = logging.getLogger(__name__)
 
 __all__ = ["Host"]
 
 _MAX_IDLE_WORKERS = 256  # parked workers kept for reuse
 _QUEUE_HIGH = 10_000  # requests held back by the concurrency bound: pause reading
 _QUEUE_LOW = 2_000  # ... and resume below this
+_STOPPED_KEPT = 10_000  # recently killed ids remembered, to answer ActorStopped
 
 
 class _Killed(GreenletExit):
@@ -177,9 +179,13 @@ class Host:
         if self._runnable:
             gevent.sleep(0)
 
+    def backlogged(self) -> bool:
+        """Too many requests wait for a slot: the inbox reader should pause."""
+        return len(self.queue) > _QUEUE_HIGH
+
     def wait_for_room(self) -> None:
         """Called by the inbox reader: pause while too many requests wait for a slot."""
-        if len(self.queue) > _QUEUE_HIGH:
+        if self.backlogged():
             if self._drained is None:
                 self._drained = Event()
             self._drained.wait(1.0)
@@ -374,39 +380,54 @@ class Host:
 
     # ------------------------------------------------------------------ control
 
-    def control(self, op: str, args: dict[str, Any], src: str) -> Any:
-        if op == "spawn":
-            return self._spawn(args, src)
-        if op == "kill":
-            self.kill(_str(args, "id"))
-            return None
-        if op in ("bind", "unbind"):
-            hosted = self.actors.get(_str(args, "source"))
-            if hosted is None:
-                raise NoSuchActor(f"no actor {args.get('source')} on node {self.node.name}")
-            target = args.get("target")
-            if not (
-                isinstance(target, list)
-                and len(target) == 3
-                and all(isinstance(x, str) for x in target)
-            ):
-                raise NoSuchActor("malformed binding target")
-            if op == "bind":
-                binding = (_str(args, "kind"), target)
-                if binding not in hosted.bindings:
-                    hosted.bindings.append(binding)
-            else:
-                hosted.bindings = [
-                    b
-                    for b in hosted.bindings
-                    if not (b[1][0] == target[0] if target[0] else b[1][1] == target[1])
-                ]
-            return None
-        if op == "snapshot":
-            return [self.node._dir_seq, self.snapshot(), sorted(self.node._types)]
-        raise NoSuchMethod(f"unknown control operation {op!r}")
+    def add_control_ops(self, registry: ControlRegistry) -> None:
+        """Offer the actor operations to the other nodes (see zcell/control)."""
+        registry.add(self._spawn, "spawn")
+        registry.add(self._kill_op, "kill")
+        registry.add(self._bind_op, "bind")
+        registry.add(self._unbind_op, "unbind")
+        registry.add(self._snapshot_op, "snapshot")
+
+    def _kill_op(self, args: dict[str, Any], src: str) -> None:
+        """Stop a hosted actor: {"id": actor id}."""
+        self.kill(_str(args, "id"))
+
+    def _bind_op(self, args: dict[str, Any], src: str) -> None:
+        """Forward an actor's emits: {"source": id, "kind": kind, "target": [id, type, node]}."""
+        hosted, target = self._binding_args(args)
+        binding = (_str(args, "kind"), target)
+        if binding not in hosted.bindings:
+            hosted.bindings.append(binding)
+
+    def _unbind_op(self, args: dict[str, Any], src: str) -> None:
+        """Stop forwarding an actor's emits to a target (by id, or by type if no id)."""
+        hosted, target = self._binding_args(args)
+        hosted.bindings = [
+            b
+            for b in hosted.bindings
+            if not (b[1][0] == target[0] if target[0] else b[1][1] == target[1])
+        ]
+
+    def _binding_args(self, args: dict[str, Any]) -> tuple[Hosted, list[str]]:
+        """The hosted source actor and the [id, type, node] target of a (un)bind."""
+        hosted = self.actors.get(_str(args, "source"))
+        if hosted is None:
+            raise NoSuchActor(f"no actor {args.get('source')} on node {self.node.name}")
+        target = args.get("target")
+        if not (
+            isinstance(target, list)
+            and len(target) == 3
+            and all(isinstance(x, str) for x in target)
+        ):
+            raise NoSuchActor("malformed binding target")
+        return hosted, target
+
+    def _snapshot_op(self, args: dict[str, Any], src: str) -> list[Any]:
+        """This node's directory sequence, hosted actors and actor types (for a joiner)."""
+        return [self.node._dir_seq, self.snapshot(), sorted(self.node._types)]
 
     def _spawn(self, args: dict[str, Any], src: str) -> list[str]:
+        """Start an actor of a registered type: {"type": name, "id": id, "kwargs": dict}."""
         node = self.node
         type_name = _str(args, "type")
         actor_id = _str(args, "id")
@@ -464,7 +485,7 @@ class Host:
         if hosted is None:
             raise NoSuchActor(f"no actor {actor_id} on node {self.node.name}")
         self._stopped[actor_id] = None
-        if len(self._stopped) > 10000:
+        if len(self._stopped) > _STOPPED_KEPT:
             del self._stopped[next(iter(self._stopped))]
         self.node._announce("-", actor_id, hosted.actor.name)
         self._kill_handlers(hosted)

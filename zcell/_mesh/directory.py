@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._wire import UNSTATED, minors
+from .._wire import UNSTATED, minors
 
 __all__ = ["Directory", "Member"]
 

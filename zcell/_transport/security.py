@@ -32,12 +32,12 @@ import gevent
 import zmq
 from zmq.utils import z85
 
-from .transport import Socket, TransportClosed
+from .sockets import Socket, TransportClosed
 
 if TYPE_CHECKING:
-    from .transport import Context
+    from .sockets import Context
 
-log = logging.getLogger("zcell.security")
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CLIENT",

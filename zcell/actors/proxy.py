@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from ..errors import NoSuchMethod
 from .actor import Actor, handler_binding, handler_table
-from .errors import NoSuchMethod
 
 __all__ = ["ActorProxy", "Mesh", "forward", "stop_forward"]
 

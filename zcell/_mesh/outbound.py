@@ -20,10 +20,10 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
-from .errors import CallTimeout, ZcellError
-from .loop import Flag, real_lock
+from .._transport.loop import Flag, real_lock
+from ..errors import CallTimeout, ZcellError
 
-log = logging.getLogger("zcell.node")
+log = logging.getLogger(__name__)
 
 __all__ = ["Outbound"]
 

@@ -31,12 +31,13 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from .errors import ZcellError
+from ..errors import ZcellError
 
 __all__ = ["PROTOCOL_VERSION", "SERVICE_TYPE", "Discovery", "DiscoveryError", "PeerAd"]
 
 PROTOCOL_VERSION = 1
 SERVICE_TYPE = "_zcell._tcp.local."
+_PORT_END = 65_536  # a TCP port is below this
 _RESOLVE_MS = 3000
 _QM = DNSQuestionType.QM
 _START_TIMEOUT = 5.0  # a safeguard only: start normally takes a few milliseconds
@@ -295,7 +296,7 @@ class Discovery:
             proto, ports = int(txt["proto"]), [int(txt[k]) for k in ("inbox", "pub", "hb")]
             if proto != PROTOCOL_VERSION or txt["secure"] not in ("0", "1"):
                 raise ValueError("foreign protocol version or malformed field")
-            if not txt["id"] or not all(0 < port < 65536 for port in ports):
+            if not txt["id"] or not all(0 < port < _PORT_END for port in ports):
                 raise ValueError("malformed id or port")
             v4, v6 = (info.parsed_addresses(v) for v in (IPVersion.V4Only, IPVersion.V6Only))
             host = _pick_address(v4, self._nets) or f"[{v6[0]}]"  # IndexError: none at all

@@ -12,9 +12,8 @@ import inspect
 import sys
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from greenlet import getcurrent
-
-from .errors import NoSuchMethod
+from .._mesh.context import DEFAULT_TIMEOUT, MessageContext, current_context
+from ..errors import NoSuchMethod
 
 if TYPE_CHECKING:
     from .proxy import ActorProxy
@@ -32,25 +31,6 @@ class Next(Exception):  # noqa: N818 - the name comes from cell
     on to another actor of the type that has not seen it; in a ``send`` the caller
     gets ``NoSuchActor``.
     """
-
-
-class MessageContext:
-    """What a handler's greenlet knows about the message it runs."""
-
-    __slots__ = ("actor", "origin", "deadline", "chain")
-
-    def __init__(
-        self, actor: Actor, origin: ActorProxy | None, deadline: float | None, chain: int
-    ) -> None:
-        self.actor = actor
-        self.origin = origin
-        self.deadline = deadline  # time.monotonic() value, or None
-        self.chain = chain
-
-
-def current_context() -> MessageContext | None:
-    """The context of the handler running in this greenlet, if any."""
-    return getattr(getcurrent(), "zcell_ctx", None)
 
 
 class _State:
@@ -98,7 +78,7 @@ class Actor:
     #: The type name; actors with the same name form the group of throw/scatter.
     name: ClassVar[str] = "zcell.actor.Actor"
     #: The default bound, in seconds, on every wait for a reply.
-    default_timeout: ClassVar[float] = 5.0
+    default_timeout: ClassVar[float] = DEFAULT_TIMEOUT
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

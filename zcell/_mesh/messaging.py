@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent.hub import _get_hub
 
-from . import _wire as wire
-from ._wire import (
+from .. import _wire as wire
+from .._transport.loop import hub_here, thread_ident
+from .._transport.sockets import TransportClosed
+from .._wire import (
     C_ARGS,
     C_ID,
     C_OP,
@@ -41,8 +43,7 @@ from ._wire import (
     SCATTER,
     ZERROR,
 )
-from .actor import Actor, current_context
-from .errors import (
+from ..errors import (
     ActorStopped,
     CallTimeout,
     NodeDown,
@@ -55,12 +56,10 @@ from .errors import (
     ZcellError,
     error_from_wire,
 )
-from .loop import hub_here, thread_ident
+from .context import DEFAULT_TIMEOUT, current_context
 from .outbound import Outbound
-from .proxy import ActorProxy
 from .result import AsyncResult, ScatterResult
 from .threadport import ThreadPort, free_closed_subscribers
-from .transport import TransportClosed
 
 __all__ = ["Messaging", "zcell_error"]
 
@@ -89,6 +88,8 @@ def zcell_error(value: Any) -> ZcellError:
 
 
 if TYPE_CHECKING:
+    from ..actors.proxy import ActorProxy
+    from ..control.registry import ControlRegistry
     from .directory import Member
 
 # What a thread port counts -> the node's statistics() key.
@@ -114,7 +115,7 @@ def _port_thread_ended(ref: weakref.ref[ThreadPort]) -> None:
         port._node._port_ended()
 
 
-log = logging.getLogger("zcell.node")
+log = logging.getLogger(__name__)
 V = PROTOCOL_VERSION
 
 
@@ -144,6 +145,7 @@ class Messaging:
     _thread_codecs: Any
     _thread_ports: Any
     boot: Any
+    control: ControlRegistry
     directory: Any
     host_: Any
     id: Any
@@ -266,7 +268,7 @@ class Messaging:
             timeout = None
         if timeout is None:
             cls = ref._cls
-            timeout = cls.default_timeout if cls is not None else Actor.default_timeout
+            timeout = cls.default_timeout if cls is not None else DEFAULT_TIMEOUT
         in_loop = thread_ident() == self._loop.ident
         if not in_loop and (mode == "send" or mode == "call" or mode == "emit"):
             port = self._own_port(ref.node_id)
@@ -620,7 +622,7 @@ class Messaging:
         rid, src, op, args = msg[C_ID], msg[C_SRC], msg[C_OP], msg[C_ARGS]
         ttl = msg[C_TTL]
         try:
-            value = self.host_.control(op, args, src)
+            value = self.control.run(op, args, src)
         except ZcellError as exc:
             if isinstance(exc, RemoteError):  # a nested call's error: relay it
                 self.reply(src, rid, ERROR, self.host_.error_info(exc), ttl)

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import zmq
 
-from . import _wire as wire
-from ._wire import (
+from .. import _wire as wire
+from .._transport.sockets import Socket
+from .._wire import (
     DIRECTORY,
     HELLO,
     LEAVING,
@@ -35,26 +36,25 @@ from ._wire import (
     REFUSED,
     WELCOME,
 )
-from .directory import Member
-from .errors import (
+from ..errors import (
     CallTimeout,
     IncompatibleProtocol,
     NodeDown,
     ZcellError,
 )
+from .directory import Member
 from .result import ScatterResult
 from .threadport import NOTIFY_DOWN
-from .transport import Socket
 
 __all__ = ["Membership"]
 
 
 if TYPE_CHECKING:
-    from .heartbeat import HeartbeatThread
+    from .._transport.heartbeat import HeartbeatThread
+    from .._transport.sockets import Context
     from .outbound import Outbound
-    from .transport import Context
 
-log = logging.getLogger("zcell.node")
+log = logging.getLogger(__name__)
 V = PROTOCOL_VERSION
 INF = float("inf")
 

@@ -1,0 +1,292 @@
+"""The house: zcell's layers, checked on the source (see docs/architecture.md).
+
+Limits are named once; no import cycle exists between zcell modules at run time;
+imports point down the layers (a lower layer never imports a higher one); the
+architecture page describes every module and names only code that exists.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from conftest import SLOW
+
+import zcell
+
+PACKAGE = Path(zcell.__file__).parent
+#: The layers this test holds to "one place for each limit" (the CLI and the wire
+#: are other packages' business).
+LIMITED = ("_transport", "_mesh", "actors", "control")
+#: An int literal this large is a limit (a bound, a port range, a size), not arithmetic.
+LIMIT_AT_LEAST = 10_000
+
+
+def _sources(*packages: str) -> list[Path]:
+    return sorted(path for package in packages for path in (PACKAGE / package).rglob("*.py"))
+
+
+def _constant_names(tree: ast.Module) -> dict[int, str]:
+    """id() of each AST node inside a module-level ALL_CAPS assignment -> the name."""
+    named: dict[int, str] = {}
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else None
+        if isinstance(node, ast.AnnAssign):
+            target = node.target
+        if isinstance(target, ast.Name) and target.id.lstrip("_").isupper():
+            for inner in ast.walk(node):
+                named[id(inner)] = target.id
+    return named
+
+
+def test_every_limit_is_a_named_constant_written_once():
+    inline: list[str] = []
+    defined: dict[str, list[str]] = defaultdict(list)
+    for path in _sources(*LIMITED):
+        tree = ast.parse(path.read_text())
+        named = _constant_names(tree)
+        where = path.relative_to(PACKAGE.parent)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and type(node.value) is int:
+                if node.value < LIMIT_AT_LEAST:
+                    continue
+                if id(node) not in named:
+                    inline.append(f"{where}:{node.lineno} {node.value}")
+                elif str(where) not in defined[named[id(node)]]:
+                    defined[named[id(node)]].append(str(where))
+    assert not inline, f"name these limits as module constants: {inline}"
+    twice = {name: paths for name, paths in defined.items() if len(paths) > 1}
+    assert not twice, f"one place for each limit: {twice}"
+
+
+# -- imports point down the layers ------------------------------------------------------
+
+#: The layers, lowest first (docs/architecture.md draws them). A module may import
+#: its own layer and the ones below it, never one above.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("zcell.errors",),
+    ("zcell._wire",),
+    ("zcell.control",),  # the op registry alone: the node owns one, layers add ops
+    ("zcell._transport",),
+    ("zcell._mesh",),
+    ("zcell.actors",),
+    ("zcell", "zcell.__main__", "zcell.cli"),
+)
+#: Edges up the layers that stay until the node stops being one object spread over
+#: mixins (issue 14, "no mixins sharing privates"): the node façade builds its Host
+#: and hands out proxies. Each entry is (importer, imported).
+KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("zcell._mesh.node", "zcell.actors.actor"),  # Actor classes it registers, type names
+        ("zcell._mesh.node", "zcell.actors.hosting"),  # Node() builds its Host
+        ("zcell._mesh.node", "zcell.actors.proxy"),  # spawn/select/lookup return proxies
+    }
+)
+
+#: Cycles that stay until their modules are reworked, as the edge that closes each.
+KNOWN_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset()
+
+
+def _modules() -> dict[str, Path]:
+    """Every zcell module (a package by its __init__) -> its source file."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return ast.unparse(test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+
+
+def _imports(tree: ast.AST, module: str, is_package: bool, known: set[str]) -> set[str]:
+    """The zcell modules ``module`` imports at run time (any depth, not under TYPE_CHECKING)."""
+    found: set[str] = set()
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in known)
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node, module, is_package)
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.add(sub if sub in known else base)
+        stack.extend(ast.iter_child_nodes(node))
+    return {name for name in found if name in known and name != module}
+
+
+def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    if not node.level:
+        return node.module or ""
+    parts = module.split(".")
+    if not is_package:
+        parts.pop()
+    parts = parts[: len(parts) - (node.level - 1)]
+    return ".".join(parts + ([node.module] if node.module else []))
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    known = set(modules)
+    return {
+        name: _imports(ast.parse(path.read_text()), name, path.name == "__init__.py", known)
+        for name, path in modules.items()
+    }
+
+
+def _layer(module: str) -> int:
+    """The layer of a module: the longest prefix named in LAYERS."""
+    best, rank = -1, -1
+    for i, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                best, rank = len(prefix), i
+    assert rank >= 0, f"{module} is in no layer: add it to LAYERS and docs/architecture.md"
+    return rank
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of imports as a path, or None (depth-first, colouring)."""
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = 1
+        path.append(name)
+        for dep in sorted(graph.get(name, ())):
+            if state.get(dep) == 1:
+                return path[path.index(dep) :] + [dep]
+            if dep not in state and (found := visit(dep)):
+                return found
+        path.pop()
+        state[name] = 2
+        return None
+
+    for name in sorted(graph):
+        if name not in state and (found := visit(name)):
+            return found
+    return None
+
+
+def test_no_import_cycle_between_zcell_modules_at_run_time():
+    graph = _graph()
+    for importer, imported in KNOWN_CYCLE_EDGES:
+        graph[importer].discard(imported)
+    cycle = _cycle(graph)
+    assert cycle is None, f"import cycle: {' -> '.join(cycle or [])}"
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_imports_point_down_the_layers():
+    upward = sorted(
+        f"{name} -> {dep}"
+        for name, deps in _graph().items()
+        for dep in deps
+        if _layer(dep) > _layer(name) and (name, dep) not in KNOWN_UPWARD
+    )
+    assert not upward, f"a lower layer imports a higher one: {upward}"
+
+
+def test_the_known_upward_imports_are_still_there():
+    """An exception that was removed is taken off its list, so it cannot come back."""
+    graph = _graph()
+    known = KNOWN_UPWARD | KNOWN_CYCLE_EDGES
+    gone = sorted(f"{a} -> {b}" for a, b in known if b not in graph.get(a, set()))
+    assert not gone, f"remove from KNOWN_UPWARD or KNOWN_CYCLE_EDGES: {gone}"
+
+
+def test_type_checking_imports_and_relative_imports_are_resolved():
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\n"
+        "from .. import wire\n"
+        "from .sockets import Socket\n"
+        "if TYPE_CHECKING:\n"
+        "    from .._mesh.node import Node\n"
+        "def f():\n"
+        "    from ..actors.proxy import ActorProxy\n"
+    )
+    known = {"zcell.wire", "zcell._transport.sockets", "zcell._mesh.node", "zcell.actors.proxy"}
+    found = _imports(tree, "zcell._transport.x", False, known)
+    assert found == {"zcell.wire", "zcell._transport.sockets", "zcell.actors.proxy"}
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    """Import order hides cycles: each module is imported with no zcell module loaded."""
+    names = sorted(name for name in _modules() if not name.endswith("__main__"))
+    script = (
+        "import importlib, sys\n"
+        f"for name in {names!r}:\n"
+        "    for loaded in [m for m in sys.modules if m == 'zcell' or m.startswith('zcell.')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    importlib.import_module(name)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30 * SLOW
+    )
+    assert done.returncode == 0, done.stderr
+
+
+# -- the architecture page matches the code --------------------------------------------
+
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+OUTSIDE_PACKAGE = frozenset({"tests", "bench", "docs", "examples"})
+
+
+def _defines(path: Path, qualname: str) -> bool:
+    """Whether ``path`` defines ``qualname`` (``Class.method`` or ``function``)."""
+    scope: list[ast.stmt] = ast.parse(path.read_text()).body
+    for part in qualname.split("."):
+        found = [
+            node
+            for node in scope
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and node.name == part
+        ]
+        if not found:
+            return False
+        scope = found[0].body
+    return True
+
+
+def _architecture_problems(text: str) -> list[str]:
+    """Modules the page leaves out, and the files and functions it names that do not exist."""
+    problems = [
+        f"not described: zcell/{path.relative_to(PACKAGE).as_posix()}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "__init__.py" or path.parent == PACKAGE
+        if f"zcell/{path.relative_to(PACKAGE).as_posix()}" not in text
+    ]
+    for match in re.finditer(r"`(?:zcell/)?((?:_?\w+/)*\w+\.py)(?::([\w.]+))?`", text):
+        if match.group(1).split("/")[0] in OUTSIDE_PACKAGE:
+            continue
+        path = PACKAGE / match.group(1)
+        if not path.exists():
+            problems.append(f"no such file: {match.group(0)}")
+        elif match.group(2) and not _defines(path, match.group(2)):
+            problems.append(f"no such function: {match.group(0)}")
+    return problems
+
+
+def test_the_architecture_page_describes_every_module_and_names_only_real_code():
+    assert _architecture_problems(ARCHITECTURE.read_text(encoding="utf-8")) == []
+
+
+def test_the_architecture_check_notices_a_function_that_is_gone():
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    assert _architecture_problems(text + "`_mesh/messaging.py:Messaging._gone`") == [
+        "no such function: `_mesh/messaging.py:Messaging._gone`"
+    ]
