@@ -18,7 +18,6 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import zmq
 
@@ -51,11 +50,11 @@ class HeartbeatThread:
 
     def __init__(
         self,
-        context: zmq.Context,
+        context: zmq.Context[zmq.Socket[bytes]],
         host: str,
         interval: float,
         make_frame: Callable[[], bytes],
-        configure: Callable[[Any], None],
+        configure: Callable[[zmq.Socket[bytes]], None],
         loop_cpu: Callable[[], float] | None = None,
         name: str = "",
     ) -> None:
@@ -67,7 +66,7 @@ class HeartbeatThread:
         self._control = f"inproc://zcell-hb-{id(self):x}"
         self.endpoint = ""
         self._ready: list[str] = []
-        self._stop_sock: Any = None
+        self._stop_sock: zmq.Socket[bytes] | None = None
         # Process-stop detection (see stopped_since). Written by this thread only:
         self.stall_after = 2.6 * interval  # = how long peers wait before "down"
         self.last_beat = time.monotonic()

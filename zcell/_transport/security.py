@@ -105,7 +105,7 @@ class ClusterKeys:
         """The public key as ZAP presents a client's: 32 raw bytes."""
         return z85.decode(self.public)
 
-    def secure(self, sock: zmq.Socket[Any], kind: int) -> None:
+    def secure(self, sock: zmq.Socket[bytes], kind: int) -> None:
         """Set the CURVE options for ``sock`` according to its type's role.
 
         Must be called before the socket binds or connects.

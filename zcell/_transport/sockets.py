@@ -57,11 +57,11 @@ _COPY_BELOW = 65_536  # smaller frames are copied into ZeroMQ, larger ones sent 
 RANDOM_PORTS = (20_000, 60_000)
 
 
-def _events(raw: zmq.Socket) -> int:
+def _events(raw: zmq.Socket[bytes]) -> int:
     return int(raw.get(_EVENTS))  # an int for EVENTS
 
 
-def _recv_envelope(raw: zmq.Socket, flags: int) -> list[bytes]:
+def _recv_envelope(raw: zmq.Socket[bytes], flags: int) -> list[bytes]:
     """A ROUTER's [routing id, frame, ...]: pyzmq's recv_multipart costs twice as much.
 
     A ROUTER always puts the routing id before a peer's parts, so a second part
@@ -100,7 +100,7 @@ class Context:
         self.sockets.append(sock)
         return sock
 
-    def raw_socket(self, kind: int) -> zmq.Socket:
+    def raw_socket(self, kind: int) -> zmq.Socket[bytes]:
         """A plain pyzmq socket with the node's options (for a program thread's port)."""
         raw = self.zmq.socket(kind)
         raw.setsockopt(zmq.LINGER, 0)
@@ -186,7 +186,7 @@ class Socket:
         "undeliverable",
     )
 
-    def __init__(self, raw: zmq.Socket, hub: Any) -> None:
+    def __init__(self, raw: zmq.Socket[bytes], hub: Any) -> None:
         self.raw = raw
         self.hub = hub
         self._watcher = hub.loop.io(raw.getsockopt(zmq.FD), 1)

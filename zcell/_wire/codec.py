@@ -91,7 +91,7 @@ class Codec:
         if size > self.max_message_size:
             raise ProtocolError(f"frame of {size} bytes exceeds the limit")
         try:
-            msg = msgpack.unpackb(
+            msg: list[Any] = msgpack.unpackb(
                 data,
                 raw=False,
                 strict_map_key=False,

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import inspect
 import sys
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from .._mesh.context import DEFAULT_TIMEOUT, MessageContext, current_context
 from ..errors import NoSuchMethod
 
 if TYPE_CHECKING:
-    from .proxy import ActorProxy
+    from .._mesh.node import Node
+    from .proxy import ActorProxy, Mesh
 
 __all__ = ["Actor", "Next", "MessageContext", "current_context", "handler_table", "type_name_of"]
 
@@ -41,8 +42,8 @@ class _State:
     """
 
     actor: Actor
-    node: Any
-    agent: Any
+    node: Node
+    agent: Node
 
     def on_start(self) -> None:
         """Called once the actor is reachable."""
@@ -74,7 +75,7 @@ class Actor:
         ref: The actor's ``ActorProxy``.
     """
 
-    state: ClassVar[type] = _State
+    state: TypeAlias = _State
     #: The type name; actors with the same name form the group of throw/scatter.
     name: ClassVar[str] = "zcell.actor.Actor"
     #: The default bound, in seconds, on every wait for a reply.
@@ -90,10 +91,10 @@ class Actor:
 
     _implicit_name: ClassVar[bool] = False
 
-    def __init__(self, ref: ActorProxy, node: Any = None) -> None:
+    def __init__(self, ref: ActorProxy, node: Mesh | None = None) -> None:
         self.ref = ref
         self.id = ref.id
-        self.node = node if node is not None else ref._node
+        self.node: Mesh = node if node is not None else ref._node
         self.agent = self.node
 
     # The primitives, addressed to this actor (send/call/emit) or its type.
@@ -139,9 +140,6 @@ class Actor:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.id}>"
-
-
-Actor.state = _State
 
 
 def type_name_of(cls_or_name: Any) -> str:
@@ -244,7 +242,7 @@ def handler_binding(state_cls: type, method: str) -> _Binding | None:
     return binding
 
 
-def new_state(state_cls: type, actor: Actor, node: Any, kwargs: dict[str, Any]) -> Any:
+def new_state(state_cls: type, actor: Actor, node: Node, kwargs: dict[str, Any]) -> Any:
     """Create a state instance with ``actor``/``node``/``agent`` set before ``__init__``."""
     state: Any = object.__new__(state_cls)
     state.actor = actor

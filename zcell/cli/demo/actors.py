@@ -53,7 +53,8 @@ class Worker(Actor):
 
         def sleep(self, seconds: float) -> str:
             time.sleep(seconds)
-            return self.node.name
+            name: str = self.node.name  # typed Any in zcell._mesh until its rework
+            return name
 
 
 class Logger(Actor):
