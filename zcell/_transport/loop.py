@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.hub
@@ -25,9 +25,14 @@ from greenlet import getcurrent
 
 from ..errors import CallTimeout
 
+if TYPE_CHECKING:
+    from _thread import LockType
+
+    from gevent.hub import Hub
+
 _get_ident: Callable[[], int] = monkey.get_original("_thread", "get_ident")
 _start_new_thread: Callable[..., int] = monkey.get_original("_thread", "start_new_thread")
-_allocate_lock: Callable[[], Any] = monkey.get_original("_thread", "allocate_lock")
+_allocate_lock: Callable[[], LockType] = monkey.get_original("_thread", "allocate_lock")
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +44,7 @@ __all__ = ["Flag", "LoopThread", "hub_here", "real_lock", "real_thread", "thread
 thread_ident: Callable[[], int] = _get_ident
 
 
-def real_lock() -> Any:
+def real_lock() -> LockType:
     """An OS-level lock, unaffected by monkey-patching."""
     return _allocate_lock()
 
@@ -49,7 +54,7 @@ def real_thread(fn: Callable[[], None]) -> int:
     return _start_new_thread(fn, ())
 
 
-def hub_here() -> Any:
+def hub_here() -> Hub | None:
     """The running gevent hub of this thread, if the caller may switch to it."""
     hub = gevent.hub._get_hub()  # no creation: a plain thread stays plain
     if hub is None or getcurrent() is hub:
@@ -126,7 +131,7 @@ class Flag:
             self._discard(lock.release)
         return self._is_set
 
-    def _wait_greenlet(self, hub: Any, timeout: float | None) -> bool:
+    def _wait_greenlet(self, hub: Hub, timeout: float | None) -> bool:
         current = getcurrent()
         # set() may come from another thread: run_callback_threadsafe wakes this
         # hub safely from anywhere (and cheaply from the same thread).

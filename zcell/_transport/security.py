@@ -26,7 +26,7 @@ import hashlib
 import hmac
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import gevent
 import zmq
@@ -35,6 +35,8 @@ from zmq.utils import z85
 from .sockets import Socket, TransportClosed
 
 if TYPE_CHECKING:
+    from gevent.hub import Hub
+
     from .sockets import Context
 
 log = logging.getLogger(__name__)
@@ -157,7 +159,7 @@ class ZapHandler:
         stats: The node's counters; each refusal adds one to ``"refused_auth"``.
     """
 
-    def __init__(self, ctx: Context, hub: Any, keys: ClusterKeys, stats: dict[str, int]) -> None:
+    def __init__(self, ctx: Context, hub: Hub, keys: ClusterKeys, stats: dict[str, int]) -> None:
         self._ctx = ctx
         self._hub = hub
         self._keys = keys

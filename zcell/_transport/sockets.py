@@ -35,6 +35,8 @@ from gevent.lock import Semaphore
 from ..errors import CallTimeout, NodeStopped, ZcellError
 
 if TYPE_CHECKING:
+    from gevent.hub import Hub
+
     from .security import ClusterKeys
 
 __all__ = ["Context", "Socket", "TransportClosed", "bind_random"]
@@ -94,7 +96,7 @@ class Context:
         self.curve = curve
         self.sockets: list[Socket] = []
 
-    def socket(self, kind: int, hub: Any) -> Socket:
+    def socket(self, kind: int, hub: Hub) -> Socket:
         """A socket for the node's loop (lean gevent integration)."""
         sock = Socket(self.raw_socket(kind), hub)
         self.sockets.append(sock)
@@ -186,7 +188,7 @@ class Socket:
         "undeliverable",
     )
 
-    def __init__(self, raw: zmq.Socket[bytes], hub: Any) -> None:
+    def __init__(self, raw: zmq.Socket[bytes], hub: Hub) -> None:
         self.raw = raw
         self.hub = hub
         self._watcher = hub.loop.io(raw.getsockopt(zmq.FD), 1)

@@ -17,7 +17,7 @@ from ..errors import NoSuchMethod
 
 if TYPE_CHECKING:
     from .._mesh.node import Node
-    from .proxy import ActorProxy, Mesh
+    from .proxy import ActorProxy, BindTarget, Mesh, _Primitive
 
 __all__ = ["Actor", "Next", "MessageContext", "current_context", "handler_table", "type_name_of"]
 
@@ -99,22 +99,22 @@ class Actor:
 
     # The primitives, addressed to this actor (send/call/emit) or its type.
     @property
-    def send(self) -> Any:
+    def send(self) -> _Primitive:
         """``ActorProxy.send``, addressed to this actor."""
         return self.ref.send
 
     @property
-    def call(self) -> Any:
+    def call(self) -> _Primitive:
         """``ActorProxy.call``, addressed to this actor."""
         return self.ref.call
 
     @property
-    def throw(self) -> Any:
+    def throw(self) -> _Primitive:
         """``ActorProxy.throw``, addressed to this actor's type."""
         return self.ref.throw
 
     @property
-    def scatter(self) -> Any:
+    def scatter(self) -> _Primitive:
         """``ActorProxy.scatter``, addressed to this actor's type."""
         return self.ref.scatter
 
@@ -122,11 +122,13 @@ class Actor:
         """Put a message in this actor's outbox (delivered to its bindings, or itself)."""
         self.ref.emit(method, kwargs)
 
-    def add_binding(self, target: Any, kind: str = "direct", timeout: float | None = None) -> None:
+    def add_binding(
+        self, target: BindTarget, kind: str = "direct", timeout: float | None = None
+    ) -> None:
         """Bind this actor's outbox to ``target`` (see ``ActorProxy.add_binding``)."""
         self.ref.add_binding(target, kind, timeout)
 
-    def remove_binding(self, target: Any, timeout: float | None = None) -> None:
+    def remove_binding(self, target: BindTarget, timeout: float | None = None) -> None:
         """Remove the bindings of this actor's outbox to ``target``."""
         self.ref.remove_binding(target, timeout)
 

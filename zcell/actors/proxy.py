@@ -13,12 +13,16 @@ class (when this program has it) before anything is sent.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from ..errors import NoSuchMethod
 from .actor import Actor, handler_binding, handler_table
 
-__all__ = ["ActorProxy", "Mesh", "forward", "stop_forward"]
+__all__ = ["ActorProxy", "BindTarget", "Mesh", "forward", "stop_forward"]
+
+#: What an outbox binds to: one actor (a proxy, or a hosted Actor), or a type (a class or
+#: its name) for ``round-robin`` and ``scatter``.
+BindTarget: TypeAlias = "ActorProxy | Actor | type[Actor] | str"
 
 # Options each primitive takes; these names are always options in the typed form.
 OPTION_NAMES = ("nowait", "timeout", "limit", "propagate")
@@ -46,7 +50,12 @@ class Mesh(Protocol):
     ) -> Any: ...
 
     def _binding(
-        self, op: str, source: ActorProxy, target: Any, kind: str, timeout: float | None = None
+        self,
+        op: str,
+        source: ActorProxy,
+        target: BindTarget,
+        kind: str,
+        timeout: float | None = None,
     ) -> None: ...
 
     def _class_for(self, type_name: str) -> type[Actor] | None: ...
@@ -139,7 +148,9 @@ class ActorProxy:
         """Put a message in this actor's outbox (delivered to its bindings, or itself)."""
         self._node._deliver("emit", self, method, _kwargs(kwargs), {})
 
-    def add_binding(self, target: Any, kind: str = "direct", timeout: float | None = None) -> None:
+    def add_binding(
+        self, target: BindTarget, kind: str = "direct", timeout: float | None = None
+    ) -> None:
         """Bind this actor's outbox to ``target`` (``direct``, ``round-robin``, ``scatter``).
 
         ``timeout``: bound on the wait for the actor's node (default
@@ -149,7 +160,7 @@ class ActorProxy:
             raise ValueError(f"binding kind must be direct, round-robin or scatter, not {kind!r}")
         self._node._binding("bind", self, target, kind, timeout)
 
-    def remove_binding(self, target: Any, timeout: float | None = None) -> None:
+    def remove_binding(self, target: BindTarget, timeout: float | None = None) -> None:
         """Remove every binding of this actor's outbox to ``target`` (``timeout``: as
         for ``add_binding``)."""
         self._node._binding("unbind", self, target, "", timeout)
@@ -255,13 +266,13 @@ class _Binder:
         self._op = op
         self._source = source
 
-    def __ror__(self, source: Any) -> _Binder:
+    def __ror__(self, source: object) -> _Binder:
         ref = source.ref if isinstance(source, Actor) else source
         if not isinstance(ref, ActorProxy):
             raise TypeError(f"the left side of | {self._op} | must be an actor proxy")
         return _Binder(self._op, ref)
 
-    def __or__(self, target: Any) -> Any:
+    def __or__(self, target: BindTarget) -> BindTarget:
         if self._source is None:
             raise TypeError(f"use it as: source | {self._op} | target")
         if self._op == "forward":

@@ -24,7 +24,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from zcell import Node
+    from zcell import ActorProxy, Node
 
     from .common import Subcommands
 
@@ -170,7 +170,7 @@ def _node_names(node: Node) -> dict[str, str]:
     return {n["id"]: n["name"] for n in node.nodes()}
 
 
-def _actor_object(ref: Any, names: dict[str, str]) -> dict[str, str]:
+def _actor_object(ref: ActorProxy, names: dict[str, str]) -> dict[str, str]:
     """An actor as ``spawn --json`` and ``actors --json`` print it (one shape for both;
     ``name`` repeats ``type``, the key ``spawn --json`` has always had)."""
     node = names.get(ref.node_id, ref.node_id)
@@ -210,7 +210,7 @@ def cmd_spawn(node: Node, args: argparse.Namespace) -> int:
     return 0
 
 
-def _find_actor(node: Node, args: argparse.Namespace) -> Any:
+def _find_actor(node: Node, args: argparse.Namespace) -> ActorProxy:
     """The actor whose id is ``args.id`` or starts with it (the demo and reprs
     print 8-digit prefixes); an ambiguous prefix is a usage error."""
     from zcell import NoSuchActor
@@ -229,14 +229,14 @@ def _find_actor(node: Node, args: argparse.Namespace) -> Any:
     return found[0]
 
 
-def _matching(node: Node, prefix: str) -> list[Any]:
+def _matching(node: Node, prefix: str) -> list[ActorProxy]:
     """The actors whose id is ``prefix`` (just that one) or starts with it."""
     refs = [r for r in node.actors() if r.id.startswith(prefix)]
     exact = [r for r in refs if r.id == prefix]
     return exact or sorted(refs, key=lambda r: r.id)
 
 
-def _wait_type(node: Node, args: argparse.Namespace, settle: bool) -> Any:
+def _wait_type(node: Node, args: argparse.Namespace, settle: bool) -> ActorProxy:
     """An actor of type ``args.type`` once one is known; else NoSuchActor with a hint."""
     from zcell import NoSuchActor
 

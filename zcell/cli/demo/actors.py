@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from zcell import Actor
+from zcell import Actor, ActorProxy
 
 __all__ = ["Bouncer", "Greeter", "Logger", "Worker"]
 
@@ -77,7 +77,7 @@ class Bouncer(Actor):
     """Calls another bouncer, which calls back, ``hops`` times: a nested call chain."""
 
     class state(Actor.state):
-        def bounce(self, other: Any, hops: int) -> list[str]:
+        def bounce(self, other: ActorProxy, hops: int) -> list[str]:
             here = f"{self.node.name}"
             if hops <= 0:
                 return [here]

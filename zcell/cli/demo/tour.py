@@ -22,7 +22,11 @@ import threading
 import time
 import uuid
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zcell import ActorProxy, Node
 
 __all__ = ["run_demo"]
 
@@ -158,7 +162,7 @@ class Demo:
         self.names = [f"demo-{i}" for i in range(1, args.nodes + 1)]
         self.lines: queue.Queue[tuple[str, str]] = queue.Queue()
         self.children: list[Child] = []
-        self.node: Any = None
+        self.node: Node | None = None  # start_mesh() makes it
 
     # -------------------------------------------------------------- plumbing
 
@@ -186,8 +190,14 @@ class Demo:
             if name == node and text in line:
                 return
 
-    def short(self, ref: Any) -> str:
-        names = {n["id"]: n["name"] for n in self.node.nodes()}
+    def started(self) -> Node:
+        """This program's node, once ``start_mesh()`` has made it."""
+        if self.node is None:
+            raise RuntimeError("the demo's node is not started: call start_mesh() first")
+        return self.node
+
+    def short(self, ref: ActorProxy) -> str:
+        names = {n["id"]: n["name"] for n in self.started().nodes()}
         return f"<{ref.name.rsplit('.', 1)[-1]} {ref.id[:8]} on {names.get(ref.node_id, '?')}>"
 
     # -------------------------------------------------------------- the tour
@@ -200,7 +210,7 @@ class Demo:
         args, say = self.args, self.say
         secret = read_secret(args.secret_file)
         discovery = "static" if args.no_mdns else "mdns"
-        self.node = Node(
+        node = self.node = Node(
             "demo-main",
             cluster=self.cluster,
             host=args.host,
@@ -208,7 +218,7 @@ class Demo:
             discovery=discovery,
             secret=secret,
         ).start()
-        seed = self.node.endpoints["inbox"]
+        seed = node.endpoints["inbox"]
         how = "static peers" if args.no_mdns else f"mDNS on {args.host}"
         say.title(
             f"zcell demo: {len(self.names)} node processes on this machine and this program "
@@ -241,13 +251,13 @@ class Demo:
         hosted = (self.children[0].banner or {}).get("actors", [])
         say.say(f"each hosts {', '.join(t.rsplit('.', 1)[-1] for t in hosted)} ({MODULE})")
         want = {"demo-main", *self.names}
-        self._wait(lambda: want <= {n["name"] for n in self.node.nodes()}, "the mesh to form")
+        self._wait(lambda: want <= {n["name"] for n in node.nodes()}, "the mesh to form")
         say.say(
             f"this program is a node too (demo-main): it sees {len(want)} members "
             f"{time.monotonic() - started:.1f}s after the start"
         )
 
-    def _wait(self, check: Any, what: str, timeout: float = STEP_TIMEOUT) -> None:
+    def _wait(self, check: Callable[[], bool], what: str, timeout: float = STEP_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while not check():
             if time.monotonic() > deadline:
@@ -259,7 +269,7 @@ class Demo:
 
         from .actors import Bouncer, Greeter, Logger, Worker
 
-        say, node, names = self.say, self.node, self.names
+        say, node, names = self.say, self.started(), self.names
         first, second, last = names[0], names[1], names[-1]
 
         say.section("1. spawn: place actors on nodes (by name here; by default the least-loaded)")
