@@ -13,7 +13,6 @@ scenario ran (targets are reported, never asserted), 1 when one failed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import sys
@@ -139,28 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d-%H%M%S")
     stem = a.out / f"{stamp}-{result['host']}{'-quick' if a.quick else ''}"
-    files: dict[str, Any] = {"json": f"{stem}.json", "plots": []}
-    if a.no_plots:
-        files["plots_skipped"] = "--no-plots"
-    else:
-        try:
-            files["plots"] = report.write_plots(result, stem)
-        except ImportError as exc:
-            files["plots_skipped"] = (
-                f"matplotlib is not installed ({exc}); pip install -e '.[bench]' for plots"
-            )
-    result["files"] = files
-    with open(files["json"], "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-
+    files = report.save_result(result, stem, report.write_plots, a.no_plots)
     print(report.format_report(result))
     print()
-    print(f"wrote {files['json']}")
-    for path in files["plots"]:
-        print(f"wrote {path}")
-    if "plots_skipped" in files:
-        print(f"plots skipped: {files['plots_skipped']}")
+    report.print_files(files)
     if result["errors"]:
         print(f"{len(result['errors'])} scenario(s) failed; see above", file=sys.stderr)
         return 1

@@ -35,10 +35,11 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _host(node: Node, n: int) -> None:
-    """Start ``n`` actors in the node's loop, 2000 at a time (the API would
-    spend minutes in round trips)."""
-    spawn, name = node.host_._spawn, type_name_of(Idle)
+def host_many(node: Node, actor: type[Actor], n: int) -> None:
+    """Start ``n`` actors of type ``actor`` in the node's loop, 2000 at a time (the
+    API would spend minutes in round trips). tests/test_reliability_resources.py
+    uses it too."""
+    spawn, name = node.host_._spawn, type_name_of(actor)
     for start in range(0, n, 2000):
         count = min(2000, n - start)
         node._run(
@@ -63,7 +64,7 @@ def run(actors: int, joins: int) -> dict[str, object]:
     big = Node("big", discovery="static", actors=[Idle]).start()
     nodes = [big]
     try:
-        _host(big, actors)
+        host_many(big, Idle, actors)
         seed = big.endpoints["inbox"]
         report: dict[str, object] = {"actors": actors, "joins": []}
         for name in ("b", "c"):

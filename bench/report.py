@@ -7,6 +7,8 @@ Pure functions over the result dicts of :func:`bench.floor.run_floor`,
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +309,46 @@ def format_report(result: dict[str, Any]) -> str:
 
 def _load(load: list[float]) -> str:
     return " ".join(f"{x:.2f}" for x in load)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def save_result(
+    result: dict[str, Any],
+    stem: Path,
+    plots: Callable[[dict[str, Any], Path], list[str]],
+    no_plots: bool,
+) -> dict[str, Any]:
+    """Write ``result`` to ``stem.json`` with its plots beside it; returns the files.
+
+    One place for both ``python -m bench`` and ``python -m bench.soak``, so a run
+    without matplotlib still writes its JSON and says why the plots are missing
+    (``result["files"]`` records it too).
+    """
+    files: dict[str, Any] = {"json": f"{stem}.json", "plots": []}
+    if no_plots:
+        files["plots_skipped"] = "--no-plots"
+    else:
+        try:
+            files["plots"] = plots(result, stem)
+        except ImportError as exc:
+            files["plots_skipped"] = (
+                f"matplotlib is not installed ({exc}); pip install -e '.[bench]' for plots"
+            )
+    result["files"] = files
+    with open(files["json"], "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    return files
+
+
+def print_files(files: dict[str, Any]) -> None:
+    """Say where :func:`save_result` wrote, and why plots are missing if they are."""
+    for path in [files["json"], *files["plots"]]:
+        print(f"wrote {path}")
+    if "plots_skipped" in files:
+        print(f"plots skipped: {files['plots_skipped']}")
 
 
 # --------------------------------------------------------------------------- plots

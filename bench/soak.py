@@ -715,31 +715,17 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(result), flush=True)
         return 0
 
+    from bench.report import print_files, save_result
+
     # SIGTERM ends the run as Ctrl-C does: children are killed on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     result = run_soak(a.minutes, a.interval, a.peers, a.churn_every, a.warmup, a.seed, verbose=True)
     a.out.mkdir(parents=True, exist_ok=True)
     stem = a.out / f"soak-{time.strftime('%Y-%m-%d-%H%M%S')}"
-    files: dict[str, Any] = {"json": f"{stem}.json", "plots": []}
-    if a.no_plots:
-        files["plots_skipped"] = "--no-plots"
-    else:
-        try:
-            files["plots"] = [write_plot(result, stem)]
-        except ImportError as exc:
-            files["plots_skipped"] = (
-                f"matplotlib is not installed ({exc}); pip install -e '.[bench]' for plots"
-            )
-    result["files"] = files
-    with open(files["json"], "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
+    files = save_result(result, stem, lambda r, s: [write_plot(r, s)], a.no_plots)
     print(format_report(result))
     print()
-    for path in [files["json"], *files["plots"]]:
-        print(f"wrote {path}")
-    if "plots_skipped" in files:
-        print(f"plots skipped: {files['plots_skipped']}")
+    print_files(files)
     return 1 if result["errors"] else 0
 
 

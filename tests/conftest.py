@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -15,7 +19,10 @@ ROOT = os.path.dirname(HERE)
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+from zcell_test_actors import Echo  # noqa: E402
+
 from zcell import Node  # noqa: E402
+from zcell.cli import main as cli_main  # noqa: E402
 
 #: One factor scales every timing in the suite (slow CI machines: ZCELL_TEST_SLOW=2).
 SLOW = float(os.environ.get("ZCELL_TEST_SLOW", "1"))
@@ -30,6 +37,39 @@ def child_env() -> dict[str, str]:
 
 
 MakeNode = Callable[..., Node]
+
+
+def unique_cluster(prefix: str = "t") -> str:
+    """A cluster name of its own, so that a test never meets other nodes on this machine."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def with_cluster(code: str, cluster: str) -> str:
+    """``code`` with every ``Node(`` put in ``cluster``."""
+    assert "cluster=" not in code, "README blocks that are run must not choose a cluster"
+    return re.sub(r"\bNode\(", f'Node(cluster="{cluster}", ', code)
+
+
+def run_block(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run a documented code block as a script in a child process, in a cluster of its
+    own (see :func:`with_cluster`); returns the finished process, output captured."""
+    script = tmp_path / "block.py"
+    script.write_text(with_cluster(code, unique_cluster()))
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30 * SLOW,
+        env=child_env(),
+    )
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run ``zcell ARGV`` in this process; returns (exit code, stdout, stderr)."""
+    code = cli_main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> float:
@@ -105,6 +145,38 @@ def start_zcell_node(procs: Callable[..., Any], name: str, *extra: str) -> tuple
     inbox = proc.wait_for_line(r"inbox:\s+(\S+)", 15 * SLOW).group(1)
     proc.wait_for_line("^ready$", 15 * SLOW)
     return proc, inbox
+
+
+def join_target_node(
+    make_node: MakeNode, procs: Callable[..., Any], cluster: str
+) -> tuple[Any, str, Node]:
+    """A child ``zcell node`` named ``target`` in ``cluster`` and an in-process node
+    ``me`` meshed with it; returns (child proc, target's inbox, me). For tests that
+    attack or strain a node in another process while a genuine node talks to it."""
+    child, inbox = start_zcell_node(procs, "target", "--cluster", cluster)
+    me = make_node("me", cluster=cluster, peers=[inbox])
+    me.wait_for(nodes=2, timeout=10 * SLOW)
+    return child, inbox, me
+
+
+class EchoTarget(NamedTuple):
+    """What :func:`echo_target` gives a test."""
+
+    child: Any  # the target's process (netns.Proc)
+    inbox: str  # the target's inbox endpoint
+    me: Node  # the genuine in-process node meshed with it
+    ref: Any  # an Echo on the target, spawned from me
+    cluster: str
+
+
+@pytest.fixture
+def echo_target(make_node: MakeNode, procs: Callable[..., Any]) -> EchoTarget:
+    """:func:`join_target_node` in a cluster of its own, plus an Echo on the target:
+    the set-up of tests that strain a node in another process and then check it
+    still serves."""
+    cluster = unique_cluster()
+    child, inbox, me = join_target_node(make_node, procs, cluster)
+    return EchoTarget(child, inbox, me, me.spawn(Echo, on="target"), cluster)
 
 
 @pytest.hookimpl(hookwrapper=True)

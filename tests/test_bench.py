@@ -61,19 +61,29 @@ def check_loadavg(load: dict[str, Any], where: str) -> None:
         assert all(isinstance(x, int | float) and x >= 0 for x in load[when]), (where, load)
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, str]:
-    out = tmp_path_factory.mktemp("bench")
+def run_bench(
+    argv: list[str], out: Path, pattern: str, timeout: float
+) -> tuple[subprocess.CompletedProcess[str], list[Path]]:
+    """``python -m *argv --out OUT`` as a child; returns the finished process and the
+    one JSON report it wrote (matching ``pattern``). Shared by the quick run and the
+    soak run, which both must exit 0 and leave exactly one report."""
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        [sys.executable, "-m", *argv, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    files = sorted(out.glob("*-quick.json"))
+    files = sorted(out.glob(pattern))
     assert len(files) == 1, list(out.iterdir())
+    return proc, files
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, str]:
+    out = tmp_path_factory.mktemp("bench")
+    proc, files = run_bench(["bench", "--quick"], out, "*-quick.json", timeout=150)
     return json.loads(files[0].read_text()), out, proc.stdout
 
 
@@ -189,17 +199,12 @@ def test_soak_smoke_run_reaps_its_children_and_writes_a_well_formed_report(
     Flatness is what the soak measures, not what this test asserts."""
     from bench.soak import PROC_METRICS
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.soak", "--minutes", "0.3", "--churn-every", "1.5"]
-        + ["--out", str(tmp_path), "--no-plots"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc, files = run_bench(
+        ["bench.soak", "--minutes", "0.3", "--churn-every", "1.5", "--no-plots"],
+        tmp_path,
+        "soak-*.json",
         timeout=80,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    files = sorted(tmp_path.glob("soak-*.json"))
-    assert len(files) == 1, list(tmp_path.iterdir())
     result = json.loads(files[0].read_text())
     assert result["benchmark"] == "soak" and result["errors"] == [], result["errors"]
 

@@ -13,29 +13,17 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import SLOW, child_env
+from conftest import SLOW, child_env, run_cli, unique_cluster
 from netns import Proc
 from zcell_test_actors import Echo
 
-from zcell.cli import main, parse_kv, read_secret
+from zcell.cli import parse_kv, read_secret
 
 ECHO = "zcell_test_actors.Echo"
-
-
-def unique_cluster() -> str:
-    return f"t-{uuid.uuid4().hex[:8]}"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run ``zcell ARGV`` in this process; returns (exit code, stdout, stderr)."""
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def node_argv(name: str, cluster: str, *extra: str) -> list[str]:
@@ -111,7 +99,7 @@ def test_a_node_started_a_moment_ago_is_found_and_it_stops_gracefully_with_exit_
     assert banner[-1] == "ready"
 
     started = time.monotonic()
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "status", "--json", "--cluster", cluster, "--secret-file", str(secret)
     )
     assert code == 0, err
@@ -154,7 +142,7 @@ def test_zcell_node_patches_so_a_sleeping_handler_does_not_delay_others_and_no_p
 
 
 def test_status_lists_every_live_member_but_not_the_client_itself(workers, capsys):
-    code, out, err = run(capsys, "status", "--json", *workers.mdns_args)
+    code, out, err = run_cli(capsys, "status", "--json", *workers.mdns_args)
     assert code == 0, err
     members = sorted(json.loads(out), key=lambda m: m["name"])
     assert [m["name"] for m in members] == ["w1", "w2"]
@@ -163,7 +151,7 @@ def test_status_lists_every_live_member_but_not_the_client_itself(workers, capsy
         assert isinstance(m["actors"], int) and m["load"] >= 0 and m["uptime"] > 0
         assert ECHO in m["types"]
 
-    code, out, err = run(capsys, "status", *workers.mdns_args)
+    code, out, err = run_cli(capsys, "status", *workers.mdns_args)
     assert code == 0, err
     header, *rows = out.splitlines()
     assert header.split() == ["NAME", "ENDPOINT", "ACTORS", "UPTIME", "LOAD", "TYPES"]
@@ -174,13 +162,13 @@ def test_status_lists_every_live_member_but_not_the_client_itself(workers, capsy
 
 
 def test_a_client_joins_through_a_peer_without_mdns_and_learns_the_whole_mesh(workers, capsys):
-    code, out, err = run(capsys, "status", "--json", *workers.args)
+    code, out, err = run_cli(capsys, "status", "--json", *workers.args)
     assert code == 0, err
     assert sorted(m["name"] for m in json.loads(out)) == ["w1", "w2"]
 
 
 def test_spawn_json_gives_id_name_and_node_and_kv_arguments_reach_the_constructor(workers, capsys):
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "spawn", ECHO, "tag=from-cli", "--on", "w2", "--json", *workers.mdns_args
     )
     assert code == 0, err
@@ -188,37 +176,37 @@ def test_spawn_json_gives_id_name_and_node_and_kv_arguments_reach_the_constructo
     assert spawned["name"] == ECHO and spawned["node"] == "w2"
     assert re.fullmatch(r"[0-9a-f]{32}", spawned["id"])
 
-    code, out, err = run(capsys, "send", spawned["id"], "whoami", "--json", *workers.args)
+    code, out, err = run_cli(capsys, "send", spawned["id"], "whoami", "--json", *workers.args)
     assert code == 0, err
     assert json.loads(out) == {"tag": "from-cli", "id": spawned["id"], "node": "w2"}
 
 
 def test_spawn_prints_the_id_alone_and_actors_lists_it_with_its_node(workers, capsys):
-    code, out, err = run(capsys, "spawn", ECHO, "--on", "w1", *workers.args)
+    code, out, err = run_cli(capsys, "spawn", ECHO, "--on", "w1", *workers.args)
     assert code == 0, err
     actor_id = out.strip()
     assert re.fullmatch(r"[0-9a-f]{32}", actor_id)
 
-    code, out, err = run(capsys, "actors", ECHO, *workers.args)
+    code, out, err = run_cli(capsys, "actors", ECHO, *workers.args)
     assert code == 0, err
     header, *rows = out.splitlines()
     assert header.split() == ["ID", "TYPE", "NODE"]
     assert [actor_id, ECHO, "w1"] in [row.split() for row in rows]
 
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "actors", "zcell_test_actors.Unregistered", "--json", *workers.args
     )
     assert (code, json.loads(out)) == (0, [])
 
 
 def test_send_prints_strings_as_they_are_and_other_values_as_json(workers, capsys):
-    code, out, _ = run(capsys, "spawn", ECHO, *workers.args)
+    code, out, _ = run_cli(capsys, "spawn", ECHO, *workers.args)
     actor_id = out.strip()
-    assert run(capsys, "send", actor_id, "echo", "value=plain text", *workers.args)[:2] == (
+    assert run_cli(capsys, "send", actor_id, "echo", "value=plain text", *workers.args)[:2] == (
         0,
         "plain text\n",
     )
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys, "send", actor_id, "echo", 'value={"n": [1, 2.5, null]}', *workers.args
     )
     assert (code, json.loads(out)) == (0, {"n": [1, 2.5, None]})
@@ -250,21 +238,21 @@ def test_a_secret_file_is_read_without_surrounding_whitespace(tmp_path):
 
 
 def test_throw_returns_the_reply_of_one_actor_of_the_type(workers, capsys):
-    run(capsys, "spawn", ECHO, "--on", "w1", *workers.args)
-    code, out, err = run(capsys, "actors", ECHO, "--json", *workers.args)
+    run_cli(capsys, "spawn", ECHO, "--on", "w1", *workers.args)
+    code, out, err = run_cli(capsys, "actors", ECHO, "--json", *workers.args)
     ids = {a["id"] for a in json.loads(out)}
-    code, out, err = run(capsys, "throw", ECHO, "whoami", "--json", *workers.args)
+    code, out, err = run_cli(capsys, "throw", ECHO, "whoami", "--json", *workers.args)
     assert code == 0, err
     assert json.loads(out)["id"] in ids
 
 
 def test_scatter_prints_one_reply_per_actor_of_the_type(workers, capsys):
-    run(capsys, "spawn", ECHO, "--on", "w1", *workers.args)
-    run(capsys, "spawn", ECHO, "--on", "w2", *workers.args)
-    code, out, _ = run(capsys, "actors", ECHO, "--json", *workers.args)
+    run_cli(capsys, "spawn", ECHO, "--on", "w1", *workers.args)
+    run_cli(capsys, "spawn", ECHO, "--on", "w2", *workers.args)
+    code, out, _ = run_cli(capsys, "actors", ECHO, "--json", *workers.args)
     directory = {a["id"]: a["node"] for a in json.loads(out)}
 
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "scatter", ECHO, "whoami", "--json", "--timeout", "5", *workers.args
     )
     assert code == 0, err
@@ -272,33 +260,33 @@ def test_scatter_prints_one_reply_per_actor_of_the_type(workers, capsys):
     assert {r["id"]: r["node"] for r in replies} == directory
     assert len(replies) == len(directory)
 
-    code, out, err = run(capsys, "scatter", ECHO, "whoami", *workers.args)
+    code, out, err = run_cli(capsys, "scatter", ECHO, "whoami", *workers.args)
     assert code == 0, err
     assert sorted(json.loads(line)["id"] for line in out.splitlines()) == sorted(directory)
 
 
 def test_scatter_with_failing_handlers_prints_the_errors_and_exits_1(workers, capsys):
-    run(capsys, "spawn", ECHO, *workers.args)
-    code, out, err = run(capsys, "scatter", ECHO, "fail", "kind=ValueError", *workers.args)
+    run_cli(capsys, "spawn", ECHO, *workers.args)
+    code, out, err = run_cli(capsys, "scatter", ECHO, "fail", "kind=ValueError", *workers.args)
     assert code == 1
     assert "error: ValueError: boom" in err
 
 
 def test_kill_stops_the_actor_and_a_second_kill_finds_no_such_actor(workers, capsys):
-    code, out, _ = run(capsys, "spawn", ECHO, *workers.args)
+    code, out, _ = run_cli(capsys, "spawn", ECHO, *workers.args)
     actor_id = out.strip()
-    code, out, err = run(capsys, "kill", actor_id, *workers.args)
+    code, out, err = run_cli(capsys, "kill", actor_id, *workers.args)
     assert (code, out.strip()) == (0, f"killed {actor_id} ({ECHO})"), err
-    code, out, _ = run(capsys, "actors", "--json", *workers.args)
+    code, out, _ = run_cli(capsys, "actors", "--json", *workers.args)
     assert actor_id not in {a["id"] for a in json.loads(out)}
-    code, out, err = run(capsys, "kill", actor_id, "--wait", "0.3", *workers.args)
+    code, out, err = run_cli(capsys, "kill", actor_id, "--wait", "0.3", *workers.args)
     assert code == 1
     assert "NoSuchActor" in err
 
 
 def test_a_remote_error_exits_1_with_the_remote_type_message_and_traceback(workers, capsys):
-    code, out, _ = run(capsys, "spawn", ECHO, *workers.args)
-    code, out, err = run(
+    code, out, _ = run_cli(capsys, "spawn", ECHO, *workers.args)
+    code, out, err = run_cli(
         capsys, "send", out.strip(), "fail", "kind=KeyError", "message=gone", *workers.args
     )
     assert code == 1
@@ -307,8 +295,8 @@ def test_a_remote_error_exits_1_with_the_remote_type_message_and_traceback(worke
 
 
 def test_a_call_past_its_timeout_exits_1_with_call_timeout(workers, capsys):
-    code, out, _ = run(capsys, "spawn", ECHO, *workers.args)
-    code, out, err = run(
+    code, out, _ = run_cli(capsys, "spawn", ECHO, *workers.args)
+    code, out, err = run_cli(
         capsys,
         "send",
         out.strip(),
@@ -324,16 +312,18 @@ def test_a_call_past_its_timeout_exits_1_with_call_timeout(workers, capsys):
 
 
 def test_an_unknown_actor_exits_1(workers, capsys):
-    code, out, err = run(capsys, "send", "0" * 32, "echo", "--wait", "0.3", *workers.args)
+    code, out, err = run_cli(capsys, "send", "0" * 32, "echo", "--wait", "0.3", *workers.args)
     assert code == 1
     assert "NoSuchActor" in err
-    code, out, err = run(capsys, "throw", "no.such.Type", "echo", "--wait", "0.3", *workers.args)
+    code, out, err = run_cli(
+        capsys, "throw", "no.such.Type", "echo", "--wait", "0.3", *workers.args
+    )
     assert code == 1
     assert "no actor of type no.such.Type" in err
 
 
 def test_no_mesh_found_exits_1_and_says_how_to_start_one(capsys):
-    code, out, err = run(capsys, "status", "--cluster", unique_cluster(), "--wait", "0.3")
+    code, out, err = run_cli(capsys, "status", "--cluster", unique_cluster(), "--wait", "0.3")
     assert code == 1
     assert "no zcell node found" in err and "zcell node -A" in err
 
@@ -351,7 +341,7 @@ def test_no_mesh_found_exits_1_and_says_how_to_start_one(capsys):
     ids=["bad-kv", "missing-method", "bad-timeout", "no-mdns-without-peer", "unknown", "none"],
 )
 def test_usage_errors_exit_2(capsys, argv):
-    code, out, err = run(capsys, *argv)
+    code, out, err = run_cli(capsys, *argv)
     assert code == 2
     assert err
 
@@ -449,5 +439,5 @@ def test_ctrl_c_stops_the_demo_and_every_node_it_started(procs):
 
 
 def test_demo_refuses_a_mesh_too_small_or_too_large(capsys):
-    assert run(capsys, "demo", "--nodes", "1")[0] == 2
-    assert run(capsys, "demo", "--nodes", "10")[0] == 2
+    assert run_cli(capsys, "demo", "--nodes", "1")[0] == 2
+    assert run_cli(capsys, "demo", "--nodes", "10")[0] == 2

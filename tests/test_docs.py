@@ -19,8 +19,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SLOW, child_env
-from test_readme import unique_cluster, with_cluster
+from conftest import ROOT, SLOW, run_block
 
 import zcell
 
@@ -80,16 +79,7 @@ def test_the_guides_have_code_of_each_kind():
 
 @pytest.mark.parametrize("where,code", python_blocks("script"), ids=where_ids("script"))
 def test_a_guide_script_runs(where, code, tmp_path):
-    script = tmp_path / "block.py"
-    script.write_text(with_cluster(code, unique_cluster()))
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30 * SLOW,
-        env=child_env(),
-    )
+    done = run_block(code, tmp_path)
     assert done.returncode == 0, f"{where}:\n{done.stdout}{done.stderr}"
 
 

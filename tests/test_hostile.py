@@ -39,7 +39,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
-from conftest import SLOW, child_env, start_zcell_node, wait_until
+from conftest import SLOW, child_env, join_target_node, wait_until
 from zcell_test_actors import Echo
 from zmq.utils.monitor import recv_monitor_message
 
@@ -362,13 +362,9 @@ def test_every_socket_refuses_oversized_messages_and_so_does_the_decoder(make_no
 
 @pytest.mark.timeout(60)
 def test_a_200_MB_frame_is_refused_without_a_memory_blow_up_and_the_node_keeps_serving(
-    make_node, procs
+    make_node, echo_target
 ):
-    cluster = unique_cluster()
-    child, inbox = start_zcell_node(procs, "target", "--cluster", cluster)
-    me = make_node("me", cluster=cluster, peers=[inbox])
-    me.wait_for(nodes=2, timeout=10 * SLOW)
-    ref = me.spawn(Echo, on="target")
+    child, inbox, me, ref, _ = echo_target
     assert ref.send.echo(value=1) == 1
     before = vm_kib(child.pid)
 
@@ -414,9 +410,7 @@ def test_a_remote_spawn_names_only_registered_types_and_never_imports_code(
     marker.unlink()
 
     cluster = unique_cluster()
-    child, inbox = start_zcell_node(procs, "target", "--cluster", cluster)
-    me = make_node("me", cluster=cluster, peers=[inbox])
-    me.wait_for(nodes=2, timeout=10 * SLOW)
+    child, inbox, me = join_target_node(make_node, procs, cluster)
     names = [
         "zcell_side_effect_actors.Intruder",
         "zcell_side_effect_actors:Intruder",

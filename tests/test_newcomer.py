@@ -14,33 +14,21 @@ import json
 import logging
 import subprocess
 import time
-import uuid
 from collections import Counter
 
 import msgpack
 import pytest
 import zmq
-from conftest import SLOW, child_env, start_zcell_node, wait_until
+from conftest import SLOW, child_env, run_cli, start_zcell_node, unique_cluster, wait_until
 from test_hostile import raw_dealers
 from test_stranger import fake_info, packed, received, stranger_inbox
 from zcell_test_actors import Echo
 
 from zcell import CallTimeout, Node, NodeStopped
 from zcell import _wire as wire
-from zcell.cli import main
 from zcell.errors import NameTaken, ZcellError
 
 ECHO = "zcell_test_actors.Echo"
-
-
-def unique_cluster() -> str:
-    return f"t-{uuid.uuid4().hex[:8]}"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def zcell(*argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
@@ -228,7 +216,7 @@ def test_a_client_without_the_secret_of_a_secure_cluster_is_told_to_pass_one(
     monkeypatch.delenv("ZCELL_SECRET", raising=False)
     cluster = unique_cluster()
     make_node("locked", cluster=cluster, discovery="mdns", secret="s3cret")
-    code, out, err = run(capsys, "status", "--cluster", cluster, "--wait", "1")
+    code, out, err = run_cli(capsys, "status", "--cluster", cluster, "--wait", "1")
     assert code == 1
     assert "no zcell node found" not in err, err
     assert "secret" in err and "--secret-file" in err and "ZCELL_SECRET" in err, err
@@ -241,7 +229,7 @@ def test_a_client_with_a_wrong_secret_is_told_its_secret_is_not_the_clusters(
     make_node("locked", cluster=cluster, discovery="mdns", secret="s3cret")
     wrong = tmp_path / "secret"
     wrong.write_text("not-the-secret\n")
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "status", "--cluster", cluster, "--wait", "1", "--secret-file", str(wrong)
     )
     assert code == 1
@@ -257,7 +245,7 @@ def test_spawning_a_bare_class_name_suggests_its_full_type_name_not_a_module_cal
 ):
     hub = make_node("hub", actors=[Echo])
     argv = ("--no-mdns", "--peer", hub.endpoints["inbox"], "--wait", "0.3")
-    code, out, err = run(capsys, "spawn", "Echo", *argv)
+    code, out, err = run_cli(capsys, "spawn", "Echo", *argv)
     assert code == 1
     assert "zcell node -A Echo" not in err, err
     assert f"did you mean {ECHO}" in err and "MODULE.CLASS" in err, err
@@ -266,10 +254,10 @@ def test_spawning_a_bare_class_name_suggests_its_full_type_name_not_a_module_cal
 def test_spawning_a_misspelt_type_says_did_you_mean(make_node, capsys):
     hub = make_node("hub", actors=[Echo])
     argv = ("--no-mdns", "--peer", hub.endpoints["inbox"], "--wait", "0.3")
-    code, out, err = run(capsys, "spawn", "zcell_test_actors.Ekho", *argv)
+    code, out, err = run_cli(capsys, "spawn", "zcell_test_actors.Ekho", *argv)
     assert code == 1
     assert f"did you mean {ECHO}" in err, err
-    code, out, err = run(capsys, "throw", "zcell_test_actors.Ekho", "echo", *argv)
+    code, out, err = run_cli(capsys, "throw", "zcell_test_actors.Ekho", "echo", *argv)
     assert code == 1
     assert f"did you mean {ECHO}" in err, err
 
@@ -294,11 +282,11 @@ def test_the_cli_accepts_a_unique_id_prefix_and_refuses_an_ambiguous_one(make_no
     hub = make_node("hub", actors=[Echo])
     refs = [hub.spawn(Echo) for _ in range(17)]  # 17 ids over 16 hex digits: two share one
     argv = ("--no-mdns", "--peer", hub.endpoints["inbox"], "--wait", "1")
-    code, out, err = run(capsys, "send", refs[0].id[:8], "echo", "value=7", *argv)
+    code, out, err = run_cli(capsys, "send", refs[0].id[:8], "echo", "value=7", *argv)
     assert code == 0, err
     assert out.strip() == "7"
     first, _ = Counter(r.id[0] for r in refs).most_common(1)[0]
-    code, out, err = run(capsys, "kill", first, *argv)
+    code, out, err = run_cli(capsys, "kill", first, *argv)
     assert code == 2
     assert f"id prefix {first!r} is ambiguous" in err, err
     assert len(hub.actors()) == 17
@@ -319,10 +307,10 @@ def test_reprs_and_timeouts_name_the_node_by_its_name(mesh):
 def test_actors_json_and_spawn_json_describe_an_actor_with_the_same_keys(make_node, capsys):
     hub = make_node("hub", actors=[Echo])
     argv = ("--no-mdns", "--peer", hub.endpoints["inbox"], "--json")
-    code, out, err = run(capsys, "spawn", ECHO, *argv)
+    code, out, err = run_cli(capsys, "spawn", ECHO, *argv)
     assert code == 0, err
     spawned = json.loads(out)
-    code, out, err = run(capsys, "actors", *argv)
+    code, out, err = run_cli(capsys, "actors", *argv)
     assert code == 0, err
     [listed] = json.loads(out)
     assert listed == spawned
@@ -330,6 +318,6 @@ def test_actors_json_and_spawn_json_describe_an_actor_with_the_same_keys(make_no
 
 
 def test_zcell_version_prints_the_installed_version(capsys):
-    code, out, err = run(capsys, "--version")
+    code, out, err = run_cli(capsys, "--version")
     assert code == 0
     assert out.strip() == f"zcell {importlib.metadata.version('zcell')}"

@@ -26,13 +26,10 @@ import doctest
 import os
 import re
 import shlex
-import subprocess
-import sys
-import uuid
 from dataclasses import dataclass
 
 import pytest
-from conftest import ROOT, SLOW, child_env
+from conftest import ROOT, SLOW, run_block, unique_cluster, with_cluster
 
 from zcell.cli import build_parser, main
 
@@ -75,15 +72,6 @@ def readme_blocks() -> list[Block]:
 
 def blocks_of(lang: str, *tags: str) -> list[Block]:
     return [b for b in readme_blocks() if b.lang == lang and b.tags == tags]
-
-
-def unique_cluster() -> str:
-    return f"t-{uuid.uuid4().hex[:8]}"
-
-
-def with_cluster(code: str, cluster: str) -> str:
-    assert "cluster=" not in code, "README blocks that are run must not choose a cluster"
-    return re.sub(r"\bNode\(", f'Node(cluster="{cluster}", ', code)
 
 
 def start_hello_node(procs, cluster: str):
@@ -138,16 +126,7 @@ def test_the_cli_reference_names_every_subcommand_and_option():
 
 @pytest.mark.parametrize("block", blocks_of("python"), ids=repr)
 def test_a_self_contained_python_block_runs(block, tmp_path):
-    script = tmp_path / "block.py"
-    script.write_text(with_cluster(block.text, unique_cluster()))
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30 * SLOW,
-        env=child_env(),
-    )
+    done = run_block(block.text, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 import weakref
+from typing import Any
 
 import gevent
 import pytest
@@ -101,12 +102,19 @@ def test_a_graceful_stop_lets_the_handlers_it_drains_make_nested_calls(make_node
 # ---------------------------------------------------------------- 9: loop watchdog
 
 
-def test_a_node_whose_loop_is_stuck_stops_being_routed_to_and_comes_back(make_node, caplog):
-    caplog.set_level(logging.WARNING, logger="zcell")
-    b = make_node("stuck", heartbeat=0.2, actors=[Echo])
+def watched_echo(make_node: Any, name: str) -> tuple[Node, Any]:
+    """Node ``name`` hosting Echo and a node ``watcher`` meshed with it, both with
+    0.2 s heartbeats so that the watchdog acts within the test; returns (watcher,
+    an Echo on ``name`` spawned from the watcher)."""
+    b = make_node(name, heartbeat=0.2, actors=[Echo])
     a = make_node("watcher", heartbeat=0.2, peers=[b.endpoints["inbox"]])
     a.wait_for(nodes=2, timeout=5 * SLOW)
-    ref = a.spawn(Echo, on="stuck")
+    return a, a.spawn(Echo, on=name)
+
+
+def test_a_node_whose_loop_is_stuck_stops_being_routed_to_and_comes_back(make_node, caplog):
+    caplog.set_level(logging.WARNING, logger="zcell")
+    a, ref = watched_echo(make_node, "stuck")
     # time.sleep is not patched here: it blocks b's loop like a held threading.Lock.
     ref.send.block(seconds=4 * SLOW, nowait=True)
     wait_until(lambda: "stuck" not in names(a), 3, "the watcher to drop the stuck node")
@@ -119,10 +127,7 @@ def test_a_node_whose_loop_is_stuck_stops_being_routed_to_and_comes_back(make_no
 
 def test_a_cpu_hogging_handler_is_busy_not_stuck(make_node, caplog):
     caplog.set_level(logging.WARNING, logger="zcell")
-    b = make_node("hog", heartbeat=0.2, actors=[Echo])
-    a = make_node("watcher", heartbeat=0.2, peers=[b.endpoints["inbox"]])
-    a.wait_for(nodes=2, timeout=5 * SLOW)
-    ref = a.spawn(Echo, on="hog")
+    a, ref = watched_echo(make_node, "hog")
     hog = ref.call.hog(seconds=2.0, timeout=10)  # ten heartbeats of pure CPU in b's loop
     end = time.monotonic() + 2.0
     while time.monotonic() < end:
@@ -203,10 +208,19 @@ def test_kill_with_timeout_zero_does_not_wait_five_seconds(make_node):
     assert time.monotonic() - start < 1.5
 
 
-def test_add_and_remove_binding_take_a_timeout(make_node):
+def busy_node(make_node: Any, seconds: float, echoes: int = 1) -> tuple[Node, list[Any]]:
+    """Node ``b`` with ``echoes`` Echo actors, its loop blocked for ``seconds`` (times
+    SLOW) by the first one: nothing sent to b is answered until then. Returns (b, the
+    Echo refs)."""
     b = make_node("b", actors=[Echo])
-    source, target = b.spawn(Echo), b.spawn(Echo)
-    source.send.block(seconds=2 * SLOW, nowait=True)  # b's loop cannot answer
+    refs = [b.spawn(Echo) for _ in range(echoes)]
+    refs[0].send.block(seconds=seconds * SLOW, nowait=True)
+    time.sleep(0.1)
+    return b, refs
+
+
+def test_add_and_remove_binding_take_a_timeout(make_node):
+    _, (source, target) = busy_node(make_node, 2, echoes=2)  # b's loop cannot answer
     start = time.monotonic()
     with pytest.raises(CallTimeout):
         source.add_binding(target, timeout=0.3)
@@ -216,10 +230,7 @@ def test_add_and_remove_binding_take_a_timeout(make_node):
 
 
 def test_a_scatter_from_a_program_thread_fails_within_its_timeout(make_node):
-    b = make_node("b", actors=[Echo])
-    ref = b.spawn(Echo)
-    ref.send.block(seconds=3 * SLOW, nowait=True)
-    time.sleep(0.1)
+    _, (ref,) = busy_node(make_node, 3)
     start = time.monotonic()
     with pytest.raises(CallTimeout):
         ref.scatter.echo(value=1, timeout=0.3)
@@ -227,10 +238,7 @@ def test_a_scatter_from_a_program_thread_fails_within_its_timeout(make_node):
 
 
 def test_stop_is_bounded_even_when_the_loop_is_blocked(make_node):
-    b = make_node("b", actors=[Echo])
-    ref = b.spawn(Echo)
-    ref.send.block(seconds=5 * SLOW, nowait=True)
-    time.sleep(0.1)
+    b, _ = busy_node(make_node, 5)
     start = time.monotonic()
     b.stop(timeout=0.2)
     assert time.monotonic() - start < 4 * SLOW

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -22,9 +21,9 @@ from typing import Any
 from conftest import SLOW, child_env, wait_until
 from zcell_test_actors import Echo
 
+from bench.directory import host_many
 from zcell._mesh import outbound
 from zcell._mesh.directory import Directory
-from zcell.actors.actor import type_name_of
 
 # -- item 12: Outbound.put ---------------------------------------------------
 
@@ -276,22 +275,9 @@ def test_round_robin_stays_fair_while_actors_come_and_go():
     assert picks == {f"b{i}" for i in range(10)}
 
 
-def _host_many(node: Any, n: int) -> None:
-    """Start ``n`` Echo actors on ``node`` in its loop (spawning them one by one
-    through the API would take most of the test's time)."""
-    spawn, name = node.host_._spawn, type_name_of(Echo)
-    for start in range(0, n, 2000):
-        count = min(2000, n - start)
-        node._run(
-            lambda c=count: [
-                spawn({"type": name, "id": uuid.uuid4().hex}, node.id) for _ in range(c)
-            ]
-        )
-
-
 def test_with_twenty_thousand_actors_joins_spawns_and_throws_stay_correct(make_node):
     big = make_node("big", actors=[Echo])
-    _host_many(big, 20000)
+    host_many(big, Echo, 20000)  # in its loop: one by one would take most of the test
     seed = [big.endpoints["inbox"]]
     b = make_node("b", actors=[Echo], peers=seed)
     c = make_node("c", actors=[Echo], peers=seed)  # b hears of it: no copy of big's actors

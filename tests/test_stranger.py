@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
-from conftest import SLOW, start_zcell_node, wait_until
+from conftest import SLOW, wait_until
 from test_hostile import raw_dealers, unique_cluster, vm_kib
 from zcell_test_actors import Echo
 
@@ -245,13 +245,9 @@ def _flood(inbox: str, cluster: str, n: int, done: threading.Event) -> None:
 
 @pytest.mark.timeout(60)
 def test_ten_thousand_forged_HELLOs_neither_abort_nor_bloat_a_node_and_a_genuine_node_joins(
-    make_node, procs
+    make_node, echo_target
 ):
-    cluster = unique_cluster()
-    child, inbox = start_zcell_node(procs, "target", "--cluster", cluster)
-    me = make_node("me", cluster=cluster, peers=[inbox])
-    me.wait_for(nodes=2, timeout=10 * SLOW)
-    ref = me.spawn(Echo, on="target")
+    child, inbox, me, ref, cluster = echo_target
     assert ref.send.echo(value=0) == 0
 
     done = threading.Event()
