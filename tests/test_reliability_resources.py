@@ -122,7 +122,7 @@ def test_a_full_queue_that_drains_before_the_wait_begins_does_not_sleep_a_deadli
 # -- item 16: a program thread's port ends with its thread ---------------------
 
 _MANY_THREADS = r"""
-import json, os, resource, sys, threading
+import json, os, resource, sys, threading, time
 
 _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, hard))
@@ -164,6 +164,17 @@ def threads(n, width):
 
 before = fds()
 peak = threads(N_THREADS, 8)
+
+# Ports of the threads that just ended are freed by the loop, a moment later:
+# let that finish (bounded), so that no descriptor frees itself after the filling.
+settle_by = time.monotonic() + 10 * SLOW
+last = (-1, -1)
+while time.monotonic() < settle_by:
+    now = (len(client._ports), fds())
+    if now == last:
+        break
+    last = now
+    time.sleep(0.5)
 
 # With the descriptors used up, a new thread's call fails with a zcell error.
 filler = []
