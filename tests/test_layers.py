@@ -76,16 +76,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("zcell.actors",),
     ("zcell", "zcell.__main__", "zcell.cli"),
 )
-#: Edges up the layers that stay until the node stops being one object spread over
-#: mixins (issue 14, "no mixins sharing privates"): the node façade builds its Host
-#: and hands out proxies. Each entry is (importer, imported).
-KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("zcell._mesh.node", "zcell.actors.actor"),  # Actor classes it registers, type names
-        ("zcell._mesh.node", "zcell.actors.hosting"),  # Node() builds its Host
-        ("zcell._mesh.node", "zcell.actors.proxy"),  # spawn/select/lookup return proxies
-    }
-)
+#: Edges up the layers that stay until their modules are reworked, as (importer,
+#: imported). None today: where the mesh must call up (hosting, proxies), it declares
+#: a Protocol (``_mesh/node.py:ActorLayer``) and ``zcell/node.py`` plugs the actor
+#: layer in.
+KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset()
 
 #: Cycles that stay until their modules are reworked, as the edge that closes each.
 KNOWN_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset()

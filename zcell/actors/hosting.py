@@ -89,7 +89,11 @@ class Host:
         self._idle: list[Any] = []  # parked worker greenlets
         self._waking = False  # a worker is scheduled and has not started yet
         self._drained: Event | None = None
-        self._hub: Any = None  # set by the node once its loop runs
+        self._hub: Any = None  # set by the node once its loop runs (attach)
+
+    def attach(self, hub: Any) -> None:
+        """The node's loop runs: handlers run (and wake workers) on this hub."""
+        self._hub = hub
 
     # ------------------------------------------------------------------ admission
 
