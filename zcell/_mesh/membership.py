@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from .._transport.heartbeat import HeartbeatThread
     from .._transport.sockets import Context
     from .outbound import Outbound
+    from .plug import Hosting
 
 log = logging.getLogger(__name__)
 V = PROTOCOL_VERSION
@@ -113,7 +114,7 @@ class Membership:
     directory: Any
     endpoints: dict[str, str]
     heartbeat: Any
-    host_: Any
+    host_: Hosting
     id: Any
     name: Any
     secret: Any

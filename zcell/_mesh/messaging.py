@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -59,7 +60,7 @@ from ..errors import (
 from .context import DEFAULT_TIMEOUT, current_context
 from .outbound import Outbound
 from .result import AsyncResult, ScatterResult
-from .threadport import ThreadPort, free_closed_subscribers
+from .threadport import NodeLinks, ThreadPort, free_closed_subscribers
 
 __all__ = ["Messaging", "zcell_error"]
 
@@ -88,9 +89,11 @@ def zcell_error(value: Any) -> ZcellError:
 
 
 if TYPE_CHECKING:
+    from .._transport.sockets import Context
     from ..actors.proxy import ActorProxy
     from ..control.registry import ControlRegistry
     from .directory import Member
+    from .plug import Hosting
 
 # What a thread port counts -> the node's statistics() key.
 _PORT_COUNTERS = (
@@ -112,7 +115,7 @@ def _port_thread_ended(ref: weakref.ref[ThreadPort]) -> None:
     port = ref()
     if port is not None:
         port.ended = True
-        port._node._port_ended()
+        port._links.thread_ended()
 
 
 log = logging.getLogger(__name__)
@@ -124,6 +127,10 @@ class Messaging:
 
     # Provided by Node (declared here for type checkers).
     _chains: Any
+    _ctx: Context | None
+    _notify_endpoint: str
+    _routing_id: Callable[[str], bytes]  # a Membership method
+    name: str
     _check_running: Any  # a Node method
     _codec: Any
     _inbox: Any
@@ -147,7 +154,7 @@ class Messaging:
     boot: Any
     control: ControlRegistry
     directory: Any
-    host_: Any
+    host_: Hosting
     id: Any
     max_message_size: Any
     stats: dict[str, int]
@@ -200,13 +207,32 @@ class Messaging:
         thread ends: its sockets are file descriptors)."""
         port = getattr(self._thread_ports, "port", None)
         if port is None:
-            port = self._thread_ports.port = ThreadPort(self)  # type: ignore[arg-type]  # self is a Node
+            port = self._thread_ports.port = ThreadPort(self._port_links())
             # The thread's locals go when it ends, and with them this keeper.
             keeper = self._thread_ports.keeper = _ThreadEnd()
             weakref.finalize(keeper, _port_thread_ended, weakref.ref(port)).atexit = False
             with self._ports_lock:
                 self._ports.append(port)
         return port
+
+    def _port_links(self) -> NodeLinks:
+        """What a new port needs from this node (``threadport.py:NodeLinks``)."""
+        assert self._ctx is not None  # ports are made while the node runs
+        return NodeLinks(
+            name=self.name,
+            ctx=self._ctx,
+            notify_endpoint=self._notify_endpoint,
+            members=self._members,
+            pending=self._pending,
+            stats=self.stats,
+            loop=self._loop,
+            codec=self._codec,
+            thread_codec=self._thread_codec,
+            routing_id=self._routing_id,
+            complete_call=self._complete_call,
+            node_label=self._node_label,
+            thread_ended=self._port_ended,
+        )
 
     def _port_ended(self) -> None:
         """(The ending thread) have the loop free the ports of ended threads."""
