@@ -190,6 +190,10 @@ class Messaging:
     def _publish(self, message: list[Any], timeout: float = 5.0) -> None:
         self._pub.send(self._codec.encode(message), time.monotonic() + timeout)
 
+    def _send_message(self, node_id: str, message: list[Any], deadline: float) -> None:
+        """(The loop) encode a message and send it to a member, waiting until ``deadline``."""
+        self._send_frame(node_id, self._codec.encode(message), deadline)
+
     def _encode(self, message: list[Any]) -> bytes:
         if self._loop.in_loop():
             return self._codec.encode(message)

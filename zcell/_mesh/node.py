@@ -68,7 +68,7 @@ from .discovery import Discovery
 from .membership import Membership
 from .messaging import Messaging
 from .outbound import Outbound
-from .plug import ActorLayer, Hosting
+from .plug import ActorLayer, Hosting, MeshLinks
 from .result import AsyncResult
 from .threadport import NOTIFY_STOP, ThreadPort
 
@@ -219,7 +219,14 @@ class Node(Membership, Messaging):
         )
         #: The control operations this node answers (spawn, kill, ...; add yours).
         self.control = ControlRegistry()
-        self.host_: Hosting = self._layer.host(self)
+        links = MeshLinks(
+            types=self._types,
+            directory_seq=self._directory_seq,
+            announce=self._announce,
+            send=self._send_message,
+            deliver=self._deliver,
+        )
+        self.host_: Hosting = self._layer.host(self, links)
         self.host_.add_control_ops(self.control)
         self._ctx: Context | None = None
         self._inbox: Any = None
@@ -561,6 +568,9 @@ class Node(Membership, Messaging):
             ]
         )
         return frame
+
+    def _directory_seq(self) -> int:
+        return self._dir_seq
 
     def _make_proxy(self, actor_id: str, name: str, node_id: str) -> ActorProxy:
         return self._layer.proxy(self, actor_id, name, node_id)

@@ -8,7 +8,8 @@ the actor layer (``zcell/actors/layer.py``) into the mesh node.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sized
+from collections.abc import Callable, Mapping, Sized
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gevent.hub import Hub
@@ -19,7 +20,34 @@ if TYPE_CHECKING:
     from ..control.registry import ControlRegistry
     from .node import Node
 
-__all__ = ["ActorLayer", "Hosting"]
+__all__ = ["ActorLayer", "Deliver", "Hosting", "MeshLinks"]
+
+
+class Deliver(Protocol):
+    """``Messaging._deliver``: send, throw or scatter to an actor (``origin``: the
+    actor the message is from, as its handlers see it)."""
+
+    def __call__(
+        self,
+        mode: str,
+        ref: ActorProxy,
+        method: str,
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        origin: ActorProxy | None = None,
+    ) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class MeshLinks:
+    """What the hosting side needs from its node beyond the node's public API
+    (the node makes one and hands it to ``ActorLayer.host``)."""
+
+    types: Mapping[str, type[Actor]]  # the types this node hosts (the node's own, live)
+    directory_seq: Callable[[], int]  # the sequence number of this node's directory news
+    announce: Callable[[str, str, str], None]  # (op "+"/"-", actor id, type name)
+    send: Callable[[str, list[Any], float], None]  # (member id, message, deadline)
+    deliver: Deliver
 
 
 class Hosting(Protocol):
@@ -80,7 +108,7 @@ class ActorLayer(Protocol):
     """What a node needs to host actors and hand out proxies
     (implemented by ``actors/layer.py:Actors``)."""
 
-    def host(self, node: Node) -> Hosting:
+    def host(self, node: Node, links: MeshLinks) -> Hosting:
         """The node's hosting side."""
 
     def proxy(

@@ -16,6 +16,7 @@ from .proxy import ActorProxy
 
 if TYPE_CHECKING:
     from .._mesh.node import Node
+    from .._mesh.plug import MeshLinks
 
 __all__ = ["ACTORS", "Actors"]
 
@@ -23,8 +24,8 @@ __all__ = ["ACTORS", "Actors"]
 class Actors:
     """Hosting, proxies and Actor classes for a mesh node (stateless: one serves all)."""
 
-    def host(self, node: Node) -> Host:
-        return Host(node)
+    def host(self, node: Node, links: MeshLinks) -> Host:
+        return Host(node, links)
 
     def proxy(
         self, node: Node, actor_id: str, type_name: str, node_id: str, cls: object = None
