@@ -89,10 +89,14 @@ def zcell_error(value: Any) -> ZcellError:
 
 
 if TYPE_CHECKING:
-    from .._transport.sockets import Context
+    import itertools
+    import threading
+
+    from .._transport.loop import LoopThread
+    from .._transport.sockets import Context, Socket
     from ..actors.proxy import ActorProxy
     from ..control.registry import ControlRegistry
-    from .directory import Member
+    from .directory import Directory, Member
     from .plug import Hosting
 
 # What a thread port counts -> the node's statistics() key.
@@ -126,39 +130,39 @@ class Messaging:
     """Node mixin: getting frames out and replies back (see module doc)."""
 
     # Provided by Node (declared here for type checkers).
-    _chains: Any
+    _chains: itertools.count[int]
     _ctx: Context | None
     _notify_endpoint: str
     _routing_id: Callable[[str], bytes]  # a Membership method
     name: str
-    _check_running: Any  # a Node method
-    _codec: Any
-    _inbox: Any
-    _loop: Any
-    _make_proxy: Any  # a Node method
+    _check_running: Callable[..., None]  # a Node method
+    _codec: wire.Codec
+    _inbox: Socket
+    _loop: LoopThread
+    _make_proxy: Callable[[str, str, str], ActorProxy]  # a Node method
     _members: dict[str, Member]
-    _node_label: Any  # a Node method
-    _on_frame: Any  # a Node method
+    _node_label: Callable[[str], str]  # a Node method
+    _on_frame: Callable[..., None]  # a Node method
     _outbound: dict[str, Outbound]
     _pending: dict[int, tuple[Any, str, float | None]]
     _ports: list[ThreadPort]
     _ports_lock: Any
-    _pub: Any
-    _req_ids: Any
-    _sender: Any  # a Membership method
+    _pub: Socket
+    _req_ids: itertools.count[int]
+    _sender: Callable[[bytes | None, Member | None], Member | None]  # a Membership method
     _throws: set[int]
-    _run: Any  # a Node method
-    _state: Any
-    _thread_codecs: Any
-    _thread_ports: Any
-    boot: Any
+    _run: Callable[..., Any]  # a Node method
+    _state: str
+    _thread_codecs: threading.local
+    _thread_ports: threading.local
+    boot: str
     control: ControlRegistry
-    directory: Any
+    directory: Directory
     host_: Hosting
-    id: Any
-    max_message_size: Any
+    id: str
+    max_message_size: int
     stats: dict[str, int]
-    _notify_pub: Any
+    _notify_pub: Any  # a plain zmq PUB (None until the node starts)
     _reap_scheduled = False  # a retry of _reap_ports is due
 
     def _send_frame(
