@@ -18,8 +18,7 @@ import msgpack
 import pytest
 from conftest import SLOW, wait_until
 
-from zcell import Actor, NoSuchMethod, RemoteError, SerializationError
-from zcell._mesh.node import Node
+from zcell import Actor, Node, NoSuchMethod, RemoteError, SerializationError
 
 
 class Custom(BaseException):

@@ -15,7 +15,8 @@ import pytest
 from conftest import SLOW, wait_until
 from zcell_test_actors import Echo, Logger
 
-from zcell import NodeStopped
+from zcell import NodeDown, NodeStopped
+from zcell._mesh.threadport import ThreadPort
 
 
 @pytest.fixture
@@ -146,3 +147,16 @@ def test_a_reply_whose_connection_is_gone_is_counted_not_lost_silently(pair):
         "b counts the reply it could not deliver",
     )
     assert b.statistics()["errors"] == 0
+
+
+def test_a_port_needs_only_its_links_to_the_node(pair):
+    """A port is built from ``NodeLinks`` (what it needs from its node), not the node."""
+    a, b, _ = pair
+    port = ThreadPort(a._port_links())
+    try:
+        assert not hasattr(port, "_node")
+        assert port._socket(b.id) is port._socket(b.id)  # one connection per member
+        with pytest.raises(NodeDown, match="not .or no longer. in the mesh"):
+            port._socket("no-such-node")
+    finally:
+        assert port.close()

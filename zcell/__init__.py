@@ -6,7 +6,6 @@ spawn actors anywhere and talk to them with ``send``, ``throw``, ``scatter`` and
 reference (docs/reference.md, built from these docstrings: ``mkdocs serve``).
 """
 
-from ._mesh.node import Node
 from ._mesh.result import AsyncResult, first_reply
 from .actors.actor import Actor, Next
 from .actors.proxy import ActorProxy, forward, stop_forward
@@ -26,6 +25,7 @@ from .errors import (
     SerializationError,
     ZcellError,
 )
+from .node import Node
 
 __version__ = "0.1.0"
 

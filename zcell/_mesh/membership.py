@@ -20,6 +20,7 @@ import hmac
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,9 +51,15 @@ __all__ = ["Membership"]
 
 
 if TYPE_CHECKING:
+    import itertools
+
     from .._transport.heartbeat import HeartbeatThread
+    from .._transport.loop import LoopThread
     from .._transport.sockets import Context
+    from .directory import Directory
     from .outbound import Outbound
+    from .plug import Hosting
+    from .threadport import ThreadPort
 
 log = logging.getLogger(__name__)
 V = PROTOCOL_VERSION
@@ -79,44 +86,44 @@ class Membership:
     """Node mixin: members, liveness, gossip, directory news (see module doc)."""
 
     # Provided by Node and its Messaging mixin (declared here for type checkers).
-    _ctrl: Any
-    _fail_pending: Any
-    _publish: Any
-    _codec: Any
+    _ctrl: Callable[[str, str, dict[str, Any], float], Any]
+    _fail_pending: Callable[[int, Any, BaseException], None]
+    _publish: Callable[..., None]
+    _codec: wire.Codec
     _ctx: Context | None
     _dealers: dict[str, Socket]
-    _dir_seq: Any
+    _dir_seq: int
     _hb: HeartbeatThread | None
     _knocks: dict[str, Knock]
     _by_prefix: dict[bytes, Member]
     _route_key: bytes
-    _route_n: Any
-    _on_frame: Any  # a Node method
+    _route_n: itertools.count[int]
+    _on_frame: Callable[..., None]  # a Node method
     _clashes: set[tuple[str, str]]
-    _inbox: Any
-    _info: Any  # a Node method
-    _node_label: Any  # a Node method
-    _refused: Any  # a Node method
+    _inbox: Socket
+    _info: Callable[[], dict[str, Any]]  # a Node method
+    _node_label: Callable[[str], str]  # a Node method
+    _refused: Callable[..., None]  # a Node method
     _started_at: float
-    _loop: Any
+    _loop: LoopThread
     _members: dict[str, Member]
-    _notify_pub: Any
+    _notify_pub: Any  # a plain zmq PUB (None until the node starts)
     _outbound: dict[str, Outbound]
     _pending: dict[int, tuple[Any, str, float | None]]
-    _ports: list[Any]
+    _ports: list[ThreadPort]
     _ports_lock: Any
     _seeds: dict[str, float]
-    _state: Any
+    _state: str
     _subscribed: set[str]
-    boot: Any
-    cluster: Any
-    directory: Any
+    boot: str
+    cluster: str
+    directory: Directory
     endpoints: dict[str, str]
-    heartbeat: Any
-    host_: Any
-    id: Any
-    name: Any
-    secret: Any
+    heartbeat: float
+    host_: Hosting
+    id: str
+    name: str
+    secret: str | None
     stats: dict[str, int]
 
     def _routing_id(self, endpoint: str) -> bytes:

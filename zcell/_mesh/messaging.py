@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -59,7 +60,7 @@ from ..errors import (
 from .context import DEFAULT_TIMEOUT, current_context
 from .outbound import Outbound
 from .result import AsyncResult, ScatterResult
-from .threadport import ThreadPort, free_closed_subscribers
+from .threadport import NodeLinks, ThreadPort, free_closed_subscribers
 
 __all__ = ["Messaging", "zcell_error"]
 
@@ -88,9 +89,15 @@ def zcell_error(value: Any) -> ZcellError:
 
 
 if TYPE_CHECKING:
+    import itertools
+    import threading
+
+    from .._transport.loop import LoopThread
+    from .._transport.sockets import Context, Socket
     from ..actors.proxy import ActorProxy
     from ..control.registry import ControlRegistry
-    from .directory import Member
+    from .directory import Directory, Member
+    from .plug import Hosting
 
 # What a thread port counts -> the node's statistics() key.
 _PORT_COUNTERS = (
@@ -112,7 +119,7 @@ def _port_thread_ended(ref: weakref.ref[ThreadPort]) -> None:
     port = ref()
     if port is not None:
         port.ended = True
-        port._node._port_ended()
+        port._links.thread_ended()
 
 
 log = logging.getLogger(__name__)
@@ -123,35 +130,39 @@ class Messaging:
     """Node mixin: getting frames out and replies back (see module doc)."""
 
     # Provided by Node (declared here for type checkers).
-    _chains: Any
-    _check_running: Any  # a Node method
-    _codec: Any
-    _inbox: Any
-    _loop: Any
-    _make_proxy: Any  # a Node method
+    _chains: itertools.count[int]
+    _ctx: Context | None
+    _notify_endpoint: str
+    _routing_id: Callable[[str], bytes]  # a Membership method
+    name: str
+    _check_running: Callable[..., None]  # a Node method
+    _codec: wire.Codec
+    _inbox: Socket
+    _loop: LoopThread
+    _make_proxy: Callable[[str, str, str], ActorProxy]  # a Node method
     _members: dict[str, Member]
-    _node_label: Any  # a Node method
-    _on_frame: Any  # a Node method
+    _node_label: Callable[[str], str]  # a Node method
+    _on_frame: Callable[..., None]  # a Node method
     _outbound: dict[str, Outbound]
     _pending: dict[int, tuple[Any, str, float | None]]
     _ports: list[ThreadPort]
     _ports_lock: Any
-    _pub: Any
-    _req_ids: Any
-    _sender: Any  # a Membership method
+    _pub: Socket
+    _req_ids: itertools.count[int]
+    _sender: Callable[[bytes | None, Member | None], Member | None]  # a Membership method
     _throws: set[int]
-    _run: Any  # a Node method
-    _state: Any
-    _thread_codecs: Any
-    _thread_ports: Any
-    boot: Any
+    _run: Callable[..., Any]  # a Node method
+    _state: str
+    _thread_codecs: threading.local
+    _thread_ports: threading.local
+    boot: str
     control: ControlRegistry
-    directory: Any
-    host_: Any
-    id: Any
-    max_message_size: Any
+    directory: Directory
+    host_: Hosting
+    id: str
+    max_message_size: int
     stats: dict[str, int]
-    _notify_pub: Any
+    _notify_pub: Any  # a plain zmq PUB (None until the node starts)
     _reap_scheduled = False  # a retry of _reap_ports is due
 
     def _send_frame(
@@ -183,6 +194,10 @@ class Messaging:
     def _publish(self, message: list[Any], timeout: float = 5.0) -> None:
         self._pub.send(self._codec.encode(message), time.monotonic() + timeout)
 
+    def _send_message(self, node_id: str, message: list[Any], deadline: float) -> None:
+        """(The loop) encode a message and send it to a member, waiting until ``deadline``."""
+        self._send_frame(node_id, self._codec.encode(message), deadline)
+
     def _encode(self, message: list[Any]) -> bytes:
         if self._loop.in_loop():
             return self._codec.encode(message)
@@ -200,13 +215,32 @@ class Messaging:
         thread ends: its sockets are file descriptors)."""
         port = getattr(self._thread_ports, "port", None)
         if port is None:
-            port = self._thread_ports.port = ThreadPort(self)  # type: ignore[arg-type]  # self is a Node
+            port = self._thread_ports.port = ThreadPort(self._port_links())
             # The thread's locals go when it ends, and with them this keeper.
             keeper = self._thread_ports.keeper = _ThreadEnd()
             weakref.finalize(keeper, _port_thread_ended, weakref.ref(port)).atexit = False
             with self._ports_lock:
                 self._ports.append(port)
         return port
+
+    def _port_links(self) -> NodeLinks:
+        """What a new port needs from this node (``threadport.py:NodeLinks``)."""
+        assert self._ctx is not None  # ports are made while the node runs
+        return NodeLinks(
+            name=self.name,
+            ctx=self._ctx,
+            notify_endpoint=self._notify_endpoint,
+            members=self._members,
+            pending=self._pending,
+            stats=self.stats,
+            loop=self._loop,
+            codec=self._codec,
+            thread_codec=self._thread_codec,
+            routing_id=self._routing_id,
+            complete_call=self._complete_call,
+            node_label=self._node_label,
+            thread_ended=self._port_ended,
+        )
 
     def _port_ended(self) -> None:
         """(The ending thread) have the loop free the ports of ended threads."""

@@ -14,7 +14,6 @@ actors, themselves included, without deadlock.
 from __future__ import annotations
 
 import atexit
-import importlib
 import itertools
 import logging
 import os
@@ -24,7 +23,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import gevent
 import msgpack
@@ -52,9 +51,6 @@ from .._wire import (
     SCATTER,
     WELCOME,
 )
-from ..actors.actor import Actor, module_actor_classes, type_name_of
-from ..actors.hosting import Host
-from ..actors.proxy import ActorProxy
 from ..control.registry import ControlRegistry
 from ..errors import (
     CallTimeout,
@@ -72,8 +68,13 @@ from .discovery import Discovery
 from .membership import Membership
 from .messaging import Messaging
 from .outbound import Outbound
+from .plug import ActorLayer, Hosting, MeshLinks
 from .result import AsyncResult
 from .threadport import NOTIFY_STOP, ThreadPort
+
+if TYPE_CHECKING:
+    from ..actors.actor import Actor
+    from ..actors.proxy import ActorProxy
 
 log = logging.getLogger(__name__)
 
@@ -105,25 +106,16 @@ def _default_name() -> str:
 
 
 class Node(Membership, Messaging):
-    """A seat in the mesh: binds sockets, discovers peers, hosts actors, sends.
+    """The mesh node: lifecycle, sockets, receive dispatch, and the public API.
 
-    Args:
-        name: Unique name in the mesh; default ``<hostname>-<pid>`` (``-2``, ``-3``
-            for further nodes in the same process).
-        cluster: Meshes with different cluster names never mix.
-        host: Address to bind; ``127.0.0.1`` (default) is a mesh on this machine.
-        port: Inbox port (0: random). The PUB sockets always use random ports.
-        peers: Inbox endpoints (``tcp://host:port``) of nodes to join.
-        discovery: ``"mdns"`` (zeroconf) or ``"static"`` (no multicast at all).
-        actors: Actor classes, ``"module"`` or ``"module:Class"`` names this node
-            may host.
-        secret: Cluster secret (default: ``ZCELL_SECRET``): every socket uses CURVE
-            with keys derived from it, and only holders of the same secret become
-            members (see docs/security.md).
-        heartbeat: Seconds between heartbeats; a peer silent for ~3 is down.
-        concurrency: Most handlers running at once on this node.
-        max_message_size: Largest message, in bytes, sent or accepted.
+    It hosts actors and makes proxies through its ``actor_layer``; programs create
+    ``zcell.Node`` (``zcell/node.py``), which plugs the actor layer in and documents
+    the arguments.
     """
+
+    #: The layer that hosts actors and makes proxies: the mesh calls up through it
+    #: (``zcell.Node`` plugs in ``actors/layer.py:ACTORS``).
+    actor_layer: ClassVar[ActorLayer]
 
     def __init__(
         self,
@@ -146,6 +138,9 @@ class Node(Membership, Messaging):
             raise ValueError("concurrency must be at least 1")
         if heartbeat <= 0:
             raise ValueError("heartbeat must be positive")
+        if not hasattr(self, "actor_layer"):
+            raise TypeError("the mesh node needs an actor layer: create a zcell.Node")
+        self._layer = self.actor_layer
         self.id = uuid.uuid4().hex[:16]
         self.boot = uuid.uuid4().hex[:8]
         self.name = name or _default_name()
@@ -224,7 +219,14 @@ class Node(Membership, Messaging):
         )
         #: The control operations this node answers (spawn, kill, ...; add yours).
         self.control = ControlRegistry()
-        self.host_ = Host(self)
+        links = MeshLinks(
+            types=self._types,
+            directory_seq=self._directory_seq,
+            announce=self._announce,
+            send=self._send_message,
+            deliver=self._deliver,
+        )
+        self.host_: Hosting = self._layer.host(self, links)
         self.host_.add_control_ops(self.control)
         self._ctx: Context | None = None
         self._inbox: Any = None
@@ -236,13 +238,13 @@ class Node(Membership, Messaging):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def __enter__(self) -> Node:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    def start(self, timeout: float = 10.0) -> Node:
+    def start(self, timeout: float = 10.0) -> Self:
         """Bind, start the loop thread, join the mesh.
 
         Args:
@@ -257,7 +259,7 @@ class Node(Membership, Messaging):
         if self._state != "new":
             raise NodeStopped(f"node {self.name} was already started; create a new Node")
         for spec in self._actor_specs:
-            for cls in _resolve_actor_spec(spec):
+            for cls in self._layer.resolve(spec):
                 self._types[cls.name] = cls
         self._known.update(self._types)
         self._state = "starting"
@@ -299,7 +301,8 @@ class Node(Membership, Messaging):
         self._stop_event.wait()
 
     def _start_in_loop(self) -> None:
-        hub = self.host_._hub = self._loop.hub
+        hub = self._loop.hub
+        self.host_.attach(hub)
         ctx = self._ctx = Context(self.max_message_size, self.heartbeat, self._curve)
         if self._curve is not None:
             # Before any socket binds: ZAP is consulted only if a handler is there.
@@ -566,8 +569,11 @@ class Node(Membership, Messaging):
         )
         return frame
 
+    def _directory_seq(self) -> int:
+        return self._dir_seq
+
     def _make_proxy(self, actor_id: str, name: str, node_id: str) -> ActorProxy:
-        return ActorProxy(self, actor_id, name, node_id)
+        return self._layer.proxy(self, actor_id, name, node_id)
 
     def _class_for(self, type_name: str) -> type[Actor] | None:
         return self._known.get(type_name)
@@ -746,7 +752,7 @@ class Node(Membership, Messaging):
 
     def register(self, cls: type[Actor]) -> None:
         """Allow this node to host ``cls`` (as ``Node(actors=[cls])`` does at start)."""
-        name = type_name_of(cls)
+        name = self._layer.type_name(cls)
         self._known[name] = cls
         if self._types.get(name) is not cls:
             self._types[name] = cls
@@ -780,16 +786,15 @@ class Node(Membership, Messaging):
             TypeError: a ``__main__`` class without an explicit ``name``.
         """
         self._check_running()
-        name = type_name_of(cls)
+        name = self._layer.type_name(cls)
         args = dict(kwargs or {}, **kw)
         if isinstance(cls, type):
             self._known.setdefault(name, cls)
         if timeout is None:
-            timeout = getattr(cls, "default_timeout", Actor.default_timeout)
-        assert timeout is not None
+            timeout = self._layer.timeout_of(cls)
         node_id = self._place(name, cls, on)
         actor_id = uuid.uuid4().hex
-        proxy = ActorProxy(self, actor_id, name, node_id, cls if isinstance(cls, type) else None)
+        proxy = self._layer.proxy(self, actor_id, name, node_id, cls)
         self._encode([args])  # SerializationError before anything is sent
         if nowait:
             started = self._ctrl_async(
@@ -853,14 +858,14 @@ class Node(Membership, Messaging):
             NoSuchActor: there is none.
         """
         self._check_running()
-        name = type_name_of(cls)
+        name = self._layer.type_name(cls)
         group = list(self.directory.of_type(name).items())
         if not group:
             raise NoSuchActor(f"no actor of type {name} in the mesh; spawn one with node.spawn")
         # Prefer a local actor, else the first known.
         local = [g for g in group if g[1] == self.id]
         actor_id, node_id = (local or group)[0]
-        return ActorProxy(self, actor_id, name, node_id, cls if isinstance(cls, type) else None)
+        return self._layer.proxy(self, actor_id, name, node_id, cls)
 
     def kill(self, actor: Any, timeout: float | None = None) -> None:
         """Stop an actor wherever it is (``on_stop`` runs).
@@ -874,10 +879,9 @@ class Node(Membership, Messaging):
             TypeError: ``actor`` is neither a proxy nor an id.
         """
         self._check_running()
-        if isinstance(actor, Actor):
-            actor = actor.ref
-        if isinstance(actor, ActorProxy):
-            actor_id, node_id = actor.id, actor.node_id
+        address = self._layer.address(actor)
+        if address is not None:
+            actor_id, _, node_id = address
         elif isinstance(actor, str):
             entry = self.directory.actors.get(actor)
             if entry is None:
@@ -886,7 +890,7 @@ class Node(Membership, Messaging):
         else:
             raise TypeError(f"kill() takes an actor proxy or id, not {type(actor).__name__}")
         if timeout is None:
-            timeout = Actor.default_timeout
+            timeout = self._layer.timeout_of(None)
         self._ctrl(node_id, "kill", {"id": actor_id}, timeout)
         self._run(self.directory.remove, actor_id)
 
@@ -900,7 +904,7 @@ class Node(Membership, Messaging):
         entry = self.directory.actors.get(actor_id)
         if entry is None:
             raise NoSuchActor(f"no actor with id {actor_id} in the mesh")
-        return ActorProxy(self, actor_id, entry[0], entry[1])
+        return self._layer.proxy(self, actor_id, entry[0], entry[1])
 
     def actors(self, type: Any = None) -> list[ActorProxy]:  # noqa: A002 - API name
         """The mesh directory, as proxies.
@@ -910,9 +914,9 @@ class Node(Membership, Messaging):
         """
         self._check_running()
         items = list(self.directory.actors.items())
-        name = type_name_of(type) if type is not None else None
+        name = self._layer.type_name(type) if type is not None else None
         return [
-            ActorProxy(self, actor_id, t, n)
+            self._layer.proxy(self, actor_id, t, n)
             for actor_id, (t, n) in items
             if name is None or t == name
         ]
@@ -984,7 +988,7 @@ class Node(Membership, Messaging):
             CallTimeout: not reached within ``timeout`` seconds.
         """
         self._check_running()
-        name = type_name_of(type) if type is not None else None
+        name = self._layer.type_name(type) if type is not None else None
         deadline = time.monotonic() + timeout
         while True:
             # A member counts once its directory snapshot is in.
@@ -1010,23 +1014,18 @@ class Node(Membership, Messaging):
         self, op: str, source: ActorProxy, target: Any, kind: str, timeout: float | None = None
     ) -> None:
         self._check_running()
-        if isinstance(target, Actor):
-            target = target.ref
-        if isinstance(target, ActorProxy):
-            spec = [target.id, target.name, target.node_id]
+        address = self._layer.address(target)
+        if address is not None:
+            spec = list(address)
+        elif kind == "direct" and op != "unbind":
+            raise TypeError("a direct binding needs an actor proxy as its target")
         else:
-            if kind == "direct" or op == "unbind":
-                if op == "unbind" and not isinstance(target, ActorProxy):
-                    spec = ["", type_name_of(target), ""]
-                else:
-                    raise TypeError("a direct binding needs an actor proxy as its target")
-            else:
-                spec = ["", type_name_of(target), ""]
+            spec = ["", self._layer.type_name(target), ""]
         self._ctrl(
             source.node_id,
             op,
             {"source": source.id, "target": spec, "kind": kind},
-            Actor.default_timeout if timeout is None else timeout,
+            self._layer.timeout_of(None) if timeout is None else timeout,
         )
 
     def __repr__(self) -> str:
@@ -1053,29 +1052,3 @@ os.register_at_fork(after_in_child=_disown_after_fork)
 def _log_failed_spawn(result: AsyncResult) -> None:
     if result.failed():
         log.error("zcell: a nowait spawn failed: %s", result.get(propagate=False))
-
-
-def _resolve_actor_spec(spec: Any) -> list[type[Actor]]:
-    """An Actor class, ``"module"`` (every Actor subclass defined there) or
-    ``"module:Class"``."""
-    if isinstance(spec, type) and issubclass(spec, Actor):
-        type_name_of(spec)
-        return [spec]
-    if not isinstance(spec, str):
-        raise TypeError(f"actors= takes Actor classes or module names, not {spec!r}")
-    module_name, _, attr = spec.partition(":")
-    importlib.import_module(module_name)
-    if attr:
-        import sys
-
-        cls = getattr(sys.modules[module_name], attr, None)
-        if cls is None:
-            names = [c.__qualname__ for c in module_actor_classes(module_name)]
-            raise ValueError(f"module {module_name!r} has no {attr}{did_you_mean(attr, names)}")
-        if not (isinstance(cls, type) and issubclass(cls, Actor)):
-            raise TypeError(f"{spec!r} is not an Actor class")
-        return [cls]
-    classes = module_actor_classes(module_name)
-    if not classes:
-        raise TypeError(f"module {module_name!r} defines no Actor subclasses")
-    return classes

@@ -38,7 +38,8 @@ from __future__ import annotations
 import errno
 import select
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -49,7 +50,10 @@ from .._wire import REP
 from ..errors import CallTimeout, NodeDown, NodeStopped, ZcellError
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .._transport.loop import LoopThread
+    from .._transport.sockets import Context
+    from .._wire import Codec
+    from .directory import Member
     from .result import AsyncResult
 
 __all__ = ["ThreadPort", "free_closed_subscribers"]
@@ -99,15 +103,37 @@ def free_closed_subscribers(notify_pub: zmq.Socket) -> None:
     _events(notify_pub)
 
 
+@dataclass(frozen=True, slots=True)
+class NodeLinks:
+    """What a port needs from its node, and nothing more (the node makes one).
+
+    The mappings are the node's own, shared: the port reads the members and
+    settles the node's pending calls of a peer that went down.
+    """
+
+    name: str
+    ctx: Context
+    notify_endpoint: str  # the inproc PUB of news from the loop (nodes down, stop)
+    members: Mapping[str, Member]
+    pending: dict[int, tuple[AsyncResult, str, float | None]]
+    stats: dict[str, int]
+    loop: LoopThread
+    codec: Codec  # the loop thread's
+    thread_codec: Callable[[], Codec]  # the calling thread's own
+    routing_id: Callable[[str], bytes]  # a new connection's identity, by inbox endpoint
+    complete_call: Callable[[AsyncResult, list[Any]], bool]
+    node_label: Callable[[str], str]
+    thread_ended: Callable[[], None]  # (the ending thread) have the loop free ended ports
+
+
 class ThreadPort:
     """One program thread's sockets to the peers of one node."""
 
-    def __init__(self, node: Node) -> None:
-        self._node = node
-        assert node._ctx is not None
-        self._ctx = node._ctx
+    def __init__(self, links: NodeLinks) -> None:
+        self._links = links
+        self._ctx = links.ctx
         self.owner = thread_ident()
-        self.encode = node._thread_codec().encode  # this thread's own packer
+        self.encode = links.thread_codec().encode  # this thread's own packer
         self._sockets: dict[str, tuple[Any, zmq.Socket]] = {}  # node id -> (member, socket)
         try:
             self._notify = self._ctx.zmq.socket(zmq.SUB)
@@ -115,7 +141,7 @@ class ThreadPort:
             raise _no_socket(exc) from exc
         self._notify.setsockopt(zmq.LINGER, 0)
         self._notify.setsockopt(zmq.SUBSCRIBE, b"")
-        self._notify.connect(node._notify_endpoint)
+        self._notify.connect(links.notify_endpoint)
         # Its FD signals a message only once a read found nothing (ZMQ_FD is
         # edge-triggered), and an inproc connect signals nothing: look once now,
         # so that the first news wakes _sleep. _drain_news reads until empty.
@@ -145,7 +171,7 @@ class ThreadPort:
     def _enter(self) -> None:
         with self._lock:
             if self._closed:
-                raise NodeStopped(f"node {self._node.name} is stopped; create a new Node")
+                raise NodeStopped(f"node {self._links.name} is stopped; create a new Node")
             self._busy = True
             if self._out:
                 self._flush()  # what waits to leave goes before anything new
@@ -159,7 +185,7 @@ class ThreadPort:
                 self._close_sockets()
 
     def _socket(self, node_id: str) -> zmq.Socket:
-        member = self._node._members.get(node_id)
+        member = self._links.members.get(node_id)
         if member is None:
             raise NodeDown(f"node {node_id} is not (or no longer) in the mesh")
         entry = self._sockets.get(node_id)
@@ -173,7 +199,7 @@ class ThreadPort:
         except zmq.ZMQError as exc:
             raise _no_socket(exc) from exc
         # The peer knows our connections by their routing id (membership.py).
-        sock.setsockopt(zmq.ROUTING_ID, self._node._routing_id(member.inbox))
+        sock.setsockopt(zmq.ROUTING_ID, self._links.routing_id(member.inbox))
         sock.connect(member.inbox)
         self._sockets[node_id] = (member, sock)
         return sock
@@ -215,7 +241,7 @@ class ThreadPort:
             if self._busy or self._closed:
                 return False
             entry = self._sockets.get(node_id)
-            if entry is None or entry[0] is not self._node._members.get(node_id):
+            if entry is None or entry[0] is not self._links.members.get(node_id):
                 return False
             now = time.monotonic()
             out = self._out
@@ -239,7 +265,7 @@ class ThreadPort:
             start = not self._flusher
             self._flusher = True
         if start:
-            self._node._loop.submit(self._loop_flush, 0)
+            self._links.loop.submit(self._loop_flush, 0)
         return True
 
     def _flush(self) -> None:
@@ -253,9 +279,9 @@ class ThreadPort:
         if not frames:
             return True
         entry = self._sockets.get(node_id)
-        if entry is None or entry[0] is not self._node._members.get(node_id):
+        if entry is None or entry[0] is not self._links.members.get(node_id):
             del self._out[node_id]  # that node left: nobody will take them
-            self._node.stats["send_failures"] += len(frames)
+            self._links.stats["send_failures"] += len(frames)
             return True
         if not self._send_frames(entry[1], frames):
             return False
@@ -328,7 +354,7 @@ class ThreadPort:
                 return result._flag._is_set
             if node_id in self._out:  # the call itself may still wait to leave
                 self._put_all(sock, node_id, result._deadline or time.monotonic() + 3600)
-            decode = self._node._thread_codec().decode
+            decode = self._links.thread_codec().decode
             while True:
                 self._drain(sock, decode)
                 if result._flag._is_set:
@@ -344,7 +370,7 @@ class ThreadPort:
                     # News from the loop. It fails a down node's calls before
                     # telling us, so the result shows it; a stop we act on.
                     if NOTIFY_STOP in self._drain_news():
-                        result._complete(error=NodeStopped(f"node {self._node.name} stopped"))
+                        result._complete(error=NodeStopped(f"node {self._links.name} stopped"))
                     with self._lock:
                         if self._downs:
                             self._settle_downs()  # the loop left our calls to us
@@ -362,7 +388,7 @@ class ThreadPort:
         except NodeStopped:
             return
         try:
-            self._drain_all(self._node._thread_codec().decode)
+            self._drain_all(self._links.thread_codec().decode)
         finally:
             self._leave()
 
@@ -373,7 +399,7 @@ class ThreadPort:
             self._wait(sock, _POLLOUT, node_id, deadline)
 
     def _reply(self, sock: zmq.Socket, node_id: str, rid: int, deadline: float) -> list[Any]:
-        decode = self._node._thread_codec().decode
+        decode = self._links.thread_codec().decode
         while True:
             self._wait(sock, _POLLIN, node_id, deadline)
             while True:  # it may be readable: recv at once (Again: wait again)
@@ -446,7 +472,7 @@ class ThreadPort:
         if msg_rid == rid:
             return msg
         entry = self._calls.pop(msg_rid, None)
-        if entry is None or not self._node._complete_call(entry[0], msg):
+        if entry is None or not self._links.complete_call(entry[0], msg):
             self.late += 1  # a reply to an earlier, timed-out call
         return None
 
@@ -474,19 +500,19 @@ class ThreadPort:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise CallTimeout(
-                    f"no reply from node {self._node._node_label(node_id)} in time; raise "
+                    f"no reply from node {self._links.node_label(node_id)} in time; raise "
                     "timeout= if the handler is slow"
                 )
             if not self._sleep(node_id, sock, int(remaining * 1000) + 1):
                 return
             news = self._drain_news()
             if NOTIFY_STOP in news:
-                raise NodeStopped(f"node {self._node.name} stopped")
+                raise NodeStopped(f"node {self._links.name} stopped")
             # News about an earlier incarnation of that node is stale: the
             # member we are talking to is still there.
             if (
                 NOTIFY_DOWN + node_id.encode() in news
-                and self._node._members.get(node_id) is not self._sockets.get(node_id, (None,))[0]
+                and self._links.members.get(node_id) is not self._sockets.get(node_id, (None,))[0]
             ):
                 raise NodeDown(
                     f"node {node_id} went down while the call was in flight; the outcome is unknown"
@@ -514,7 +540,7 @@ class ThreadPort:
             if self._busy:
                 self._downs.append((node_id, error))
                 return False
-            self._drain_all(self._node._codec.decode)
+            self._drain_all(self._links.codec.decode)
             self._drop_socket(node_id)
             return True
 
@@ -527,16 +553,16 @@ class ThreadPort:
 
     def _settle_downs(self) -> None:
         """(Under the lock, by the thread) see ``settle``."""
-        self._drain_all(self._node._thread_codec().decode)
+        self._drain_all(self._links.thread_codec().decode)
         downs, self._downs = self._downs, []
-        pending = self._node._pending
+        pending = self._links.pending
         for node_id, error in downs:
             self._drop_socket(node_id)
             for rid, (result, target) in list(self._calls.items()):
                 if target == node_id:
                     del self._calls[rid]
                     pending.pop(rid, None)
-                    result._complete(error=error, defer=self._node._loop.submit)
+                    result._complete(error=error, defer=self._links.loop.submit)
 
     # -- any thread: ask the loop to read for us -----------------------------
 
@@ -550,7 +576,7 @@ class ThreadPort:
             if self._polled or self._closed:
                 return
             self._polled = True
-        self._node._loop.submit(self._loop_poll, _LOOP_POLL[0])
+        self._links.loop.submit(self._loop_poll, _LOOP_POLL[0])
 
     def _loop_poll(self, interval: float) -> None:
         """In the loop: read what the thread has not, then again after ``interval``."""
@@ -559,7 +585,7 @@ class ThreadPort:
                 self._polled = False
                 return
             if not self._busy:  # else the thread reads them on its way out
-                self._drain_all(self._node._codec.decode)
+                self._drain_all(self._links.codec.decode)
                 self._prune()
                 if not self._calls:
                     self._polled = False
@@ -589,7 +615,7 @@ class ThreadPort:
 
     def _later(self, delay: float, fn: Callable[..., None], *args: Any) -> None:
         """(In the loop) run ``fn(*args)`` there after ``delay`` seconds."""
-        timer = self._node._loop.hub.loop.timer(delay)
+        timer = self._links.loop.hub.loop.timer(delay)
 
         def fire() -> None:
             timer.close()
@@ -609,7 +635,7 @@ class ThreadPort:
             if self._busy:
                 return False
             if self._calls:
-                self._drain_all(self._node._codec.decode)
+                self._drain_all(self._links.codec.decode)
                 self._prune()
                 if self._calls:
                     return False
@@ -633,7 +659,7 @@ class ThreadPort:
         if self._out:
             self._flush()  # a last chance for fire-and-forget frames
             for frames in self._out.values():
-                self._node.stats["send_failures"] += len(frames)
+                self._links.stats["send_failures"] += len(frames)
             self._out.clear()
         self._pollers.clear()
         for _, sock in self._sockets.values():

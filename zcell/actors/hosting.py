@@ -46,6 +46,7 @@ from .proxy import ActorProxy
 
 if TYPE_CHECKING:
     from .._mesh.node import Node
+    from .._mesh.plug import MeshLinks
     from ..control.registry import ControlRegistry
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,9 @@ class Hosted:
 class Host:
     """Runs requests on the actors a node hosts."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, node: Node, links: MeshLinks) -> None:
+        self.node = node  # its public API, which the actors see too
+        self._mesh = links  # the rest of what hosting needs from the node
         self.actors: dict[str, Hosted] = {}
         self.in_flight = 0
         self.queue: collections.deque[tuple[list[Any], float | None, str]] = collections.deque()
@@ -89,7 +91,11 @@ class Host:
         self._idle: list[Any] = []  # parked worker greenlets
         self._waking = False  # a worker is scheduled and has not started yet
         self._drained: Event | None = None
-        self._hub: Any = None  # set by the node once its loop runs
+        self._hub: Any = None  # set by the node once its loop runs (attach)
+
+    def attach(self, hub: Any) -> None:
+        """The node's loop runs: handlers run (and wake workers) on this hub."""
+        self._hub = hub
 
     # ------------------------------------------------------------------ admission
 
@@ -343,7 +349,7 @@ class Host:
         forwarded[R_TARGET] = actor_id
         forwarded[R_SEEN] = seen
         try:
-            node._send_frame(node_id, node._codec.encode(forwarded), time.monotonic() + 5.0)
+            self._mesh.send(node_id, forwarded, time.monotonic() + 5.0)
         except Exception as exc:
             log.warning("zcell: could not pass a declined throw on: %s", exc)
 
@@ -368,7 +374,7 @@ class Host:
             target = ActorProxy(node, target_id or "", type_name, node_id or "")
             mode = {"direct": "send", "round-robin": "throw", "scatter": "scatter"}[kind]
             try:
-                node._deliver(mode, target, method, kwargs, {"nowait": True}, origin=source)
+                self._mesh.deliver(mode, target, method, kwargs, {"nowait": True}, origin=source)
             except Exception as exc:
                 node.stats["nowait_failures"] += 1
                 log.warning(
@@ -424,7 +430,7 @@ class Host:
 
     def _snapshot_op(self, args: dict[str, Any], src: str) -> list[Any]:
         """This node's directory sequence, hosted actors and actor types (for a joiner)."""
-        return [self.node._dir_seq, self.snapshot(), sorted(self.node._types)]
+        return [self._mesh.directory_seq(), self.snapshot(), sorted(self._mesh.types)]
 
     def _spawn(self, args: dict[str, Any], src: str) -> list[str]:
         """Start an actor of a registered type: {"type": name, "id": id, "kwargs": dict}."""
@@ -434,14 +440,14 @@ class Host:
         kwargs = args.get("kwargs") or {}
         if not isinstance(kwargs, dict):
             raise NoSuchActor("spawn kwargs must be a dict")
-        cls = node._types.get(type_name)
+        cls = self._mesh.types.get(type_name)
         if cls is None:
             log.warning(
                 "zcell: refused to spawn unregistered type %r (asked by %s)", type_name, src
             )
             raise NoNodeForType(
                 f"node {node.name} does not host actor type {type_name!r} (it hosts "
-                f"{sorted(node._types) or 'nothing'}); start a node with "
+                f"{sorted(self._mesh.types) or 'nothing'}); start a node with "
                 f"`zcell node -A {type_name.rsplit('.', 1)[0]}`"
             )
         if actor_id in self.actors:
@@ -450,7 +456,7 @@ class Host:
         actor = cls(ref, node)
         state = new_state(cls.state, actor, node, kwargs)
         self.actors[actor_id] = Hosted(actor, state)
-        node._announce("+", actor_id, type_name)
+        self._mesh.announce("+", actor_id, type_name)
         on_start = getattr(state, "on_start", None)
         if on_start is None or getattr(type(state), "on_start", None) is _State.on_start:
             on_start = getattr(state, "on_agent_ready", None)
@@ -487,7 +493,7 @@ class Host:
         self._stopped[actor_id] = None
         if len(self._stopped) > _STOPPED_KEPT:
             del self._stopped[next(iter(self._stopped))]
-        self.node._announce("-", actor_id, hosted.actor.name)
+        self._mesh.announce("-", actor_id, hosted.actor.name)
         self._kill_handlers(hosted)
         self._stop_hook(hosted)
 

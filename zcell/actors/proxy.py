@@ -38,7 +38,7 @@ _ALLOWED = {
 
 
 class Mesh(Protocol):
-    """What a proxy needs from its node (implemented by ``zcell.node.Node``)."""
+    """What a proxy needs from its node (implemented by ``zcell._mesh.node.Node``)."""
 
     def _deliver(
         self,
