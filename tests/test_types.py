@@ -24,6 +24,7 @@ STRICT_MODULES = [
     "zcell._transport.*",
     "zcell.control.*",
     "zcell.cli.*",
+    "zcell.tasks.*",
     "zcell.actors.actor",
     "zcell.actors.proxy",
 ]
