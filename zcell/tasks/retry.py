@@ -46,7 +46,9 @@ def backoff_factor(retry_backoff: bool | float | None) -> float | None:
     if retry_backoff is True:
         return 1.0
     if retry_backoff < 0:
-        raise ValueError(f"retry_backoff must be True, False or a number >= 0, not {retry_backoff!r}")
+        raise ValueError(
+            f"retry_backoff must be True, False or a number >= 0, not {retry_backoff!r}"
+        )
     return float(retry_backoff) or None
 
 
