@@ -62,7 +62,9 @@ class RateLimiter:
     keeps one per rate-limited task. The bucket starts full and holds
     ``capacity`` tokens (1 when None, as Celery's worker has it), so a burst of at
     most ``capacity`` goes through at once and the rest are spaced ``1/rate``
-    apart. Waiting is cooperative (gevent), so other greenlets run meanwhile.
+    apart. Waiting is cooperative (gevent), so other greenlets run meanwhile;
+    use a limiter from one gevent hub's thread (the worker's loop), as it takes
+    no lock.
     """
 
     def __init__(self, rate_per_s: float | None, capacity: float | None = None) -> None:
@@ -142,8 +144,9 @@ class TimeLimits:
         with TimeLimits(soft=20, hard=30):
             result = task(*args, **kwargs)
 
-    or arm it on another greenlet with ``greenlet=`` and :meth:`start`, then
-    :meth:`cancel` and :meth:`check` once that greenlet ended.
+    or arm it on another greenlet of the same thread with ``greenlet=`` and
+    :meth:`start`, then :meth:`cancel` and :meth:`check` once that greenlet ended.
+    The timers run on the hub of the thread that calls :meth:`start`.
 
     Code that never yields to gevent (a tight CPU loop, a C call that holds the
     GIL) cannot be interrupted in a greenlet: no timer runs until it yields. Run
