@@ -69,8 +69,10 @@ def test_stop_called_from_a_handler_of_the_node_stops_it_for_real(make_node):
     # Peers see it leave (a graceful LEFT, well before the ~2.7 s of a silent node).
     wait_until(lambda: "b" not in names(a), 2.0, "the peers to see b leave")
     assert b._loop.join(5 * SLOW), "the loop thread of b is still running"
-    assert b._hb is not None and b._hb._pub.closed, "the heartbeat thread of b still runs"
-    assert b._inbox.closed
+    assert b._sockets.hb is not None and b._sockets.hb._pub.closed, (
+        "the heartbeat thread of b still runs"
+    )
+    assert b._sockets.inbox.closed
     with pytest.raises(NodeStopped):
         b.nodes()
 
@@ -90,7 +92,7 @@ def test_a_graceful_stop_lets_the_handlers_it_drains_make_nested_calls(make_node
     stopper = threading.Thread(target=b.stop, kwargs={"timeout": 3.0})
     stopper.start()
     try:
-        wait_until(lambda: b._state == "stopping", 2, "b to start stopping")
+        wait_until(lambda: b._life.state == "stopping", 2, "b to start stopping")
         # New work from b's own program is refused while it drains.
         with pytest.raises(NodeStopped):
             local.send.echo(value=1)

@@ -28,7 +28,7 @@ such results are pending, at moments when the thread is not inside the port.
 
 The loop tells waiting ports about nodes going down and about its own stop
 through an inproc PUB, so calls still fail with ``NodeDown`` at once. The port's
-sockets are used by their thread while it is inside the port (``_busy``), and
+sockets are used by their thread while it is inside the port (``busy``), and
 otherwise, under the port's lock, by the loop (reading for ``ask_loop``,
 flushing coalesced frames) or by the stopping node (closing them).
 """
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from .._transport.sockets import Context
     from .._wire import Codec
     from .directory import Member
-    from .result import AsyncResult
+    from .result import AsyncResult, ScatterResult
 
 __all__ = ["ThreadPort", "free_closed_subscribers"]
 
@@ -115,7 +115,7 @@ class NodeLinks:
     ctx: Context
     notify_endpoint: str  # the inproc PUB of news from the loop (nodes down, stop)
     members: Mapping[str, Member]
-    pending: dict[int, tuple[AsyncResult, str, float | None]]
+    pending: dict[int, tuple[AsyncResult | ScatterResult, str, float | None]]
     stats: dict[str, int]
     loop: LoopThread
     codec: Codec  # the loop thread's
@@ -130,7 +130,7 @@ class ThreadPort:
     """One program thread's sockets to the peers of one node."""
 
     def __init__(self, links: NodeLinks) -> None:
-        self._links = links
+        self.links = links
         self._ctx = links.ctx
         self.owner = thread_ident()
         self.encode = links.thread_codec().encode  # this thread's own packer
@@ -147,7 +147,7 @@ class ThreadPort:
         # so that the first news wakes _sleep. _drain_news reads until empty.
         _events(self._notify)
         self._lock = real_lock()
-        self._busy = False
+        self.busy = False
         self._closed = False
         # Calls whose replies come to this port: request id -> (result, node id).
         self._calls: dict[int, tuple[AsyncResult, str]] = {}
@@ -155,7 +155,7 @@ class ThreadPort:
         self._notify_fd = int(self._notify.getsockopt(zmq.FD))
         self._pollers: dict[str, tuple[zmq.Socket, Any]] = {}  # node id -> (socket, FD poller)
         self._polled = False  # the loop reads for us (see ask_loop)
-        self._downs: list[tuple[str, ZcellError]] = []  # see settle
+        self._downs: list[tuple[str, ZcellError]] = []  # see read_replies_of
         # Coalescing (see _offer): frames waiting to leave, per node, in order.
         self._out: dict[str, list[bytes]] = {}
         self._burst_end = 0.0  # until then, a new frame joins the others
@@ -171,21 +171,21 @@ class ThreadPort:
     def _enter(self) -> None:
         with self._lock:
             if self._closed:
-                raise NodeStopped(f"node {self._links.name} is stopped; create a new Node")
-            self._busy = True
+                raise NodeStopped(f"node {self.links.name} is stopped; create a new Node")
+            self.busy = True
             if self._out:
                 self._flush()  # what waits to leave goes before anything new
 
     def _leave(self) -> None:
         with self._lock:
             if self._downs and not self._closed:
-                self._settle_downs()
-            self._busy = False
+                self._fail_downs()
+            self.busy = False
             if self._closed:
                 self._close_sockets()
 
     def _socket(self, node_id: str) -> zmq.Socket:
-        member = self._links.members.get(node_id)
+        member = self.links.members.get(node_id)
         if member is None:
             raise NodeDown(f"node {node_id} is not (or no longer) in the mesh")
         entry = self._sockets.get(node_id)
@@ -199,7 +199,7 @@ class ThreadPort:
         except zmq.ZMQError as exc:
             raise _no_socket(exc) from exc
         # The peer knows our connections by their routing id (membership.py).
-        sock.setsockopt(zmq.ROUTING_ID, self._links.routing_id(member.inbox))
+        sock.setsockopt(zmq.ROUTING_ID, self.links.routing_id(member.inbox))
         sock.connect(member.inbox)
         self._sockets[node_id] = (member, sock)
         return sock
@@ -238,10 +238,10 @@ class ThreadPort:
         yet, or the peer is full): the frame is not taken.
         """
         with self._lock:
-            if self._busy or self._closed:
+            if self.busy or self._closed:
                 return False
             entry = self._sockets.get(node_id)
-            if entry is None or entry[0] is not self._links.members.get(node_id):
+            if entry is None or entry[0] is not self.links.members.get(node_id):
                 return False
             now = time.monotonic()
             out = self._out
@@ -265,7 +265,7 @@ class ThreadPort:
             start = not self._flusher
             self._flusher = True
         if start:
-            self._links.loop.submit(self._loop_flush, 0)
+            self.links.loop.submit(self._loop_flush, 0)
         return True
 
     def _flush(self) -> None:
@@ -279,9 +279,9 @@ class ThreadPort:
         if not frames:
             return True
         entry = self._sockets.get(node_id)
-        if entry is None or entry[0] is not self._links.members.get(node_id):
+        if entry is None or entry[0] is not self.links.members.get(node_id):
             del self._out[node_id]  # that node left: nobody will take them
-            self._links.stats["send_failures"] += len(frames)
+            self.links.stats["send_failures"] += len(frames)
             return True
         if not self._send_frames(entry[1], frames):
             return False
@@ -322,7 +322,7 @@ class ThreadPort:
             self.poll()
             if self._registered % _PRUNE_EVERY == 0:
                 with self._lock:
-                    if not self._busy:
+                    if not self.busy:
                         self._prune()
         try:
             if not self._offer(node_id, frame):
@@ -354,7 +354,7 @@ class ThreadPort:
                 return result._flag._is_set
             if node_id in self._out:  # the call itself may still wait to leave
                 self._put_all(sock, node_id, result._deadline or time.monotonic() + 3600)
-            decode = self._links.thread_codec().decode
+            decode = self.links.thread_codec().decode
             while True:
                 self._drain(sock, decode)
                 if result._flag._is_set:
@@ -370,10 +370,10 @@ class ThreadPort:
                     # News from the loop. It fails a down node's calls before
                     # telling us, so the result shows it; a stop we act on.
                     if NOTIFY_STOP in self._drain_news():
-                        result._complete(error=NodeStopped(f"node {self._links.name} stopped"))
+                        result._complete(error=NodeStopped(f"node {self.links.name} stopped"))
                     with self._lock:
                         if self._downs:
-                            self._settle_downs()  # the loop left our calls to us
+                            self._fail_downs()  # the loop left our calls to us
                     if node_id not in self._sockets:  # that node went down: settled
                         return result._flag._is_set
         finally:
@@ -388,7 +388,7 @@ class ThreadPort:
         except NodeStopped:
             return
         try:
-            self._drain_all(self._links.thread_codec().decode)
+            self._drain_all(self.links.thread_codec().decode)
         finally:
             self._leave()
 
@@ -399,7 +399,7 @@ class ThreadPort:
             self._wait(sock, _POLLOUT, node_id, deadline)
 
     def _reply(self, sock: zmq.Socket, node_id: str, rid: int, deadline: float) -> list[Any]:
-        decode = self._links.thread_codec().decode
+        decode = self.links.thread_codec().decode
         while True:
             self._wait(sock, _POLLIN, node_id, deadline)
             while True:  # it may be readable: recv at once (Again: wait again)
@@ -472,7 +472,7 @@ class ThreadPort:
         if msg_rid == rid:
             return msg
         entry = self._calls.pop(msg_rid, None)
-        if entry is None or not self._links.complete_call(entry[0], msg):
+        if entry is None or not self.links.complete_call(entry[0], msg):
             self.late += 1  # a reply to an earlier, timed-out call
         return None
 
@@ -500,19 +500,19 @@ class ThreadPort:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise CallTimeout(
-                    f"no reply from node {self._links.node_label(node_id)} in time; raise "
+                    f"no reply from node {self.links.node_label(node_id)} in time; raise "
                     "timeout= if the handler is slow"
                 )
             if not self._sleep(node_id, sock, int(remaining * 1000) + 1):
                 return
             news = self._drain_news()
             if NOTIFY_STOP in news:
-                raise NodeStopped(f"node {self._links.name} stopped")
+                raise NodeStopped(f"node {self.links.name} stopped")
             # News about an earlier incarnation of that node is stale: the
             # member we are talking to is still there.
             if (
                 NOTIFY_DOWN + node_id.encode() in news
-                and self._links.members.get(node_id) is not self._sockets.get(node_id, (None,))[0]
+                and self.links.members.get(node_id) is not self._sockets.get(node_id, (None,))[0]
             ):
                 raise NodeDown(
                     f"node {node_id} went down while the call was in flight; the outcome is unknown"
@@ -527,7 +527,7 @@ class ThreadPort:
 
     # -- the loop: a node went down -------------------------------------------
 
-    def settle(self, node_id: str, error: ZcellError) -> bool:
+    def read_replies_of(self, node_id: str, error: ZcellError) -> bool:
         """Before the loop fails the calls to a node that went down: read the
         replies that came (a node leaving gracefully answers first).
 
@@ -537,10 +537,10 @@ class ThreadPort:
         with self._lock:
             if self._closed:
                 return True
-            if self._busy:
+            if self.busy:
                 self._downs.append((node_id, error))
                 return False
-            self._drain_all(self._links.codec.decode)
+            self._drain_all(self.links.codec.decode)
             self._drop_socket(node_id)
             return True
 
@@ -551,18 +551,18 @@ class ThreadPort:
         if entry is not None:
             entry[1].close(linger=0)
 
-    def _settle_downs(self) -> None:
-        """(Under the lock, by the thread) see ``settle``."""
-        self._drain_all(self._links.thread_codec().decode)
+    def _fail_downs(self) -> None:
+        """(Under the lock, by the thread) see ``read_replies_of``."""
+        self._drain_all(self.links.thread_codec().decode)
         downs, self._downs = self._downs, []
-        pending = self._links.pending
+        pending = self.links.pending
         for node_id, error in downs:
             self._drop_socket(node_id)
             for rid, (result, target) in list(self._calls.items()):
                 if target == node_id:
                     del self._calls[rid]
                     pending.pop(rid, None)
-                    result._complete(error=error, defer=self._links.loop.submit)
+                    result._complete(error=error, defer=self.links.loop.submit)
 
     # -- any thread: ask the loop to read for us -----------------------------
 
@@ -576,7 +576,7 @@ class ThreadPort:
             if self._polled or self._closed:
                 return
             self._polled = True
-        self._links.loop.submit(self._loop_poll, _LOOP_POLL[0])
+        self.links.loop.submit(self._loop_poll, _LOOP_POLL[0])
 
     def _loop_poll(self, interval: float) -> None:
         """In the loop: read what the thread has not, then again after ``interval``."""
@@ -584,8 +584,8 @@ class ThreadPort:
             if self._closed:
                 self._polled = False
                 return
-            if not self._busy:  # else the thread reads them on its way out
-                self._drain_all(self._links.codec.decode)
+            if not self.busy:  # else the thread reads them on its way out
+                self._drain_all(self.links.codec.decode)
                 self._prune()
                 if not self._calls:
                     self._polled = False
@@ -604,7 +604,7 @@ class ThreadPort:
         with self._lock:
             if self._out:
                 idle = 0
-                if not self._closed and not self._busy:
+                if not self._closed and not self.busy:
                     self._flush()
             else:
                 idle += 1
@@ -615,7 +615,7 @@ class ThreadPort:
 
     def _later(self, delay: float, fn: Callable[..., None], *args: Any) -> None:
         """(In the loop) run ``fn(*args)`` there after ``delay`` seconds."""
-        timer = self._links.loop.hub.loop.timer(delay)
+        timer = self.links.loop.hub.loop.timer(delay)
 
         def fire() -> None:
             timer.close()
@@ -632,10 +632,10 @@ class ThreadPort:
         with self._lock:
             if self._closed:
                 return True
-            if self._busy:
+            if self.busy:
                 return False
             if self._calls:
-                self._drain_all(self._links.codec.decode)
+                self._drain_all(self.links.codec.decode)
                 self._prune()
                 if self._calls:
                     return False
@@ -650,7 +650,7 @@ class ThreadPort:
         call: it closes the sockets itself on the way out."""
         with self._lock:
             self._closed = True
-            if self._busy:
+            if self.busy:
                 return False
             self._close_sockets()
             return True
@@ -659,7 +659,7 @@ class ThreadPort:
         if self._out:
             self._flush()  # a last chance for fire-and-forget frames
             for frames in self._out.values():
-                self._links.stats["send_failures"] += len(frames)
+                self.links.stats["send_failures"] += len(frames)
             self._out.clear()
         self._pollers.clear()
         for _, sock in self._sockets.values():
