@@ -13,9 +13,14 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._wire import UNSTATED, minors
+
+if TYPE_CHECKING:
+    from gevent import Greenlet
+
+    from .._transport.sockets import Socket
 
 __all__ = ["PREFIX", "Directory", "Member", "Roster"]
 
@@ -35,12 +40,12 @@ class Member:
     hb: str
     types: set[str] = field(default_factory=set)
     started: float = 0.0  # wall clock, for uptime display only
-    dealer: Any = None  # transport.Socket to its inbox
+    dealer: Socket | None = None  # our DEALER to its inbox (set as it is admitted)
     # The routing-id prefix of its connections to our inbox (see membership.py):
     # frames that claim to be its own are accepted only from those.
     prefix: bytes = b""
-    sub: Any = None  # transport.Socket subscribed to its PUB and heartbeat PUB only
-    reader: Any = None  # the greenlet reading ``sub``
+    sub: Socket | None = None  # subscribed to its PUB and heartbeat PUB only
+    reader: Greenlet | None = None  # the greenlet reading ``sub``
     last_seen: float = field(default_factory=time.monotonic)
     subscribed: bool = False  # its SUB is connected to our PUB
     dir_seq: int = 0

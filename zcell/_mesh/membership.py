@@ -51,6 +51,7 @@ __all__ = ["DirectoryNews", "Membership"]
 if TYPE_CHECKING:
     from .._transport.loop import LoopThread
     from .directory import Directory, Roster
+    from .discovery import PeerAd
     from .plug import Hosting
     from .result import PendingCalls
     from .state import Lifecycle, Sockets
@@ -506,8 +507,10 @@ class Membership:
         inbox.send_coalesced(routing, self._codec.encode(message))
 
     def _send_quiet(self, member: Member, frame: bytes) -> None:
+        dealer = member.dealer
+        assert dealer is not None  # set as it was admitted
         try:
-            member.dealer.send(frame, time.monotonic() + 2.0)
+            dealer.send(frame, time.monotonic() + 2.0)
         except ZcellError as exc:
             log.debug("zcell: could not answer %s: %s", member.name, exc)
 
@@ -740,7 +743,7 @@ class Membership:
                 if member is not None:
                     member.subscribed = data[0] == 1
 
-    def on_ad(self, ad: Any) -> None:
+    def on_ad(self, ad: PeerAd) -> None:
         if self._life.state not in ("starting", "running") or ad.cluster != self._cluster:
             return
         if ad.secure != self._secure:

@@ -21,7 +21,7 @@ import socket as _socket
 import time
 import uuid
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import gevent
@@ -387,7 +387,7 @@ class Node:
         if self.discovery == "mdns":
             self._start_discovery()
 
-    def _supervise(self, task: Any) -> None:
+    def _supervise(self, task: Callable[[], None]) -> None:
         """Run one of the node's own tasks (a socket reader, housekeeping) for good.
 
         Such a task only ends when the node stops. If it fails or returns before
@@ -422,7 +422,7 @@ class Node:
             gevent.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
-    def _configure_hb(self, sock: Any) -> None:
+    def _configure_hb(self, sock: zmq.Socket[bytes]) -> None:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 10)
         if self._curve is not None:
@@ -501,7 +501,8 @@ class Node:
             left = self._codec.encode([PROTOCOL, LEFT, self.id, self.boot])
             for member in list(self._members.values()):
                 try:
-                    member.dealer.try_send(left)
+                    if member.dealer is not None:
+                        member.dealer.try_send(left)
                 except ZcellError:
                     pass
             self._messaging.publish([PROTOCOL, LEFT, self.id, self.boot], 0.5)

@@ -52,7 +52,7 @@ class Outbound:
         self._space: Flag | None = None  # set when the queue drains below half
         self._mutex = real_lock()
         self._wake: Event | None = None
-        self._greenlet: Any = None
+        self._greenlet: gevent.Greenlet | None = None
         self._closed = False
         self._busy = False  # the sender greenlet is sending: keep the order
         self._idle = True  # the loop is not going to look at the queue: wake it

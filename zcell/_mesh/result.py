@@ -35,6 +35,7 @@ from ..errors import (
 if TYPE_CHECKING:
     from .._transport.loop import LoopThread
     from .directory import Roster
+    from .threadport import ThreadPort
 
 __all__ = [
     "AsyncResult",
@@ -75,7 +76,7 @@ class AsyncResult:
         request_id: int,
         deadline: float | None,
         cancel: Callable[[int], None] | None = None,
-        port: Any = None,
+        port: ThreadPort | None = None,
         to: str = "",
     ) -> None:
         self.id = request_id

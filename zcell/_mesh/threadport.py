@@ -89,11 +89,11 @@ def _no_socket(exc: zmq.ZMQError) -> ZcellError:
     return ZcellError(f"cannot open a socket to the mesh: {exc}")
 
 
-def _events(sock: zmq.Socket) -> int:
+def _events(sock: zmq.Socket[bytes]) -> int:
     return int(sock.get(_EVENTS))  # an int for EVENTS
 
 
-def free_closed_subscribers(notify_pub: zmq.Socket) -> None:
+def free_closed_subscribers(notify_pub: zmq.Socket[bytes]) -> None:
     """Let the loop's news PUB finish the close of ports' SUBs.
 
     A closed inproc subscriber (and its eventfd) is freed only once the PUB
@@ -101,6 +101,10 @@ def free_closed_subscribers(notify_pub: zmq.Socket) -> None:
     news is rare, so without this every freed port would keep a descriptor.
     """
     _events(notify_pub)
+
+
+#: A codec's decode: a frame's bytes -> the message (``ProtocolError`` if bad).
+Decode = Callable[[bytes], list[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +138,7 @@ class ThreadPort:
         self._ctx = links.ctx
         self.owner = thread_ident()
         self.encode = links.thread_codec().encode  # this thread's own packer
-        self._sockets: dict[str, tuple[Any, zmq.Socket]] = {}  # node id -> (member, socket)
+        self._sockets: dict[str, tuple[Any, zmq.Socket[bytes]]] = {}  # node id -> (member, socket)
         try:
             self._notify = self._ctx.zmq.socket(zmq.SUB)
         except zmq.ZMQError as exc:
@@ -153,7 +157,9 @@ class ThreadPort:
         self._calls: dict[int, tuple[AsyncResult, str]] = {}
         self._registered = 0
         self._notify_fd = int(self._notify.getsockopt(zmq.FD))
-        self._pollers: dict[str, tuple[zmq.Socket, Any]] = {}  # node id -> (socket, FD poller)
+        self._pollers: dict[
+            str, tuple[zmq.Socket[bytes], Any]
+        ] = {}  # node id -> (socket, FD poller)
         self._polled = False  # the loop reads for us (see ask_loop)
         self._downs: list[tuple[str, ZcellError]] = []  # see read_replies_of
         # Coalescing (see _offer): frames waiting to leave, per node, in order.
@@ -184,7 +190,7 @@ class ThreadPort:
             if self._closed:
                 self._close_sockets()
 
-    def _socket(self, node_id: str) -> zmq.Socket:
+    def _socket(self, node_id: str) -> zmq.Socket[bytes]:
         member = self.links.members.get(node_id)
         if member is None:
             raise NodeDown(f"node {node_id} is not (or no longer) in the mesh")
@@ -288,7 +294,7 @@ class ThreadPort:
         del self._out[node_id]
         return True
 
-    def _send_frames(self, sock: zmq.Socket, frames: list[bytes]) -> bool:
+    def _send_frames(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> bool:
         """Send ``frames`` as one message, or nothing (False) if the peer is full."""
         try:
             if len(frames) == 1:
@@ -304,7 +310,7 @@ class ThreadPort:
         self.sent += len(frames)
         return True
 
-    def _put_all(self, sock: zmq.Socket, node_id: str, deadline: float) -> None:
+    def _put_all(self, sock: zmq.Socket[bytes], node_id: str, deadline: float) -> None:
         """(Inside the port) send ``node_id``'s waiting frames, waiting for room."""
         frames = self._out.get(node_id)
         if frames:
@@ -392,13 +398,15 @@ class ThreadPort:
         finally:
             self._leave()
 
-    def _put(self, sock: zmq.Socket, node_id: str, frames: list[bytes], deadline: float) -> None:
+    def _put(
+        self, sock: zmq.Socket[bytes], node_id: str, frames: list[bytes], deadline: float
+    ) -> None:
         """Send ``frames`` as one message, waiting for room (back-pressure)."""
         while not self._send_frames(sock, frames):
             # Not connected yet, or the peer is full.
             self._wait(sock, _POLLOUT, node_id, deadline)
 
-    def _reply(self, sock: zmq.Socket, node_id: str, rid: int, deadline: float) -> list[Any]:
+    def _reply(self, sock: zmq.Socket[bytes], node_id: str, rid: int, deadline: float) -> list[Any]:
         decode = self.links.thread_codec().decode
         while True:
             self._wait(sock, _POLLIN, node_id, deadline)
@@ -411,7 +419,7 @@ class ThreadPort:
                 if msg is not None:
                     return msg  # replies behind it are read in later
 
-    def _sleep(self, node_id: str, sock: zmq.Socket, wait_ms: int) -> bool:
+    def _sleep(self, node_id: str, sock: zmq.Socket[bytes], wait_ms: int) -> bool:
         """Block (GIL released) until ``sock`` or the news socket may have
         something, or ``wait_ms`` pass (-1: no limit); True if news may have come.
 
@@ -429,7 +437,9 @@ class ThreadPort:
         notify_fd = self._notify_fd
         return any(fd == notify_fd for fd, _ in entry[1].poll(wait_ms))
 
-    def _drain(self, sock: zmq.Socket, decode: Any, rid: int | None = None) -> list[Any] | None:
+    def _drain(
+        self, sock: zmq.Socket[bytes], decode: Decode, rid: int | None = None
+    ) -> list[Any] | None:
         """Read every reply waiting on ``sock``; complete the calls among them.
 
         Returns the reply to ``rid`` (a blocking send's) if it came.
@@ -452,11 +462,11 @@ class ThreadPort:
             if msg is not None:
                 found = msg
 
-    def _drain_all(self, decode: Any) -> None:
+    def _drain_all(self, decode: Decode) -> None:
         for _, sock in list(self._sockets.values()):
             self._drain(sock, decode)
 
-    def _take(self, data: bytes, decode: Any, rid: int | None) -> list[Any] | None:
+    def _take(self, data: bytes, decode: Decode, rid: int | None) -> list[Any] | None:
         """One frame read from a socket: the reply to ``rid`` is returned; any
         other reply completes its call; the rest is counted and dropped."""
         try:
@@ -487,7 +497,7 @@ class ThreadPort:
                 break
         return news
 
-    def _wait(self, sock: zmq.Socket, event: int, node_id: str, deadline: float) -> None:
+    def _wait(self, sock: zmq.Socket[bytes], event: int, node_id: str, deadline: float) -> None:
         """Block (GIL released) until ``sock`` may have ``event``; watch for down/stop news.
 
         Returns when EVENTS shows ``event``, or at once when the socket's FD

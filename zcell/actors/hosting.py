@@ -59,7 +59,7 @@ _QUEUE_LOW = 2_000  # ... and resume below this
 _STOPPED_KEPT = 10_000  # recently killed ids remembered, to answer ActorStopped
 
 
-class _Killed(GreenletExit):
+class _Killed(GreenletExit):  # type: ignore[misc]  # gevent is untyped: its GreenletExit is Any
     """Raised inside a handler whose actor is killed (or whose node stops)."""
 
 
