@@ -89,7 +89,7 @@ def _port_thread_ended(ref: weakref.ref[ThreadPort]) -> None:
 
 
 log = logging.getLogger(__name__)
-V = PROTOCOL_VERSION
+PROTOCOL = PROTOCOL_VERSION
 
 
 class Messaging:
@@ -359,7 +359,7 @@ class Messaging:
             flags = F_DIRECT  # the reply comes straight back on the port
         node_id = ref.node_id
         frame = port.encode(
-            [V, REQ, rid, self._id, self._boot, next(self._chains), max(0, int(timeout * 1000)),
+            [PROTOCOL, REQ, rid, self._id, self._boot, next(self._chains), max(0, int(timeout * 1000)),
              ref.id, method, kwargs, flags, origin, None]
         )  # fmt: skip
         if nowait:
@@ -419,7 +419,19 @@ class Messaging:
         seen: list[str] | None,
     ) -> bytes:
         """Encode a REQ or SCATTER from this node (layout: docs/protocol.md §3.1)."""
-        message = [V, kind, rid, self._id, self._boot, chain, ttl, target, method, kwargs, flags]
+        message = [
+            PROTOCOL,
+            kind,
+            rid,
+            self._id,
+            self._boot,
+            chain,
+            ttl,
+            target,
+            method,
+            kwargs,
+            flags,
+        ]
         message += [origin, seen]
         return self.encode(message)
 
@@ -569,7 +581,9 @@ class Messaging:
     ) -> AsyncResult:
         rid = next(self._req_ids)
         deadline = time.monotonic() + timeout
-        frame = self.encode([V, CTRL, rid, self._id, self._boot, int(timeout * 1000), op, args])
+        frame = self.encode(
+            [PROTOCOL, CTRL, rid, self._id, self._boot, int(timeout * 1000), op, args]
+        )
         return self._request(node_id, frame, deadline, rid, self._loop.in_loop())
 
     def node_down(self, node_id: str, error: ZcellError) -> None:
@@ -634,11 +648,11 @@ class Messaging:
         """
         try:
             payload = value if actor_id is None else [actor_id, value]
-            frame = self._codec.encode([V, REP, rid, self._id, status, payload])
+            frame = self._codec.encode([PROTOCOL, REP, rid, self._id, status, payload])
         except SerializationError as exc:
             error: Any = ["SerializationError", f"the handler's return value cannot travel: {exc}"]
             payload = error if actor_id is None else [actor_id, error]
-            frame = self._codec.encode([V, REP, rid, self._id, ZERROR, payload])
+            frame = self._codec.encode([PROTOCOL, REP, rid, self._id, ZERROR, payload])
         if routing is not None:
             # Coalesced with the other replies to that connection in this loop
             # iteration (the port reads them as consecutive frames).

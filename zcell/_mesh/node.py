@@ -608,7 +608,7 @@ class Node:
         n = 0
         inbox = self._sockets.inbox
         assert inbox is not None  # the node runs
-        for frames in inbox.recv_loop(settle=host.let_run):
+        for frames in inbox.recv_loop(before_peek=host.run_admitted):
             # [routing id, frame, ...]: a program thread's port sends the frames
             # it coalesced as the parts of one message (threadport.py).
             routing = frames[0]

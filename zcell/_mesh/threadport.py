@@ -15,7 +15,7 @@ to our routing id):
   call, and ``get()``/``ready()``/``state`` of one of its results). A pipelined
   loop of calls therefore seldom wakes the loop either;
 - fire-and-forget frames and calls sent in quick succession are coalesced
-  into one multipart message (``_offer``): one wake-up of each I/O thread and
+  into one multipart message (``_send_or_coalesce``): one wake-up of each I/O thread and
   of the receiver per burst instead of per message. They leave when 64 have
   gathered, when the thread next goes through the port, or at the latest
   within ~1 ms, sent by the loop (``_loop_flush``, a timer that runs while
@@ -112,7 +112,7 @@ class NodeLinks:
     """What a port needs from its node, and nothing more (the node makes one).
 
     The mappings are the node's own, shared: the port reads the members and
-    settles the node's pending calls of a peer that went down.
+    fails the node's pending calls of a peer that went down.
     """
 
     name: str
@@ -162,7 +162,7 @@ class ThreadPort:
         ] = {}  # node id -> (socket, FD poller)
         self._polled = False  # the loop reads for us (see ask_loop)
         self._downs: list[tuple[str, ZcellError]] = []  # see read_replies_of
-        # Coalescing (see _offer): frames waiting to leave, per node, in order.
+        # Coalescing (see _send_or_coalesce): frames waiting to leave, per node, in order.
         self._out: dict[str, list[bytes]] = {}
         self._burst_end = 0.0  # until then, a new frame joins the others
         self._flusher = False  # the loop's flush timer is running
@@ -215,9 +215,9 @@ class ThreadPort:
     ) -> list[Any] | None:
         """Send ``frame``; with ``rid``, wait for and return the decoded direct reply.
 
-        Without ``rid`` (fire and forget) the frame may be coalesced (``_offer``).
+        Without ``rid`` (fire and forget) the frame may be coalesced (``_send_or_coalesce``).
         """
-        if rid is None and self._offer(node_id, frame):
+        if rid is None and self._send_or_coalesce(node_id, frame):
             return None
         self._enter()
         try:
@@ -231,7 +231,7 @@ class ThreadPort:
         finally:
             self._leave()
 
-    def _offer(self, node_id: str, frame: bytes) -> bool:
+    def _send_or_coalesce(self, node_id: str, frame: bytes) -> bool:
         """The fast path, under the lock alone (nothing here waits).
 
         A frame sent long enough after the previous one leaves at once. One that
@@ -331,7 +331,7 @@ class ThreadPort:
                     if not self.busy:
                         self._prune()
         try:
-            if not self._offer(node_id, frame):
+            if not self._send_or_coalesce(node_id, frame):
                 self._enter()
                 try:
                     sock = self._socket(node_id)
@@ -415,7 +415,7 @@ class ThreadPort:
                     data = sock.recv(_NOBLOCK)
                 except _AGAIN:
                     break
-                msg = self._take(data, decode, rid)
+                msg = self._match_reply(data, decode, rid)
                 if msg is not None:
                     return msg  # replies behind it are read in later
 
@@ -452,13 +452,13 @@ class ThreadPort:
         # costs ~0.6 us a part. Every part is a reply of its own.
         if not _events(sock) & _POLLIN:
             return None
-        take = self._take
+        match = self._match_reply
         while True:
             try:
                 data = _recv(sock, _NOBLOCK, True)
             except _AGAIN:
                 return found
-            msg = take(data, decode, rid)
+            msg = match(data, decode, rid)
             if msg is not None:
                 found = msg
 
@@ -466,7 +466,7 @@ class ThreadPort:
         for _, sock in list(self._sockets.values()):
             self._drain(sock, decode)
 
-    def _take(self, data: bytes, decode: Decode, rid: int | None) -> list[Any] | None:
+    def _match_reply(self, data: bytes, decode: Decode, rid: int | None) -> list[Any] | None:
         """One frame read from a socket: the reply to ``rid`` is returned; any
         other reply completes its call; the rest is counted and dropped."""
         try:

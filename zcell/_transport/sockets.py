@@ -396,7 +396,7 @@ class Socket:
     # -- receiving -----------------------------------------------------------
 
     def recv_loop(
-        self, recheck: float | None = None, settle: Callable[[], None] | None = None
+        self, recheck: float | None = None, before_peek: Callable[[], None] | None = None
     ) -> Iterator[Any]:
         """Yield frames forever: drain until there are none, then wait on the FD.
 
@@ -405,7 +405,7 @@ class Socket:
         restarts the reader) when reading it fails. ``recheck``: also retry
         every so many seconds, for a socket that is written too (a send may
         consume the edge).
-        ``settle``: called before each check of whether a short burst goes on,
+        ``before_peek``: called before each check of whether a short burst goes on,
         to let the work the frames started run first (see ``Node._read_inbox``).
         """
         raw = self.raw
@@ -425,8 +425,8 @@ class Socket:
                 # three times that: peek first while bursts are short, but not
                 # right after a wake-up, which mostly means a frame is there.
                 if 0 < run < _PEEK:
-                    if settle is not None:
-                        settle()
+                    if before_peek is not None:
+                        before_peek()
                     item = recv(_NOBLOCK) if _events(raw) & _POLLIN else None
                 else:
                     item = recv(_NOBLOCK)

@@ -176,7 +176,7 @@ class Host:
             self._drained.set()
             self._drained = None
 
-    def let_run(self) -> None:
+    def run_admitted(self) -> None:
         """(The inbox reader) let the admitted requests run now, if any wait.
 
         Called before the reader checks its socket for more: their replies are
