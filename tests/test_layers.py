@@ -14,6 +14,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 from conftest import SLOW
 
 import zcell
@@ -392,3 +393,25 @@ def test_the_private_attribute_check_notices_one():
         "node.messaging._pending",
         "other._mine",
     ]
+
+
+# -- one way to do each thing -----------------------------------------------------------
+
+
+def _calls_in(path: Path, cls: str, method: str) -> set[str]:
+    """The names a method of a class calls (``f(...)`` and ``self.f(...)``)."""
+    tree = ast.parse(path.read_text())
+    klass = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
+    func = next(n for n in klass.body if isinstance(n, ast.FunctionDef) and n.name == method)
+    return {
+        ast.unparse(node.func).removeprefix("self.")
+        for node in ast.walk(func)
+        if isinstance(node, ast.Call)
+    }
+
+
+@pytest.mark.parametrize("method", ["send", "try_send", "send_multipart"])
+def test_every_send_of_a_socket_goes_through_the_one_fast_path(method):
+    calls = _calls_in(PACKAGE / "_transport" / "sockets.py", "Socket", method)
+    assert "_send_now" in calls
+    assert not calls & {"_send", "_put_parts", "raw.send"}, "send through _send_now"

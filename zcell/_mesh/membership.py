@@ -49,12 +49,10 @@ __all__ = ["DirectoryNews", "Membership"]
 
 
 if TYPE_CHECKING:
-    from .._transport.loop import LoopThread
-    from .directory import Directory, Roster
+    from .directory import Directory
     from .discovery import PeerAd
     from .plug import Hosting
-    from .result import PendingCalls
-    from .state import Lifecycle, Sockets
+    from .state import Shared
 
 log = logging.getLogger(__name__)
 PROTOCOL = PROTOCOL_VERSION
@@ -129,22 +127,12 @@ class Membership:
 
     def __init__(
         self,
+        shared: Shared,
         *,
-        node_id: str,
-        boot: str,
-        name: str,
         cluster: str,
         heartbeat: float,
         secure: bool,
         endpoints: Mapping[str, str],
-        roster: Roster,
-        pending: PendingCalls,
-        stats: dict[str, int],
-        sockets: Sockets,
-        life: Lifecycle,
-        loop: LoopThread,
-        codec: wire.Codec,
-        directory: Directory,
         news: DirectoryNews,
         hosting: Hosting,
         ctrl: Callable[[str, str, dict[str, Any], float], Any],
@@ -153,22 +141,12 @@ class Membership:
         info: Callable[[], dict[str, Any]],
         refused: Callable[[str, type[NodeStopped]], None],
     ) -> None:
-        self._id = node_id
-        self._boot = boot
-        self._name = name
+        self._shared = shared
+        self._members = shared.roster.members
         self._cluster = cluster
         self._heartbeat = heartbeat
         self._secure = secure
         self._endpoints = endpoints
-        self._roster = roster
-        self._members = roster.members
-        self._pending = pending
-        self._stats = stats
-        self._sockets = sockets
-        self._life = life
-        self._loop = loop
-        self._codec = codec
-        self._directory = directory
         self._news = news
         self._hosting = hosting
         self._ctrl = ctrl  # a control call (snapshots of members' directories)
@@ -190,10 +168,10 @@ class Membership:
     def _dealer_for(self, endpoint: str) -> Socket:
         dealer = self._dealers.get(endpoint)
         if dealer is None or dealer.closed:
-            ctx = self._sockets.ctx
+            ctx = self._shared.sockets.ctx
             assert ctx is not None  # the node runs
-            dealer = ctx.socket(zmq.DEALER, self._loop.hub)
-            dealer.connect(endpoint, self._roster.routing_id(endpoint))
+            dealer = ctx.socket(zmq.DEALER, self._shared.loop.hub)
+            dealer.connect(endpoint, self._shared.roster.routing_id(endpoint))
             self._dealers[endpoint] = dealer
         return dealer
 
@@ -225,7 +203,7 @@ class Membership:
                 >= MAX_KNOCKS_PER_SOURCE
             )
             if busy:
-                self._stats["refused_knocks"] += 1
+                self._shared.stats["refused_knocks"] += 1
                 return
             knock = Knock(uuid.uuid4().hex, time.monotonic() + KNOCK_TIMEOUT, source)
             self._knocks[endpoint] = knock
@@ -233,7 +211,7 @@ class Membership:
             return  # already knocking there
         if echo:
             knock.answered = echo
-        frame = self._codec.encode([PROTOCOL, HELLO, self._info(), knock.nonce, echo])
+        frame = self._shared.codec.encode([PROTOCOL, HELLO, self._info(), knock.nonce, echo])
         gevent.spawn(self._hello_send, endpoint, frame)
 
     def _hello_send(self, endpoint: str, frame: bytes) -> None:
@@ -271,13 +249,13 @@ class Membership:
         a refusal of another is stale; anything else is a bad frame. A refusal
         in another major version is that node refusing ours."""
         try:
-            msg = self._codec.decode(frame)
+            msg = self._shared.codec.decode(frame)
         except wire.VersionMismatch as exc:
             refusal = wire.foreign_refusal(exc)
             if refusal is None:
-                self._stats["dropped_bad_frames"] += 1
-            elif refusal[:2] != (self._id, self._boot):
-                self._stats["dropped_stale"] += 1
+                self._shared.stats["dropped_bad_frames"] += 1
+            elif refusal[:2] != (self._shared.node_id, self._shared.boot):
+                self._shared.stats["dropped_stale"] += 1
             else:
                 self._refused(
                     f"refused by the node at {endpoint} (protocol {exc.major}, this node "
@@ -286,21 +264,21 @@ class Membership:
                 )
             return
         except ZcellError:
-            self._stats["dropped_bad_frames"] += 1
+            self._shared.stats["dropped_bad_frames"] += 1
             return
         if msg[1] != REFUSED:
-            self._stats["dropped_bad_frames"] += 1
-        elif msg[2] != self._id or msg[3] != self._boot:
-            self._stats["dropped_stale"] += 1
+            self._shared.stats["dropped_bad_frames"] += 1
+        elif msg[2] != self._shared.node_id or msg[3] != self._shared.boot:
+            self._shared.stats["dropped_stale"] += 1
         else:
             self._refused(f"refused by the node at {endpoint}: {msg[4][:500]}", NameTaken)
 
     def _in_cluster(self, info: dict[str, Any]) -> bool:
         if info["cluster"] != self._cluster:
-            self._stats["dropped_stale"] += 1
+            self._shared.stats["dropped_stale"] += 1
             return False
-        if info["id"] == self._id:
-            self._stats["dropped_forged"] += 1
+        if info["id"] == self._shared.node_id:
+            self._shared.stats["dropped_forged"] += 1
             return False
         return True
 
@@ -313,17 +291,17 @@ class Membership:
         """
         now = time.monotonic()
         if self.check_frozen(now) or (
-            self._sockets.hb is not None and now < self._sockets.hb.quiet_until
+            self._shared.sockets.hb is not None and now < self._shared.sockets.hb.quiet_until
         ):
             return None  # just woke from a process stop: let the stale backlog drain
         member = self._members.get(info["id"])
         if member is not None:
             if member.boot == info["boot"] and member.inbox == info["inbox"]:
                 member.last_seen = now
-                self._roster.claim_prefix(member, routing)
+                self._shared.roster.claim_prefix(member, routing)
                 return member
             if member.inbox != info["inbox"]:
-                self._stats["dropped_forged"] += 1
+                self._shared.stats["dropped_forged"] += 1
                 log.warning(
                     "zcell: refused node at %s claiming the id of %s (at %s)",
                     info["inbox"],
@@ -341,7 +319,7 @@ class Membership:
         # (told so once its knock is verified: _refuse; let in once the name is free).
         clash = self._name_clash(info)
         if clash is not None:
-            self._stats["name_clashes"] += 1
+            self._shared.stats["name_clashes"] += 1
             if (info["name"], info["id"]) not in self._clashes:
                 self._clashes.add((info["name"], info["id"]))
                 log.error("zcell: refused node %s at %s: %s", info["name"], info["inbox"], clash[0])
@@ -350,7 +328,7 @@ class Membership:
         member.dealer = self._dealer_for(member.inbox)
         member.subscribed = member.id in self._subscribed
         self._members[member.id] = member
-        self._roster.claim_prefix(member, routing)
+        self._shared.roster.claim_prefix(member, routing)
         self._subscribe(member)
         log.info("zcell: %s joined (%s)", member.name, member.inbox)
         # Tell the others: a node that joined through us before this one did
@@ -366,19 +344,19 @@ class Membership:
 
     def _forget_socket(self, sock: Socket) -> None:
         """A closed socket of ours leaves the context's list (closed at stop)."""
-        ctx = self._sockets.ctx
+        ctx = self._shared.sockets.ctx
         if ctx is not None and sock in ctx.sockets:
             ctx.sockets.remove(sock)
 
     def _subscribe(self, member: Member) -> None:
         """A SUB of its own for each member: what arrives on it is that member's."""
-        ctx = self._sockets.ctx
+        ctx = self._shared.sockets.ctx
         assert ctx is not None  # the node runs
-        sub = ctx.socket(zmq.SUB, self._loop.hub)
+        sub = ctx.socket(zmq.SUB, self._shared.loop.hub)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         # A topic nothing is published on: its arrival at the member's XPUB
         # tells it exactly when this SUB is connected.
-        sub.setsockopt(zmq.SUBSCRIBE, b"\xff" + self._id.encode())
+        sub.setsockopt(zmq.SUBSCRIBE, b"\xff" + self._shared.node_id.encode())
         member.sub = sub
         try:
             sub.connect(member.pub)
@@ -406,7 +384,7 @@ class Membership:
         # News of a member to the others carries no actors (nil): each node's
         # actors travel once to each joiner, not to every member per join.
         actors = self._hosting.snapshot() if snapshot else None
-        return self._codec.encode(
+        return self._shared.codec.encode(
             [PROTOCOL, WELCOME, self._info(), self._news.seq, actors, members, echo]
         )
 
@@ -424,11 +402,11 @@ class Membership:
         being restarted): the newcomer keeps knocking and gets in once it is gone.
         """
         name = info["name"]
-        if name == self._name:
-            mine = (self._life.started_at, self._id)
+        if name == self._shared.name:
+            mine = (self._shared.life.started_at, self._shared.node_id)
             theirs = (info.get("started"), info["id"])
             go = type(theirs[0]) in (int, float) and theirs > mine
-            holder = f"node {self._name} at {self._endpoints['inbox']}"
+            holder = f"node {self._shared.name} at {self._endpoints['inbox']}"
         else:
             other = next((m for m in self._members.values() if m.name == name), None)
             if other is None:
@@ -449,7 +427,7 @@ class Membership:
         if wire.minors(info)[0] > wire.PROTOCOL_MINOR:
             # It no longer speaks our minors (the rule says it then bumps the
             # major: this is a broken node). Never a member, nothing to say.
-            self._stats["refused_versions"] += 1
+            self._shared.stats["refused_versions"] += 1
             return
         inbox = info["inbox"]
         if self._answers_knock(inbox, echo) and self._knocks[inbox].answered == nonce:
@@ -491,7 +469,7 @@ class Membership:
         info = wire.foreign_hello(exc)
         if info is None or info["cluster"] != self._cluster:
             return
-        self._stats["refused_versions"] += 1
+        self._shared.stats["refused_versions"] += 1
         reason = (
             f"it speaks zcell protocol {wire.mine()} and the joiner "
             f"{wire.stated(exc.major, info)}; nodes of two major versions cannot mesh: "
@@ -502,9 +480,9 @@ class Membership:
 
     def _send_on(self, routing: bytes, message: list[Any]) -> None:
         """Answer on the connection ``routing`` of our inbox (a joiner's own)."""
-        inbox = self._sockets.inbox
+        inbox = self._shared.sockets.inbox
         assert inbox is not None  # the node runs
-        inbox.send_coalesced(routing, self._codec.encode(message))
+        inbox.send_coalesced(routing, self._shared.codec.encode(message))
 
     def _send_quiet(self, member: Member, frame: bytes) -> None:
         dealer = member.dealer
@@ -536,9 +514,9 @@ class Membership:
                 self._full_welcome(member, "")
         else:
             # News from a member: only over its own connection.
-            member = self._roster.sender(routing, None)
+            member = self._shared.roster.sender(routing, None)
             if member is None or member.id != info["id"] or member.boot != info["boot"]:
-                self._stats["dropped_forged"] += 1
+                self._shared.stats["dropped_forged"] += 1
                 return
             member.last_seen = time.monotonic()
         if member is None:
@@ -546,13 +524,13 @@ class Membership:
         if actors is not None:  # None: news of a member, our copy stands (else resync)
             if seq >= member.dir_seq:  # welcomes may be overtaken by directory news
                 member.dir_seq = seq
-                self._directory.replace_node(member.id, actors)
+                self._shared.directory.replace_node(member.id, actors)
             member.synced = True
         # Gossip only suggests addresses; membership needs first-hand contact.
         now = time.monotonic()
         for other in members:
             if other["cluster"] == self._cluster and other["id"] not in self._members:
-                if other["id"] != self._id and len(self._seeds) < MAX_SEEDS:
+                if other["id"] != self._shared.node_id and len(self._seeds) < MAX_SEEDS:
                     self._seeds.setdefault(other["inbox"], now + 60.0)
                     self._hello(other["inbox"], source=member.prefix)
 
@@ -564,8 +542,8 @@ class Membership:
             return None
         if via is None and routing is None:
             return member  # from this node itself
-        if self._roster.sender(routing, via) is not member:
-            self._stats["dropped_forged"] += 1
+        if self._shared.roster.sender(routing, via) is not member:
+            self._shared.stats["dropped_forged"] += 1
             return None
         return member
 
@@ -591,9 +569,9 @@ class Membership:
             return
         member.dir_seq = seq
         if op == "+":
-            self._directory.add(actor_id, type_name, member.id)
+            self._shared.directory.add(actor_id, type_name, member.id)
         elif op == "-":
-            self._directory.remove(actor_id)
+            self._shared.directory.remove(actor_id)
             self._actor_gone(actor_id)
         else:
             member.types.add(type_name)
@@ -613,7 +591,7 @@ class Membership:
             member.dir_seq = seq
             member.types = set(types)
             wire.check_actor_list(actors)
-            self._directory.replace_node(member.id, actors)
+            self._shared.directory.replace_node(member.id, actors)
             member.synced = True
 
     def on_leave(
@@ -642,12 +620,12 @@ class Membership:
             return
         del self._members[member.id]
         log.info("zcell: %s is down (%s)", member.name, reason)
-        gone = self._directory.remove_node(member.id)
+        gone = self._shared.directory.remove_node(member.id)
         for actor_id in gone:
             self._actor_gone(actor_id)
         error = NodeDown(f"node {member.name} went down ({reason}); the outcome is unknown")
         self._node_down(member.id, error)
-        self._roster.release_prefix(member)
+        self._shared.roster.release_prefix(member)
         self._unsubscribe(member)
         self._close_dealer(member.inbox)
         self._knocks.pop(member.inbox, None)
@@ -669,8 +647,8 @@ class Membership:
         re-admits nobody for a short quiet period, so that this backlog (read
         within milliseconds of waking) is gone before the seeds' knocking rejoins.
         """
-        hb = self._sockets.hb
-        if hb is None or self._life.state != "running":
+        hb = self._shared.sockets.hb
+        if hb is None or self._shared.life.state != "running":
             return False
         since = hb.stopped_since(now)
         if since is None:
@@ -679,7 +657,7 @@ class Membership:
         log.warning(
             "zcell: node %s was stopped for %.1fs (heartbeats too): its peers "
             "have declared it down; dropping them, rejoining in %.1fs",
-            self._name,
+            self._shared.name,
             now - since,
             hb.quiet_until - now,
         )
@@ -696,14 +674,16 @@ class Membership:
         while True:
             gevent.sleep(interval)
             now = time.monotonic()
-            if self._sockets.hb is not None:
-                self._sockets.hb.loop_tick = now  # the watchdog's sign of life
+            if self._shared.sockets.hb is not None:
+                self._shared.sockets.hb.loop_tick = now  # the watchdog's sign of life
             frozen = self.check_frozen(now)
             if now - last > interval + self._heartbeat:
                 # Our own loop was blocked: the heartbeats queued meanwhile have
                 # not been read yet, so give everyone a grace period (unless the
                 # whole process was stopped: then they have dropped us).
-                log.warning("zcell: node %s loop was blocked for %.1fs", self._name, now - last)
+                log.warning(
+                    "zcell: node %s loop was blocked for %.1fs", self._shared.name, now - last
+                )
                 if not frozen:
                     for member in self._members.values():
                         member.last_seen = max(member.last_seen, now)
@@ -711,11 +691,13 @@ class Membership:
             for member in list(self._members.values()):
                 if now - member.last_seen > down_after:
                     self._member_down(member, f"silent for {now - member.last_seen:.1f}s")
-            self._pending.expire(now)
+            self._shared.pending.expire(now)
             # Before expiring knocks: a refusal may be waiting on a knock's DEALER.
             self._drain_dealers()
             self._expire_knocks(now)
-            if now >= next_knock and not (self._sockets.hb and now < self._sockets.hb.quiet_until):
+            if now >= next_knock and not (
+                self._shared.sockets.hb and now < self._shared.sockets.hb.quiet_until
+            ):
                 next_knock = now + 1.0
                 member_inboxes = {m.inbox for m in self._members.values()}
                 for endpoint, expiry in list(self._seeds.items()):
@@ -726,7 +708,7 @@ class Membership:
 
     def read_pub(self) -> None:
         """Read our XPUB's subscription messages: which members' SUBs reach it."""
-        pub = self._sockets.pub
+        pub = self._shared.sockets.pub
         assert pub is not None  # the node runs
         # Subscription messages: b"\x01" (subscribe) / b"\x00" + topic.
         # Sends poke this reader; the recheck is a safety net, once a second so
@@ -744,12 +726,12 @@ class Membership:
                     member.subscribed = data[0] == 1
 
     def on_ad(self, ad: PeerAd) -> None:
-        if self._life.state not in ("starting", "running") or ad.cluster != self._cluster:
+        if self._shared.life.state not in ("starting", "running") or ad.cluster != self._cluster:
             return
         if ad.secure != self._secure:
-            self._stats["mdns_ads_other_secret"] += 1  # says why nobody is found
+            self._shared.stats["mdns_ads_other_secret"] += 1  # says why nobody is found
             return  # it could never complete a handshake with us
-        self._stats["mdns_ads"] += 1
+        self._shared.stats["mdns_ads"] += 1
         member = self._members.get(ad.node_id)
         if member is None and (ad.inbox in self._seeds or len(self._seeds) < MAX_SEEDS):
             self._seeds[ad.inbox] = max(self._seeds.get(ad.inbox, 0.0), time.monotonic() + 600.0)

@@ -47,14 +47,12 @@ from ..errors import (
 )
 from .context import DEFAULT_TIMEOUT, current_context
 from .outbound import Outbound
-from .result import AsyncResult, PendingCalls, ScatterResult, error_from_reply
+from .result import AsyncResult, ScatterResult, error_from_reply
 from .threadport import NOTIFY_DOWN, NOTIFY_STOP, NodeLinks, ThreadPort, free_closed_subscribers
 
 if TYPE_CHECKING:
-    from .._transport.loop import LoopThread
     from ..actors.proxy import ActorProxy
-    from .directory import Directory, Roster
-    from .state import Lifecycle, Sockets
+    from .state import Shared
 
 __all__ = ["Messaging"]
 
@@ -102,41 +100,26 @@ class Messaging:
 
     def __init__(
         self,
+        shared: Shared,
         *,
-        node_id: str,
-        boot: str,
-        name: str,
-        roster: Roster,
-        pending: PendingCalls,
-        stats: dict[str, int],
-        sockets: Sockets,
-        life: Lifecycle,
-        loop: LoopThread,
-        codec: wire.Codec,
-        directory: Directory,
         make_proxy: Callable[[str, str, str], ActorProxy],
         on_frame: Callable[[bytes], None],
         check_running: Callable[[bool], None],
         max_message_size: int,
     ) -> None:
-        self._id = node_id
-        self._boot = boot
-        self._name = name
-        self._roster = roster
-        self._members = roster.members
-        self._pending = pending
-        self._table = pending.table  # written on the hot path without a call
-        self._stats = stats
-        self._sockets = sockets
-        self._life = life
-        self._loop = loop
-        self._codec = codec
-        self._directory = directory
+        # Copied to attributes of its own: they are read on every send.
+        self._id, self._boot, self._name = shared.node_id, shared.boot, shared.name
+        self._roster = shared.roster
+        self._members = shared.roster.members
+        self._pending = shared.pending
+        self._table = shared.pending.table  # written on the hot path without a call
+        self._stats, self._sockets, self._life = shared.stats, shared.sockets, shared.life
+        self._loop, self._codec, self._directory = shared.loop, shared.codec, shared.directory
         self._make_proxy = make_proxy
         self._on_frame = on_frame  # a frame to this node itself is received at once
         self._check_running = check_running
         self._max_message_size = max_message_size
-        self.notify_endpoint = f"inproc://zcell-notify-{node_id}"
+        self.notify_endpoint = f"inproc://zcell-notify-{self._id}"
         # Request ids start at a random point: no stranger can guess a pending one
         # (and replies are matched on the node asked as well: PendingCalls.on_reply).
         self._req_ids = itertools.count(int.from_bytes(os.urandom(5), "big") << 8)

@@ -76,7 +76,7 @@ from .membership import DirectoryNews, Membership
 from .messaging import Messaging
 from .plug import ActorLayer, Hosting, MeshLinks
 from .result import AsyncResult, PendingCalls
-from .state import Lifecycle, Sockets
+from .state import Lifecycle, Shared, Sockets
 
 if TYPE_CHECKING:
     from ..actors.actor import Actor
@@ -103,28 +103,6 @@ _EXIT_DRAIN = 2.0
 # Started nodes not yet stopped: left gracefully at interpreter exit and disowned
 # in a forked child. Weak, so that it never keeps a node alive.
 _live: weakref.WeakSet[Node] = weakref.WeakSet()
-#: The counters statistics() reports (besides the gauges it adds).
-STATISTICS = (
-    "messages_in",
-    "messages_out",
-    "errors",
-    "dropped_bad_frames",
-    "dropped_stale",
-    "dropped_expired",
-    "late_replies",
-    "nowait_failures",
-    "send_failures",
-    "name_clashes",
-    "dropped_forged",  # frames claiming a member (or us) on another's connection
-    "refused_knocks",  # HELLOs not answered: too many unverified joiners at once
-    "refused_auth",  # connections ZAP refused (no or another secret)
-    "undeliverable_replies",  # see statistics()
-    "mdns_ads",  # ads of peers of this cluster heard (each change)
-    "mdns_ads_other_secret",  # ... ignored: one side has a secret, the other not
-    "internal_errors",  # bugs in dispatch, failed internal tasks (logged)
-    "dropped_newer_kinds",  # kinds of a newer minor a member speaks and we do not
-    "refused_versions",  # HELLOs of another protocol version (refused)
-)
 
 
 def _default_name() -> str:
@@ -201,7 +179,30 @@ class Node:
         self._codec = wire.Codec(self._make_proxy, max_message_size)
         self._sockets = Sockets()
         self._disc: Discovery | None = None
-        self.stats: dict[str, int] = dict.fromkeys(STATISTICS, 0)
+        self.stats: dict[str, int] = dict.fromkeys(
+            (
+                "messages_in",
+                "messages_out",
+                "errors",
+                "dropped_bad_frames",
+                "dropped_stale",
+                "dropped_expired",
+                "late_replies",
+                "nowait_failures",
+                "send_failures",
+                "name_clashes",
+                "dropped_forged",  # frames claiming a member (or us) on another's connection
+                "refused_knocks",  # HELLOs not answered: too many unverified joiners at once
+                "refused_auth",  # connections ZAP refused (no or another secret)
+                "undeliverable_replies",  # see statistics()
+                "mdns_ads",  # ads of peers of this cluster heard (each change)
+                "mdns_ads_other_secret",  # ... ignored: one side has a secret, the other not
+                "internal_errors",  # bugs in dispatch, failed internal tasks (logged)
+                "dropped_newer_kinds",  # kinds of a newer minor a member speaks and we do not
+                "refused_versions",  # HELLOs of another protocol version (refused)
+            ),
+            0,
+        )
         #: The control operations this node answers (spawn, kill, ...; add yours).
         self.control = ControlRegistry()
         self._compose()
@@ -219,18 +220,14 @@ class Node:
         pending = self._calls = PendingCalls(roster, self.stats, self._loop)
         self._pending = pending.table
         self._on_reply = pending.on_reply
+        shared = Shared(
+            node_id=self.id, boot=self.boot, name=self.name,
+            roster=roster, pending=pending, stats=self.stats,
+            sockets=self._sockets, life=self._life, loop=self._loop,
+            codec=self._codec, directory=self.directory,
+        )  # fmt: skip
         messaging = self._messaging = Messaging(
-            node_id=self.id,
-            boot=self.boot,
-            name=self.name,
-            roster=roster,
-            pending=pending,
-            stats=self.stats,
-            sockets=self._sockets,
-            life=self._life,
-            loop=self._loop,
-            codec=self._codec,
-            directory=self.directory,
+            shared,
             make_proxy=self._make_proxy,
             on_frame=self._on_frame,
             check_running=self._check_running,
@@ -254,29 +251,12 @@ class Node:
         self.hosting: Hosting = self._layer.host(self, links)
         self.hosting.add_control_ops(self.control)
         self._membership = Membership(
-            node_id=self.id,
-            boot=self.boot,
-            name=self.name,
-            cluster=self.cluster,
-            heartbeat=self.heartbeat,
-            secure=self.secret is not None,
-            endpoints=self.endpoints,
-            roster=roster,
-            pending=pending,
-            stats=self.stats,
-            sockets=self._sockets,
-            life=self._life,
-            loop=self._loop,
-            codec=self._codec,
-            directory=self.directory,
-            news=news,
-            hosting=self.hosting,
-            ctrl=messaging.ctrl,
-            node_down=messaging.node_down,
-            on_frame=self._on_frame,
-            info=self._info,
-            refused=self._refused,
-        )
+            shared,
+            cluster=self.cluster, heartbeat=self.heartbeat, secure=self.secret is not None,
+            endpoints=self.endpoints, news=news, hosting=self.hosting,
+            ctrl=messaging.ctrl, node_down=messaging.node_down,  # what it asks of Messaging
+            on_frame=self._on_frame, info=self._info, refused=self._refused,  # of the node
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ lifecycle
 

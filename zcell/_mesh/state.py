@@ -1,10 +1,11 @@
-"""What the node owns and its collaborators share: its sockets and its lifecycle.
+"""What the node owns and its collaborators share (``Shared``), among it its
+sockets and its lifecycle.
 
-The node (``node.py``) is the one owner of both: it fills ``Sockets`` when it
+The node (``node.py``) is the one owner of each: it fills ``Sockets`` when it
 starts and moves ``Lifecycle`` through new, starting, running, stopping,
 stopped (or forked). ``Membership`` and ``Messaging`` get a typed reference
 to each instead of reading the node's attributes, so that each can be built
-alone (a test gives them a ``Sockets`` of its own).
+alone.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ if TYPE_CHECKING:
     import zmq
 
     from .._transport.heartbeat import HeartbeatThread
+    from .._transport.loop import LoopThread
     from .._transport.sockets import Context, Socket
+    from .._wire import Codec
+    from .directory import Directory, Roster
+    from .result import PendingCalls
 
-__all__ = ["Lifecycle", "Sockets"]
+__all__ = ["Lifecycle", "Shared", "Sockets"]
 
 
 @dataclass(slots=True)
@@ -39,3 +44,22 @@ class Sockets:
     hb: HeartbeatThread | None = None  # owns the heartbeat PUB
     # A plain zmq PUB (inproc) telling program threads' ports of nodes down and stops.
     notify: zmq.Socket[bytes] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """The node's identity and the state its collaborators share, each part
+    with one owner: the node (counters, sockets, lifecycle, loop, codec,
+    directory), ``Roster`` (members), ``PendingCalls`` (calls awaited)."""
+
+    node_id: str
+    boot: str
+    name: str
+    roster: Roster
+    pending: PendingCalls
+    stats: dict[str, int]  # the node's counters (statistics())
+    sockets: Sockets
+    life: Lifecycle
+    loop: LoopThread
+    codec: Codec  # the loop thread's
+    directory: Directory

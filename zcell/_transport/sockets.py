@@ -272,45 +272,36 @@ class Socket:
 
     def send(self, data: bytes, deadline: float | None = None) -> None:
         """Send one frame; wait (cooperatively, up to ``deadline``) while the peer is full."""
-        if self._send_lock is None:  # nobody is queued: try the fast path
-            try:
-                _send(self.raw, data, _NOBLOCK, len(data) < _COPY_BELOW)
-                if self._watcher.active:  # a reader is parked (XPUB)
-                    self._poke_reader()
-                return
-            except _AGAIN:
-                pass
-            except zmq.ZMQError as exc:
-                raise self._error(exc) from exc
-            self._send_lock = Semaphore()
-        self._send_slow(data, deadline, None)
+        if not self._send_now(data, None):
+            self._send_slow(data, deadline, None)
 
     def try_send(self, data: bytes) -> bool:
         """Send without ever waiting (safe in a hub callback); False if it would wait."""
+        return self._send_now(data, None)
+
+    def send_multipart(self, frames: list[bytes], deadline: float | None = None) -> None:
+        """Send a multipart message (ROUTER/XPUB envelopes); same waiting as send()."""
+        if not self._send_now(b"", frames):
+            self._send_slow(b"", deadline, frames)
+
+    def _send_now(self, data: bytes, frames: list[bytes] | None) -> bool:
+        """The one fast path over zmq: send ``data`` (or the parts ``frames``) at
+        once, unless senders are queued (they keep their order) or the peer is
+        full; False then, and nothing was sent."""
         if self._send_lock is not None:
-            return False  # others are queued: keep the order
+            return False
         try:
-            _send(self.raw, data, _NOBLOCK, len(data) < _COPY_BELOW)
-            return True
+            if frames is None:
+                _send(self.raw, data, _NOBLOCK, len(data) < _COPY_BELOW)
+            else:
+                self._put_parts(frames)
         except _AGAIN:
             return False
         except zmq.ZMQError as exc:
             raise self._error(exc) from exc
-
-    def send_multipart(self, frames: list[bytes], deadline: float | None = None) -> None:
-        """Send a multipart message (ROUTER/XPUB envelopes); same waiting as send()."""
-        if self._send_lock is None:
-            try:
-                self._put_parts(frames)
-                if self._watcher.active:  # our own reader is parked (ROUTER, XPUB)
-                    self._poke_reader()
-                return
-            except _AGAIN:
-                pass
-            except zmq.ZMQError as exc:
-                raise self._error(exc) from exc
-            self._send_lock = Semaphore()
-        self._send_slow(b"", deadline, frames)
+        if self._watcher.active:  # a reader is parked (ROUTER, XPUB): let it look
+            self._poke_reader()
+        return True
 
     def send_coalesced(self, routing: bytes, frame: bytes) -> None:
         """ROUTER: send ``frame`` to the peer ``routing`` before the loop next blocks.
@@ -368,8 +359,10 @@ class Socket:
         _send(raw, frames[-1], _NOBLOCK)
 
     def _send_slow(self, data: bytes, deadline: float | None, frames: list[bytes] | None) -> None:
+        """Send once the peer takes it, after the senders queued before (up to ``deadline``)."""
         lock = self._send_lock
-        assert lock is not None
+        if lock is None:
+            lock = self._send_lock = Semaphore()
         # Senders queue on the lock so that messages keep their order.
         with lock:
             while True:
