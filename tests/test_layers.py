@@ -415,3 +415,18 @@ def test_every_send_of_a_socket_goes_through_the_one_fast_path(method):
     calls = _calls_in(PACKAGE / "_transport" / "sockets.py", "Socket", method)
     assert "_send_now" in calls
     assert not calls & {"_send", "_put_parts", "raw.send"}, "send through _send_now"
+
+
+#: A figure that goes stale: microseconds, a rate, "measured".
+MEASUREMENT = re.compile(r"\d(?:\.\d+)?\s?(?:µs|us|ns)\b|\d+k?\s?(?:msgs?|calls)/s|\bmeasured\b")
+
+
+def test_code_gives_reasons_and_leaves_the_figures_to_the_bench_readme():
+    """Measurements go stale: bench/README.md ("Why the code is shaped this way") has them."""
+    quoted = [
+        f"{path.relative_to(PACKAGE.parent)}:{n}"
+        for path in _sources("")
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if MEASUREMENT.search(line)
+    ]
+    assert not quoted, f"move the figures to bench/README.md: {quoted}"

@@ -158,7 +158,7 @@ class Node:
         self.port = port
         self.discovery = discovery
         self.secret = secret if secret is not None else os.environ.get("ZCELL_SECRET") or None
-        # scrypt costs ~50 ms: derive the cluster's CURVE keys once per node.
+        # scrypt is slow by design (bench/README.md): derive the CURVE keys once per node.
         self._curve = derive_keys(self.secret, cluster) if self.secret is not None else None
         self.heartbeat = heartbeat
         self.concurrency = concurrency

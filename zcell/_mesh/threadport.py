@@ -1,7 +1,7 @@
 """A program thread's own way to its peers: no hop through the node's loop.
 
 Handing every call to the node's loop thread and back costs two cross-thread
-wake-ups (~40 µs each across cores here), as much as the network round trip,
+wake-ups, together as much as the network round trip (bench/README.md),
 and the two threads then fight over the GIL. So a plain thread (one not running
 a gevent hub) gets a *port*: its own DEALER to each peer it talks to. Its direct
 messages (``send``, ``call``, fire and forget) go out on that socket, in order,
@@ -62,7 +62,8 @@ _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _AGAIN = zmq.Again
-# pyzmq's Python layer above it costs ~0.3 us a send.
+# The backend's own send and recv: pyzmq's Python layer above them is a cost on
+# every message (bench/README.md, "Why the code is shaped this way").
 _send: Callable[..., Any] = zmq.backend.Socket.send
 _recv: Callable[..., Any] = zmq.backend.Socket.recv
 NOTIFY_DOWN = b"D"
@@ -445,11 +446,11 @@ class ThreadPort:
         Returns the reply to ``rid`` (a blocking send's) if it came.
         """
         found = None
-        # One EVENTS check first (~1.5 us): most calls find nothing, and a recv
-        # that finds nothing raises zmq.Again (~3 us). When something is there,
-        # read plain bytes until zmq.Again: ~0.13 us a part, where reading
-        # message by message (a Frame for `more`, EVENTS before each message)
-        # costs ~0.6 us a part. Every part is a reply of its own.
+        # One EVENTS check first: most calls find nothing, and a recv that finds
+        # nothing (raising zmq.Again) costs more. When something is there, read
+        # plain bytes until zmq.Again, cheaper than message by message (a Frame
+        # for `more`, EVENTS before each); every part is a reply of its own.
+        # Figures: bench/README.md, "Why the code is shaped this way".
         if not _events(sock) & _POLLIN:
             return None
         match = self._match_reply

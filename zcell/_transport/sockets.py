@@ -3,8 +3,8 @@
 Plain pyzmq sockets are used with ``NOBLOCK``; a greenlet that must wait parks
 on a gevent io watcher on the socket's ``zmq.FD`` and retries after each
 wake-up. ZeroMQ's FD is edge-triggered and signals any change of the socket's
-state, so after waking we always retry until ``Again`` (measured here: 119 µs
-sync RTT and 329k one-way msg/s, against 153 µs and 93k for ``zmq.green``).
+state, so after waking we always retry until ``Again``. This is leaner than
+``zmq.green`` (figures: bench/README.md, "Why the code is shaped this way").
 
 Rules that keep the edge-triggered FD honest:
 - a reader drains until ``Again`` before it waits;
@@ -44,7 +44,8 @@ __all__ = ["Context", "Socket", "TransportClosed", "bind_random"]
 log = logging.getLogger(__name__)
 
 _AGAIN = zmq.Again
-# pyzmq's Python layer above it costs ~0.3 us a send.
+# The backend's send itself: pyzmq's Python layer above it is a cost on every
+# send (bench/README.md, "Why the code is shaped this way").
 _send: Callable[..., Any] = zmq.backend.Socket.send
 # Plain ints: pyzmq's enum flags make every `&` and `|` a slow Python call.
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -350,8 +351,9 @@ class Socket:
     def _put_parts(self, frames: list[bytes]) -> None:
         """Send a multipart message without waiting; zmq.Again if nothing was sent.
 
-        pyzmq's send_multipart costs ~2.5 us more per message (enum flags). A
-        multipart message is atomic: once its first part is accepted, the rest is.
+        Part by part with ``_send``: pyzmq's send_multipart pays for its enum flags
+        (bench/README.md, "Why the code is shaped this way"). A multipart
+        message is atomic: once its first part is accepted, the rest is.
         """
         raw = self.raw
         for frame in frames[:-1]:
