@@ -1,7 +1,8 @@
 """The node's collaborators, each built alone: who a frame is from (``Roster``),
-where a reply is matched (``PendingCalls``), directory news (``DirectoryNews``).
+where a reply is matched (``PendingCalls``), directory news (``DirectoryNews``),
+where a reply leaves (``Messaging``).
 
-Pure parts, so no sockets: they are given what a node would give them.
+No sockets: each is given what a node would give it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import pytest
 from zcell import _wire as wire
 from zcell._mesh.directory import PREFIX, Directory, Member, Roster
 from zcell._mesh.membership import DirectoryNews
+from zcell._mesh.messaging import Messaging
 from zcell._mesh.result import AsyncResult, PendingCalls, ScatterResult
+from zcell._mesh.state import Lifecycle, Shared, Sockets
+from zcell._transport.loop import LoopThread
 from zcell.errors import CallTimeout, NodeDown, NoSuchActor, RemoteError
 
 P = wire.PROTOCOL_VERSION
@@ -134,3 +138,33 @@ def test_directory_news_numbers_each_change_and_keeps_the_directory():
     news.announce("-", "actor-1", "T")
     assert [msg[4:6] for msg in published] == [[1, "+"], [2, "-"]]
     assert news.last_seq() == 2 and directory.actors == {}
+
+
+def test_messaging_alone_sends_a_reply_that_pending_calls_match():
+    """Where a reply leaves (``Messaging.reply``) and where it is matched
+    (``PendingCalls.on_reply``), wired by hand: a frame to this node itself is
+    received at once, so no socket is needed."""
+    roster = Roster("me", "me-node")
+    stats = {"messages_out": 0, "late_replies": 0}
+    pending = PendingCalls(roster, stats)
+    codec = wire.Codec()
+    received: list[list[Any]] = []
+    shared = Shared(
+        node_id="me", boot="b00t", name="me-node",
+        roster=roster, pending=pending, stats=stats,
+        sockets=Sockets(), life=Lifecycle(state="running"), loop=LoopThread("unused"),
+        codec=codec, directory=Directory(),
+    )  # fmt: skip
+    messaging = Messaging(
+        shared,
+        make_proxy=lambda actor_id, name, node_id: None,  # no proxies travel here
+        on_frame=lambda frame: received.append(codec.decode(frame)),
+        check_running=lambda nested: None,
+        max_message_size=wire.DEFAULT_MAX_MESSAGE_SIZE,
+    )
+    result = AsyncResult(11, None)
+    pending.add(11, result, "me", None)
+    messaging.reply("me", 11, wire.OK, {"answer": 42}, None)
+    assert stats["messages_out"] == 1 and received[0][1] == wire.REP
+    pending.on_reply(received[0])  # from this node itself: no connection to check
+    assert result.get(timeout=0) == {"answer": 42}

@@ -92,7 +92,7 @@ def test_a_graceful_stop_lets_the_handlers_it_drains_make_nested_calls(make_node
     stopper = threading.Thread(target=b.stop, kwargs={"timeout": 3.0})
     stopper.start()
     try:
-        wait_until(lambda: b._life.state == "stopping", 2, "b to start stopping")
+        wait_until(lambda: b._state == "stopping", 2, "b to start stopping")
         # New work from b's own program is refused while it drains.
         with pytest.raises(NodeStopped):
             local.send.echo(value=1)

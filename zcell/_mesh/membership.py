@@ -9,8 +9,8 @@ addresses to knock on; knocks are bounded and close their DEALERs when
 unanswered. A verified joiner whose name is taken is told so (REFUSED) on its
 own connection. A member that stays silent for 2.6 heartbeat intervals is
 declared down: its actors leave the directory and calls in flight
-to it fail with ``NodeDown``. This mixin also publishes the numbered changes to
-the node's own actors and pulls peers' snapshots when it sees a gap.
+to it fail with ``NodeDown``. ``DirectoryNews`` publishes the numbered changes to
+the node's own actors; ``Membership`` pulls peers' snapshots when it sees a gap.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ How a frame leaves depends on who sends it: a greenlet of the node's loop sends
 directly on the peer's DEALER; a plain program thread uses its own port
 (``threadport.py``); any other thread (another hub's handler) hands the frame to
 the destination's outbound queue (``outbound.py``). Replies come back to the
-inbox and complete the pending ``AsyncResult``/``ScatterResult`` by request id,
-or, for a program thread's ``send`` and ``call``, straight back on its port.
+inbox, where ``PendingCalls.on_reply`` (``result.py``) completes the pending
+``AsyncResult``/``ScatterResult`` by request id, or, for a program thread's
+``send`` and ``call``, straight back on its port.
 """
 
 from __future__ import annotations

@@ -260,6 +260,11 @@ class Node:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def _state(self) -> str:
+        """Where the node is in its life (``Lifecycle.state``; set through ``_life``)."""
+        return self._life.state
+
     def __enter__(self) -> Self:
         return self.start()
 
