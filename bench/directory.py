@@ -39,7 +39,7 @@ def host_many(node: Node, actor: type[Actor], n: int) -> None:
     """Start ``n`` actors of type ``actor`` in the node's loop, 2000 at a time (the
     API would spend minutes in round trips). tests/test_reliability_resources.py
     uses it too."""
-    spawn, name = node.host_._spawn, type_name_of(actor)
+    spawn, name = node.hosting._spawn, type_name_of(actor)
     for start in range(0, n, 2000):
         count = min(2000, n - start)
         node._run(
@@ -81,7 +81,7 @@ def run(actors: int, joins: int) -> dict[str, object]:
         for _ in range(100):
             b.spawn(Idle)
         report["spawn_ms"] = (time.monotonic() - start) * 10
-        ref = b.lookup(next(iter(big.host_.actors)))
+        ref = b.lookup(next(iter(big.hosting.actors)))
         start = time.monotonic()
         for _ in range(200):
             ref.throw.ping()

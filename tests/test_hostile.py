@@ -338,7 +338,7 @@ def test_every_socket_refuses_oversized_messages_and_so_does_the_decoder(make_no
     friend.wait_for(nodes=2, timeout=10 * SLOW)
     ref = friend.spawn(Echo, on="target")
     for node in (target, friend):
-        sockets = [s.raw for s in node._ctx.sockets if not s.closed]
+        sockets = [s.raw for s in node._sockets.ctx.sockets if not s.closed]
         assert {s.getsockopt(zmq.MAXMSGSIZE) for s in sockets} == {limit + 1024}
 
     with pytest.raises(SerializationError, match="max_message_size"):

@@ -277,8 +277,10 @@ def test_a_request_carrying_a_stale_boot_id_is_dropped(make_node):
         return b._codec.encode([*head, {"value": "stale"}, wire.F_NOWAIT, None, None])
 
     before = a.statistics()
-    b._run(b._send_frame, a.id, forge("0ldb00t0", 5000), time.monotonic() + 1)
-    b._run(b._send_frame, a.id, forge(b.boot, 0), time.monotonic() + 1)  # expired on arrival
+    b._run(b._messaging.send_frame, a.id, forge("0ldb00t0", 5000), time.monotonic() + 1)
+    b._run(
+        b._messaging.send_frame, a.id, forge(b.boot, 0), time.monotonic() + 1
+    )  # expired on arrival
     wait_until(
         lambda: (
             a.statistics()["dropped_stale"] > before["dropped_stale"]
@@ -305,10 +307,10 @@ def test_zeromq_failure_detection_options_are_set_on_every_socket(make_node):
     b.wait_for(nodes=2, timeout=10 * SLOW)
 
     # The node's live sockets, read in its own loop thread.
-    found = b._run(lambda: [socket_options(sock.raw) for sock in b._ctx.sockets])
+    found = b._run(lambda: [socket_options(sock.raw) for sock in b._sockets.ctx.sockets])
     assert {zmq.ROUTER, zmq.XPUB, zmq.SUB, zmq.DEALER} <= {kind for kind, _ in found}
     # A program thread's own DEALER (its port to a peer) comes from the same factory.
-    port_dealer = b._ctx.raw_socket(zmq.DEALER)
+    port_dealer = b._sockets.ctx.raw_socket(zmq.DEALER)
     try:
         found.append(socket_options(port_dealer))
     finally:

@@ -325,7 +325,7 @@ def test_a_bug_in_dispatch_is_counted_as_an_internal_error_not_a_bad_frame(caplo
 def test_a_zmq_error_in_a_socket_reader_is_logged(make_node, caplog):
     caplog.set_level(logging.ERROR, logger="zcell")
     node = make_node()
-    sub = node._pub  # the XPUB, read by _read_pub for subscriptions
+    sub = node._sockets.pub  # the XPUB, read by _read_pub for subscriptions
 
     def break_socket() -> None:
         # The socket breaks under its parked reader (not a stop), which then wakes.

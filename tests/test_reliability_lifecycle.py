@@ -69,8 +69,10 @@ def test_stop_called_from_a_handler_of_the_node_stops_it_for_real(make_node):
     # Peers see it leave (a graceful LEFT, well before the ~2.7 s of a silent node).
     wait_until(lambda: "b" not in names(a), 2.0, "the peers to see b leave")
     assert b._loop.join(5 * SLOW), "the loop thread of b is still running"
-    assert b._hb is not None and b._hb._pub.closed, "the heartbeat thread of b still runs"
-    assert b._inbox.closed
+    assert b._sockets.hb is not None and b._sockets.hb._pub.closed, (
+        "the heartbeat thread of b still runs"
+    )
+    assert b._sockets.inbox.closed
     with pytest.raises(NodeStopped):
         b.nodes()
 

@@ -170,7 +170,7 @@ peak = threads(N_THREADS, 8)
 settle_by = time.monotonic() + 10 * SLOW
 last = (-1, -1)
 while time.monotonic() < settle_by:
-    now = (len(client._ports), fds())
+    now = (len(client._messaging.ports), fds())
     if now == last:
         break
     last = now
@@ -200,7 +200,7 @@ late = Node("late", discovery="static", peers=[server.endpoints["inbox"]]).start
 client.wait_for(nodes=3, timeout=10 * SLOW)
 late.wait_for(nodes=3, timeout=10 * SLOW)
 print(json.dumps({"before": before, "peak": peak, "errors": errors[:3], "n_errors": len(errors),
-                  "exhausted": exhausted, "ports": len(client._ports), "members": len(client.nodes())}))
+                  "exhausted": exhausted, "ports": len(client._messaging.ports), "members": len(client.nodes())}))
 for node in (late, client, server):
     node.stop(timeout=0.5)
 """
@@ -305,10 +305,10 @@ def test_with_twenty_thousand_actors_joins_spawns_and_throws_stay_correct(make_n
     assert placed == [b.id, c.id] * 5
     wait_until(lambda: big.directory.count_on(c.id) == 5, 5, "big hears of c's actors")
     # Throws: round-robin over all 20010, so each goes to another actor.
-    ids = [b.lookup(next(iter(big.host_.actors))).throw.whoami()["id"] for _ in range(100)]
+    ids = [b.lookup(next(iter(big.hosting.actors))).throw.whoami()["id"] for _ in range(100)]
     assert len(set(ids)) == 100
     # The counts follow kills.
-    b.kill(b.lookup(next(iter(big.host_.actors))))
+    b.kill(b.lookup(next(iter(big.hosting.actors))))
     wait_until(lambda: c.directory.count_on(big.id) == 19999, 5, "c sees the kill")
 
 
@@ -316,11 +316,11 @@ def test_a_port_whose_thread_ended_with_a_call_in_flight_is_freed_after_the_repl
     a, b = mesh(2, actors=[Echo])
     ref = a.spawn(Echo, on="n1")
     results: list[Any] = []
-    before = len(a._ports)  # this thread's, if it has one
+    before = len(a._messaging.ports)  # this thread's, if it has one
     thread = threading.Thread(target=lambda: results.append(ref.call.sleep(seconds=0.3)))
     thread.start()
     thread.join(5 * SLOW)
-    assert len(a._ports) == before + 1  # the call's reply will come to that port
+    assert len(a._messaging.ports) == before + 1  # the call's reply will come to that port
     assert results[0].get(timeout=5 * SLOW) == 0.3  # waited on from another thread
-    wait_until(lambda: len(a._ports) == before, 5, "the ended thread's port is freed")
+    wait_until(lambda: len(a._messaging.ports) == before, 5, "the ended thread's port is freed")
     assert a.statistics()["messages_out"] >= 1  # what it counted is kept

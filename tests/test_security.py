@@ -194,12 +194,12 @@ def test_a_friend_with_the_same_secret_joins_over_mdns_and_every_socket_is_encry
     time.sleep(1.0)
     assert member_names(a) == member_names(b) == {"a", "b"}
     for node in (a, b):
-        sockets = [s.raw for s in node._ctx.sockets if not s.closed]
+        sockets = [s.raw for s in node._sockets.ctx.sockets if not s.closed]
         assert len(sockets) >= 5  # ZAP, inbox, XPUB, SUB, a DEALER
         tcp = [s for s in sockets if s.getsockopt(zmq.MECHANISM) != zmq.NULL]
         assert len(tcp) == len(sockets) - 1  # every one but the inproc ZAP socket
         assert all(s.getsockopt(zmq.MECHANISM) == zmq.CURVE for s in tcp)
-        assert node._inbox.raw.getsockopt(zmq.CURVE_SERVER) == 1
+        assert node._sockets.inbox.raw.getsockopt(zmq.CURVE_SERVER) == 1
         assert node.statistics()["refused_auth"] == 0
         # The mDNS ad says only that a secret is in use: no key, no fingerprint.
         txt = {k.decode(): (v or b"").decode() for k, v in node._disc._info.properties.items()}

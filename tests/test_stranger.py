@@ -95,7 +95,7 @@ def delivered(node: Any, before: int, n: int) -> None:
 
 
 def open_sockets(node: Any) -> int:
-    return sum(1 for sock in node._ctx.sockets if not sock.closed)
+    return sum(1 for sock in node._sockets.ctx.sockets if not sock.closed)
 
 
 # ----------------------------------------------------------------------------- membership news
@@ -220,7 +220,7 @@ def test_a_departed_peers_dealers_close_including_a_program_threads(mesh):
     baseline = open_sockets(first)
     ref = first.spawn(Echo, on=third.name)
     assert ref.send.echo(value=1) == 1  # this thread's port now has a DEALER to it
-    port = first._thread_ports.port
+    port = first._messaging._thread_ports.port
     assert third.id in port._sockets
     third.stop()
     wait_until(lambda: first.statistics()["members"] == 2, 5, "the third node to leave")

@@ -152,7 +152,7 @@ def test_a_reply_whose_connection_is_gone_is_counted_not_lost_silently(pair):
 def test_a_port_needs_only_its_links_to_the_node(pair):
     """A port is built from ``NodeLinks`` (what it needs from its node), not the node."""
     a, b, _ = pair
-    port = ThreadPort(a._port_links())
+    port = ThreadPort(a._messaging.port_links())
     try:
         assert not hasattr(port, "_node")
         assert port._socket(b.id) is port._socket(b.id)  # one connection per member

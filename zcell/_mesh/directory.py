@@ -7,14 +7,24 @@ joining node, or one that sees a gap in the numbers, pulls a snapshot.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._wire import UNSTATED, minors
 
-__all__ = ["Directory", "Member"]
+if TYPE_CHECKING:
+    from gevent import Greenlet
+
+    from .._transport.sockets import Socket
+
+__all__ = ["PREFIX", "Directory", "Member", "Roster"]
+
+PREFIX = 12  # bytes of a connection's routing id that name the node behind it
 
 
 @dataclass(eq=False)
@@ -30,12 +40,12 @@ class Member:
     hb: str
     types: set[str] = field(default_factory=set)
     started: float = 0.0  # wall clock, for uptime display only
-    dealer: Any = None  # transport.Socket to its inbox
+    dealer: Socket | None = None  # our DEALER to its inbox (set as it is admitted)
     # The routing-id prefix of its connections to our inbox (see membership.py):
     # frames that claim to be its own are accepted only from those.
     prefix: bytes = b""
-    sub: Any = None  # transport.Socket subscribed to its PUB and heartbeat PUB only
-    reader: Any = None  # the greenlet reading ``sub``
+    sub: Socket | None = None  # subscribed to its PUB and heartbeat PUB only
+    reader: Greenlet | None = None  # the greenlet reading ``sub``
     last_seen: float = field(default_factory=time.monotonic)
     subscribed: bool = False  # its SUB is connected to our PUB
     dir_seq: int = 0
@@ -63,6 +73,67 @@ class Member:
             started=float(started) if isinstance(started, int | float) else 0.0,
             minors=minors(info),
         )
+
+
+class Roster:
+    """The members by id and by the routing prefix of their connections (pure data).
+
+    The one owner of the members table: ``Membership`` adds and removes
+    members, everyone else reads it (``Messaging``, the node, program threads'
+    ports). Our own connections' routing ids are made here too, so that a
+    frame's connection tells which member it is from.
+    """
+
+    def __init__(self, node_id: str, node_name: str) -> None:
+        self.node_id = node_id
+        self.node_name = node_name
+        self.members: dict[str, Member] = {}
+        self.by_prefix: dict[bytes, Member] = {}
+        self._route_key = os.urandom(16)  # keys our own DEALERs' routing ids
+        self._route_n = itertools.count(1)
+
+    def routing_id(self, endpoint: str) -> bytes:
+        """The identity of a new DEALER of ours to ``endpoint``'s inbox.
+
+        Its first ``PREFIX`` bytes are the same for all our connections to that
+        endpoint (the loop's DEALER, each program thread's) and differ per
+        endpoint, so a peer learns only the prefix we use towards it; the
+        counter makes each connection's identity unique at its ROUTER.
+        """
+        digest = hashlib.blake2b(
+            endpoint.encode(), key=self._route_key, digest_size=PREFIX - 1
+        ).digest()
+        return b"z" + digest + next(self._route_n).to_bytes(4, "big")
+
+    def sender(self, routing: bytes | None, via: Member | None) -> Member | None:
+        """The member a frame came from: the one whose connection (inbox) or
+        whose PUB (``via``) carried it; None for a stranger's."""
+        if via is not None:
+            return via
+        if routing is None:
+            return None
+        return self.by_prefix.get(routing[:PREFIX])
+
+    def claim_prefix(self, member: Member, routing: bytes) -> None:
+        """Frames claiming ``member`` are accepted from connections with this prefix."""
+        prefix = routing[:PREFIX]
+        if member.prefix != prefix:
+            if self.by_prefix.get(member.prefix) is member:
+                del self.by_prefix[member.prefix]
+            member.prefix = prefix
+        self.by_prefix[prefix] = member
+
+    def release_prefix(self, member: Member) -> None:
+        """Frames no longer come from ``member``'s connections (it is gone)."""
+        if self.by_prefix.get(member.prefix) is member:
+            del self.by_prefix[member.prefix]
+
+    def label(self, node_id: str) -> str:
+        """A node's name for messages (its id when it is no member, e.g. gone)."""
+        if node_id == self.node_id:
+            return self.node_name
+        member = self.members.get(node_id)
+        return member.name if member is not None else node_id
 
 
 class Directory:

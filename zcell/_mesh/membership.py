@@ -9,18 +9,17 @@ addresses to knock on; knocks are bounded and close their DEALERs when
 unanswered. A verified joiner whose name is taken is told so (REFUSED) on its
 own connection. A member that stays silent for 2.6 heartbeat intervals is
 declared down: its actors leave the directory and calls in flight
-to it fail with ``NodeDown``. This mixin also publishes the numbered changes to
-the node's own actors and pulls peers' snapshots when it sees a gap.
+to it fail with ``NodeDown``. ``DirectoryNews`` publishes the numbered changes to
+the node's own actors; ``Membership`` pulls peers' snapshots when it sees a gap.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,38 +37,34 @@ from .._wire import (
     WELCOME,
 )
 from ..errors import (
-    CallTimeout,
     IncompatibleProtocol,
+    NameTaken,
     NodeDown,
+    NodeStopped,
     ZcellError,
 )
-from .directory import Member
-from .result import ScatterResult
-from .threadport import NOTIFY_DOWN
+from .directory import PREFIX, Member
 
-__all__ = ["Membership"]
+__all__ = ["DirectoryNews", "Membership"]
 
 
 if TYPE_CHECKING:
-    import itertools
-
-    from .._transport.heartbeat import HeartbeatThread
-    from .._transport.loop import LoopThread
-    from .._transport.sockets import Context
     from .directory import Directory
-    from .outbound import Outbound
+    from .discovery import PeerAd
     from .plug import Hosting
-    from .threadport import ThreadPort
+    from .state import Shared
 
 log = logging.getLogger(__name__)
-V = PROTOCOL_VERSION
+PROTOCOL = PROTOCOL_VERSION
 INF = float("inf")
 
-PREFIX = 12  # bytes of a connection's routing id that name the node behind it
 MAX_KNOCKS = 32  # unverified addresses being knocked on at once
 MAX_KNOCKS_PER_SOURCE = 2  # ... of which one connection's HELLOs (or gossip) may cause
 KNOCK_TIMEOUT = 2.0  # seconds an address has to answer a knock
 MAX_SEEDS = 256  # addresses (gossip, mDNS) kept to knock on again
+
+#: How a frame from a member's SUB is received (``Node._on_frame``).
+OnFrame = Callable[[bytes, bool, bytes | None, Member | None], None]
 
 
 @dataclass
@@ -82,69 +77,101 @@ class Knock:
     answered: str = ""  # the address's own challenge we sent back (last one)
 
 
+class DirectoryNews:
+    """The numbered changes to this node's own actors (and types), published.
+
+    Peers notice a gap in the numbers and pull a snapshot; the number also
+    travels in heartbeats and WELCOMEs.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        boot: str,
+        directory: Directory,
+        publish: Callable[[list[Any], float], None],
+    ) -> None:
+        self._id = node_id
+        self._boot = boot
+        self._directory = directory
+        self._publish = publish
+        self.seq = 0
+
+    def last_seq(self) -> int:
+        """The number of the last change announced."""
+        return self.seq
+
+    def announce(self, op: str, actor_id: str, type_name: str) -> None:
+        """Publish a change to this node's own actors (or types)."""
+        self.seq += 1
+        if op == "+":
+            self._directory.add(actor_id, type_name, self._id)
+        elif op == "-":
+            self._directory.remove(actor_id)
+        try:
+            self._publish(
+                [PROTOCOL, DIRECTORY, self._id, self._boot, self.seq, op, [actor_id, type_name]],
+                1.0,
+            )
+        except ZcellError as exc:
+            # Peers notice the gap in the numbers and pull a snapshot.
+            log.debug("zcell: directory news not published: %s", exc)
+
+
 class Membership:
-    """Node mixin: members, liveness, gossip, directory news (see module doc)."""
+    """Members, liveness, gossip (see module doc), for one node.
 
-    # Provided by Node and its Messaging mixin (declared here for type checkers).
-    _ctrl: Callable[[str, str, dict[str, Any], float], Any]
-    _fail_pending: Callable[[int, Any, BaseException], None]
-    _publish: Callable[..., None]
-    _codec: wire.Codec
-    _ctx: Context | None
-    _dealers: dict[str, Socket]
-    _dir_seq: int
-    _hb: HeartbeatThread | None
-    _knocks: dict[str, Knock]
-    _by_prefix: dict[bytes, Member]
-    _route_key: bytes
-    _route_n: itertools.count[int]
-    _on_frame: Callable[..., None]  # a Node method
-    _clashes: set[tuple[str, str]]
-    _inbox: Socket
-    _info: Callable[[], dict[str, Any]]  # a Node method
-    _node_label: Callable[[str], str]  # a Node method
-    _refused: Callable[..., None]  # a Node method
-    _started_at: float
-    _loop: LoopThread
-    _members: dict[str, Member]
-    _notify_pub: Any  # a plain zmq PUB (None until the node starts)
-    _outbound: dict[str, Outbound]
-    _pending: dict[int, tuple[Any, str, float | None]]
-    _ports: list[ThreadPort]
-    _ports_lock: Any
-    _seeds: dict[str, float]
-    _state: str
-    _subscribed: set[str]
-    boot: str
-    cluster: str
-    directory: Directory
-    endpoints: dict[str, str]
-    heartbeat: float
-    host_: Hosting
-    id: str
-    name: str
-    secret: str | None
-    stats: dict[str, int]
+    It is the one writer of the members table (``Roster``); it owns the knocks,
+    the seeds (addresses to knock on again) and the DEALERs to members' inboxes.
+    """
 
-    def _routing_id(self, endpoint: str) -> bytes:
-        """The identity of a new DEALER of ours to ``endpoint``'s inbox.
+    def __init__(
+        self,
+        shared: Shared,
+        *,
+        cluster: str,
+        heartbeat: float,
+        secure: bool,
+        endpoints: Mapping[str, str],
+        news: DirectoryNews,
+        hosting: Hosting,
+        ctrl: Callable[[str, str, dict[str, Any], float], Any],
+        node_down: Callable[[str, ZcellError], None],
+        on_frame: OnFrame,
+        info: Callable[[], dict[str, Any]],
+        refused: Callable[[str, type[NodeStopped]], None],
+    ) -> None:
+        self._shared = shared
+        self._members = shared.roster.members
+        self._cluster = cluster
+        self._heartbeat = heartbeat
+        self._secure = secure
+        self._endpoints = endpoints
+        self._news = news
+        self._hosting = hosting
+        self._ctrl = ctrl  # a control call (snapshots of members' directories)
+        self._node_down = node_down  # fail what was sent to a member gone
+        self._on_frame = on_frame
+        self._info = info  # this node's HELLO info
+        self._refused = refused  # a member refused this node: it stops
+        self._dealers: dict[str, Socket] = {}
+        self._seeds: dict[str, float] = {}  # inbox endpoint -> expiry (inf: forever)
+        self._knocks: dict[str, Knock] = {}
+        self._clashes: set[tuple[str, str]] = set()  # (name, node id) refused, logged once
+        self._subscribed: set[str] = set()  # ids of the members whose SUB reached our XPUB
 
-        Its first ``PREFIX`` bytes are the same for all our connections to that
-        endpoint (the loop's DEALER, each program thread's) and differ per
-        endpoint, so a peer learns only the prefix we use towards it; the
-        counter makes each connection's identity unique at its ROUTER.
-        """
-        digest = hashlib.blake2b(
-            endpoint.encode(), key=self._route_key, digest_size=PREFIX - 1
-        ).digest()
-        return b"z" + digest + next(self._route_n).to_bytes(4, "big")
+    def add_peer(self, endpoint: str) -> None:
+        """Knock on ``endpoint`` now and for good (``Node(peers=...)``)."""
+        self._seeds[endpoint] = INF
+        self._hello(endpoint)
 
     def _dealer_for(self, endpoint: str) -> Socket:
         dealer = self._dealers.get(endpoint)
         if dealer is None or dealer.closed:
-            assert self._ctx is not None
-            dealer = self._ctx.socket(zmq.DEALER, self._loop.hub)
-            dealer.connect(endpoint, self._routing_id(endpoint))
+            ctx = self._shared.sockets.ctx
+            assert ctx is not None  # the node runs
+            dealer = ctx.socket(zmq.DEALER, self._shared.loop.hub)
+            dealer.connect(endpoint, self._shared.roster.routing_id(endpoint))
             self._dealers[endpoint] = dealer
         return dealer
 
@@ -153,17 +180,7 @@ class Membership:
         dealer = self._dealers.pop(endpoint, None)
         if dealer is not None:
             dealer.close()
-            if self._ctx is not None and dealer in self._ctx.sockets:
-                self._ctx.sockets.remove(dealer)
-
-    def _sender(self, routing: bytes | None, via: Member | None) -> Member | None:
-        """The member a frame came from: the one whose connection (inbox) or
-        whose PUB (``via``) carried it; None for a stranger's."""
-        if via is not None:
-            return via
-        if routing is None:
-            return None
-        return self._by_prefix.get(routing[:PREFIX])
+            self._forget_socket(dealer)
 
     def _hello(self, endpoint: str, echo: str = "", source: bytes = b"") -> None:
         """Knock on ``endpoint``: a HELLO with a fresh challenge, answering ``echo``.
@@ -174,7 +191,7 @@ class Membership:
         one connection's HELLOs cause) and expire after ``KNOCK_TIMEOUT``; a
         knock that is not answered closes its DEALER.
         """
-        if endpoint == self.endpoints.get("inbox"):
+        if endpoint == self._endpoints.get("inbox"):
             return
         knock = self._knocks.get(endpoint)
         if knock is None:
@@ -186,7 +203,7 @@ class Membership:
                 >= MAX_KNOCKS_PER_SOURCE
             )
             if busy:
-                self.stats["refused_knocks"] += 1
+                self._shared.stats["refused_knocks"] += 1
                 return
             knock = Knock(uuid.uuid4().hex, time.monotonic() + KNOCK_TIMEOUT, source)
             self._knocks[endpoint] = knock
@@ -194,7 +211,7 @@ class Membership:
             return  # already knocking there
         if echo:
             knock.answered = echo
-        frame = self._codec.encode([V, HELLO, self._info(), knock.nonce, echo])
+        frame = self._shared.codec.encode([PROTOCOL, HELLO, self._info(), knock.nonce, echo])
         gevent.spawn(self._hello_send, endpoint, frame)
 
     def _hello_send(self, endpoint: str, frame: bytes) -> None:
@@ -232,13 +249,13 @@ class Membership:
         a refusal of another is stale; anything else is a bad frame. A refusal
         in another major version is that node refusing ours."""
         try:
-            msg = self._codec.decode(frame)
+            msg = self._shared.codec.decode(frame)
         except wire.VersionMismatch as exc:
             refusal = wire.foreign_refusal(exc)
             if refusal is None:
-                self.stats["dropped_bad_frames"] += 1
-            elif refusal[:2] != (self.id, self.boot):
-                self.stats["dropped_stale"] += 1
+                self._shared.stats["dropped_bad_frames"] += 1
+            elif refusal[:2] != (self._shared.node_id, self._shared.boot):
+                self._shared.stats["dropped_stale"] += 1
             else:
                 self._refused(
                     f"refused by the node at {endpoint} (protocol {exc.major}, this node "
@@ -247,21 +264,21 @@ class Membership:
                 )
             return
         except ZcellError:
-            self.stats["dropped_bad_frames"] += 1
+            self._shared.stats["dropped_bad_frames"] += 1
             return
         if msg[1] != REFUSED:
-            self.stats["dropped_bad_frames"] += 1
-        elif msg[2] != self.id or msg[3] != self.boot:
-            self.stats["dropped_stale"] += 1
+            self._shared.stats["dropped_bad_frames"] += 1
+        elif msg[2] != self._shared.node_id or msg[3] != self._shared.boot:
+            self._shared.stats["dropped_stale"] += 1
         else:
-            self._refused(f"refused by the node at {endpoint}: {msg[4][:500]}")
+            self._refused(f"refused by the node at {endpoint}: {msg[4][:500]}", NameTaken)
 
     def _in_cluster(self, info: dict[str, Any]) -> bool:
-        if info["cluster"] != self.cluster:
-            self.stats["dropped_stale"] += 1
+        if info["cluster"] != self._cluster:
+            self._shared.stats["dropped_stale"] += 1
             return False
-        if info["id"] == self.id:
-            self.stats["dropped_forged"] += 1
+        if info["id"] == self._shared.node_id:
+            self._shared.stats["dropped_forged"] += 1
             return False
         return True
 
@@ -273,16 +290,18 @@ class Membership:
         another node claiming its id (a restart has a new id).
         """
         now = time.monotonic()
-        if self._check_frozen(now) or (self._hb is not None and now < self._hb.quiet_until):
+        if self.check_frozen(now) or (
+            self._shared.sockets.hb is not None and now < self._shared.sockets.hb.quiet_until
+        ):
             return None  # just woke from a process stop: let the stale backlog drain
         member = self._members.get(info["id"])
         if member is not None:
             if member.boot == info["boot"] and member.inbox == info["inbox"]:
                 member.last_seen = now
-                self._bind(member, routing)
+                self._shared.roster.claim_prefix(member, routing)
                 return member
             if member.inbox != info["inbox"]:
-                self.stats["dropped_forged"] += 1
+                self._shared.stats["dropped_forged"] += 1
                 log.warning(
                     "zcell: refused node at %s claiming the id of %s (at %s)",
                     info["inbox"],
@@ -300,7 +319,7 @@ class Membership:
         # (told so once its knock is verified: _refuse; let in once the name is free).
         clash = self._name_clash(info)
         if clash is not None:
-            self.stats["name_clashes"] += 1
+            self._shared.stats["name_clashes"] += 1
             if (info["name"], info["id"]) not in self._clashes:
                 self._clashes.add((info["name"], info["id"]))
                 log.error("zcell: refused node %s at %s: %s", info["name"], info["inbox"], clash[0])
@@ -309,7 +328,7 @@ class Membership:
         member.dealer = self._dealer_for(member.inbox)
         member.subscribed = member.id in self._subscribed
         self._members[member.id] = member
-        self._bind(member, routing)
+        self._shared.roster.claim_prefix(member, routing)
         self._subscribe(member)
         log.info("zcell: %s joined (%s)", member.name, member.inbox)
         # Tell the others: a node that joined through us before this one did
@@ -323,23 +342,21 @@ class Membership:
                 gevent.spawn(self._send_quiet, other, news)
         return member
 
-    def _bind(self, member: Member, routing: bytes) -> None:
-        """Frames claiming ``member`` are accepted from connections with this prefix."""
-        prefix = routing[:PREFIX]
-        if member.prefix != prefix:
-            if self._by_prefix.get(member.prefix) is member:
-                del self._by_prefix[member.prefix]
-            member.prefix = prefix
-        self._by_prefix[prefix] = member
+    def _forget_socket(self, sock: Socket) -> None:
+        """A closed socket of ours leaves the context's list (closed at stop)."""
+        ctx = self._shared.sockets.ctx
+        if ctx is not None and sock in ctx.sockets:
+            ctx.sockets.remove(sock)
 
     def _subscribe(self, member: Member) -> None:
         """A SUB of its own for each member: what arrives on it is that member's."""
-        assert self._ctx is not None
-        sub = self._ctx.socket(zmq.SUB, self._loop.hub)
+        ctx = self._shared.sockets.ctx
+        assert ctx is not None  # the node runs
+        sub = ctx.socket(zmq.SUB, self._shared.loop.hub)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         # A topic nothing is published on: its arrival at the member's XPUB
         # tells it exactly when this SUB is connected.
-        sub.setsockopt(zmq.SUBSCRIBE, b"\xff" + self.id.encode())
+        sub.setsockopt(zmq.SUBSCRIBE, b"\xff" + self._shared.node_id.encode())
         member.sub = sub
         try:
             sub.connect(member.pub)
@@ -359,16 +376,17 @@ class Membership:
             reader.kill(block=False)
         if sub is not None:
             sub.close()
-            if self._ctx is not None and sub in self._ctx.sockets:
-                self._ctx.sockets.remove(sub)
+            self._forget_socket(sub)
 
     def _welcome_frame(
         self, members: list[dict[str, Any]], echo: str = "", snapshot: bool = True
     ) -> bytes:
         # News of a member to the others carries no actors (nil): each node's
         # actors travel once to each joiner, not to every member per join.
-        actors = self.host_.snapshot() if snapshot else None
-        return self._codec.encode([V, WELCOME, self._info(), self._dir_seq, actors, members, echo])
+        actors = self._hosting.snapshot() if snapshot else None
+        return self._shared.codec.encode(
+            [PROTOCOL, WELCOME, self._info(), self._news.seq, actors, members, echo]
+        )
 
     def _full_welcome(self, member: Member, echo: str) -> None:
         """Our directory and the other members, for a node just verified."""
@@ -384,32 +402,32 @@ class Membership:
         being restarted): the newcomer keeps knocking and gets in once it is gone.
         """
         name = info["name"]
-        if name == self.name:
-            mine = (self._started_at, self.id)
+        if name == self._shared.name:
+            mine = (self._shared.life.started_at, self._shared.node_id)
             theirs = (info.get("started"), info["id"])
             go = type(theirs[0]) in (int, float) and theirs > mine
-            holder = f"node {self.name} at {self.endpoints['inbox']}"
+            holder = f"node {self._shared.name} at {self._endpoints['inbox']}"
         else:
             other = next((m for m in self._members.values() if m.name == name), None)
             if other is None:
                 return None
-            alive = time.monotonic() - other.last_seen < 1.5 * self.heartbeat
+            alive = time.monotonic() - other.last_seen < 1.5 * self._heartbeat
             go = alive and not other.leaving
             holder = f"node {other.name} at {other.inbox}"
         return (
-            f"the name {name!r} is already used by {holder} in cluster {self.cluster!r}; "
+            f"the name {name!r} is already used by {holder} in cluster {self._cluster!r}; "
             "give one of them another name (--name / Node(name=...))",
             go,
         )
 
-    def _on_hello(self, msg: list[Any], routing: bytes | None) -> None:
+    def on_hello(self, msg: list[Any], routing: bytes | None) -> None:
         info, nonce, echo = msg[2], msg[3], msg[4]
         if routing is None or not self._in_cluster(info):
             return
         if wire.minors(info)[0] > wire.PROTOCOL_MINOR:
             # It no longer speaks our minors (the rule says it then bumps the
             # major: this is a broken node). Never a member, nothing to say.
-            self.stats["refused_versions"] += 1
+            self._shared.stats["refused_versions"] += 1
             return
         inbox = info["inbox"]
         if self._answers_knock(inbox, echo) and self._knocks[inbox].answered == nonce:
@@ -437,10 +455,10 @@ class Membership:
         """
         clash = self._name_clash(info)
         if clash is not None and clash[1]:
-            refusal = [V, REFUSED, info["id"], info["boot"], clash[0]]
-            self._inbox.send_coalesced(routing, self._codec.encode(refusal))
+            refusal = [PROTOCOL, REFUSED, info["id"], info["boot"], clash[0]]
+            self._send_on(routing, refusal)
 
-    def _refuse_version(self, exc: wire.VersionMismatch, routing: bytes) -> None:
+    def refuse_version(self, exc: wire.VersionMismatch, routing: bytes) -> None:
         """Answer a HELLO of another major version of our cluster: a refusal in
         ours, on its own connection, naming both versions.
 
@@ -449,20 +467,28 @@ class Membership:
         first seconds, like a refusal of its name.
         """
         info = wire.foreign_hello(exc)
-        if info is None or info["cluster"] != self.cluster:
+        if info is None or info["cluster"] != self._cluster:
             return
-        self.stats["refused_versions"] += 1
+        self._shared.stats["refused_versions"] += 1
         reason = (
             f"it speaks zcell protocol {wire.mine()} and the joiner "
             f"{wire.stated(exc.major, info)}; nodes of two major versions cannot mesh: "
             "run one major version of zcell on every node (zcell --version)"
         )
-        refusal = [V, REFUSED, info["id"], info["boot"], reason]
-        self._inbox.send_coalesced(routing, self._codec.encode(refusal))
+        refusal = [PROTOCOL, REFUSED, info["id"], info["boot"], reason]
+        self._send_on(routing, refusal)
+
+    def _send_on(self, routing: bytes, message: list[Any]) -> None:
+        """Answer on the connection ``routing`` of our inbox (a joiner's own)."""
+        inbox = self._shared.sockets.inbox
+        assert inbox is not None  # the node runs
+        inbox.send_coalesced(routing, self._shared.codec.encode(message))
 
     def _send_quiet(self, member: Member, frame: bytes) -> None:
+        dealer = member.dealer
+        assert dealer is not None  # set as it was admitted
         try:
-            member.dealer.send(frame, time.monotonic() + 2.0)
+            dealer.send(frame, time.monotonic() + 2.0)
         except ZcellError as exc:
             log.debug("zcell: could not answer %s: %s", member.name, exc)
 
@@ -477,7 +503,7 @@ class Membership:
             "hb": m.hb,
         }
 
-    def _on_welcome(self, msg: list[Any], routing: bytes | None) -> None:
+    def on_welcome(self, msg: list[Any], routing: bytes | None) -> None:
         info, seq, actors, members, echo = msg[2], msg[3], msg[4], msg[5], msg[6]
         if routing is None or not self._in_cluster(info):
             return
@@ -488,9 +514,9 @@ class Membership:
                 self._full_welcome(member, "")
         else:
             # News from a member: only over its own connection.
-            member = self._sender(routing, None)
+            member = self._shared.roster.sender(routing, None)
             if member is None or member.id != info["id"] or member.boot != info["boot"]:
-                self.stats["dropped_forged"] += 1
+                self._shared.stats["dropped_forged"] += 1
                 return
             member.last_seen = time.monotonic()
         if member is None:
@@ -498,13 +524,13 @@ class Membership:
         if actors is not None:  # None: news of a member, our copy stands (else resync)
             if seq >= member.dir_seq:  # welcomes may be overtaken by directory news
                 member.dir_seq = seq
-                self.directory.replace_node(member.id, actors)
+                self._shared.directory.replace_node(member.id, actors)
             member.synced = True
         # Gossip only suggests addresses; membership needs first-hand contact.
         now = time.monotonic()
         for other in members:
-            if other["cluster"] == self.cluster and other["id"] not in self._members:
-                if other["id"] != self.id and len(self._seeds) < MAX_SEEDS:
+            if other["cluster"] == self._cluster and other["id"] not in self._members:
+                if other["id"] != self._shared.node_id and len(self._seeds) < MAX_SEEDS:
                     self._seeds.setdefault(other["inbox"], now + 60.0)
                     self._hello(other["inbox"], source=member.prefix)
 
@@ -516,12 +542,12 @@ class Membership:
             return None
         if via is None and routing is None:
             return member  # from this node itself
-        if self._sender(routing, via) is not member:
-            self.stats["dropped_forged"] += 1
+        if self._shared.roster.sender(routing, via) is not member:
+            self._shared.stats["dropped_forged"] += 1
             return None
         return member
 
-    def _on_heartbeat(self, msg: list[Any], via: Member | None = None) -> None:
+    def on_heartbeat(self, msg: list[Any], via: Member | None = None) -> None:
         member = self._claimed_by(msg, via, None)
         if member is None:
             return
@@ -531,7 +557,7 @@ class Membership:
         if (msg[4] > member.dir_seq or not member.synced) and not member.syncing:
             gevent.spawn(self._resync, member)
 
-    def _on_directory(self, msg: list[Any], via: Member | None = None) -> None:
+    def on_directory(self, msg: list[Any], via: Member | None = None) -> None:
         member = self._claimed_by(msg, via, None)
         if member is None:
             return
@@ -543,9 +569,9 @@ class Membership:
             return
         member.dir_seq = seq
         if op == "+":
-            self.directory.add(actor_id, type_name, member.id)
+            self._shared.directory.add(actor_id, type_name, member.id)
         elif op == "-":
-            self.directory.remove(actor_id)
+            self._shared.directory.remove(actor_id)
             self._actor_gone(actor_id)
         else:
             member.types.add(type_name)
@@ -565,10 +591,10 @@ class Membership:
             member.dir_seq = seq
             member.types = set(types)
             wire.check_actor_list(actors)
-            self.directory.replace_node(member.id, actors)
+            self._shared.directory.replace_node(member.id, actors)
             member.synced = True
 
-    def _on_leave(
+    def on_leave(
         self, msg: list[Any], via: Member | None = None, routing: bytes | None = None
     ) -> None:
         member = self._claimed_by(msg, via, routing)
@@ -594,26 +620,12 @@ class Membership:
             return
         del self._members[member.id]
         log.info("zcell: %s is down (%s)", member.name, reason)
-        gone = self.directory.remove_node(member.id)
+        gone = self._shared.directory.remove_node(member.id)
         for actor_id in gone:
             self._actor_gone(actor_id)
         error = NodeDown(f"node {member.name} went down ({reason}); the outcome is unknown")
-        out = self._outbound.pop(member.id, None)
-        if out is not None:
-            out.close(error)
-        # Replies already at a program thread's port complete their calls first.
-        with self._ports_lock:
-            ports = list(self._ports)
-        busy = {port for port in ports if not port.settle(member.id, error)}
-        for rid, (result, node_id, _) in list(self._pending.items()):
-            if isinstance(result, ScatterResult):
-                result._node_down(member.id)
-            elif node_id == member.id and getattr(result, "_port", None) not in busy:
-                self._fail_pending(rid, result, error)
-        # After failing them: a thread woken by this news finds its results failed.
-        self._notify_pub.send(NOTIFY_DOWN + member.id.encode())
-        if self._by_prefix.get(member.prefix) is member:
-            del self._by_prefix[member.prefix]
+        self._node_down(member.id, error)
+        self._shared.roster.release_prefix(member)
         self._unsubscribe(member)
         self._close_dealer(member.inbox)
         self._knocks.pop(member.inbox, None)
@@ -623,9 +635,9 @@ class Membership:
             self._seeds[member.inbox] = time.monotonic() + 300.0
 
     def _actor_gone(self, actor_id: str) -> None:
-        self.host_.forget_binding_target(actor_id)
+        self._hosting.forget_binding_target(actor_id)
 
-    def _check_frozen(self, now: float) -> bool:
+    def check_frozen(self, now: float) -> bool:
         """After a process stop as long as peers wait, drop every member.
 
         Every peer has declared us down meanwhile (see
@@ -635,17 +647,17 @@ class Membership:
         re-admits nobody for a short quiet period, so that this backlog (read
         within milliseconds of waking) is gone before the seeds' knocking rejoins.
         """
-        hb = self._hb
-        if hb is None or self._state != "running":
+        hb = self._shared.sockets.hb
+        if hb is None or self._shared.life.state != "running":
             return False
         since = hb.stopped_since(now)
         if since is None:
             return False
-        hb.quiet_until = now + max(0.5, self.heartbeat)
+        hb.quiet_until = now + max(0.5, self._heartbeat)
         log.warning(
             "zcell: node %s was stopped for %.1fs (heartbeats too): its peers "
             "have declared it down; dropping them, rejoining in %.1fs",
-            self.name,
+            self._shared.name,
             now - since,
             hb.quiet_until - now,
         )
@@ -653,23 +665,25 @@ class Membership:
             self._member_down(member, "this node was stopped")
         return True
 
-    def _housekeeping(self) -> None:
+    def housekeeping(self) -> None:
         """Liveness checks, expired calls, and knocking on seeds that are not members."""
-        interval = min(0.2 * self.heartbeat, 0.25)
-        down_after = 2.6 * self.heartbeat
+        interval = min(0.2 * self._heartbeat, 0.25)
+        down_after = 2.6 * self._heartbeat
         last = time.monotonic()
         next_knock = 0.0
         while True:
             gevent.sleep(interval)
             now = time.monotonic()
-            if self._hb is not None:
-                self._hb.loop_tick = now  # the watchdog's sign of life
-            frozen = self._check_frozen(now)
-            if now - last > interval + self.heartbeat:
+            if self._shared.sockets.hb is not None:
+                self._shared.sockets.hb.loop_tick = now  # the watchdog's sign of life
+            frozen = self.check_frozen(now)
+            if now - last > interval + self._heartbeat:
                 # Our own loop was blocked: the heartbeats queued meanwhile have
                 # not been read yet, so give everyone a grace period (unless the
                 # whole process was stopped: then they have dropped us).
-                log.warning("zcell: node %s loop was blocked for %.1fs", self.name, now - last)
+                log.warning(
+                    "zcell: node %s loop was blocked for %.1fs", self._shared.name, now - last
+                )
                 if not frozen:
                     for member in self._members.values():
                         member.last_seen = max(member.last_seen, now)
@@ -677,17 +691,13 @@ class Membership:
             for member in list(self._members.values()):
                 if now - member.last_seen > down_after:
                     self._member_down(member, f"silent for {now - member.last_seen:.1f}s")
-            for rid, (result, node_id, deadline) in list(self._pending.items()):
-                if deadline is not None and now > deadline + 0.05:
-                    if isinstance(result, ScatterResult):
-                        self._pending.pop(rid, None)
-                    else:
-                        late = f"no reply from node {self._node_label(node_id)} to request {rid}"
-                        self._fail_pending(rid, result, CallTimeout(f"{late} in time"))
+            self._shared.pending.expire(now)
             # Before expiring knocks: a refusal may be waiting on a knock's DEALER.
             self._drain_dealers()
             self._expire_knocks(now)
-            if now >= next_knock and not (self._hb and now < self._hb.quiet_until):
+            if now >= next_knock and not (
+                self._shared.sockets.hb and now < self._shared.sockets.hb.quiet_until
+            ):
                 next_knock = now + 1.0
                 member_inboxes = {m.inbox for m in self._members.values()}
                 for endpoint, expiry in list(self._seeds.items()):
@@ -696,30 +706,33 @@ class Membership:
                     elif endpoint not in member_inboxes:
                         self._hello(endpoint)
 
-    def _on_ad(self, ad: Any) -> None:
-        if self._state not in ("starting", "running") or ad.cluster != self.cluster:
+    def read_pub(self) -> None:
+        """Read our XPUB's subscription messages: which members' SUBs reach it."""
+        pub = self._shared.sockets.pub
+        assert pub is not None  # the node runs
+        # Subscription messages: b"\x01" (subscribe) / b"\x00" + topic.
+        # Sends poke this reader; the recheck is a safety net, once a second so
+        # that an idle node does not wake 20 times a second for it.
+        for frames in pub.recv_loop(recheck=1.0):
+            data = frames[0]
+            if len(data) > 1 and data[1:2] == b"\xff":
+                node_id = data[2:].decode("ascii", "replace")
+                if data[0] == 1:
+                    self._subscribed.add(node_id)
+                else:
+                    self._subscribed.discard(node_id)
+                member = self._members.get(node_id)
+                if member is not None:
+                    member.subscribed = data[0] == 1
+
+    def on_ad(self, ad: PeerAd) -> None:
+        if self._shared.life.state not in ("starting", "running") or ad.cluster != self._cluster:
             return
-        if ad.secure != (self.secret is not None):
-            self.stats["mdns_ads_other_secret"] += 1  # says why nobody is found
+        if ad.secure != self._secure:
+            self._shared.stats["mdns_ads_other_secret"] += 1  # says why nobody is found
             return  # it could never complete a handshake with us
-        self.stats["mdns_ads"] += 1
+        self._shared.stats["mdns_ads"] += 1
         member = self._members.get(ad.node_id)
         if member is None and (ad.inbox in self._seeds or len(self._seeds) < MAX_SEEDS):
             self._seeds[ad.inbox] = max(self._seeds.get(ad.inbox, 0.0), time.monotonic() + 600.0)
             self._hello(ad.inbox)
-
-    def _announce(self, op: str, actor_id: str, type_name: str) -> None:
-        """Publish a change to this node's own actors (or types)."""
-        self._dir_seq += 1
-        if op == "+":
-            self.directory.add(actor_id, type_name, self.id)
-        elif op == "-":
-            self.directory.remove(actor_id)
-        try:
-            self._publish(
-                [V, DIRECTORY, self.id, self.boot, self._dir_seq, op, [actor_id, type_name]],
-                timeout=1.0,
-            )
-        except ZcellError as exc:
-            # Peers notice the gap in the numbers and pull a snapshot.
-            log.debug("zcell: directory news not published: %s", exc)

@@ -18,11 +18,10 @@ import itertools
 import logging
 import os
 import socket as _socket
-import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import gevent
@@ -32,24 +31,31 @@ from gevent.event import Event
 
 from .. import _wire as wire
 from .._transport.heartbeat import HeartbeatThread, thread_cpu_clock
-from .._transport.loop import Flag, LoopThread, real_lock, real_thread
+from .._transport.loop import Flag, LoopThread, real_thread
 from .._transport.security import ZapHandler, derive_keys
-from .._transport.sockets import Context, Socket, bind_random
+from .._transport.sockets import Context, bind_random
 from .._wire import (
+    C_ARGS,
+    C_ID,
+    C_OP,
     C_SRC,
+    C_TTL,
     CTRL,
     DIRECTORY,
+    ERROR,
     F_DIRECT,
     F_THROW,
     HEARTBEAT,
     HELLO,
     LEAVING,
     LEFT,
+    OK,
     PROTOCOL_VERSION,
     REP,
     REQ,
     SCATTER,
     WELCOME,
+    ZERROR,
 )
 from ..control.registry import ControlRegistry
 from ..errors import (
@@ -59,18 +65,18 @@ from ..errors import (
     NoNodeForType,
     NoSuchActor,
     ProtocolError,
+    RemoteError,
     ZcellError,
     did_you_mean,
 )
 from .context import current_context
-from .directory import Directory, Member
+from .directory import Directory, Member, Roster
 from .discovery import Discovery
-from .membership import Membership
+from .membership import DirectoryNews, Membership
 from .messaging import Messaging
-from .outbound import Outbound
 from .plug import ActorLayer, Hosting, MeshLinks
-from .result import AsyncResult
-from .threadport import NOTIFY_STOP, ThreadPort
+from .result import AsyncResult, PendingCalls
+from .state import Lifecycle, Shared, Sockets
 
 if TYPE_CHECKING:
     from ..actors.actor import Actor
@@ -80,7 +86,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Node"]
 
-V = PROTOCOL_VERSION
+PROTOCOL = PROTOCOL_VERSION
 _names = itertools.count(1)  # only to number default names: "<host>-<pid>", "-2", ...
 # The inbox reader lets the admitted handlers run after this many frames, so
 # that their replies leave while a caller's next burst is read: reading a long
@@ -105,12 +111,15 @@ def _default_name() -> str:
     return base if n == 1 else f"{base}-{n}"
 
 
-class Node(Membership, Messaging):
+class Node:
     """The mesh node: lifecycle, sockets, receive dispatch, and the public API.
 
     It hosts actors and makes proxies through its ``actor_layer``; programs create
     ``zcell.Node`` (``zcell/node.py``), which plugs the actor layer in and documents
-    the arguments.
+    the arguments. The work is done by collaborators it composes, each given what
+    it needs explicitly: ``Roster`` (members), ``PendingCalls`` (replies matched),
+    ``Messaging`` (frames out), ``DirectoryNews`` and ``Membership`` (joining,
+    liveness, gossip), and the actor layer's ``Hosting``.
     """
 
     #: The layer that hosts actors and makes proxies: the mesh calls up through it
@@ -149,50 +158,27 @@ class Node(Membership, Messaging):
         self.port = port
         self.discovery = discovery
         self.secret = secret if secret is not None else os.environ.get("ZCELL_SECRET") or None
-        # scrypt costs ~50 ms: derive the cluster's CURVE keys once per node.
+        # scrypt is slow by design (bench/README.md): derive the CURVE keys once per node.
         self._curve = derive_keys(self.secret, cluster) if self.secret is not None else None
         self.heartbeat = heartbeat
         self.concurrency = concurrency
         self.max_message_size = max_message_size
-        self.endpoints: dict[str, str] = {}
+        self.endpoints: dict[str, str] = {}  # filled at start: "inbox", "pub", "hb"
         self._peers = list(peers)
         self._actor_specs = list(actors)
         self._types: dict[str, type[Actor]] = {}
         self._known: dict[str, type[Actor]] = {}
-        self._members: dict[str, Member] = {}
         self.directory = Directory()
-        self._pending: dict[int, tuple[Any, str, float | None]] = {}
-        self._throws: set[int] = set()  # pending throws: any member may answer
-        # Request ids start at a random point: no stranger can guess a pending one
-        # (and replies are matched on the node asked as well: messaging._on_reply).
-        self._req_ids = itertools.count(int.from_bytes(os.urandom(5), "big") << 8)
-        self._chains = itertools.count(int.from_bytes(os.urandom(4), "big") << 20)
-        self._dir_seq = 0
-        self._seeds: dict[str, float] = {}  # inbox endpoint -> expiry (inf: forever)
-        self._knocks: dict[str, Any] = {}  # endpoint -> membership.Knock
-        # Routing-id prefix of a member's connections to our inbox -> the member.
-        self._by_prefix: dict[bytes, Member] = {}
-        self._route_key = os.urandom(16)  # keys our own DEALERs' routing ids
-        self._route_n = itertools.count(1)
-        self._clashes: set[tuple[str, str]] = set()  # (name, node id) refused, logged once
-        self._dealers: dict[str, Socket] = {}
-        self._outbound: dict[str, Outbound] = {}
         self._scatter_seen: dict[tuple[str, int], None] = {}
         self._frozen_checked = 0.0  # when _admit last looked for a process stop
-        self._subscribed: set[str] = set()
-        self._state = "new"
-        self._started_at = 0.0
+        self._life = Lifecycle()
         self._pid = os.getpid()
         self._tasks: list[gevent.Greenlet] = []  # the node's own long-running greenlets
         self._loop = LoopThread(f"zcell-{self.name}")
         self._stop_event: Event | None = None
         self._codec = wire.Codec(self._make_proxy, max_message_size)
-        self._thread_codecs = threading.local()
-        self._thread_ports = threading.local()
-        self._ports: list[ThreadPort] = []
-        self._ports_lock = real_lock()
-        self._notify_endpoint = f"inproc://zcell-notify-{self.id}"
-        self._notify_pub: Any = None
+        self._sockets = Sockets()
+        self._disc: Discovery | None = None
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "messages_in",
@@ -219,24 +205,65 @@ class Node(Membership, Messaging):
         )
         #: The control operations this node answers (spawn, kill, ...; add yours).
         self.control = ControlRegistry()
-        links = MeshLinks(
-            types=self._types,
-            directory_seq=self._directory_seq,
-            announce=self._announce,
-            send=self._send_message,
-            deliver=self._deliver,
-        )
-        self.host_: Hosting = self._layer.host(self, links)
-        self.host_.add_control_ops(self.control)
-        self._ctx: Context | None = None
-        self._inbox: Any = None
-        self._hb: HeartbeatThread | None = None
-        self._disc: Any = None
+        self._compose()
         #: The error that made this node stop itself (``NameTaken``,
         #: ``IncompatibleProtocol``), or None.
         self.failure: ZcellError | None = None
 
+    def _compose(self) -> None:
+        """Make the collaborators, each given what it needs, and bind the hot
+        paths once: proxies, hosting and the receive dispatch call the
+        collaborators' methods directly, with no layer in between."""
+        roster = self._roster = Roster(self.id, self.name)
+        self._members = roster.members  # read here; Membership writes it
+        self._node_label = roster.label
+        pending = self._calls = PendingCalls(roster, self.stats, self._loop)
+        self._pending = pending.table
+        self._on_reply = pending.on_reply
+        shared = Shared(
+            node_id=self.id, boot=self.boot, name=self.name,
+            roster=roster, pending=pending, stats=self.stats,
+            sockets=self._sockets, life=self._life, loop=self._loop,
+            codec=self._codec, directory=self.directory,
+        )  # fmt: skip
+        messaging = self._messaging = Messaging(
+            shared,
+            make_proxy=self._make_proxy,
+            on_frame=self._on_frame,
+            check_running=self._check_running,
+            max_message_size=self.max_message_size,
+        )
+        self._deliver = messaging.deliver
+        self._ctrl = messaging.ctrl
+        #: Send a reply (``Messaging.reply``); what hosting answers requests with.
+        self.reply = messaging.reply
+        #: Send the direct replies coalesced so far (``Messaging.flush_replies``).
+        self.flush_replies = messaging.flush_replies
+        news = self._news = DirectoryNews(self.id, self.boot, self.directory, messaging.publish)
+        links = MeshLinks(
+            types=self._types,
+            directory_seq=news.last_seq,
+            announce=news.announce,
+            send=messaging.send_message,
+            deliver=messaging.deliver,
+        )
+        #: The actor layer's side of this node: its hosted actors and their handlers.
+        self.hosting: Hosting = self._layer.host(self, links)
+        self.hosting.add_control_ops(self.control)
+        self._membership = Membership(
+            shared,
+            cluster=self.cluster, heartbeat=self.heartbeat, secure=self.secret is not None,
+            endpoints=self.endpoints, news=news, hosting=self.hosting,
+            ctrl=messaging.ctrl, node_down=messaging.node_down,  # what it asks of Messaging
+            on_frame=self._on_frame, info=self._info, refused=self._refused,  # of the node
+        )  # fmt: skip
+
     # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def _state(self) -> str:
+        """Where the node is in its life (``Lifecycle.state``; set through ``_life``)."""
+        return self._life.state
 
     def __enter__(self) -> Self:
         return self.start()
@@ -256,23 +283,23 @@ class Node(Membership, Messaging):
         Raises:
             NodeStopped: The node was already started once; create a new ``Node``.
         """
-        if self._state != "new":
+        if self._life.state != "new":
             raise NodeStopped(f"node {self.name} was already started; create a new Node")
         for spec in self._actor_specs:
             for cls in self._layer.resolve(spec):
                 self._types[cls.name] = cls
         self._known.update(self._types)
-        self._state = "starting"
+        self._life.state = "starting"
         # Before the first HELLO: of two nodes with one name, the older keeps it.
-        self._started_at = time.time()
+        self._life.started_at = time.time()
         self._loop.start(self._main)
         try:
             self._loop.call(self._start_in_loop, timeout=timeout)
         except BaseException:
-            self._state = "running"
+            self._life.state = "running"
             self.stop(timeout=1)
             raise
-        self._state = "running"
+        self._life.state = "running"
         _live.add(self)
         if self.failure is not None:  # refused while starting (see _refused)
             self.stop(timeout=1)
@@ -286,14 +313,14 @@ class Node(Membership, Messaging):
         is the one to go; later (a healed partition) it is logged, not obeyed,
         so that nobody can stop an established node by refusing its knock.
         """
-        if self.failure is not None or self._state not in ("starting", "running"):
+        if self.failure is not None or self._life.state not in ("starting", "running"):
             return
-        if time.time() - self._started_at > max(_REFUSAL_WINDOW, 5 * self.heartbeat):
+        if time.time() - self._life.started_at > max(_REFUSAL_WINDOW, 5 * self.heartbeat):
             log.error("zcell: node %s was %s (ignored: it is past its start)", self.name, reason)
             return
         self.failure = error(f"node {self.name} was {reason}")
         log.error("zcell: %s; stopping", self.failure)
-        if self._state == "running":  # else start() raises it
+        if self._life.state == "running":  # else start() raises it
             real_thread(self.stop)
 
     def _main(self) -> None:
@@ -302,27 +329,28 @@ class Node(Membership, Messaging):
 
     def _start_in_loop(self) -> None:
         hub = self._loop.hub
-        self.host_.attach(hub)
-        ctx = self._ctx = Context(self.max_message_size, self.heartbeat, self._curve)
+        self.hosting.attach(hub)
+        sockets = self._sockets
+        ctx = sockets.ctx = Context(self.max_message_size, self.heartbeat, self._curve)
         if self._curve is not None:
             # Before any socket binds: ZAP is consulted only if a handler is there.
             ZapHandler(ctx, hub, self._curve, self.stats).start()
-        self._inbox = ctx.socket(zmq.ROUTER, hub)
+        sockets.inbox = ctx.socket(zmq.ROUTER, hub)
         # Direct replies to a connection that is gone or full fail instead of
         # vanishing: they are counted (statistics()["undeliverable_replies"]).
-        self._inbox.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A member's DEALER that reconnects keeps its routing id (membership.py):
+        sockets.inbox.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A member's DEALER that reconnects keeps its routing id (directory.py:Roster):
         # the new connection takes it over from the dead one.
-        self._inbox.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self._pub = ctx.socket(zmq.XPUB, hub)
-        self._pub.setsockopt(zmq.XPUB_NODROP, 1)
+        sockets.inbox.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sockets.pub = ctx.socket(zmq.XPUB, hub)
+        sockets.pub.setsockopt(zmq.XPUB_NODROP, 1)
         # Program threads waiting in their own ports hear of nodes going down here.
-        self._notify_pub = ctx.zmq.socket(zmq.PUB)
-        self._notify_pub.setsockopt(zmq.LINGER, 0)
-        self._notify_pub.bind(self._notify_endpoint)
-        inbox = bind_random(self._inbox, self.host, self.port)
-        pub = bind_random(self._pub, self.host)
-        self._hb = HeartbeatThread(
+        sockets.notify = ctx.zmq.socket(zmq.PUB)
+        sockets.notify.setsockopt(zmq.LINGER, 0)
+        sockets.notify.bind(self._messaging.notify_endpoint)
+        inbox = bind_random(sockets.inbox, self.host, self.port)
+        pub = bind_random(sockets.pub, self.host)
+        sockets.hb = HeartbeatThread(
             ctx.zmq,
             self.host,
             self.heartbeat,
@@ -331,21 +359,20 @@ class Node(Membership, Messaging):
             loop_cpu=thread_cpu_clock(),  # this is the loop thread
             name=self.name,
         )
-        hb = self._hb.start()
+        hb = sockets.hb.start()
         if self.host in ("0.0.0.0", "*"):
             hb = hb.replace("0.0.0.0", inbox.split("//")[1].rsplit(":", 1)[0])
-        self.endpoints = {"inbox": inbox, "pub": pub, "hb": hb}
+        self.endpoints.update(inbox=inbox, pub=pub, hb=hb)
         self._tasks = [
             gevent.spawn(self._supervise, task)
             for task in (self._read_inbox, self._read_pub, self._housekeeping)
         ]
         for peer in self._peers:
-            self._seeds[peer] = float("inf")
-            self._hello(peer)
+            self._membership.add_peer(peer)
         if self.discovery == "mdns":
             self._start_discovery()
 
-    def _supervise(self, task: Any) -> None:
+    def _supervise(self, task: Callable[[], None]) -> None:
         """Run one of the node's own tasks (a socket reader, housekeeping) for good.
 
         Such a task only ends when the node stops. If it fails or returns before
@@ -361,11 +388,11 @@ class Node(Membership, Messaging):
                 task()
                 what = "ended"
             except BaseException:  # noqa: BLE001 - even SystemExit: the loop must go on
-                if self._state not in ("starting", "running"):
+                if self._life.state not in ("starting", "running"):
                     return
                 log.exception("zcell: node %s internal task %s failed", self.name, name)
                 what = "failed"
-            if self._state not in ("starting", "running"):
+            if self._life.state not in ("starting", "running"):
                 return
             if time.monotonic() - started > 60:
                 backoff = 0.05  # not a failure in a row
@@ -380,7 +407,7 @@ class Node(Membership, Messaging):
             gevent.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
-    def _configure_hb(self, sock: Any) -> None:
+    def _configure_hb(self, sock: zmq.Socket[bytes]) -> None:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 10)
         if self._curve is not None:
@@ -399,7 +426,7 @@ class Node(Membership, Messaging):
             pub_port=port(self.endpoints["pub"]),
             hb_port=port(self.endpoints["hb"]),
             secure=self.secret is not None,
-            on_peer=lambda ad: self._loop.submit(self._on_ad, ad),
+            on_peer=lambda ad: self._loop.submit(self._membership.on_ad, ad),
         )
         self._loop.hub.threadpool.apply(self._disc.start)
 
@@ -418,16 +445,16 @@ class Node(Membership, Messaging):
         Args:
             timeout: Seconds that in-flight handlers get to finish.
         """
-        if self._state == "forked":
+        if self._life.state == "forked":
             return  # the parent's sockets: nothing of ours to close here
-        if self._state in ("stopping", "stopped"):
-            if self._state == "stopping" and not self._loop.in_loop():
+        if self._life.state in ("stopping", "stopped"):
+            if self._life.state == "stopping" and not self._loop.in_loop():
                 self._loop.join(timeout + _STOP_GRACE)
             return
-        if self._state == "new":
-            self._state = "stopped"
+        if self._life.state == "new":
+            self._life.state = "stopped"
             return
-        self._state = "stopping"
+        self._life.state = "stopping"
         _live.discard(self)
         if self._loop.in_loop():
             # A greenlet of its own: the drain waits for the calling handler,
@@ -447,22 +474,23 @@ class Node(Membership, Messaging):
         except Exception:
             log.exception("zcell: node %s did not stop cleanly", self.name)
         finally:
-            self._state = "stopped"
+            self._life.state = "stopped"
         self._loop.join(max(0.0, deadline - time.monotonic()))
 
     def _stop_in_loop(self, timeout: float) -> None:
         try:
-            self._publish([V, LEAVING, self.id, self.boot], timeout=0.5)
-            self.host_.drain(timeout)
+            self._messaging.publish([PROTOCOL, LEAVING, self.id, self.boot], 0.5)
+            self.hosting.drain(timeout)
             # LEFT goes to each member's inbox over the same DEALER as our
             # replies, so it cannot overtake a reply still on the wire.
-            left = self._codec.encode([V, LEFT, self.id, self.boot])
+            left = self._codec.encode([PROTOCOL, LEFT, self.id, self.boot])
             for member in list(self._members.values()):
                 try:
-                    member.dealer.try_send(left)
+                    if member.dealer is not None:
+                        member.dealer.try_send(left)
                 except ZcellError:
                     pass
-            self._publish([V, LEFT, self.id, self.boot], timeout=0.5)
+            self._messaging.publish([PROTOCOL, LEFT, self.id, self.boot], 0.5)
         except Exception:
             log.debug("zcell: leave announcement failed", exc_info=True)
         if self._disc is not None:
@@ -470,51 +498,33 @@ class Node(Membership, Messaging):
                 self._loop.hub.threadpool.apply(self._disc.stop)
             except Exception:
                 log.debug("zcell: discovery stop failed", exc_info=True)
-        stopped = NodeStopped(f"node {self.name} stopped")
-        self._close_ports()
-        for out in list(self._outbound.values()):
-            out.close(stopped)
-        for rid, (result, _, _) in list(self._pending.items()):
-            self._fail_pending(rid, result, stopped)
-        if self._hb is not None:
-            self._hb.stop()
+        self._messaging.close(NodeStopped(f"node {self.name} stopped"))
+        sockets = self._sockets
+        if sockets.hb is not None:
+            sockets.hb.stop()
         gevent.sleep(0.02)  # let the LEFT frame reach the wire before closing
-        if self._ctx is not None:
-            for sock in list(self._ctx.sockets):
+        if sockets.ctx is not None:
+            for sock in list(sockets.ctx.sockets):
                 sock.close()
-            self._ctx.zmq.term()
+            sockets.ctx.zmq.term()
         # A greenlet still suspended when its thread ends can never be freed, nor
         # what its frames hold (the whole node): end them here, in their thread.
         readers = [m.reader for m in self._members.values() if m.reader is not None]
         gevent.killall(self._tasks + readers, timeout=1.0)
-        self.host_.end_workers()
-        self._state = "stopped"
+        self.hosting.end_workers()
+        self._life.state = "stopped"
         assert self._stop_event is not None
         self._stop_event.set()
-
-    def _close_ports(self) -> None:
-        """Close the program threads' ports (waiting briefly for those inside a call)."""
-        if self._notify_pub is None:
-            return
-        self._notify_pub.send(NOTIFY_STOP)
-        with self._ports_lock:
-            ports, self._ports = self._ports, []
-        busy = [port for port in ports if not port.close()]
-        deadline = time.monotonic() + 2.0
-        while busy and time.monotonic() < deadline:
-            gevent.sleep(0.01)
-            busy = [port for port in busy if port._busy]
-        self._notify_pub.close(linger=0)
 
     def _check_running(self, nested: bool = False) -> None:
         """Raise NodeStopped unless the node serves; ``nested``: a message sent by a
         handler, which may still go out while a graceful stop drains it."""
-        if self._state != "running":
-            if nested and self._state == "stopping" and self._draining_handler():
+        if self._life.state != "running":
+            if nested and self._life.state == "stopping" and self._draining_handler():
                 return
-            if self._state == "new":
+            if self._life.state == "new":
                 raise NodeStopped(f"node {self.name} is not started: call start() or use `with`")
-            if self._state == "forked":
+            if self._life.state == "forked":
                 raise NodeStopped(
                     f"node {self.name} belongs to the process that forked this one "
                     f"(pid {self._pid}); its sockets cannot be used here: create a new "
@@ -529,8 +539,8 @@ class Node(Membership, Messaging):
     def _forked(self) -> None:
         """In a forked child: disown the parent's node without touching its sockets
         (their I/O threads do not exist here; using them would hang)."""
-        if self._state in ("running", "stopping", "starting"):
-            self._state = "forked"
+        if self._life.state in ("running", "stopping", "starting"):
+            self._life.state = "forked"
 
     def _run(self, fn: Any, *args: Any, timeout: float | None = 30.0) -> Any:
         """Run ``fn`` in the loop thread (directly when already there)."""
@@ -550,7 +560,7 @@ class Node(Membership, Messaging):
             "pub": self.endpoints["pub"],
             "hb": self.endpoints["hb"],
             "types": sorted(self._types),
-            "started": self._started_at or time.time(),
+            "started": self._life.started_at or time.time(),
             "proto": wire.speaks(),
         }
 
@@ -558,19 +568,16 @@ class Node(Membership, Messaging):
         # Called from the heartbeat thread: its own packb, no shared packer.
         frame: bytes = msgpack.packb(
             [
-                V,
+                PROTOCOL,
                 HEARTBEAT,
                 self.id,
                 self.boot,
-                self._dir_seq,
-                self.host_.in_flight,
-                len(self.host_.actors),
+                self._news.seq,
+                self.hosting.in_flight,
+                len(self.hosting.actors),
             ]
         )
         return frame
-
-    def _directory_seq(self) -> int:
-        return self._dir_seq
 
     def _make_proxy(self, actor_id: str, name: str, node_id: str) -> ActorProxy:
         return self._layer.proxy(self, actor_id, name, node_id)
@@ -582,9 +589,11 @@ class Node(Membership, Messaging):
 
     def _read_inbox(self) -> None:
         on_frame = self._on_frame
-        host = self.host_
+        host = self.hosting
         n = 0
-        for frames in self._inbox.recv_loop(settle=host.let_run):
+        inbox = self._sockets.inbox
+        assert inbox is not None  # the node runs
+        for frames in inbox.recv_loop(before_peek=host.run_admitted):
             # [routing id, frame, ...]: a program thread's port sends the frames
             # it coalesced as the parts of one message (threadport.py).
             routing = frames[0]
@@ -601,21 +610,20 @@ class Node(Membership, Messaging):
                 while host.backlogged() and not self._pending:
                     host.wait_for_room()
 
+    # The node's own tasks are named for its logs ("internal task _housekeeping
+    # failed"); the work is the membership's.
+
     def _read_pub(self) -> None:
-        # Subscription messages: b"\x01" (subscribe) / b"\x00" + topic.
-        # Sends poke this reader; the recheck is a safety net, once a second so
-        # that an idle node does not wake 20 times a second for it.
-        for frames in self._pub.recv_loop(recheck=1.0):
-            data = frames[0]
-            if len(data) > 1 and data[1:2] == b"\xff":
-                node_id = data[2:].decode("ascii", "replace")
-                if data[0] == 1:
-                    self._subscribed.add(node_id)
-                else:
-                    self._subscribed.discard(node_id)
-                member = self._members.get(node_id)
-                if member is not None:
-                    member.subscribed = data[0] == 1
+        """(Task) Which members' SUBs reach our XPUB: ``Membership.read_pub``."""
+        self._membership.read_pub()
+
+    def _housekeeping(self) -> None:
+        """(Task) Liveness, expired calls, knocks: ``Membership.housekeeping``."""
+        self._membership.housekeeping()
+
+    def _on_heartbeat(self, msg: list[Any], via: Member) -> None:
+        """A member's heartbeat (about once a second each): ``Membership.on_heartbeat``."""
+        self._membership.on_heartbeat(msg, via)
 
     def _on_frame(
         self,
@@ -645,10 +653,10 @@ class Node(Membership, Messaging):
                 if self._admit(msg, routing, via):
                     if msg[wire.R_FLAGS] & F_DIRECT and routing is not None:
                         msg.append(routing)  # the reply goes back on this connection
-                    self.host_.request(msg)
+                    self.hosting.request(msg)
             elif kind == SCATTER:
                 if self._admit(msg, routing, via) and self._first_scatter(msg):
-                    self.host_.scatter(msg)
+                    self.hosting.scatter(msg)
             elif kind == HEARTBEAT:
                 if via is not None:
                     self._on_heartbeat(msg, via)
@@ -657,13 +665,13 @@ class Node(Membership, Messaging):
                     gevent.spawn(self._on_ctrl, msg)
             elif kind == DIRECTORY:
                 if via is not None:
-                    self._on_directory(msg, via)
+                    self._membership.on_directory(msg, via)
             elif kind == HELLO:
-                self._on_hello(msg, routing)
+                self._membership.on_hello(msg, routing)
             elif kind == WELCOME:
-                self._on_welcome(msg, routing)
+                self._membership.on_welcome(msg, routing)
             elif kind in (LEAVING, LEFT):
-                self._on_leave(msg, via, routing)
+                self._membership.on_leave(msg, via, routing)
             else:  # REFUSED counts only on the DEALER of our HELLO (_drain_dealers)
                 self.stats["dropped_stale"] += 1
         except Exception:
@@ -678,14 +686,14 @@ class Node(Membership, Messaging):
         news, not hostile input: counted apart. From anyone else it is malformed.
         """
         if isinstance(exc, wire.UnknownKind):
-            sender = self._sender(routing, via)
+            sender = self._roster.sender(routing, via)
             if sender is not None and sender.minors[1] > wire.PROTOCOL_MINOR:
                 self.stats["dropped_newer_kinds"] += 1
                 return
         self.stats["dropped_bad_frames"] += 1
         log.debug("zcell: dropped a bad frame: %s", exc)
         if isinstance(exc, wire.VersionMismatch) and routing is not None:
-            self._refuse_version(exc, routing)
+            self._membership.refuse_version(exc, routing)
 
     def _admit(self, msg: list[Any], routing: bytes | None, via: Member | None) -> bool:
         """Requests only from current members (right boot id) over their own
@@ -704,8 +712,8 @@ class Node(Membership, Messaging):
         # stop shows as a jump of the clock, so every 10 ms is enough.
         if now - self._frozen_checked > 0.01:
             self._frozen_checked = now
-            self._check_frozen(now)
-        sender = self._sender(routing, via)
+            self._membership.check_frozen(now)
+        sender = self._roster.sender(routing, via)
         if sender is None or sender.id != src:
             relayed = msg[1] == REQ and msg[wire.R_FLAGS] & F_THROW and msg[wire.R_SEEN]
             if sender is None or not relayed:
@@ -727,7 +735,7 @@ class Node(Membership, Messaging):
         if routing is None:
             return True  # from this node itself
         src = msg[C_SRC]
-        sender = self._sender(routing, None)
+        sender = self._roster.sender(routing, None)
         if sender is None or sender.id != src:
             self._drop_claim(src)
             return False
@@ -748,6 +756,22 @@ class Node(Membership, Messaging):
                 del seen[old]
         return True
 
+    def _on_ctrl(self, msg: list[Any]) -> None:
+        """Run a control operation (looked up in ``self.control``) and reply."""
+        rid, src, op, args = msg[C_ID], msg[C_SRC], msg[C_OP], msg[C_ARGS]
+        ttl = msg[C_TTL]
+        try:
+            value = self.control.run(op, args, src)
+        except ZcellError as exc:
+            if isinstance(exc, RemoteError):  # a nested call's error: relay it
+                self.reply(src, rid, ERROR, self.hosting.error_info(exc), ttl)
+            else:
+                self.reply(src, rid, ZERROR, [type(exc).__name__, str(exc)], ttl)
+        except BaseException as exc:  # a constructor may raise anything, even SystemExit
+            self.reply(src, rid, ERROR, self.hosting.error_info(exc), ttl)
+        else:
+            self.reply(src, rid, OK, value, ttl)
+
     # ------------------------------------------------------------------ public API
 
     def register(self, cls: type[Actor]) -> None:
@@ -756,8 +780,8 @@ class Node(Membership, Messaging):
         self._known[name] = cls
         if self._types.get(name) is not cls:
             self._types[name] = cls
-            if self._state == "running":
-                self._run(self._announce, "t", "", name)
+            if self._life.state == "running":
+                self._run(self._news.announce, "t", "", name)
 
     def spawn(
         self,
@@ -795,9 +819,9 @@ class Node(Membership, Messaging):
         node_id = self._place(name, cls, on)
         actor_id = uuid.uuid4().hex
         proxy = self._layer.proxy(self, actor_id, name, node_id, cls)
-        self._encode([args])  # SerializationError before anything is sent
+        self._messaging.encode([args])  # SerializationError before anything is sent
         if nowait:
-            started = self._ctrl_async(
+            started = self._messaging.ctrl_async(
                 node_id, "spawn", {"type": name, "kwargs": args, "id": actor_id}, timeout
             )
             started.link(_log_failed_spawn)
@@ -836,13 +860,6 @@ class Node(Membership, Messaging):
             f"no node in the mesh hosts actor type {name!r}{did_you_mean(name, hosted)}; "
             f"nodes: {self._node_names()}. {how}"
         )
-
-    def _node_label(self, node_id: str) -> str:
-        """A node's name for messages (its id when it is no member, e.g. gone)."""
-        if node_id == self.id:
-            return str(self.name)
-        member = self._members.get(node_id)
-        return member.name if member is not None else node_id
 
     def _node_names(self) -> str:
         names = [f"{self.name} (hosts {sorted(self._types) or 'nothing'})"]
@@ -933,10 +950,10 @@ class Node(Membership, Messaging):
                 "id": self.id,
                 "name": self.name,
                 "endpoints": dict(self.endpoints),
-                "actors": len(self.host_.actors),
+                "actors": len(self.hosting.actors),
                 "types": sorted(self._types),
-                "uptime": now - self._started_at,
-                "load": self.host_.in_flight,
+                "uptime": now - self._life.started_at,
+                "load": self.hosting.in_flight,
                 "self": True,
             }
         ]
@@ -957,15 +974,14 @@ class Node(Membership, Messaging):
 
     def statistics(self) -> dict[str, int]:
         """Counters: messages in/out, errors, dropped bad frames, in-flight, actors..."""
-        with self._ports_lock:  # a freed port's counts move into self.stats under it
-            stats = dict(self.stats)
-            self._add_port_counters(stats, self._ports)
-        if self._inbox is not None:
+        stats = dict(self.stats)
+        self._messaging.add_port_counters(stats)
+        if self._sockets.inbox is not None:
             # Direct replies whose caller's connection was gone or full.
-            stats["undeliverable_replies"] += self._inbox.undeliverable
-        stats["in_flight"] = self.host_.in_flight
-        stats["queued"] = len(self.host_.queue)
-        stats["actors_hosted"] = len(self.host_.actors)
+            stats["undeliverable_replies"] += self._sockets.inbox.undeliverable
+        stats["in_flight"] = self.hosting.in_flight
+        stats["queued"] = len(self.hosting.queue)
+        stats["actors_hosted"] = len(self.hosting.actors)
         stats["pending_calls"] = len(self._pending)
         stats["members"] = len(self._members) + 1
         return stats
@@ -1029,7 +1045,7 @@ class Node(Membership, Messaging):
         )
 
     def __repr__(self) -> str:
-        return f"<Node {self.name} {self.id} {self._state}>"
+        return f"<Node {self.name} {self.id} {self._life.state}>"
 
 
 def _stop_at_exit() -> None:

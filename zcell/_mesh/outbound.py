@@ -52,7 +52,7 @@ class Outbound:
         self._space: Flag | None = None  # set when the queue drains below half
         self._mutex = real_lock()
         self._wake: Event | None = None
-        self._greenlet: Any = None
+        self._greenlet: gevent.Greenlet | None = None
         self._closed = False
         self._busy = False  # the sender greenlet is sending: keep the order
         self._idle = True  # the loop is not going to look at the queue: wake it
@@ -72,9 +72,9 @@ class Outbound:
             if self._closed:
                 raise ZcellError(f"no longer sending to node {self.node_id}")
             queue.append((frame, deadline, rid))
-            kick, self._idle = self._idle, False
-        if kick:
-            self._submit(self._kick)
+            wake_loop, self._idle = self._idle, False
+        if wake_loop:
+            self._submit(self._send_queued)
 
     def _wait_for_room(self, deadline: float) -> None:
         """Wait until the loop has drained the queue below half (or raise CallTimeout)."""
@@ -96,7 +96,7 @@ class Outbound:
 
     # -- loop thread ---------------------------------------------------------
 
-    def _kick(self) -> None:
+    def _send_queued(self) -> None:
         # The common case: the socket takes the frames at once. Send them from
         # this callback, without a greenlet switch.
         if self._try_send is not None and (self._greenlet is None or not self._busy):

@@ -75,7 +75,7 @@ class Hosting(Protocol):
     def scatter(self, msg: list[Any]) -> None:
         """Run an admitted ``SCATTER`` on every hosted actor of its type."""
 
-    def let_run(self) -> None:
+    def run_admitted(self) -> None:
         """Let the admitted requests run before the inbox reader reads on."""
 
     def backlogged(self) -> bool:

@@ -1,9 +1,10 @@
-"""Results of calls: ``AsyncResult`` (one reply) and ``ScatterResult`` (a stream).
+"""Results of calls: ``AsyncResult`` (one reply) and ``ScatterResult`` (a stream),
+and ``PendingCalls``, the node's table of them, where each reply is matched.
 
 Both may be waited on from any thread or greenlet; every wait is bounded by the
 call's own deadline. They are completed by the node's loop thread, except the
 results of ``call`` made in a plain program thread, whose replies come to that
-thread's port (``zcell.threadport``): that thread completes them as it reads
+thread's port (``threadport.py``): that thread completes them as it reads
 them, and the loop does so for it when it will not (see ``_observe``).
 """
 
@@ -13,15 +14,38 @@ import collections
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gevent.hub import _get_hub
 from greenlet import greenlet
 
 from .._transport.loop import Flag, real_lock, thread_ident
-from ..errors import CallTimeout
+from .._wire import DECLINED, ERROR, OK, P_ID, P_SRC, P_STATUS, ZERROR
+from ..errors import (
+    ActorStopped,
+    CallTimeout,
+    NodeStopped,
+    NoNodeForType,
+    NoSuchActor,
+    NoSuchMethod,
+    SerializationError,
+    ZcellError,
+    error_from_wire,
+)
 
-__all__ = ["AsyncResult", "ScatterResult", "first_reply"]
+if TYPE_CHECKING:
+    from .._transport.loop import LoopThread
+    from .directory import Roster
+    from .threadport import ThreadPort
+
+__all__ = [
+    "AsyncResult",
+    "PendingCalls",
+    "ScatterResult",
+    "error_from_reply",
+    "first_reply",
+    "zcell_error",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +77,7 @@ class AsyncResult:
         request_id: int,
         deadline: float | None,
         cancel: Callable[[int], None] | None = None,
-        port: Any = None,
+        port: ThreadPort | None = None,
         to: str = "",
     ) -> None:
         self.id = request_id
@@ -356,3 +380,176 @@ def first_reply(replies: Iterable[Any], key: Any = None) -> Any:
         close = getattr(iterator, "close", None)
         if close is not None:
             close()
+
+
+_ZERRORS: dict[str, type[ZcellError]] = {
+    cls.__name__: cls
+    for cls in (
+        NoSuchActor,
+        NoSuchMethod,
+        ActorStopped,
+        NoNodeForType,
+        SerializationError,
+        CallTimeout,
+        NodeStopped,
+        ZcellError,
+    )
+}
+
+
+def zcell_error(value: Any) -> ZcellError:
+    """Rebuild a zcell error sent as [class name, message]."""
+    if isinstance(value, list) and len(value) == 2:
+        cls = _ZERRORS.get(str(value[0]), ZcellError)
+        return cls(str(value[1]))
+    return ZcellError(str(value))
+
+
+def error_from_reply(status: int, value: Any) -> ZcellError:
+    """The typed error a failed reply (``ERROR`` or ``ZERROR``) stands for."""
+    if status == ERROR:
+        error = error_from_wire(value)
+        if error is not None:
+            return error
+    elif status == ZERROR:
+        return zcell_error(value)
+    return ZcellError(f"malformed error reply: {value!r}")
+
+
+Pending = AsyncResult | ScatterResult
+
+
+class PendingCalls:
+    """The calls this node awaits replies to, by request id: where a reply is matched.
+
+    The one owner of the pending table (program threads' ports read it and
+    drop the calls they complete themselves). Pure: no sockets, no loop; the
+    node's loop thread calls it.
+    """
+
+    def __init__(
+        self, roster: Roster, stats: dict[str, int], loop: LoopThread | None = None
+    ) -> None:
+        self._roster = roster
+        self._stats = stats
+        self._loop = loop  # where link callbacks run (None: where the result completes)
+        #: request id -> (result, node asked ("" for a scatter), deadline)
+        self.table: dict[int, tuple[Pending, str, float | None]] = {}
+        self._throws: set[int] = set()  # pending throws: any member may answer
+
+    def add(
+        self, rid: int, result: Pending, node_id: str, deadline: float | None, throw: bool = False
+    ) -> None:
+        """Await the reply to request ``rid`` from ``node_id`` (any member for a throw)."""
+        self.table[rid] = (result, node_id, deadline)
+        if throw:
+            self._throws.add(rid)  # declined, it may be answered by another member
+
+    def add_throw(self, rid: int) -> None:
+        """Request ``rid`` is a throw: declined, another member may answer it."""
+        self._throws.add(rid)
+
+    def forget(self, rid: int) -> None:
+        """Stop awaiting ``rid`` (its caller gave up)."""
+        self.table.pop(rid, None)
+        self._throws.discard(rid)
+
+    def fail(self, rid: int, result: Pending, exc: BaseException) -> None:
+        """Stop awaiting ``rid`` and complete its result with ``exc``."""
+        self.forget(rid)
+        if isinstance(result, ScatterResult):
+            result.close()
+        else:
+            result._complete(error=exc)
+
+    def fail_all(self, exc: BaseException) -> None:
+        """Fail every call awaited (the node stops)."""
+        for rid, (result, _, _) in list(self.table.items()):
+            self.fail(rid, result, exc)
+
+    def node_down(self, node_id: str, exc: BaseException, spared: set[object]) -> None:
+        """A node went down: fail the calls it was asked, except those whose
+        replies come to a port in ``spared`` (its thread fails them itself),
+        and stop awaiting its part of every scatter."""
+        for rid, (result, target, _) in list(self.table.items()):
+            if isinstance(result, ScatterResult):
+                result._node_down(node_id)
+            elif target == node_id and result._port not in spared:
+                self.fail(rid, result, exc)
+
+    @staticmethod
+    def unreachable(result: ScatterResult, node_id: str) -> None:
+        """A scatter could not be sent to ``node_id``: stop awaiting its actors."""
+        result._node_down(node_id)
+
+    def expire(self, now: float) -> None:
+        """Fail the calls past their deadline (scatters end on their own)."""
+        for rid, (result, node_id, deadline) in list(self.table.items()):
+            if deadline is not None and now > deadline + 0.05:
+                if isinstance(result, ScatterResult):
+                    self.table.pop(rid, None)
+                else:
+                    late = f"no reply from node {self._roster.label(node_id)} to request {rid}"
+                    self.fail(rid, result, CallTimeout(f"{late} in time"))
+
+    def on_reply(self, msg: list[Any], routing: bytes | None = None) -> None:
+        """Complete the call a ``REP`` answers, if it came from the node asked
+        (any member for a throw, every one for a scatter) over its own
+        connection (``routing``; None: from this node itself); else drop and count it."""
+        rid = msg[P_ID]
+        entry = self.table.get(rid)
+        stats = self._stats
+        if entry is None:
+            stats["late_replies"] += 1
+            return
+        src = msg[P_SRC]
+        result = entry[0]
+        if routing is not None:
+            sender = self._roster.sender(routing, None)
+            if sender is None or sender.id != src:
+                forged = src in self._roster.members
+                stats["dropped_forged" if forged else "dropped_stale"] += 1
+                return
+            if (
+                src != entry[1]
+                and rid not in self._throws
+                and not isinstance(result, ScatterResult)
+            ):
+                stats["dropped_forged"] += 1
+                return
+        self._throws.discard(rid)
+        status = msg[P_STATUS]
+        value = msg[5] if len(msg) > 5 else None
+        if isinstance(result, ScatterResult):
+            self._on_scatter_reply(result, status, value)
+            return
+        del self.table[rid]
+        if status == OK:
+            result._complete(value)
+        else:
+            result._complete(error=error_from_reply(status, value))
+
+    def _on_scatter_reply(self, result: ScatterResult, status: int, value: Any) -> None:
+        """One actor's part of a scatter: [actor id, value]."""
+        if not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], str):
+            self._stats["dropped_bad_frames"] += 1
+            return
+        actor_id, payload = value
+        if status == OK:
+            result._push(actor_id, False, payload, False)
+        elif status == DECLINED:
+            result._push(actor_id, False, None, True)
+        else:
+            result._push(actor_id, True, error_from_reply(status, payload), False)
+
+    def complete_call(self, result: AsyncResult, msg: list[Any]) -> bool:
+        """Complete a ``call``'s result from its reply, read by a port (any thread)."""
+        self.table.pop(result.id, None)
+        status = msg[P_STATUS]
+        value = msg[5] if len(msg) > 5 else None
+        error = None if status == OK else error_from_reply(status, value)
+        loop = self._loop
+        if loop is None or thread_ident() == loop.ident:
+            return result._complete(value, error)
+        # Link callbacks run in the loop thread, as for every other result.
+        return result._complete(value, error, loop.submit)

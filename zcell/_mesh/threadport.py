@@ -1,7 +1,7 @@
 """A program thread's own way to its peers: no hop through the node's loop.
 
 Handing every call to the node's loop thread and back costs two cross-thread
-wake-ups (~40 µs each across cores here), as much as the network round trip,
+wake-ups, together as much as the network round trip (bench/README.md),
 and the two threads then fight over the GIL. So a plain thread (one not running
 a gevent hub) gets a *port*: its own DEALER to each peer it talks to. Its direct
 messages (``send``, ``call``, fire and forget) go out on that socket, in order,
@@ -15,7 +15,7 @@ to our routing id):
   call, and ``get()``/``ready()``/``state`` of one of its results). A pipelined
   loop of calls therefore seldom wakes the loop either;
 - fire-and-forget frames and calls sent in quick succession are coalesced
-  into one multipart message (``_offer``): one wake-up of each I/O thread and
+  into one multipart message (``_send_or_coalesce``): one wake-up of each I/O thread and
   of the receiver per burst instead of per message. They leave when 64 have
   gathered, when the thread next goes through the port, or at the latest
   within ~1 ms, sent by the loop (``_loop_flush``, a timer that runs while
@@ -28,7 +28,7 @@ such results are pending, at moments when the thread is not inside the port.
 
 The loop tells waiting ports about nodes going down and about its own stop
 through an inproc PUB, so calls still fail with ``NodeDown`` at once. The port's
-sockets are used by their thread while it is inside the port (``_busy``), and
+sockets are used by their thread while it is inside the port (``busy``), and
 otherwise, under the port's lock, by the loop (reading for ``ask_loop``,
 flushing coalesced frames) or by the stopping node (closing them).
 """
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from .._transport.sockets import Context
     from .._wire import Codec
     from .directory import Member
-    from .result import AsyncResult
+    from .result import AsyncResult, ScatterResult
 
 __all__ = ["ThreadPort", "free_closed_subscribers"]
 
@@ -62,7 +62,8 @@ _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _AGAIN = zmq.Again
-# pyzmq's Python layer above it costs ~0.3 us a send.
+# The backend's own send and recv: pyzmq's Python layer above them is a cost on
+# every message (bench/README.md, "Why the code is shaped this way").
 _send: Callable[..., Any] = zmq.backend.Socket.send
 _recv: Callable[..., Any] = zmq.backend.Socket.recv
 NOTIFY_DOWN = b"D"
@@ -89,11 +90,11 @@ def _no_socket(exc: zmq.ZMQError) -> ZcellError:
     return ZcellError(f"cannot open a socket to the mesh: {exc}")
 
 
-def _events(sock: zmq.Socket) -> int:
+def _events(sock: zmq.Socket[bytes]) -> int:
     return int(sock.get(_EVENTS))  # an int for EVENTS
 
 
-def free_closed_subscribers(notify_pub: zmq.Socket) -> None:
+def free_closed_subscribers(notify_pub: zmq.Socket[bytes]) -> None:
     """Let the loop's news PUB finish the close of ports' SUBs.
 
     A closed inproc subscriber (and its eventfd) is freed only once the PUB
@@ -103,19 +104,23 @@ def free_closed_subscribers(notify_pub: zmq.Socket) -> None:
     _events(notify_pub)
 
 
+#: A codec's decode: a frame's bytes -> the message (``ProtocolError`` if bad).
+Decode = Callable[[bytes], list[Any]]
+
+
 @dataclass(frozen=True, slots=True)
 class NodeLinks:
     """What a port needs from its node, and nothing more (the node makes one).
 
     The mappings are the node's own, shared: the port reads the members and
-    settles the node's pending calls of a peer that went down.
+    fails the node's pending calls of a peer that went down.
     """
 
     name: str
     ctx: Context
     notify_endpoint: str  # the inproc PUB of news from the loop (nodes down, stop)
     members: Mapping[str, Member]
-    pending: dict[int, tuple[AsyncResult, str, float | None]]
+    pending: dict[int, tuple[AsyncResult | ScatterResult, str, float | None]]
     stats: dict[str, int]
     loop: LoopThread
     codec: Codec  # the loop thread's
@@ -130,11 +135,11 @@ class ThreadPort:
     """One program thread's sockets to the peers of one node."""
 
     def __init__(self, links: NodeLinks) -> None:
-        self._links = links
+        self.links = links
         self._ctx = links.ctx
         self.owner = thread_ident()
         self.encode = links.thread_codec().encode  # this thread's own packer
-        self._sockets: dict[str, tuple[Any, zmq.Socket]] = {}  # node id -> (member, socket)
+        self._sockets: dict[str, tuple[Any, zmq.Socket[bytes]]] = {}  # node id -> (member, socket)
         try:
             self._notify = self._ctx.zmq.socket(zmq.SUB)
         except zmq.ZMQError as exc:
@@ -147,16 +152,18 @@ class ThreadPort:
         # so that the first news wakes _sleep. _drain_news reads until empty.
         _events(self._notify)
         self._lock = real_lock()
-        self._busy = False
+        self.busy = False
         self._closed = False
         # Calls whose replies come to this port: request id -> (result, node id).
         self._calls: dict[int, tuple[AsyncResult, str]] = {}
         self._registered = 0
         self._notify_fd = int(self._notify.getsockopt(zmq.FD))
-        self._pollers: dict[str, tuple[zmq.Socket, Any]] = {}  # node id -> (socket, FD poller)
+        self._pollers: dict[
+            str, tuple[zmq.Socket[bytes], Any]
+        ] = {}  # node id -> (socket, FD poller)
         self._polled = False  # the loop reads for us (see ask_loop)
-        self._downs: list[tuple[str, ZcellError]] = []  # see settle
-        # Coalescing (see _offer): frames waiting to leave, per node, in order.
+        self._downs: list[tuple[str, ZcellError]] = []  # see read_replies_of
+        # Coalescing (see _send_or_coalesce): frames waiting to leave, per node, in order.
         self._out: dict[str, list[bytes]] = {}
         self._burst_end = 0.0  # until then, a new frame joins the others
         self._flusher = False  # the loop's flush timer is running
@@ -171,21 +178,21 @@ class ThreadPort:
     def _enter(self) -> None:
         with self._lock:
             if self._closed:
-                raise NodeStopped(f"node {self._links.name} is stopped; create a new Node")
-            self._busy = True
+                raise NodeStopped(f"node {self.links.name} is stopped; create a new Node")
+            self.busy = True
             if self._out:
                 self._flush()  # what waits to leave goes before anything new
 
     def _leave(self) -> None:
         with self._lock:
             if self._downs and not self._closed:
-                self._settle_downs()
-            self._busy = False
+                self._fail_downs()
+            self.busy = False
             if self._closed:
                 self._close_sockets()
 
-    def _socket(self, node_id: str) -> zmq.Socket:
-        member = self._links.members.get(node_id)
+    def _socket(self, node_id: str) -> zmq.Socket[bytes]:
+        member = self.links.members.get(node_id)
         if member is None:
             raise NodeDown(f"node {node_id} is not (or no longer) in the mesh")
         entry = self._sockets.get(node_id)
@@ -199,7 +206,7 @@ class ThreadPort:
         except zmq.ZMQError as exc:
             raise _no_socket(exc) from exc
         # The peer knows our connections by their routing id (membership.py).
-        sock.setsockopt(zmq.ROUTING_ID, self._links.routing_id(member.inbox))
+        sock.setsockopt(zmq.ROUTING_ID, self.links.routing_id(member.inbox))
         sock.connect(member.inbox)
         self._sockets[node_id] = (member, sock)
         return sock
@@ -209,9 +216,9 @@ class ThreadPort:
     ) -> list[Any] | None:
         """Send ``frame``; with ``rid``, wait for and return the decoded direct reply.
 
-        Without ``rid`` (fire and forget) the frame may be coalesced (``_offer``).
+        Without ``rid`` (fire and forget) the frame may be coalesced (``_send_or_coalesce``).
         """
-        if rid is None and self._offer(node_id, frame):
+        if rid is None and self._send_or_coalesce(node_id, frame):
             return None
         self._enter()
         try:
@@ -225,7 +232,7 @@ class ThreadPort:
         finally:
             self._leave()
 
-    def _offer(self, node_id: str, frame: bytes) -> bool:
+    def _send_or_coalesce(self, node_id: str, frame: bytes) -> bool:
         """The fast path, under the lock alone (nothing here waits).
 
         A frame sent long enough after the previous one leaves at once. One that
@@ -238,10 +245,10 @@ class ThreadPort:
         yet, or the peer is full): the frame is not taken.
         """
         with self._lock:
-            if self._busy or self._closed:
+            if self.busy or self._closed:
                 return False
             entry = self._sockets.get(node_id)
-            if entry is None or entry[0] is not self._links.members.get(node_id):
+            if entry is None or entry[0] is not self.links.members.get(node_id):
                 return False
             now = time.monotonic()
             out = self._out
@@ -265,7 +272,7 @@ class ThreadPort:
             start = not self._flusher
             self._flusher = True
         if start:
-            self._links.loop.submit(self._loop_flush, 0)
+            self.links.loop.submit(self._loop_flush, 0)
         return True
 
     def _flush(self) -> None:
@@ -279,16 +286,16 @@ class ThreadPort:
         if not frames:
             return True
         entry = self._sockets.get(node_id)
-        if entry is None or entry[0] is not self._links.members.get(node_id):
+        if entry is None or entry[0] is not self.links.members.get(node_id):
             del self._out[node_id]  # that node left: nobody will take them
-            self._links.stats["send_failures"] += len(frames)
+            self.links.stats["send_failures"] += len(frames)
             return True
         if not self._send_frames(entry[1], frames):
             return False
         del self._out[node_id]
         return True
 
-    def _send_frames(self, sock: zmq.Socket, frames: list[bytes]) -> bool:
+    def _send_frames(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> bool:
         """Send ``frames`` as one message, or nothing (False) if the peer is full."""
         try:
             if len(frames) == 1:
@@ -304,7 +311,7 @@ class ThreadPort:
         self.sent += len(frames)
         return True
 
-    def _put_all(self, sock: zmq.Socket, node_id: str, deadline: float) -> None:
+    def _put_all(self, sock: zmq.Socket[bytes], node_id: str, deadline: float) -> None:
         """(Inside the port) send ``node_id``'s waiting frames, waiting for room."""
         frames = self._out.get(node_id)
         if frames:
@@ -322,10 +329,10 @@ class ThreadPort:
             self.poll()
             if self._registered % _PRUNE_EVERY == 0:
                 with self._lock:
-                    if not self._busy:
+                    if not self.busy:
                         self._prune()
         try:
-            if not self._offer(node_id, frame):
+            if not self._send_or_coalesce(node_id, frame):
                 self._enter()
                 try:
                     sock = self._socket(node_id)
@@ -354,7 +361,7 @@ class ThreadPort:
                 return result._flag._is_set
             if node_id in self._out:  # the call itself may still wait to leave
                 self._put_all(sock, node_id, result._deadline or time.monotonic() + 3600)
-            decode = self._links.thread_codec().decode
+            decode = self.links.thread_codec().decode
             while True:
                 self._drain(sock, decode)
                 if result._flag._is_set:
@@ -370,10 +377,10 @@ class ThreadPort:
                     # News from the loop. It fails a down node's calls before
                     # telling us, so the result shows it; a stop we act on.
                     if NOTIFY_STOP in self._drain_news():
-                        result._complete(error=NodeStopped(f"node {self._links.name} stopped"))
+                        result._complete(error=NodeStopped(f"node {self.links.name} stopped"))
                     with self._lock:
                         if self._downs:
-                            self._settle_downs()  # the loop left our calls to us
+                            self._fail_downs()  # the loop left our calls to us
                     if node_id not in self._sockets:  # that node went down: settled
                         return result._flag._is_set
         finally:
@@ -388,18 +395,20 @@ class ThreadPort:
         except NodeStopped:
             return
         try:
-            self._drain_all(self._links.thread_codec().decode)
+            self._drain_all(self.links.thread_codec().decode)
         finally:
             self._leave()
 
-    def _put(self, sock: zmq.Socket, node_id: str, frames: list[bytes], deadline: float) -> None:
+    def _put(
+        self, sock: zmq.Socket[bytes], node_id: str, frames: list[bytes], deadline: float
+    ) -> None:
         """Send ``frames`` as one message, waiting for room (back-pressure)."""
         while not self._send_frames(sock, frames):
             # Not connected yet, or the peer is full.
             self._wait(sock, _POLLOUT, node_id, deadline)
 
-    def _reply(self, sock: zmq.Socket, node_id: str, rid: int, deadline: float) -> list[Any]:
-        decode = self._links.thread_codec().decode
+    def _reply(self, sock: zmq.Socket[bytes], node_id: str, rid: int, deadline: float) -> list[Any]:
+        decode = self.links.thread_codec().decode
         while True:
             self._wait(sock, _POLLIN, node_id, deadline)
             while True:  # it may be readable: recv at once (Again: wait again)
@@ -407,11 +416,11 @@ class ThreadPort:
                     data = sock.recv(_NOBLOCK)
                 except _AGAIN:
                     break
-                msg = self._take(data, decode, rid)
+                msg = self._match_reply(data, decode, rid)
                 if msg is not None:
                     return msg  # replies behind it are read in later
 
-    def _sleep(self, node_id: str, sock: zmq.Socket, wait_ms: int) -> bool:
+    def _sleep(self, node_id: str, sock: zmq.Socket[bytes], wait_ms: int) -> bool:
         """Block (GIL released) until ``sock`` or the news socket may have
         something, or ``wait_ms`` pass (-1: no limit); True if news may have come.
 
@@ -429,34 +438,36 @@ class ThreadPort:
         notify_fd = self._notify_fd
         return any(fd == notify_fd for fd, _ in entry[1].poll(wait_ms))
 
-    def _drain(self, sock: zmq.Socket, decode: Any, rid: int | None = None) -> list[Any] | None:
+    def _drain(
+        self, sock: zmq.Socket[bytes], decode: Decode, rid: int | None = None
+    ) -> list[Any] | None:
         """Read every reply waiting on ``sock``; complete the calls among them.
 
         Returns the reply to ``rid`` (a blocking send's) if it came.
         """
         found = None
-        # One EVENTS check first (~1.5 us): most calls find nothing, and a recv
-        # that finds nothing raises zmq.Again (~3 us). When something is there,
-        # read plain bytes until zmq.Again: ~0.13 us a part, where reading
-        # message by message (a Frame for `more`, EVENTS before each message)
-        # costs ~0.6 us a part. Every part is a reply of its own.
+        # One EVENTS check first: most calls find nothing, and a recv that finds
+        # nothing (raising zmq.Again) costs more. When something is there, read
+        # plain bytes until zmq.Again, cheaper than message by message (a Frame
+        # for `more`, EVENTS before each); every part is a reply of its own.
+        # Figures: bench/README.md, "Why the code is shaped this way".
         if not _events(sock) & _POLLIN:
             return None
-        take = self._take
+        match = self._match_reply
         while True:
             try:
                 data = _recv(sock, _NOBLOCK, True)
             except _AGAIN:
                 return found
-            msg = take(data, decode, rid)
+            msg = match(data, decode, rid)
             if msg is not None:
                 found = msg
 
-    def _drain_all(self, decode: Any) -> None:
+    def _drain_all(self, decode: Decode) -> None:
         for _, sock in list(self._sockets.values()):
             self._drain(sock, decode)
 
-    def _take(self, data: bytes, decode: Any, rid: int | None) -> list[Any] | None:
+    def _match_reply(self, data: bytes, decode: Decode, rid: int | None) -> list[Any] | None:
         """One frame read from a socket: the reply to ``rid`` is returned; any
         other reply completes its call; the rest is counted and dropped."""
         try:
@@ -472,7 +483,7 @@ class ThreadPort:
         if msg_rid == rid:
             return msg
         entry = self._calls.pop(msg_rid, None)
-        if entry is None or not self._links.complete_call(entry[0], msg):
+        if entry is None or not self.links.complete_call(entry[0], msg):
             self.late += 1  # a reply to an earlier, timed-out call
         return None
 
@@ -487,7 +498,7 @@ class ThreadPort:
                 break
         return news
 
-    def _wait(self, sock: zmq.Socket, event: int, node_id: str, deadline: float) -> None:
+    def _wait(self, sock: zmq.Socket[bytes], event: int, node_id: str, deadline: float) -> None:
         """Block (GIL released) until ``sock`` may have ``event``; watch for down/stop news.
 
         Returns when EVENTS shows ``event``, or at once when the socket's FD
@@ -500,19 +511,19 @@ class ThreadPort:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise CallTimeout(
-                    f"no reply from node {self._links.node_label(node_id)} in time; raise "
+                    f"no reply from node {self.links.node_label(node_id)} in time; raise "
                     "timeout= if the handler is slow"
                 )
             if not self._sleep(node_id, sock, int(remaining * 1000) + 1):
                 return
             news = self._drain_news()
             if NOTIFY_STOP in news:
-                raise NodeStopped(f"node {self._links.name} stopped")
+                raise NodeStopped(f"node {self.links.name} stopped")
             # News about an earlier incarnation of that node is stale: the
             # member we are talking to is still there.
             if (
                 NOTIFY_DOWN + node_id.encode() in news
-                and self._links.members.get(node_id) is not self._sockets.get(node_id, (None,))[0]
+                and self.links.members.get(node_id) is not self._sockets.get(node_id, (None,))[0]
             ):
                 raise NodeDown(
                     f"node {node_id} went down while the call was in flight; the outcome is unknown"
@@ -527,7 +538,7 @@ class ThreadPort:
 
     # -- the loop: a node went down -------------------------------------------
 
-    def settle(self, node_id: str, error: ZcellError) -> bool:
+    def read_replies_of(self, node_id: str, error: ZcellError) -> bool:
         """Before the loop fails the calls to a node that went down: read the
         replies that came (a node leaving gracefully answers first).
 
@@ -537,10 +548,10 @@ class ThreadPort:
         with self._lock:
             if self._closed:
                 return True
-            if self._busy:
+            if self.busy:
                 self._downs.append((node_id, error))
                 return False
-            self._drain_all(self._links.codec.decode)
+            self._drain_all(self.links.codec.decode)
             self._drop_socket(node_id)
             return True
 
@@ -551,18 +562,18 @@ class ThreadPort:
         if entry is not None:
             entry[1].close(linger=0)
 
-    def _settle_downs(self) -> None:
-        """(Under the lock, by the thread) see ``settle``."""
-        self._drain_all(self._links.thread_codec().decode)
+    def _fail_downs(self) -> None:
+        """(Under the lock, by the thread) see ``read_replies_of``."""
+        self._drain_all(self.links.thread_codec().decode)
         downs, self._downs = self._downs, []
-        pending = self._links.pending
+        pending = self.links.pending
         for node_id, error in downs:
             self._drop_socket(node_id)
             for rid, (result, target) in list(self._calls.items()):
                 if target == node_id:
                     del self._calls[rid]
                     pending.pop(rid, None)
-                    result._complete(error=error, defer=self._links.loop.submit)
+                    result._complete(error=error, defer=self.links.loop.submit)
 
     # -- any thread: ask the loop to read for us -----------------------------
 
@@ -576,7 +587,7 @@ class ThreadPort:
             if self._polled or self._closed:
                 return
             self._polled = True
-        self._links.loop.submit(self._loop_poll, _LOOP_POLL[0])
+        self.links.loop.submit(self._loop_poll, _LOOP_POLL[0])
 
     def _loop_poll(self, interval: float) -> None:
         """In the loop: read what the thread has not, then again after ``interval``."""
@@ -584,8 +595,8 @@ class ThreadPort:
             if self._closed:
                 self._polled = False
                 return
-            if not self._busy:  # else the thread reads them on its way out
-                self._drain_all(self._links.codec.decode)
+            if not self.busy:  # else the thread reads them on its way out
+                self._drain_all(self.links.codec.decode)
                 self._prune()
                 if not self._calls:
                     self._polled = False
@@ -604,7 +615,7 @@ class ThreadPort:
         with self._lock:
             if self._out:
                 idle = 0
-                if not self._closed and not self._busy:
+                if not self._closed and not self.busy:
                     self._flush()
             else:
                 idle += 1
@@ -615,7 +626,7 @@ class ThreadPort:
 
     def _later(self, delay: float, fn: Callable[..., None], *args: Any) -> None:
         """(In the loop) run ``fn(*args)`` there after ``delay`` seconds."""
-        timer = self._links.loop.hub.loop.timer(delay)
+        timer = self.links.loop.hub.loop.timer(delay)
 
         def fire() -> None:
             timer.close()
@@ -632,10 +643,10 @@ class ThreadPort:
         with self._lock:
             if self._closed:
                 return True
-            if self._busy:
+            if self.busy:
                 return False
             if self._calls:
-                self._drain_all(self._links.codec.decode)
+                self._drain_all(self.links.codec.decode)
                 self._prune()
                 if self._calls:
                     return False
@@ -650,7 +661,7 @@ class ThreadPort:
         call: it closes the sockets itself on the way out."""
         with self._lock:
             self._closed = True
-            if self._busy:
+            if self.busy:
                 return False
             self._close_sockets()
             return True
@@ -659,7 +670,7 @@ class ThreadPort:
         if self._out:
             self._flush()  # a last chance for fire-and-forget frames
             for frames in self._out.values():
-                self._links.stats["send_failures"] += len(frames)
+                self.links.stats["send_failures"] += len(frames)
             self._out.clear()
         self._pollers.clear()
         for _, sock in self._sockets.values():

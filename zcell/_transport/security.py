@@ -124,7 +124,7 @@ class ClusterKeys:
 
 
 def derive_keys(secret: str, cluster: str) -> ClusterKeys:
-    """Derive the cluster's CURVE keypair from ``secret`` (about 50 ms: do it once).
+    """Derive the cluster's CURVE keypair from ``secret`` (slow by design: do it once).
 
     ``hashlib.scrypt(secret.encode(), salt=b"zcell-curve:" + cluster.encode(),
     n=2**14, r=8, p=1, dklen=32)`` is the Curve25519 secret key; the public key

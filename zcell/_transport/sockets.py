@@ -3,8 +3,8 @@
 Plain pyzmq sockets are used with ``NOBLOCK``; a greenlet that must wait parks
 on a gevent io watcher on the socket's ``zmq.FD`` and retries after each
 wake-up. ZeroMQ's FD is edge-triggered and signals any change of the socket's
-state, so after waking we always retry until ``Again`` (measured here: 119 µs
-sync RTT and 329k one-way msg/s, against 153 µs and 93k for ``zmq.green``).
+state, so after waking we always retry until ``Again``. This is leaner than
+``zmq.green`` (figures: bench/README.md, "Why the code is shaped this way").
 
 Rules that keep the edge-triggered FD honest:
 - a reader drains until ``Again`` before it waits;
@@ -44,7 +44,8 @@ __all__ = ["Context", "Socket", "TransportClosed", "bind_random"]
 log = logging.getLogger(__name__)
 
 _AGAIN = zmq.Again
-# pyzmq's Python layer above it costs ~0.3 us a send.
+# The backend's send itself: pyzmq's Python layer above it is a cost on every
+# send (bench/README.md, "Why the code is shaped this way").
 _send: Callable[..., Any] = zmq.backend.Socket.send
 # Plain ints: pyzmq's enum flags make every `&` and `|` a slow Python call.
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -272,45 +273,36 @@ class Socket:
 
     def send(self, data: bytes, deadline: float | None = None) -> None:
         """Send one frame; wait (cooperatively, up to ``deadline``) while the peer is full."""
-        if self._send_lock is None:  # nobody is queued: try the fast path
-            try:
-                _send(self.raw, data, _NOBLOCK, len(data) < _COPY_BELOW)
-                if self._watcher.active:  # a reader is parked (XPUB)
-                    self._poke_reader()
-                return
-            except _AGAIN:
-                pass
-            except zmq.ZMQError as exc:
-                raise self._error(exc) from exc
-            self._send_lock = Semaphore()
-        self._send_slow(data, deadline, None)
+        if not self._send_now(data, None):
+            self._send_slow(data, deadline, None)
 
     def try_send(self, data: bytes) -> bool:
         """Send without ever waiting (safe in a hub callback); False if it would wait."""
+        return self._send_now(data, None)
+
+    def send_multipart(self, frames: list[bytes], deadline: float | None = None) -> None:
+        """Send a multipart message (ROUTER/XPUB envelopes); same waiting as send()."""
+        if not self._send_now(b"", frames):
+            self._send_slow(b"", deadline, frames)
+
+    def _send_now(self, data: bytes, frames: list[bytes] | None) -> bool:
+        """The one fast path over zmq: send ``data`` (or the parts ``frames``) at
+        once, unless senders are queued (they keep their order) or the peer is
+        full; False then, and nothing was sent."""
         if self._send_lock is not None:
-            return False  # others are queued: keep the order
+            return False
         try:
-            _send(self.raw, data, _NOBLOCK, len(data) < _COPY_BELOW)
-            return True
+            if frames is None:
+                _send(self.raw, data, _NOBLOCK, len(data) < _COPY_BELOW)
+            else:
+                self._put_parts(frames)
         except _AGAIN:
             return False
         except zmq.ZMQError as exc:
             raise self._error(exc) from exc
-
-    def send_multipart(self, frames: list[bytes], deadline: float | None = None) -> None:
-        """Send a multipart message (ROUTER/XPUB envelopes); same waiting as send()."""
-        if self._send_lock is None:
-            try:
-                self._put_parts(frames)
-                if self._watcher.active:  # our own reader is parked (ROUTER, XPUB)
-                    self._poke_reader()
-                return
-            except _AGAIN:
-                pass
-            except zmq.ZMQError as exc:
-                raise self._error(exc) from exc
-            self._send_lock = Semaphore()
-        self._send_slow(b"", deadline, frames)
+        if self._watcher.active:  # a reader is parked (ROUTER, XPUB): let it look
+            self._poke_reader()
+        return True
 
     def send_coalesced(self, routing: bytes, frame: bytes) -> None:
         """ROUTER: send ``frame`` to the peer ``routing`` before the loop next blocks.
@@ -359,8 +351,9 @@ class Socket:
     def _put_parts(self, frames: list[bytes]) -> None:
         """Send a multipart message without waiting; zmq.Again if nothing was sent.
 
-        pyzmq's send_multipart costs ~2.5 us more per message (enum flags). A
-        multipart message is atomic: once its first part is accepted, the rest is.
+        Part by part with ``_send``: pyzmq's send_multipart pays for its enum flags
+        (bench/README.md, "Why the code is shaped this way"). A multipart
+        message is atomic: once its first part is accepted, the rest is.
         """
         raw = self.raw
         for frame in frames[:-1]:
@@ -368,8 +361,10 @@ class Socket:
         _send(raw, frames[-1], _NOBLOCK)
 
     def _send_slow(self, data: bytes, deadline: float | None, frames: list[bytes] | None) -> None:
+        """Send once the peer takes it, after the senders queued before (up to ``deadline``)."""
         lock = self._send_lock
-        assert lock is not None
+        if lock is None:
+            lock = self._send_lock = Semaphore()
         # Senders queue on the lock so that messages keep their order.
         with lock:
             while True:
@@ -396,7 +391,7 @@ class Socket:
     # -- receiving -----------------------------------------------------------
 
     def recv_loop(
-        self, recheck: float | None = None, settle: Callable[[], None] | None = None
+        self, recheck: float | None = None, before_peek: Callable[[], None] | None = None
     ) -> Iterator[Any]:
         """Yield frames forever: drain until there are none, then wait on the FD.
 
@@ -405,7 +400,7 @@ class Socket:
         restarts the reader) when reading it fails. ``recheck``: also retry
         every so many seconds, for a socket that is written too (a send may
         consume the edge).
-        ``settle``: called before each check of whether a short burst goes on,
+        ``before_peek``: called before each check of whether a short burst goes on,
         to let the work the frames started run first (see ``Node._read_inbox``).
         """
         raw = self.raw
@@ -425,8 +420,8 @@ class Socket:
                 # three times that: peek first while bursts are short, but not
                 # right after a wake-up, which mostly means a frame is there.
                 if 0 < run < _PEEK:
-                    if settle is not None:
-                        settle()
+                    if before_peek is not None:
+                        before_peek()
                     item = recv(_NOBLOCK) if _events(raw) & _POLLIN else None
                 else:
                     item = recv(_NOBLOCK)

@@ -59,7 +59,7 @@ _QUEUE_LOW = 2_000  # ... and resume below this
 _STOPPED_KEPT = 10_000  # recently killed ids remembered, to answer ActorStopped
 
 
-class _Killed(GreenletExit):
+class _Killed(GreenletExit):  # type: ignore[misc]  # gevent is untyped: its GreenletExit is Any
     """Raised inside a handler whose actor is killed (or whose node stops)."""
 
 
@@ -176,7 +176,7 @@ class Host:
             self._drained.set()
             self._drained = None
 
-    def let_run(self) -> None:
+    def run_admitted(self) -> None:
         """(The inbox reader) let the admitted requests run now, if any wait.
 
         Called before the reader checks its socket for more: their replies are
