@@ -139,11 +139,13 @@ def test_a_reply_whose_connection_is_gone_is_counted_not_lost_silently(pair):
     a, b, ref = pair
     assert b.statistics()["undeliverable_replies"] == 0
     ref.call.sleep(seconds=0.5 * SLOW)  # never read: the caller goes away first
-    time.sleep(0.1 * SLOW)
+    # The handler must be running on b before the caller leaves (not a sleep: under
+    # load the request may take longer than any fixed pause to arrive).
+    wait_until(lambda: b.statistics()["in_flight"] == 1, 5 * SLOW, "b runs the handler")
     a.stop()  # closes this thread's port: its connection to b is gone
     wait_until(
         lambda: b.statistics()["undeliverable_replies"] == 1,
-        5,
+        5 * SLOW,
         "b counts the reply it could not deliver",
     )
     assert b.statistics()["errors"] == 0
