@@ -1,0 +1,103 @@
+"""Tasks for the task-layer tests: imported by `zcell worker -A zcell_test_tasks`
+child processes and by the tests themselves (which point the app at their mesh)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gevent
+
+from zcell import App
+
+app = App("zcell_test_tasks", discovery="static")
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task
+def mul(x: int, y: int) -> int:
+    return x * y
+
+
+@app.task(bind=True)
+def whoami(self: Any) -> dict[str, Any]:
+    request = self.request
+    return {
+        "id": request.id,
+        "hostname": request.hostname,
+        "retries": request.retries,
+        "root_id": request.root_id,
+        "parent_id": request.parent_id,
+        "args": request.args,
+        "queue": request.delivery_info["routing_key"],
+    }
+
+
+@app.task
+def where() -> str:
+    """The name of the node that runs it."""
+    return str(whoami.request.hostname or app.node.name)
+
+
+@app.task
+def mark(path: str, seconds: float = 0.0, value: Any = None) -> Any:
+    """Append this node's name to ``path`` (counts the runs), then sleep."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{app.node.name} {os.getpid()}\n")
+    gevent.sleep(seconds)
+    return value
+
+
+@app.task
+def fail(kind: str) -> None:
+    errors: dict[str, BaseException] = {
+        "SystemExit": SystemExit(3),
+        "KeyboardInterrupt": KeyboardInterrupt(),
+        "TypeError": TypeError("bad type"),
+    }
+    raise errors[kind]
+
+
+@app.task
+def child(i: int) -> int:
+    gevent.sleep(0.05)
+    return i
+
+
+@app.task
+def parent(n: int) -> int:
+    """Waits on its children: with every slot taken, this must not deadlock."""
+    results = [child.delay(i) for i in range(n)]
+    return sum(r.get(timeout=30) for r in results)
+
+
+@app.task(bind=True, max_retries=2)
+def flaky(self: Any, path: str) -> str:
+    """Fails on its first run (noted in ``path``), retries at once, then succeeds."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{app.node.name}\n")
+    if self.request.retries == 0:
+        raise self.retry(countdown=0)
+    return app.node.name
+
+
+@app.task(acks_late=True)
+def mark_late(path: str, seconds: float = 0.0) -> str:
+    """``mark`` with acks_late: redelivered if its worker dies."""
+    return str(mark(path, seconds, "done"))
+
+
+@app.task
+def unserialisable() -> object:
+    return object()
+
+
+@app.task(bind=True)
+def progress(self: Any) -> str:
+    self.update_state(state="PROGRESS", meta={"done": 1})
+    gevent.sleep(0.5)
+    return "ok"

@@ -1,0 +1,80 @@
+"""The task agent: one hosted actor per node with the task layer.
+
+Other nodes reach this node's task layer through it: a worker claims a task
+here before it starts it, and reports that it holds it or that it has room
+again; anyone may revoke tasks (scatter), look finished tasks up (scatter),
+or ask for the revokes remembered here (a joining node does).
+Its handlers run in the node's loop thread, where the dispatcher's state lives.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..actors.actor import Actor
+from .runtime import Runtime, runtime_of
+
+__all__ = ["AGENT_TYPE", "TaskAgent"]
+
+AGENT_TYPE = "zcell.tasks.agent"
+
+
+class TaskAgent(Actor):
+    """The node's task agent (see the module doc)."""
+
+    name = AGENT_TYPE
+
+    class state:
+        node: Any  # set by the hosting node before __init__
+
+        def _runtime(self) -> Runtime:
+            runtime = runtime_of(self.node)
+            if runtime is None:  # pragma: no cover - the runtime spawns its agent
+                raise LookupError("this node has no task runtime")
+            return runtime
+
+        def claim(self, id: str, attempt: int, worker: str) -> bool:  # noqa: A002
+            """May this attempt of task ``id`` start now? (it is then STARTED here)"""
+            return self._runtime().dispatcher.claim(str(id), int(attempt), str(worker))
+
+        def held(self, id: str, attempt: int) -> None:  # noqa: A002
+            """A worker holds task ``id`` (it is RECEIVED)."""
+            self._runtime().dispatcher.held(str(id), int(attempt))
+
+        def room(self, consumers: list[str]) -> None:
+            """The worker of these consumer actors has room again."""
+            self._runtime().dispatcher.room([str(c) for c in consumers])
+
+        def update_state(self, id: str, state: str, meta: Any = None) -> None:  # noqa: A002
+            """The running task ``id`` reports a state (``update_state``)."""
+            self._runtime().dispatcher.update_state(str(id), str(state), meta)
+
+        def revoke(self, ids: list[str], terminate: bool = False, expires: float = 0.0) -> int:
+            """Remember ``ids`` as revoked; end those waiting here; with
+            ``terminate``, kill those running here. Returns how many ran here."""
+            runtime = self._runtime()
+            ids = [str(i) for i in ids]
+            for task_id in ids:
+                runtime.revoked.put(task_id, bool(terminate), float(expires) or None)
+            runtime.dispatcher.revoke(ids)
+            if runtime.worker is not None:
+                return runtime.worker.revoked(ids, bool(terminate))
+            return 0
+
+        def revoked(self) -> list[list[Any]]:
+            """The revokes remembered here: ``[[id, expires, terminate], ...]``."""
+            return [[k, e, v] for k, e, v in self._runtime().revoked.items()]
+
+        def query(self, ids: list[str]) -> dict[str, Any]:
+            """The records of finished (or running) tasks among ``ids`` known here."""
+            runtime = self._runtime()
+            ids = [str(i) for i in ids]
+            found = runtime.dispatcher.query(ids)
+            if runtime.worker is not None:
+                found.update(runtime.worker.query(ids))
+            return found
+
+        def now(self) -> float:
+            """This node's clock (POSIX seconds), to compare hosts' clocks."""
+            return time.time()
