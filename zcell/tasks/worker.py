@@ -27,9 +27,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import gevent
+from gevent import GreenletExit
 from gevent.event import Event
 from gevent.lock import Semaphore
-from gevent import GreenletExit
 from greenlet import getcurrent
 
 from ..actors.actor import Actor
