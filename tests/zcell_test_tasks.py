@@ -37,19 +37,23 @@ def whoami(self: Any) -> dict[str, Any]:
     }
 
 
-@app.task
-def where() -> str:
+@app.task(bind=True)
+def where(self: Any) -> str:
     """The name of the node that runs it."""
-    return str(whoami.request.hostname or app.node.name)
+    return str(self.request.hostname)
 
 
-@app.task
-def mark(path: str, seconds: float = 0.0, value: Any = None) -> Any:
-    """Append this node's name to ``path`` (counts the runs), then sleep."""
+def _mark(hostname: str, path: str, seconds: float, value: Any) -> Any:
     with open(path, "a", encoding="utf-8") as f:
-        f.write(f"{app.node.name} {os.getpid()}\n")
+        f.write(f"{hostname} {os.getpid()}\n")
     gevent.sleep(seconds)
     return value
+
+
+@app.task(bind=True)
+def mark(self: Any, path: str, seconds: float = 0.0, value: Any = None) -> Any:
+    """Append the worker's name to ``path`` (counts the runs), then sleep."""
+    return _mark(self.request.hostname, path, seconds, value)
 
 
 @app.task
@@ -79,16 +83,16 @@ def parent(n: int) -> int:
 def flaky(self: Any, path: str) -> str:
     """Fails on its first run (noted in ``path``), retries at once, then succeeds."""
     with open(path, "a", encoding="utf-8") as f:
-        f.write(f"{app.node.name}\n")
+        f.write(f"{self.request.hostname}\n")
     if self.request.retries == 0:
         raise self.retry(countdown=0)
-    return app.node.name
+    return str(self.request.hostname)
 
 
-@app.task(acks_late=True)
-def mark_late(path: str, seconds: float = 0.0) -> str:
+@app.task(bind=True, acks_late=True)
+def mark_late(self: Any, path: str, seconds: float = 0.0) -> Any:
     """``mark`` with acks_late: redelivered if its worker dies."""
-    return str(mark(path, seconds, "done"))
+    return _mark(self.request.hostname, path, seconds, "done")
 
 
 @app.task

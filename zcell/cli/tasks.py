@@ -100,6 +100,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     queues = [q for q in (args.queues or "").split(",") if q] or None
     stop = _stop_on_signals()
     node, me = _start(args)
+    app.use_node(node)
     try:
         worker = Worker(app, node, queues, concurrency=args.worker_concurrency).start()
     except (TypeError, ValueError) as exc:

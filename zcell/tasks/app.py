@@ -135,8 +135,9 @@ class App:
                 self._own_node = True
             return self._node
 
-    def _adopt(self, node: Node) -> None:
-        """Use ``node`` (a worker's) as the app's node; the app never stops it."""
+    def use_node(self, node: Node) -> None:
+        """Use ``node`` (a worker's) as the app's node; the app never stops it.
+        ``zcell worker`` does this, so that tasks sending tasks use the worker's node."""
         with self._lock:
             self._node, self._own_node = node, False
 

@@ -123,6 +123,7 @@ class Dispatcher:
             self._wake.wait(RECHECK)
             self._wake.clear()
             try:
+                self.runtime.pull_revoked()
                 self.pump()
             except NodeStopped:
                 return
@@ -272,8 +273,12 @@ class Dispatcher:
             self._retry(entry, value)
         elif status in READY_STATES:
             self._record(entry, value)
-            error = None if status != FAILURE else _error(value.get("e"))
-            self.finish(entry, status, error if error is not None else value.get("v"))
+            if status == REVOKED:
+                self.finish(entry, status, TaskRevokedError(f"task {entry.id} was revoked"))
+            elif status == FAILURE:
+                self.finish(entry, status, _error(value.get("e")))
+            else:
+                self.finish(entry, status, value.get("v"))
         else:
             self.finish(entry, FAILURE, ProtocolError(f"bad task reply status {status!r}"))
 
@@ -340,6 +345,8 @@ class Dispatcher:
         """The worker of these consumers has room again."""
         for consumer in consumers:
             self.full.discard(consumer)
+            # What it holds for others changed: learn its room again from "full".
+            self.capacity.pop(consumer, None)
         self.wake()
 
     def update_state(self, task_id: str, state: str, meta: Any) -> None:

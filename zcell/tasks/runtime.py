@@ -14,6 +14,8 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
+import gevent
+
 from .. import _wire as wire
 from .._transport.loop import Flag
 from ..errors import CallTimeout, ZcellError
@@ -32,7 +34,7 @@ log = logging.getLogger("zcell.tasks")
 
 _runtimes: weakref.WeakKeyDictionary[Node, Runtime] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
-#: Seconds a joining node waits for the live agents' revoked lists.
+#: Seconds a node waits for another agent's list of remembered revokes.
 REVOKED_PULL_TIMEOUT = 2.0
 #: Seconds another thread waits for a runtime being started.
 READY_TIMEOUT = 30.0
@@ -56,6 +58,7 @@ class Runtime:
         self.codec = wire.Codec(None, node.max_message_size)
         self.dispatcher: Dispatcher = Dispatcher(self)
         self.agent: ActorProxy | None = None
+        self.pulled: set[str] = set()  # agents asked for their remembered revokes
         self.ready = Flag()  # set once started (attach() from another thread waits)
         node.stats.setdefault(DROPPED, 0)
 
@@ -66,21 +69,29 @@ class Runtime:
         self.node.register(TaskAgent)
         self.agent = self.node.spawn(TaskAgent, on=self.node.id)
         self.dispatcher.start()
-        self.pull_revoked()
         self.ready.set()
 
     def pull_revoked(self) -> None:
-        """Ask the live agents for the revokes they remember (for late joiners)."""
-        assert self.agent is not None
+        """Ask each task agent this node has not asked yet for the revokes it
+        remembers (loop thread; the dispatcher calls it each round), so that a
+        node that joins later learns them, and so does one a partition healed."""
+        from .agent import AGENT_TYPE
+
+        own = self.agent.id if self.agent is not None else None
+        for agent in self.node.actors(AGENT_TYPE):
+            if agent.id != own and agent.id not in self.pulled:
+                self.pulled.add(agent.id)
+                gevent.spawn(self._pull_from, agent)
+
+    def _pull_from(self, agent: ActorProxy) -> None:
         try:
-            replies = self.agent.scatter(
-                "revoked", {}, timeout=REVOKED_PULL_TIMEOUT, propagate=False
-            )
-            for reply in replies:
-                if isinstance(reply, list):
-                    self.remember_revoked(reply)
+            entries = agent.send("revoked", {}, timeout=REVOKED_PULL_TIMEOUT)
         except ZcellError as exc:
-            log.warning("zcell: could not learn remembered revokes: %s", exc)
+            self.pulled.discard(agent.id)  # asked again next round, while it is listed
+            log.debug("zcell: could not learn the revokes %s remembers: %s", agent, exc)
+            return
+        if isinstance(entries, list):
+            self.remember_revoked(entries)
 
     def remember_revoked(self, entries: list[Any]) -> None:
         """Keep revoked ids as another agent lists them: ``[[id, expires, terminate]]``."""
@@ -92,7 +103,7 @@ class Runtime:
             and isinstance(e[0], str)
             and isinstance(e[1], float | int)
         ]
-        self.node.call_in_loop(self.revoked.update, good)
+        self.revoked.update(good)
 
     def encodable(self, value: Any) -> None:
         """Raise ``SerializationError`` unless ``value`` can travel."""

@@ -88,7 +88,7 @@ class Worker:
     """Runs tasks of ``queues`` on ``node`` (see the module doc).
 
     Args:
-        app: The app whose tasks it runs (``app.node`` becomes ``node``).
+        app: The app whose tasks it runs.
         node: The worker's started node.
         queues: Queues to consume (default ``task_default_queue``).
         concurrency: Tasks running at once (default ``worker_concurrency``).
@@ -129,8 +129,8 @@ class Worker:
     # -- lifecycle --------------------------------------------------------------
 
     def start(self) -> Worker:
-        """Host the agent and a consumer per queue; the app now uses this node."""
-        self.app._adopt(self.node)
+        """Host the agent and a consumer per queue (``zcell worker`` also makes
+        this node the app's: ``app.use_node``)."""
         self.runtime = attach(self.app, self.node)
         self.runtime.worker = self
         self._slots = self.node.call_in_loop(Semaphore, self.concurrency)
