@@ -279,7 +279,7 @@ def cmd_result(args: argparse.Namespace) -> int:
 
 def _see_agents(app: App) -> None:
     """Wait (bounded) until the mesh's task agents other than ours are known."""
-    from zcell.tasks.agent import AGENT_TYPE
+    from zcell.tasks.runtime import AGENT_TYPE
 
     node = app.node
     app._runtime()

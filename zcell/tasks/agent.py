@@ -10,14 +10,17 @@ Its handlers run in the node's loop thread, where the dispatcher's state lives.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..actors.actor import Actor
-from .runtime import Runtime, runtime_of
+from ..errors import CallTimeout
+from .runtime import AGENT_TYPE, READY_TIMEOUT, Runtime, claim_runtime, forget_runtime, runtime_of
 
-__all__ = ["AGENT_TYPE", "TaskAgent"]
+if TYPE_CHECKING:
+    from ..node import Node
+    from .app import App
 
-AGENT_TYPE = "zcell.tasks.agent"
+__all__ = ["AGENT_TYPE", "TaskAgent", "attach"]
 
 
 class TaskAgent(Actor):
@@ -78,3 +81,18 @@ class TaskAgent(Actor):
         def now(self) -> float:
             """This node's clock (POSIX seconds), to compare hosts' clocks."""
             return time.time()
+
+
+def attach(app: App, node: Node) -> Runtime:
+    """The node's task runtime, made and started (with its agent) on first use."""
+    runtime, fresh = claim_runtime(app, node)
+    if not fresh:
+        if not runtime.ready.wait(READY_TIMEOUT):
+            raise CallTimeout(f"the task layer of node {node.name} did not start")
+        return runtime
+    try:
+        runtime.start(TaskAgent)
+    except BaseException:
+        forget_runtime(node)
+        raise
+    return runtime

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, overload
 from .._transport.loop import Flag
 from ..errors import ZcellError
 from ..node import Node
+from .agent import attach
 from .conf import MESH_KEYS, Settings
 from .control import Control
 from .dispatch import Entry
@@ -29,7 +30,7 @@ from .message import epoch, make
 from .request import current_request
 from .result import LOOKUP_TIMEOUT, TaskResult
 from .routing import route
-from .runtime import Runtime, attach
+from .runtime import Runtime
 from .states import READY_STATES
 from .task import Task
 
@@ -69,9 +70,14 @@ class App:
     Args:
         main: The app's name (for banners; Celery's ``main``).
         include: Modules to import when a worker starts (they define the tasks).
-        cluster, peers, discovery, host, secret: The mesh of the app's node
-            (also conf keys; ``zcell worker`` flags win).
-        broker, backend: Accepted for Celery code, and ignored with a warning.
+        cluster: The mesh's name (also a conf key, as are the four below;
+            ``zcell worker`` flags win).
+        peers: Inbox endpoints to join.
+        discovery: ``"mdns"`` or ``"static"``.
+        host: Address the app's node binds.
+        secret: The cluster secret.
+        broker: Accepted for Celery code, and ignored with a warning.
+        backend: Accepted for Celery code, and ignored with a warning.
         **conf: Any other setting (``app.conf``), by Celery's name.
     """
 

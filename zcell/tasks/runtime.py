@@ -18,17 +18,18 @@ import gevent
 
 from .. import _wire as wire
 from .._transport.loop import Flag
-from ..errors import CallTimeout, ZcellError
+from ..errors import ZcellError
 from .records import Expiring
 
 if TYPE_CHECKING:
+    from ..actors.actor import Actor
     from ..actors.proxy import ActorProxy
     from ..node import Node
     from .app import App
     from .dispatch import Dispatcher
     from .worker import Worker
 
-__all__ = ["Runtime", "attach", "runtime_of"]
+__all__ = ["AGENT_TYPE", "Runtime", "claim_runtime", "forget_runtime", "runtime_of"]
 
 log = logging.getLogger("zcell.tasks")
 
@@ -36,6 +37,8 @@ _runtimes: weakref.WeakKeyDictionary[Node, Runtime] = weakref.WeakKeyDictionary(
 _lock = threading.Lock()
 #: Seconds a node waits for another agent's list of remembered revokes.
 REVOKED_PULL_TIMEOUT = 2.0
+#: The task agent's actor type (``agent.py``).
+AGENT_TYPE = "zcell.tasks.agent"
 #: Seconds another thread waits for a runtime being started.
 READY_TIMEOUT = 30.0
 #: Node statistics() counter of task messages from the wire that were dropped.
@@ -62,12 +65,11 @@ class Runtime:
         self.ready = Flag()  # set once started (attach() from another thread waits)
         node.stats.setdefault(DROPPED, 0)
 
-    def start(self) -> None:
-        """Host the agent on this node and learn the mesh's remembered revokes."""
-        from .agent import TaskAgent
-
-        self.node.register(TaskAgent)
-        self.agent = self.node.spawn(TaskAgent, on=self.node.id)
+    def start(self, agent_cls: type[Actor]) -> None:
+        """Host the task agent on this node and start the dispatcher (which
+        also learns the revokes the mesh remembers)."""
+        self.node.register(agent_cls)
+        self.agent = self.node.spawn(agent_cls, on=self.node.id)
         self.dispatcher.start()
         self.ready.set()
 
@@ -75,8 +77,6 @@ class Runtime:
         """Ask each task agent this node has not asked yet for the revokes it
         remembers (loop thread; the dispatcher calls it each round), so that a
         node that joins later learns them, and so does one a partition healed."""
-        from .agent import AGENT_TYPE
-
         own = self.agent.id if self.agent is not None else None
         for agent in self.node.actors(AGENT_TYPE):
             if agent.id != own and agent.id not in self.pulled:
@@ -115,21 +115,18 @@ def runtime_of(node: Node) -> Runtime | None:
     return _runtimes.get(node)
 
 
-def attach(app: App, node: Node) -> Runtime:
-    """The node's task runtime, made and started on first use."""
+def claim_runtime(app: App, node: Node) -> tuple[Runtime, bool]:
+    """The node's runtime, made if missing: (runtime, True when this call made it
+    and must start it)."""
     with _lock:
         runtime = _runtimes.get(node)
-        fresh = runtime is None
-        if runtime is None:
-            runtime = _runtimes[node] = Runtime(app, node)
-    if not fresh:
-        if not runtime.ready.wait(READY_TIMEOUT):
-            raise CallTimeout(f"the task layer of node {node.name} did not start")
-        return runtime
-    try:
-        runtime.start()
-    except BaseException:
-        with _lock:
-            _runtimes.pop(node, None)
-        raise
-    return runtime
+        if runtime is not None:
+            return runtime, False
+        runtime = _runtimes[node] = Runtime(app, node)
+        return runtime, True
+
+
+def forget_runtime(node: Node) -> None:
+    """Drop the node's runtime (its start failed)."""
+    with _lock:
+        _runtimes.pop(node, None)

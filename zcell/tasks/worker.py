@@ -34,12 +34,13 @@ from greenlet import getcurrent
 
 from ..actors.actor import Actor
 from ..errors import NodeStopped, ProtocolError, ZcellError, error_wire
+from .agent import attach
 from .errors import NotRegistered, Retry, TaskRevokedError
 from .message import check
 from .records import Expiring
 from .request import Request
 from .routing import check_queue, queue_actor_name
-from .runtime import DROPPED, Runtime, attach, runtime_of
+from .runtime import DROPPED, Runtime, runtime_of
 from .states import FAILURE, RETRY, REVOKED, STARTED, SUCCESS
 
 if TYPE_CHECKING:
