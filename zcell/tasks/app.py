@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import runpy
+import sys
 import threading
 import time
 import uuid
@@ -43,6 +45,8 @@ log = logging.getLogger("zcell.tasks")
 
 #: Seconds ``close()`` waits for tasks that no worker holds yet, by default.
 FLUSH_TIMEOUT = 10.0
+#: The commands of the ``zcell`` command line that take ``-A app``.
+APP_COMMANDS = frozenset({"worker"})
 #: The options ``apply_async``/``send_task`` take.
 SEND_OPTIONS = frozenset(
     {
@@ -303,6 +307,27 @@ class App:
                     f"{entry.queue!r}, or raise task_pending_max"
                 )
             Flag().wait(0.05)
+
+    def start(self, argv: list[str] | None = None) -> None:
+        """Run the ``zcell`` command line with this app (Celery's ``app.start()``):
+        ``python -m proj.celery worker -l info`` runs ``zcell worker -A proj -l info``.
+
+        ``argv`` defaults to ``sys.argv[1:]``; ``-A <main>`` is added for the
+        commands that take an app when none is given. Exits with the command's code.
+        """
+        args = list(sys.argv[1:] if argv is None else argv)
+        if args and args[0] in APP_COMMANDS and not {"-A", "--app"} & set(args):
+            if not self.main:
+                raise SystemExit("app.start(): give the app a name (App('proj')) or pass -A")
+            args[1:1] = ["-A", self.main]
+        saved = sys.argv
+        sys.argv = ["zcell", *args]
+        try:
+            # The command line sits above this layer: run it by module name, as
+            # `python -m zcell` would (it exits with the command's code).
+            runpy.run_module("zcell", run_name="__main__", alter_sys=True)
+        finally:
+            sys.argv = saved
 
     # -- results ----------------------------------------------------------------
 
