@@ -266,3 +266,47 @@ def test_close_flushes_tasks_to_a_worker_before_stopping_the_node(
         t.mark.delay(str(path), 0.2)
     t.app.close(timeout=10 * SLOW)  # returns once a worker holds each
     wait_until(lambda: path.exists() and len(path.read_text().splitlines()) == 3, 10, "3 runs")
+
+
+def test_update_state_and_track_started_show_while_the_task_runs(workers: Workers) -> None:
+    workers(1)
+    result = t.progress.delay()
+    wait_until(lambda: result.state == "PROGRESS", 10, "the custom state")
+    assert result.result == {"done": 1}
+    assert result.get(timeout=10 * SLOW) == "ok"
+    started = t.mark.apply_async(("/dev/null", 0.5), track_started=True)
+    wait_until(lambda: started.state == "STARTED", 10, "STARTED")
+    started.get(timeout=10 * SLOW)
+
+
+def test_then_link_and_link_error_follow_the_outcome(workers: Workers) -> None:
+    workers(1)
+    seen: list[Any] = []
+    result = t.add.delay(1, 1)
+    result.then(lambda r: seen.append(r.result))
+    assert result.get(timeout=10 * SLOW) == 2
+    wait_until(lambda: seen == [2], 5, "the then() callback")
+    linked = t.add.apply_async((2, 3), link="zcell_test_tasks.noted")  # noted(5)
+    linked.get(timeout=10 * SLOW)
+    wait_until(lambda: t.NOTED == [5], 10, "the linked task to run")
+    t.NOTED.clear()
+    failing = t.fail.apply_async(("TypeError",), link_error=t.noted)
+    with pytest.raises(TypeError):
+        failing.get(timeout=10 * SLOW)
+    wait_until(lambda: t.NOTED == [failing.id], 10, "the link_error task to run")
+
+
+def test_a_stopping_worker_gives_held_tasks_back_to_run_elsewhere(
+    workers: Workers, tmp_path: Path
+) -> None:
+    (w1,) = workers(1, concurrency=1, prefetch=4)
+    path = tmp_path / "runs"
+    running = t.mark.delay(str(path), 1.0, "first")
+    wait_until(path.exists, 10, "the first task to start")
+    held = [t.mark.delay(str(path), 0, i) for i in range(3)]
+    wait_until(lambda: w1.held == 4, 10, "w1 to hold all four")
+    (w2,) = workers(1)
+    assert w1.stop(timeout=10 * SLOW) == 0  # the running one finished
+    assert running.get(timeout=10 * SLOW) == "first"
+    assert [r.get(timeout=10 * SLOW) for r in held] == [0, 1, 2]
+    assert {r.worker for r in held} == {w2.node.name}

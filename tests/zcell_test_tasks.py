@@ -105,3 +105,13 @@ def progress(self: Any) -> str:
     self.update_state(state="PROGRESS", meta={"done": 1})
     gevent.sleep(0.5)
     return "ok"
+
+
+#: Task ids ``noted`` saw (in this process: for in-process workers).
+NOTED: list[str] = []
+
+
+@app.task
+def noted(task_id: Any) -> None:
+    """A ``link_error`` target: records the failed task's id."""
+    NOTED.append(task_id)

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = ["find_app", "register"]
 
+#: The least handler bound of a worker's node (``zcell node``'s default).
+NODE_CONCURRENCY = 1000
 #: Seconds a stopping worker lets its running tasks finish.
 SHUTDOWN_TIMEOUT = 10.0
 #: Seconds a one-shot client waits to see a worker (or another agent) in the mesh.
@@ -115,7 +117,10 @@ def _mesh_from_app(args: argparse.Namespace, app: App) -> None:
     """The node options: the command's flags, else the app's mesh settings."""
     conf = app.conf
     args.actors = []
-    args.concurrency = 1000  # the node's handler bound (tasks have their own: -c)
+    # The node's handler bound: room for every task the worker may hold (each
+    # waits in a handler) and for other messages; tasks have their own bound (-c).
+    held = (args.worker_concurrency or conf.worker_concurrency) * conf.worker_prefetch_multiplier
+    args.concurrency = max(NODE_CONCURRENCY, 2 * held)
     args.cluster = args.cluster or conf.cluster
     args.host = args.host or conf.host
     args.peer = list(args.peer) + [p for p in conf.peers if p not in args.peer]
