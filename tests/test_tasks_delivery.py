@@ -149,9 +149,9 @@ def test_a_worker_holds_concurrency_times_prefetch_and_the_rest_wait_at_the_subm
     (w,) = workers(1, concurrency=1, prefetch=2)
     path = str(tmp_path / "runs")
     results = [t.mark.delay(path, 0.3, i) for i in range(5)]
-    wait_until(lambda: w.held == 2, 10, "the worker to hold 2 tasks")
     dispatcher = t.app._runtime().dispatcher
-    assert t.app.node.call_in_loop(dispatcher.waiting_count) == 3
+    wait_until(lambda: w.held == 2, 10, "the worker to hold 2 tasks")
+    wait_until(lambda: t.app.node.call_in_loop(dispatcher.waiting_count) == 3, 10, "3 to wait")
     assert w.held == 2
     assert [r.get(timeout=20 * SLOW) for r in results] == [0, 1, 2, 3, 4]
     assert len(Path(path).read_text().splitlines()) == 5
