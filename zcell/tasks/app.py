@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["App", "TaskRegistry"]
 
-log = logging.getLogger("zcell.tasks")
+log = logging.getLogger(__name__)
 
 #: Seconds ``close()`` waits for tasks that no worker holds yet, by default.
 FLUSH_TIMEOUT = 10.0

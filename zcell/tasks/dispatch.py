@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Dispatcher", "Entry"]
 
-log = logging.getLogger("zcell.tasks")
+log = logging.getLogger(__name__)
 
 #: Seconds between re-checks of waiting tasks when nothing else wakes the pump
 #: (a safety net: consumers joining and "room" notices wake it at once).
@@ -99,6 +99,7 @@ class Dispatcher:
         self.inflight: collections.Counter[str] = collections.Counter()
         self.capacity: dict[str, int] = {}  # consumer actor id -> its worker's capacity
         self.turn: collections.Counter[str] = collections.Counter()  # queue -> round-robin
+        self.expiring: set[str] = set()  # queues where a task with an expiry may wait
         self._wake: Event | None = None
         self._pump: gevent.Greenlet | None = None
 
@@ -147,6 +148,8 @@ class Dispatcher:
         entry.held = entry.claimed = False
         entry.consumer = None
         queue = self.waiting.setdefault(entry.queue, collections.deque())
+        if entry.msg["expires"] is not None:
+            self.expiring.add(entry.queue)
         if front:
             queue.appendleft(entry)
         else:
@@ -163,7 +166,7 @@ class Dispatcher:
         """Push waiting tasks to consumers with room; expire the overdue."""
         now = time.time()
         for queue, tasks in list(self.waiting.items()):
-            self._expire(tasks, now)
+            self._expire(queue, tasks, now)
             if not tasks:
                 continue
             consumers = self._with_room(queue)
@@ -175,10 +178,16 @@ class Dispatcher:
                 if not self._has_room(consumer.id):
                     consumers.remove(consumer)
 
-    def _expire(self, tasks: collections.deque[Entry], now: float) -> None:
-        for entry in [e for e in tasks if e.msg["expires"] is not None and e.msg["expires"] <= now]:
-            tasks.remove(entry)
-            self.finish(entry, REVOKED, TaskRevokedError(f"task {entry.id} expired"))
+    def _expire(self, queue: str, tasks: collections.deque[Entry], now: float) -> None:
+        if queue not in self.expiring:
+            return  # no task with an expiry waits there: skip the scan
+        dated = [e for e in tasks if e.msg["expires"] is not None]
+        if not dated:
+            self.expiring.discard(queue)
+        for entry in dated:
+            if entry.msg["expires"] <= now:
+                tasks.remove(entry)
+                self.finish(entry, REVOKED, TaskRevokedError(f"task {entry.id} expired"))
 
     def _with_room(self, queue: str) -> list[ActorProxy]:
         return [p for p in self.node.actors(queue_actor_name(queue)) if self._has_room(p.id)]

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AGENT_TYPE", "Runtime", "claim_runtime", "forget_runtime", "runtime_of"]
 
-log = logging.getLogger("zcell.tasks")
+log = logging.getLogger(__name__)
 
 _runtimes: weakref.WeakKeyDictionary[Node, Runtime] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
@@ -78,10 +78,11 @@ class Runtime:
         remembers (loop thread; the dispatcher calls it each round), so that a
         node that joins later learns them, and so does one a partition healed."""
         own = self.agent.id if self.agent is not None else None
-        for agent in self.node.actors(AGENT_TYPE):
-            if agent.id != own and agent.id not in self.pulled:
-                self.pulled.add(agent.id)
-                gevent.spawn(self._pull_from, agent)
+        # The directory's index, not proxies: this runs every dispatcher round.
+        for agent_id in list(self.node.directory.of_type(AGENT_TYPE)):
+            if agent_id != own and agent_id not in self.pulled:
+                self.pulled.add(agent_id)
+                gevent.spawn(self._pull_from, self.node.lookup(agent_id))
 
     def _pull_from(self, agent: ActorProxy) -> None:
         try:

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = ["QueueConsumer", "Worker"]
 
-log = logging.getLogger("zcell.tasks")
+log = logging.getLogger(__name__)
 
 #: Seconds a worker waits for a submitter to answer a claim (then runs the task).
 CLAIM_TIMEOUT = 5.0
