@@ -141,3 +141,15 @@ def test_more_than_task_pending_max_waiting_tasks_raise_task_pending_full(task_a
             t.add.delay(1, 3)
     finally:
         app.conf.update(task_pending_max=100_000, task_pending_wait=10.0)
+
+
+def test_the_worker_finds_the_app_as_celery_does() -> None:
+    from zcell.cli.common import UsageError
+    from zcell.cli.tasks import find_app
+
+    assert find_app("zcell_test_tasks") is t.app  # module.app
+    assert find_app("zcell_test_tasks:app") is t.app  # exact
+    with pytest.raises(UsageError, match="no App named 'nope'"):
+        find_app("zcell_test_tasks:nope")
+    with pytest.raises(UsageError, match="tried json.app, json.celery, any App in json"):
+        find_app("json")

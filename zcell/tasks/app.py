@@ -334,7 +334,8 @@ class App:
     def AsyncResult(self, task_id: str) -> TaskResult:  # noqa: N802 - Celery's name
         """The result of task ``task_id``, sent by any program of the mesh."""
         runtime = self._runtime()
-        entry = runtime.dispatcher.known.get(task_id)
+        # The dispatcher's state is the loop thread's: read it there.
+        entry = self.node.call_in_loop(runtime.dispatcher.known.get, task_id)
         return TaskResult(task_id, self, entry)
 
     def _lookup(self, task_id: str) -> dict[str, Any] | None:
