@@ -143,3 +143,22 @@ def test_the_worker_banner_lists_app_mesh_queues_concurrency_and_tasks(procs: An
 def test_a_worker_without_an_app_is_a_usage_error(spec: str, message: str) -> None:
     done = _zcell("worker", "-A", spec, "--no-mdns")
     assert done.returncode == 2 and message in done.stderr
+
+
+def test_a_program_that_exits_without_close_hands_its_tasks_over_first(
+    procs: Any, tmp_path: Path
+) -> None:
+    cluster = unique_cluster()
+    _, inbox = start_zcell_worker(procs, "w1", cluster, "-c", "1")
+    path = tmp_path / "runs"
+    script = (
+        "import zcell_test_tasks as t\n"
+        f"t.app.conf.update(cluster={cluster!r}, peers=[{inbox!r}])\n"
+        f"for i in range(3):\n    t.mark.delay({str(path)!r}, 0.2)\n"
+    )  # no close(): the exit hook flushes
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True,
+        timeout=30 * SLOW, env=child_env(), cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: len(_runs(path)) == 3, 10, "the three tasks to run")
