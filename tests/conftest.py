@@ -188,3 +188,34 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if report.skipped and os.environ.get("CI") == "true" and item.get_closest_marker("netns"):
         report.outcome = "failed"
         report.longrepr = f"network-namespace test skipped on CI: {report.longrepr}"
+
+
+def start_zcell_worker(
+    procs: Callable[..., Any], name: str, cluster: str, *extra: str, peer: str | None = None
+) -> tuple[Any, str]:
+    """``zcell worker -A zcell_test_tasks --no-mdns --name NAME --cluster CLUSTER *extra``
+    as a child process (from the ``procs`` fixture), joined to ``peer`` if given;
+    returns (proc, inbox endpoint) once ready."""
+    argv = ["zcell", "worker", "-A", "zcell_test_tasks", "--no-mdns", "--name", name]
+    argv += ["--cluster", cluster, *extra]
+    if peer is not None:
+        argv += ["--peer", peer]
+    proc = procs(argv)
+    inbox = proc.wait_for_line(r"inbox:\s+(\S+)", 15 * SLOW).group(1)
+    proc.wait_for_line("^ready$", 15 * SLOW)
+    return proc, inbox
+
+
+@pytest.fixture
+def task_app() -> Iterator[Callable[..., Any]]:
+    """``task_app(peers=[inbox], cluster=c)``: the tests' task app (zcell_test_tasks.app)
+    pointed at a mesh; closed (its node stopped) at teardown."""
+    from zcell_test_tasks import app
+
+    def point(**mesh: Any) -> Any:
+        app.close(timeout=0.0)
+        app.conf.update(discovery="static", **mesh)
+        return app
+
+    yield point
+    app.close(timeout=0.0)

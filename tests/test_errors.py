@@ -411,7 +411,7 @@ def test_no_such_actor_reads_like_a_sentence_not_a_key_repr() -> None:
 
 # -- the public surface ----------------------------------------------------------------
 
-#: The public names API.md lists (sections 1-5).
+#: The public names API.md lists (sections 1-5), and TASKS.md's (sections 1-4).
 API_NAMES = {
     # 1. Defining actors; 3. Talking to actors
     "Actor",
@@ -438,6 +438,22 @@ API_NAMES = {
     "NodeStopped",
     "NameTaken",
     "IncompatibleProtocol",  # issue 14: a node of another protocol major
+    # TASKS.md 1-4 (issue 15): the app, results, the task layer's errors
+    "App",
+    "TaskResult",
+    "TaskError",
+    "NotRegistered",
+    "UnknownSetting",
+    "SettingLocked",
+    "TaskPendingFull",
+    "WorkerLostError",
+    "TaskRevokedError",
+    "TaskTimeout",
+    "Retry",
+    "MaxRetriesExceededError",
+    "SoftTimeLimitExceeded",
+    "TimeLimitExceeded",
+    "NoBrokerNeeded",
 }
 
 

@@ -75,6 +75,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("zcell._transport",),
     ("zcell._mesh",),
     ("zcell.actors",),
+    ("zcell.node",),  # Node = the mesh node with the actor layer plugged in
+    ("zcell.tasks",),
     ("zcell", "zcell.__main__", "zcell.cli"),
 )
 #: Edges up the layers that stay until their modules are reworked, as (importer,

@@ -12,6 +12,8 @@ Fenced blocks are tested according to their info string:
   ``zcell node -A examples.hello``; each output line must match (``...`` matches
   anything, runs of spaces match any spacing, and a 32-hex actor id in the README
   stands for the id the command really printed, in later commands too).
+- ```` ```console test-with-worker ````: ``$ zcell ...`` commands run against a fresh
+  ``zcell worker -A proj`` started in ``examples/`` (Celery's "Next Steps" project).
 - ```` ```sh ```` and ```` ```text ````: the two commands and the CLI synopsis,
   checked below (``zcell demo`` itself runs in test_cli.py).
 
@@ -29,7 +31,8 @@ import shlex
 from dataclasses import dataclass
 
 import pytest
-from conftest import ROOT, SLOW, run_block, unique_cluster, with_cluster
+from conftest import ROOT, SLOW, child_env, run_block, unique_cluster, with_cluster
+from netns import Proc
 
 from zcell.cli import build_parser, main
 
@@ -102,6 +105,7 @@ def test_every_block_is_of_a_kind_this_module_tests():
         ("console", ("node-banner",)),
         ("pycon", ("test-with-node",)),
         ("console", ("test-with-node",)),
+        ("console", ("test-with-worker",)),
     }
     assert {(b.lang, b.tags) for b in readme_blocks()} <= known
     assert blocks_of("pycon", "test-with-node") and blocks_of("console", "test-with-node")
@@ -178,6 +182,25 @@ def test_the_walkthrough_shell_session_works_against_a_zcell_node(procs, capsys)
         out, err = capsys.readouterr()
         assert code == 0, f"$ {command}\n{out}{err}"
         assert_lines_match(expected, out.splitlines(), ids, command)
+
+
+def test_the_tasks_shell_session_works_against_a_zcell_worker(procs, capsys):
+    (block,) = blocks_of("console", "test-with-worker")
+    cluster = unique_cluster()
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "examples"), env["PYTHONPATH"]])
+    worker = Proc(["zcell", "worker", "-A", "proj", "--cluster", cluster], None, env=env)
+    try:
+        worker.wait_for_line("^ready$", 15 * SLOW)
+        for command, expected in console_session(block.text):
+            argv = shlex.split(command)
+            assert argv[0] == "zcell"
+            code = main([*argv[1:], "--cluster", cluster])
+            out, err = capsys.readouterr()
+            assert code == 0, f"$ {command}\n{out}{err}"
+            assert_lines_match(expected, out.splitlines(), {}, command)
+    finally:
+        worker.kill()
 
 
 def console_session(text: str) -> list[tuple[str, list[str]]]:

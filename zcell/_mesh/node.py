@@ -1026,6 +1026,33 @@ class Node:
                 )
             Flag().wait(0.01)
 
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` soon in this node's loop thread; returns at once.
+
+        For layers above the mesh (the task layer) whose state lives in the loop
+        thread: a program thread hands work to it here instead of racing it.
+        ``fn`` runs as a hub callback: it must not block (spawn a greenlet to
+        wait). Its exceptions are logged, never raised.
+
+        Raises:
+            NodeStopped: The node is not running.
+        """
+        self._check_running(nested=True)
+        self._loop.submit(fn, *args)
+
+    def call_in_loop(self, fn: Callable[..., Any], *args: Any, timeout: float | None = 30.0) -> Any:
+        """Run ``fn(*args)`` in a greenlet of this node's loop and return its value.
+
+        Directly when called from the loop thread; from any other thread it
+        waits at most ``timeout`` seconds (``fn``'s exception is raised here).
+
+        Raises:
+            NodeStopped: The node is not running.
+            CallTimeout: The loop did not run ``fn`` to its end within ``timeout``.
+        """
+        self._check_running(nested=True)
+        return self._run(fn, *args, timeout=timeout)
+
     def _binding(
         self, op: str, source: ActorProxy, target: Any, kind: str, timeout: float | None = None
     ) -> None:

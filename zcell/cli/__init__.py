@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from . import clients, demo, node
+from . import clients, demo, node, tasks
 from .common import Failure, UsageError, parse_kv, read_secret
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ __all__ = ["FAMILIES", "build_parser", "main", "parse_kv", "read_secret"]
 #: Each family's ``register``, in the order ``zcell --help`` lists their commands.
 FAMILIES: tuple[Callable[[Subcommands], None], ...] = (
     node.register,
+    tasks.register,
     clients.register,
     demo.register,
 )

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .common import Failure, UsageError, add_command, lines, mesh_options, read_secret
@@ -69,6 +70,20 @@ def register(sub: Subcommands) -> None:
 
 def cmd_node(args: argparse.Namespace) -> int:
     """Run a node until SIGINT/SIGTERM, then stop gracefully (exit 0)."""
+    prepare(args)
+    if args.no_mdns and not args.peer:
+        logging.getLogger("zcell").info("static discovery without --peer: waiting to be joined")
+    _import_actors(args.actors)
+    stop = _stop_on_signals()
+    node, me = _start(args)
+    _banner(node, me, args)
+    serve(node, stop, args)
+    return 0
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """Before any user module loads: monkey-patch (unless --no-patch), set up
+    logging, and make the current directory importable."""
     if not args.no_patch:
         # Before zcell or any user module is imported, so that their blocking
         # I/O (sockets, time.sleep, database clients) yields to other handlers.
@@ -82,24 +97,29 @@ def cmd_node(args: argparse.Namespace) -> int:
     # As `python -m` and celery do: modules in the current directory can be named.
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
-    if args.no_mdns and not args.peer:
-        logging.getLogger("zcell").info("static discovery without --peer: waiting to be joined")
-    _import_actors(args.actors)
-    stop = _stop_on_signals()
-    node, me = _start(args)
-    _banner(node, me, args)
+
+
+def serve(
+    node: Node,
+    stop: list[int],
+    args: argparse.Namespace,
+    before_stop: Callable[[], None] | None = None,
+) -> None:
+    """Run until a signal (or the node stops itself), then ``before_stop()`` and a
+    graceful stop. Raises ``Failure`` when the node stopped itself."""
     try:
         while not stop and node.failure is None:
             time.sleep(0.1)
     finally:
+        if before_stop is not None:
+            before_stop()
         node.stop()
         if args.json:
             lines(json.dumps({"event": "stopped", "name": node.name}))
         else:
-            lines(f"zcell node {node.name} stopped")
+            lines(f"zcell {args.command} {node.name} stopped")
     if node.failure is not None:  # it stopped itself: e.g. its name is taken
         raise Failure(str(node.failure))
-    return 0
 
 
 def _import_actors(specs: list[str]) -> None:

@@ -4,8 +4,10 @@
 layer, above ``zcell.actors`` and the mesh, below the command line.
 """
 
+from .app import App
 from .errors import (
     MaxRetriesExceededError,
+    NoBrokerNeeded,
     NotRegistered,
     Retry,
     SettingLocked,
@@ -18,18 +20,26 @@ from .errors import (
     UnknownSetting,
     WorkerLostError,
 )
+from .result import TaskResult
+from .task import Task
+from .worker import Worker
 
 __all__ = [
+    "App",
     "MaxRetriesExceededError",
+    "NoBrokerNeeded",
     "NotRegistered",
     "Retry",
     "SettingLocked",
     "SoftTimeLimitExceeded",
     "TaskError",
+    "Task",
     "TaskPendingFull",
+    "TaskResult",
     "TaskRevokedError",
     "TaskTimeout",
     "TimeLimitExceeded",
     "UnknownSetting",
+    "Worker",
     "WorkerLostError",
 ]

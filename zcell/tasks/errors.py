@@ -25,6 +25,7 @@ __all__ = [
     "MaxRetriesExceededError",
     "SoftTimeLimitExceeded",
     "TimeLimitExceeded",
+    "NoBrokerNeeded",
 ]
 
 
@@ -133,3 +134,8 @@ class SoftTimeLimitExceeded(TaskError):
 
 class TimeLimitExceeded(TaskError):
     """The task ran past its ``time_limit`` and was killed; it failed with this."""
+
+
+class NoBrokerNeeded(UserWarning):
+    """Warned (once per app) for ``broker=``/``backend=``: zcell needs neither,
+    so they are ignored. Remove the argument to silence it."""

@@ -1,0 +1,155 @@
+"""The app, its settings, tasks and routing: what needs no worker."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import zcell_test_tasks as t
+from conftest import unique_cluster
+
+from zcell import (
+    App,
+    NoBrokerNeeded,
+    ProtocolError,
+    SerializationError,
+    SettingLocked,
+    TaskPendingFull,
+    UnknownSetting,
+    ZcellError,
+)
+from zcell.tasks import message
+from zcell.tasks.routing import route
+
+
+def test_an_unknown_setting_is_a_typed_error_naming_the_closest_one() -> None:
+    app = App("x")
+    with pytest.raises(UnknownSetting, match="did you mean result_expires"):
+        app.conf.result_expire = 10
+    with pytest.raises(AttributeError):
+        _ = app.conf.task_default_queu
+    with pytest.raises(KeyError):
+        app.conf.update(task_acks_lat=True)
+    with pytest.raises(ZcellError):
+        App("y", worker_concurency=2)
+
+
+def test_settings_read_and_write_by_attribute_item_and_update() -> None:
+    app = App("x", result_expires=60)
+    app.conf.update(task_default_queue="q1")
+    app.conf["worker_prefetch_multiplier"] = 2
+    app.conf.task_acks_late = True
+    assert app.conf.result_expires == 60
+    assert app.conf["task_default_queue"] == "q1"
+    assert app.conf.worker_prefetch_multiplier == 2
+    assert app.conf.task_acks_late is True
+    assert app.conf.task_default_queue == "q1"
+
+
+def test_broker_and_backend_are_accepted_and_ignored_with_one_warning() -> None:
+    with pytest.warns(NoBrokerNeeded, match="needed") as warned:
+        app = App("proj", broker="amqp://", backend="rpc://", include=["proj.tasks"])
+    assert len(warned) == 1
+    assert app.include == ["proj.tasks"]
+
+
+def test_mesh_settings_are_locked_while_the_apps_node_runs() -> None:
+    app = App("x", cluster=unique_cluster(), discovery="static")
+    try:
+        app.node  # noqa: B018 - starts the client node
+        with pytest.raises(SettingLocked, match=r"app\.close\(\)"):
+            app.conf.cluster = "other"
+        app.conf.result_expires = 5  # other settings may change
+    finally:
+        app.close(timeout=0)
+    app.conf.cluster = unique_cluster()  # allowed again after close()
+
+
+def test_task_names_default_to_module_and_function_and_options_are_checked() -> None:
+    app = App("x")
+
+    @app.task
+    def plain() -> int:
+        return 1
+
+    @app.task(name="custom.name", queue="hipri")
+    def named() -> int:
+        return 2
+
+    assert plain.name == f"{__name__}.plain"
+    assert app.tasks["custom.name"] is named
+    assert named.queue == "hipri"
+    with pytest.raises(TypeError, match="max_retrys"):
+        app.task(max_retrys=3)(lambda: None)
+    with pytest.raises(KeyError, match="did you mean"):
+        app.tasks["custom.nam"]
+
+
+def test_calling_a_task_runs_it_here_without_a_message() -> None:
+    assert t.add(2, 3) == 5
+    assert t.whoami()["id"] == ""  # bound: an eager request
+
+
+def test_routing_order_queue_option_then_routes_then_task_queue_then_default() -> None:
+    routes = [{"proj.tasks.mul": {"queue": "exact"}}, {"proj.tasks.*": "glob"}]
+    common: dict[str, Any] = {"routes": routes, "task_queue": "own", "default": "celery"}
+    assert route("proj.tasks.mul", queue="given", **common) == "given"
+    assert route("proj.tasks.mul", queue=None, **common) == "exact"
+    assert route("proj.tasks.add", queue=None, **common) == "glob"
+    assert route("other.add", queue=None, **common) == "own"
+    assert (
+        route("other.add", queue=None, routes=None, task_queue=None, default="celery") == "celery"
+    )
+    exact_beats_glob = {"a.*": {"queue": "glob"}, "a.b": {"queue": "exact"}}
+    assert (
+        route("a.b", queue=None, routes=exact_beats_glob, task_queue=None, default="d") == "exact"
+    )
+    with pytest.raises(ValueError, match="queue name"):
+        route("a", queue="bad queue", routes=None, task_queue=None, default="d")
+
+
+def test_a_malformed_task_message_is_a_protocol_error() -> None:
+    good = message.make(id="1", name="n", args=[], kwargs={}, queue="q", reply_to=None)
+    for bad in (None, [], {**good, "args": "x"}, {**good, "retries": True}, {**good, "id": ""}):
+        with pytest.raises(ProtocolError):
+            message.check(bad)
+    with pytest.raises(ProtocolError, match="reply_to"):
+        message.check(good)  # no agent to claim at
+
+
+def test_eta_is_utc_seconds_and_naive_datetimes_are_utc() -> None:
+    naive = datetime(2030, 1, 1, 12, 0)
+    aware = naive.replace(tzinfo=UTC)
+    assert message.epoch(naive) == message.epoch(aware) == aware.timestamp()
+
+
+def test_arguments_that_do_not_serialise_raise_at_once(task_app: Any) -> None:
+    app = task_app(cluster=unique_cluster(), peers=[])
+    with pytest.raises(SerializationError):
+        t.add.delay(object(), 1)
+    assert app.node.statistics()["members"] == 1
+
+
+def test_more_than_task_pending_max_waiting_tasks_raise_task_pending_full(task_app: Any) -> None:
+    app = task_app(cluster=unique_cluster(), peers=[])
+    app.conf.update(task_pending_max=2, task_pending_wait=0.2)
+    try:
+        t.add.delay(1, 1)
+        t.add.delay(1, 2)  # no worker: both wait here
+        with pytest.raises(TaskPendingFull, match="task_pending_max"):
+            t.add.delay(1, 3)
+    finally:
+        app.conf.update(task_pending_max=100_000, task_pending_wait=10.0)
+
+
+def test_the_worker_finds_the_app_as_celery_does() -> None:
+    from zcell.cli.common import UsageError
+    from zcell.cli.tasks import find_app
+
+    assert find_app("zcell_test_tasks") is t.app  # module.app
+    assert find_app("zcell_test_tasks:app") is t.app  # exact
+    with pytest.raises(UsageError, match="no App named 'nope'"):
+        find_app("zcell_test_tasks:nope")
+    with pytest.raises(UsageError, match="tried json.app, json.celery, any App in json"):
+        find_app("json")

@@ -1,0 +1,312 @@
+"""Delivery without a broker, on in-process worker nodes over real sockets:
+calling, routing, fair push with back-pressure, waiting for consumers, expiry,
+ETA, revoke, results, bad input, nested get()."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zcell_test_tasks as t
+from conftest import SLOW, MakeNode, unique_cluster, wait_until
+
+from zcell import (
+    NotRegistered,
+    RemoteError,
+    TaskRevokedError,
+    TaskTimeout,
+)
+from zcell.tasks import Worker
+from zcell.tasks.runtime import DROPPED
+
+Workers = Callable[..., list[Worker]]
+
+
+@pytest.fixture
+def workers(make_node: MakeNode, task_app: Any) -> Iterator[Workers]:
+    """``workers(2, concurrency=1)``: worker nodes in a cluster of their own, with the
+    test app pointed at the first (``.cluster``: that cluster, for late joiners)."""
+    cluster = unique_cluster()
+    made: list[Worker] = []
+    first: list[str] = []
+
+    def start(n: int, queues: list[str] | None = None, **options: Any) -> list[Worker]:
+        out = []
+        for _ in range(n):
+            peers = first[:1]
+            node = make_node(f"w{len(made) + 1}", cluster=cluster, peers=peers)
+            if not first:
+                first.append(node.endpoints["inbox"])
+                task_app(cluster=cluster, peers=first)
+            worker = Worker(t.app, node, queues, **options).start()
+            made.append(worker)
+            out.append(worker)
+        return out
+
+    start.cluster = cluster  # type: ignore[attr-defined]
+    yield start
+    t.app.close(timeout=0)
+    for worker in made:
+        worker.stop(timeout=0.5)
+
+
+def test_delay_and_apply_async_return_results_with_state_and_worker(workers: Workers) -> None:
+    (w,) = workers(1)
+    result = t.add.delay(2, 2)
+    assert result.get(timeout=10 * SLOW) == 4
+    assert (result.state, result.successful(), result.ready(), result.worker) == (
+        "SUCCESS", True, True, w.node.name,
+    )  # fmt: skip
+    assert result.date_done is not None and result.name == "zcell_test_tasks.add"
+    assert t.mul.apply_async((3, 4)).get(timeout=10 * SLOW) == 12
+    assert t.app.send_task("zcell_test_tasks.add", args=[1, 2]).get(timeout=10 * SLOW) == 3
+
+
+def test_a_bound_task_sees_its_request(workers: Workers) -> None:
+    (w,) = workers(1)
+    result = t.whoami.apply_async(task_id="my-id")
+    request = result.get(timeout=10 * SLOW)
+    assert request == {
+        "id": "my-id", "hostname": w.node.name, "retries": 0, "root_id": "my-id",
+        "parent_id": None, "args": [], "queue": "celery",
+    }  # fmt: skip
+
+
+def test_a_task_error_is_re_raised_mirrored_with_its_traceback(workers: Workers) -> None:
+    workers(1)
+    result = t.fail.delay("TypeError")
+    with pytest.raises(TypeError, match="bad type"):
+        result.get(timeout=10 * SLOW)
+    assert result.failed() and "TypeError" in (result.traceback or "")
+    assert isinstance(result.get(propagate=False), RemoteError)
+
+
+@pytest.mark.parametrize("kind", ["SystemExit", "KeyboardInterrupt"])
+def test_a_task_raising_system_exit_or_keyboard_interrupt_fails_only_that_task(
+    workers: Workers, kind: str
+) -> None:
+    workers(1)
+    with pytest.raises(RemoteError, match=kind):
+        t.fail.delay(kind).get(timeout=10 * SLOW)
+    assert t.add.delay(1, 1).get(timeout=10 * SLOW) == 2
+
+
+def test_an_unknown_task_name_fails_with_not_registered_and_the_worker_lives(
+    workers: Workers,
+) -> None:
+    workers(1)
+    result = t.app.send_task("zcell_test_tasks.nope", args=[1])
+    with pytest.raises(RemoteError, match="NotRegistered") as caught:
+        result.get(timeout=10 * SLOW)
+    assert isinstance(caught.value, KeyError) and not isinstance(caught.value, NotRegistered)
+    assert t.add.delay(1, 1).get(timeout=10 * SLOW) == 2
+
+
+def test_a_malformed_task_message_from_the_wire_is_a_counted_drop(workers: Workers) -> None:
+    (w,) = workers(1)
+    consumer = t.app.node.actors("zcell.queue.celery")
+    wait_until(lambda: t.app.node.actors("zcell.queue.celery"), 10, "the consumer")
+    consumer = t.app.node.actors("zcell.queue.celery")
+    for bad in ({"id": 1}, "junk", {"id": "x", "name": "n"}):
+        assert consumer[0].send("run", {"msg": bad}) == {"s": "dropped"}
+    assert w.node.statistics()[DROPPED] == 3
+    assert t.add.delay(1, 1).get(timeout=10 * SLOW) == 2
+
+
+def test_a_result_that_does_not_serialise_fails_the_task(workers: Workers) -> None:
+    workers(1)
+    with pytest.raises(RemoteError, match="SerializationError"):
+        t.unserialisable.delay().get(timeout=10 * SLOW)
+
+
+def test_routing_sends_each_task_to_a_consumer_of_its_queue(workers: Workers) -> None:
+    (hi,) = workers(1, queues=["hipri"])
+    (lo,) = workers(1, queues=["celery"])
+    t.app.conf.task_routes = {"zcell_test_tasks.where": {"queue": "hipri"}}
+    try:
+        assert t.where.delay().get(timeout=10 * SLOW) == hi.node.name
+        assert t.where.apply_async(queue="celery").get(timeout=10 * SLOW) == lo.node.name
+    finally:
+        t.app.conf.task_routes = None
+
+
+def test_two_workers_take_consecutive_tasks_in_turn(workers: Workers) -> None:
+    w1, w2 = workers(2)
+    t.app.node.wait_for(type="zcell.queue.celery", timeout=10 * SLOW)
+    wait_until(lambda: len(t.app.node.actors("zcell.queue.celery")) == 2, 10, "two consumers")
+    names = [t.where.delay().get(timeout=10 * SLOW) for _ in range(6)]
+    assert Counter(names) == {w1.node.name: 3, w2.node.name: 3}
+    assert all(a != b for a, b in zip(names, names[1:], strict=False))
+
+
+def test_a_worker_holds_concurrency_times_prefetch_and_the_rest_wait_at_the_submitter(
+    workers: Workers, tmp_path: Path
+) -> None:
+    (w,) = workers(1, concurrency=1, prefetch=2)
+    path = str(tmp_path / "runs")
+    results = [t.mark.delay(path, 0.3, i) for i in range(5)]
+    dispatcher = t.app._runtime().dispatcher
+    wait_until(lambda: w.held == 2, 10, "the worker to hold 2 tasks")
+    wait_until(lambda: t.app.node.call_in_loop(dispatcher.waiting_count) == 3, 10, "3 to wait")
+    assert w.held == 2
+    assert [r.get(timeout=20 * SLOW) for r in results] == [0, 1, 2, 3, 4]
+    assert len(Path(path).read_text().splitlines()) == 5
+
+
+def test_a_task_sent_before_any_consumer_runs_when_one_joins(
+    workers: Workers, make_node: MakeNode
+) -> None:
+    (w,) = workers(1, queues=["other"])
+    result = t.add.apply_async((5, 5), queue="late")
+    with pytest.raises(TaskTimeout):
+        result.get(timeout=0.3)
+    assert result.state == "PENDING"
+    w.add_consumer("late")
+    assert result.get(timeout=10 * SLOW) == 10
+
+
+def test_a_task_that_expires_while_waiting_is_revoked_and_never_runs(
+    workers: Workers, tmp_path: Path
+) -> None:
+    workers(1, queues=["other"])
+    path = tmp_path / "runs"
+    result = t.mark.apply_async((str(path),), queue="nobody", expires=0.3)
+    with pytest.raises(TaskRevokedError, match="expired"):
+        result.get(timeout=5 * SLOW)
+    assert result.state == "REVOKED" and not path.exists()
+
+
+def test_a_countdown_task_is_held_by_the_worker_until_its_eta(workers: Workers) -> None:
+    (w,) = workers(1)
+    sent = time.time()
+    result = t.add.apply_async((1, 2), countdown=0.6)
+    wait_until(lambda: w.scheduled, 5, "the worker to hold the ETA task")
+    assert result.state == "RECEIVED"
+    assert result.get(timeout=10 * SLOW) == 3
+    assert result.date_done is not None and result.date_done.timestamp() - sent >= 0.6
+
+
+def test_revoke_before_start_means_it_never_runs(workers: Workers, tmp_path: Path) -> None:
+    (w,) = workers(1)
+    path = tmp_path / "runs"
+    result = t.mark.apply_async((str(path),), countdown=30)
+    wait_until(lambda: w.scheduled, 5, "the worker to hold the ETA task")
+    result.revoke()
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=5 * SLOW)
+    wait_until(lambda: not w.scheduled, 5, "the worker to drop it")
+    assert not path.exists()
+
+
+def test_revoke_with_terminate_kills_a_running_task(workers: Workers, tmp_path: Path) -> None:
+    (w,) = workers(1)
+    path = tmp_path / "runs"
+    result = t.mark.delay(str(path), 30)
+    wait_until(path.exists, 10, "the task to start")
+    result.revoke(terminate=True)
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=5 * SLOW)
+    assert result.state == "REVOKED" and not w.running
+
+
+def test_a_worker_that_joins_later_knows_an_earlier_revoke(
+    workers: Workers, tmp_path: Path
+) -> None:
+    workers(1, queues=["other"])
+    path = tmp_path / "runs"
+    t.app.control.revoke("revoked-early")
+    (late,) = workers(1, queues=["celery"])
+    revoked = late.runtime.revoked  # type: ignore[union-attr]
+    wait_until(lambda: late.node.call_in_loop(revoked.__contains__, "revoked-early"), 5, "it")
+    # Its worker refuses it even when the submitter (another program) forgot it.
+    msg_result = t.mark.apply_async((str(path),), task_id="revoked-early")
+    with pytest.raises(TaskRevokedError):
+        msg_result.get(timeout=10 * SLOW)
+    assert not path.exists()
+
+
+def test_async_result_finds_a_finished_task_and_an_unknown_id_is_pending(
+    workers: Workers,
+) -> None:
+    workers(1)
+    result = t.add.delay(20, 22)
+    assert result.get(timeout=10 * SLOW) == 42
+    t.app.close(timeout=0)  # a new program: a new node that sent nothing
+    found = t.app.AsyncResult(result.id)
+    wait_until(lambda: found.ready(), 10, "the record to be found")
+    assert (found.state, found.result, found.get(timeout=1)) == ("SUCCESS", 42, 42)
+    assert found.worker is not None and found.name == "zcell_test_tasks.add"
+    assert t.app.AsyncResult("no-such-id").state == "PENDING"
+
+
+def test_nested_get_with_every_slot_taken_completes(workers: Workers) -> None:
+    workers(2, concurrency=2, prefetch=1)
+    parents = [t.parent.delay(3) for _ in range(6)]  # more parents than the 4 slots
+    assert [p.get(timeout=30 * SLOW) for p in parents] == [3] * 6
+
+
+def test_a_retrying_task_runs_again_with_retries_plus_one(workers: Workers, tmp_path: Path) -> None:
+    workers(1)
+    path = tmp_path / "runs"
+    result = t.flaky.delay(str(path))
+    assert result.get(timeout=10 * SLOW)
+    assert result.retries == 1 and len(path.read_text().splitlines()) == 2
+
+
+def test_close_flushes_tasks_to_a_worker_before_stopping_the_node(
+    workers: Workers, tmp_path: Path
+) -> None:
+    (w,) = workers(1, concurrency=1, prefetch=1)
+    path = tmp_path / "runs"
+    for _ in range(3):
+        t.mark.delay(str(path), 0.2)
+    t.app.close(timeout=10 * SLOW)  # returns once a worker holds each
+    wait_until(lambda: path.exists() and len(path.read_text().splitlines()) == 3, 10, "3 runs")
+
+
+def test_update_state_and_track_started_show_while_the_task_runs(workers: Workers) -> None:
+    workers(1)
+    result = t.progress.delay()
+    wait_until(lambda: result.state == "PROGRESS", 10, "the custom state")
+    assert result.result == {"done": 1}
+    assert result.get(timeout=10 * SLOW) == "ok"
+    started = t.mark.apply_async(("/dev/null", 0.5), track_started=True)
+    wait_until(lambda: started.state == "STARTED", 10, "STARTED")
+    started.get(timeout=10 * SLOW)
+
+
+def test_then_link_and_link_error_follow_the_outcome(workers: Workers) -> None:
+    workers(1)
+    seen: list[Any] = []
+    result = t.add.delay(1, 1)
+    result.then(lambda r: seen.append(r.result))
+    assert result.get(timeout=10 * SLOW) == 2
+    wait_until(lambda: seen == [2], 5, "the then() callback")
+    linked = t.add.apply_async((2, 3), link="zcell_test_tasks.noted")  # noted(5)
+    linked.get(timeout=10 * SLOW)
+    wait_until(lambda: t.NOTED == [5], 10, "the linked task to run")
+    t.NOTED.clear()
+    failing = t.fail.apply_async(("TypeError",), link_error=t.noted)
+    with pytest.raises(TypeError):
+        failing.get(timeout=10 * SLOW)
+    wait_until(lambda: t.NOTED == [failing.id], 10, "the link_error task to run")
+
+
+def test_a_stopping_worker_gives_held_tasks_back_to_run_elsewhere(
+    workers: Workers, tmp_path: Path
+) -> None:
+    (w1,) = workers(1, concurrency=1, prefetch=4)
+    path = tmp_path / "runs"
+    running = t.mark.delay(str(path), 1.0, "first")
+    wait_until(path.exists, 10, "the first task to start")
+    held = [t.mark.delay(str(path), 0, i) for i in range(3)]
+    wait_until(lambda: w1.held == 4, 10, "w1 to hold all four")
+    (w2,) = workers(1)
+    assert w1.stop(timeout=10 * SLOW) == 0  # the running one finished
+    assert running.get(timeout=10 * SLOW) == "first"
+    assert [r.get(timeout=10 * SLOW) for r in held] == [0, 1, 2]
+    assert {r.worker for r in held} == {w2.node.name}

@@ -1,0 +1,164 @@
+"""Tasks against real `zcell worker` processes: a worker SIGKILLed before or while
+it runs a task (with and without acks_late, counting the runs), results found
+from another program, nested get() across workers, and the CLI."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zcell_test_tasks as t
+from conftest import ROOT, SLOW, child_env, start_zcell_worker, unique_cluster, wait_until
+
+from zcell import WorkerLostError
+
+
+def _runs(path: Path) -> list[str]:
+    """The worker names that ran a `mark` task (one line per run)."""
+    return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _two_workers(procs: Any, task_app: Any, *extra: str) -> dict[str, Any]:
+    cluster = unique_cluster()
+    w1, inbox = start_zcell_worker(procs, "w1", cluster, *extra)
+    w2, _ = start_zcell_worker(procs, "w2", cluster, *extra, peer=inbox)
+    app = task_app(cluster=cluster, peers=[inbox])
+    wait_until(lambda: len(app.node.actors("zcell.queue.celery")) == 2, 10, "both consumers")
+    return {"w1": w1, "w2": w2}
+
+
+def test_a_worker_killed_mid_task_fails_it_with_worker_lost_and_it_ran_once(
+    procs: Any, task_app: Any, tmp_path: Path
+) -> None:
+    workers = _two_workers(procs, task_app)
+    path = tmp_path / "runs"
+    result = t.mark.delay(str(path), 30)
+    wait_until(lambda: _runs(path), 10, "the task to start")
+    (ran_on,) = _runs(path)
+    workers[ran_on].kill(signal.SIGKILL)
+    with pytest.raises(WorkerLostError, match="acks_late"):
+        result.get(timeout=10 * SLOW)
+    assert result.state == "FAILURE"
+    assert _runs(path) == [ran_on]
+
+
+def test_with_acks_late_a_task_whose_worker_died_runs_again_on_the_other(
+    procs: Any, task_app: Any, tmp_path: Path
+) -> None:
+    workers = _two_workers(procs, task_app)
+    path = tmp_path / "runs"
+    result = t.mark_late.delay(str(path), 1.5)
+    wait_until(lambda: _runs(path), 10, "the task to start")
+    (first,) = _runs(path)
+    workers[first].kill(signal.SIGKILL)
+    assert result.get(timeout=15 * SLOW) == "done"
+    other = "w2" if first == "w1" else "w1"
+    assert _runs(path) == [first, other]
+    assert result.worker == other
+
+
+def test_tasks_never_started_on_a_killed_worker_run_elsewhere_exactly_once(
+    procs: Any, task_app: Any, tmp_path: Path
+) -> None:
+    cluster = unique_cluster()
+    w1, inbox = start_zcell_worker(procs, "w1", cluster, "-c", "1")
+    app = task_app(cluster=cluster, peers=[inbox])
+    blocker, held = tmp_path / "blocker", tmp_path / "held"
+    running = t.mark.delay(str(blocker), 30)
+    waiting = [t.mark.delay(str(held), 0, i) for i in range(3)]
+    wait_until(lambda: all(r.state == "RECEIVED" for r in waiting), 10, "w1 to hold them")
+    w1.kill(signal.SIGKILL)
+    with pytest.raises(WorkerLostError):
+        running.get(timeout=10 * SLOW)
+    start_zcell_worker(procs, "w2", cluster, peer=app.node.endpoints["inbox"])
+    assert [r.get(timeout=15 * SLOW) for r in waiting] == [0, 1, 2]
+    assert _runs(held) == ["w2", "w2", "w2"] and _runs(blocker) == ["w1"]
+
+
+def test_nested_get_fan_out_completes_on_two_workers_with_two_slots_each(
+    procs: Any, task_app: Any
+) -> None:
+    _two_workers(procs, task_app, "-c", "2")
+    parents = [t.parent.delay(4) for _ in range(8)]
+    assert [p.get(timeout=30 * SLOW) for p in parents] == [6] * 8
+
+
+def test_a_retry_lands_on_the_other_worker(procs: Any, task_app: Any, tmp_path: Path) -> None:
+    _two_workers(procs, task_app)
+    path = tmp_path / "runs"
+    result = t.flaky.delay(str(path))
+    last = result.get(timeout=15 * SLOW)
+    first, second = _runs(path)
+    assert result.retries == 1 and {first, second} == {"w1", "w2"} and last == second
+
+
+def _zcell(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "zcell", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30 * SLOW,
+        env=child_env(),
+    )
+
+
+def test_call_and_result_commands_and_async_result_from_another_program(procs: Any) -> None:
+    cluster = unique_cluster()
+    _, inbox = start_zcell_worker(procs, "w1", cluster)
+    mesh = ["--cluster", cluster, "--no-mdns", "--peer", inbox]
+    waited = _zcell("call", "zcell_test_tasks.add", "--args", "[2, 2]", "--wait", *mesh)
+    assert (waited.returncode, waited.stdout.strip()) == (0, "4"), waited.stderr
+    sent = _zcell("call", "zcell_test_tasks.mul", "--args", "[6, 7]", *mesh)
+    task_id = sent.stdout.strip()
+    assert sent.returncode == 0 and len(task_id) == 36, sent.stderr
+    found = _zcell("result", task_id, "--timeout", "10", "--json", *mesh)
+    assert found.returncode == 0, found.stderr
+    assert '"state": "SUCCESS", "result": 42' in found.stdout
+    unknown = _zcell("result", "no-such-id", *mesh)
+    assert (unknown.returncode, unknown.stdout.strip()) == (0, "PENDING")
+    failed = _zcell("call", "zcell_test_tasks.fail", "--args", '["TypeError"]', "--wait", *mesh)
+    assert failed.returncode == 1 and "bad type" in failed.stderr
+
+
+def test_the_worker_banner_lists_app_mesh_queues_concurrency_and_tasks(procs: Any) -> None:
+    cluster = unique_cluster()
+    w1, _ = start_zcell_worker(procs, "w1", cluster, "-Q", "hipri,celery", "-c", "3")
+    text = "\n".join(w1.lines())
+    for expected in ("app:         zcell_test_tasks", f"cluster:     {cluster}",
+                     "queues:      hipri, celery", "concurrency: 3", "zcell_test_tasks.add"):  # fmt: skip
+        assert expected in text
+    w1.kill(signal.SIGTERM)
+    w1.wait_for_line("stopped", 15 * SLOW)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [("no_such_module", "cannot import"), ("json", "tried json.app, json.celery")],
+)
+def test_a_worker_without_an_app_is_a_usage_error(spec: str, message: str) -> None:
+    done = _zcell("worker", "-A", spec, "--no-mdns")
+    assert done.returncode == 2 and message in done.stderr
+
+
+def test_a_program_that_exits_without_close_hands_its_tasks_over_first(
+    procs: Any, tmp_path: Path
+) -> None:
+    cluster = unique_cluster()
+    _, inbox = start_zcell_worker(procs, "w1", cluster, "-c", "1")
+    path = tmp_path / "runs"
+    script = (
+        "import zcell_test_tasks as t\n"
+        f"t.app.conf.update(cluster={cluster!r}, peers=[{inbox!r}])\n"
+        f"for i in range(3):\n    t.mark.delay({str(path)!r}, 0.2)\n"
+    )  # no close(): the exit hook flushes
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True,
+        timeout=30 * SLOW, env=child_env(), cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: len(_runs(path)) == 3, 10, "the three tasks to run")

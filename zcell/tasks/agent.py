@@ -1,0 +1,98 @@
+"""The task agent: one hosted actor per node with the task layer.
+
+Other nodes reach this node's task layer through it: a worker claims a task
+here before it starts it, and reports that it holds it or that it has room
+again; anyone may revoke tasks (scatter), look finished tasks up (scatter),
+or ask for the revokes remembered here (a joining node does).
+Its handlers run in the node's loop thread, where the dispatcher's state lives.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..actors.actor import Actor
+from ..errors import CallTimeout
+from .runtime import AGENT_TYPE, READY_TIMEOUT, Runtime, claim_runtime, forget_runtime, runtime_of
+
+if TYPE_CHECKING:
+    from ..node import Node
+    from .app import App
+
+__all__ = ["AGENT_TYPE", "TaskAgent", "attach"]
+
+
+class TaskAgent(Actor):
+    """The node's task agent (see the module doc)."""
+
+    name = AGENT_TYPE
+
+    class state:
+        node: Any  # set by the hosting node before __init__
+
+        def _runtime(self) -> Runtime:
+            runtime = runtime_of(self.node)
+            if runtime is None:  # pragma: no cover - the runtime spawns its agent
+                raise LookupError("this node has no task runtime")
+            return runtime
+
+        def claim(self, id: str, attempt: int, worker: str) -> bool:  # noqa: A002
+            """May this attempt of task ``id`` start now? (it is then STARTED here)"""
+            return self._runtime().dispatcher.claim(str(id), int(attempt), str(worker))
+
+        def held(self, id: str, attempt: int) -> None:  # noqa: A002
+            """A worker holds task ``id`` (it is RECEIVED)."""
+            self._runtime().dispatcher.held(str(id), int(attempt))
+
+        def room(self, consumers: list[str]) -> None:
+            """The worker of these consumer actors has room again."""
+            self._runtime().dispatcher.room([str(c) for c in consumers])
+
+        def update_state(self, id: str, state: str, meta: Any = None) -> None:  # noqa: A002
+            """The running task ``id`` reports a state (``update_state``)."""
+            self._runtime().dispatcher.update_state(str(id), str(state), meta)
+
+        def revoke(self, ids: list[str], terminate: bool = False, expires: float = 0.0) -> int:
+            """Remember ``ids`` as revoked; end those waiting here; with
+            ``terminate``, kill those running here. Returns how many ran here."""
+            runtime = self._runtime()
+            ids = [str(i) for i in ids]
+            for task_id in ids:
+                runtime.revoked.put(task_id, bool(terminate), float(expires) or None)
+            runtime.dispatcher.revoke(ids)
+            if runtime.worker is not None:
+                return runtime.worker.revoked(ids, bool(terminate))
+            return 0
+
+        def revoked(self) -> list[list[Any]]:
+            """The revokes remembered here: ``[[id, expires, terminate], ...]``."""
+            return [[k, e, v] for k, e, v in self._runtime().revoked.items()]
+
+        def query(self, ids: list[str]) -> dict[str, Any]:
+            """The records of finished (or running) tasks among ``ids`` known here."""
+            runtime = self._runtime()
+            ids = [str(i) for i in ids]
+            found = runtime.dispatcher.query(ids)
+            if runtime.worker is not None:
+                found.update(runtime.worker.query(ids))
+            return found
+
+        def now(self) -> float:
+            """This node's clock (POSIX seconds), to compare hosts' clocks."""
+            return time.time()
+
+
+def attach(app: App, node: Node) -> Runtime:
+    """The node's task runtime, made and started (with its agent) on first use."""
+    runtime, fresh = claim_runtime(app, node)
+    if not fresh:
+        if not runtime.ready.wait(READY_TIMEOUT):
+            raise CallTimeout(f"the task layer of node {node.name} did not start")
+        return runtime
+    try:
+        runtime.start(TaskAgent)
+    except BaseException:
+        forget_runtime(node)
+        raise
+    return runtime

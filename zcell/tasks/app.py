@@ -1,0 +1,378 @@
+"""``App``: Celery's application object on the mesh.
+
+It holds the settings (``conf.py``), the task registry and the app's node: in
+``zcell worker`` the worker's node; in a plain program a client node started on
+first use with the app's mesh settings and stopped, after a bounded flush of
+the tasks no worker holds yet, at ``close()``, ``with app:`` exit or process exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import runpy
+import sys
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, overload
+
+from .._transport.loop import Flag
+from ..errors import ZcellError
+from ..node import Node
+from .agent import attach
+from .conf import MESH_KEYS, Settings
+from .control import Control
+from .dispatch import Entry
+from .errors import NotRegistered, TaskPendingFull
+from .message import epoch, make
+from .request import current_request
+from .result import LOOKUP_TIMEOUT, TaskResult
+from .routing import route
+from .runtime import Runtime
+from .states import READY_STATES
+from .task import Task
+
+if TYPE_CHECKING:
+    from .dispatch import Dispatcher
+
+__all__ = ["App", "TaskRegistry"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds ``close()`` waits for tasks that no worker holds yet, by default.
+FLUSH_TIMEOUT = 10.0
+#: The commands of the ``zcell`` command line that take ``-A app``.
+APP_COMMANDS = frozenset({"worker"})
+#: The options ``apply_async``/``send_task`` take.
+SEND_OPTIONS = frozenset(
+    {
+        "task_id", "countdown", "eta", "expires", "queue", "link", "link_error",
+        "ignore_result", "time_limit", "soft_time_limit", "headers", "acks_late",
+        "track_started", "retries", "priority", "routing_key", "exchange", "serializer",
+    }
+)  # fmt: skip
+
+
+class TaskRegistry(dict[str, Task]):
+    """Task name -> ``Task``; an unknown name raises ``NotRegistered``."""
+
+    def __missing__(self, name: str) -> Task:
+        from ..errors import did_you_mean
+
+        raise NotRegistered(
+            f"no task named {name!r}{did_you_mean(name, self)}; registered: {sorted(self)}"
+        )
+
+
+class App:
+    """A Celery-style application whose tasks run on the zcell mesh.
+
+    Args:
+        main: The app's name (for banners; Celery's ``main``).
+        include: Modules to import when a worker starts (they define the tasks).
+        cluster: The mesh's name (also a conf key, as are the four below;
+            ``zcell worker`` flags win).
+        peers: Inbox endpoints to join.
+        discovery: ``"mdns"`` or ``"static"``.
+        host: Address the app's node binds.
+        secret: The cluster secret.
+        broker: Accepted for Celery code, and ignored with a warning.
+        backend: Accepted for Celery code, and ignored with a warning.
+        **conf: Any other setting (``app.conf``), by Celery's name.
+    """
+
+    def __init__(
+        self,
+        main: str | None = None,
+        *,
+        include: Iterable[str] = (),
+        cluster: str | None = None,
+        peers: Iterable[str] | None = None,
+        discovery: str | None = None,
+        host: str | None = None,
+        secret: str | None = None,
+        broker: Any = None,
+        backend: Any = None,
+        **conf: Any,
+    ) -> None:
+        self.main = main
+        self.include = list(include)
+        self.tasks = TaskRegistry()
+        self._node: Node | None = None
+        self._own_node = False
+        self.conf = Settings(locked=lambda: self._node is not None)
+        for name, value in (("broker", broker), ("backend", backend)):
+            if value is not None:
+                self.conf.ignore(name)
+        mesh = dict(cluster=cluster, peers=peers, discovery=discovery, host=host, secret=secret)
+        self.conf.update({k: v for k, v in mesh.items() if v is not None}, **conf)
+        self.control = Control(self)
+        self._lock = threading.RLock()
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    # -- tasks ------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[..., Any], /) -> Task: ...
+
+    @overload
+    def task(self, **options: Any) -> Callable[[Callable[..., Any]], Task]: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
+        """Make a function a task: ``@app.task`` or ``@app.task(bind=True, ...)``."""
+
+        def decorate(f: Callable[..., Any]) -> Task:
+            task = Task(self, f, **options)
+            self.tasks[task.name] = task
+            return task
+
+        return decorate(fn) if fn is not None else decorate
+
+    # -- the node ---------------------------------------------------------------
+
+    @property
+    def node(self) -> Node:
+        """The app's node: the worker's, or a client node started on first use."""
+        with self._lock:
+            if self._node is None:
+                conf = self.conf
+                mesh = {k: conf[k] for k in MESH_KEYS}
+                self._node = Node(**mesh).start()
+                self._own_node = True
+            return self._node
+
+    def use_node(self, node: Node) -> None:
+        """Use ``node`` (a worker's) as the app's node; the app never stops it.
+        ``zcell worker`` does this, so that tasks sending tasks use the worker's node."""
+        with self._lock:
+            self._node, self._own_node = node, False
+
+    def _runtime(self) -> Runtime:
+        return attach(self, self.node)
+
+    def close(self, timeout: float = FLUSH_TIMEOUT) -> None:
+        """Hand the waiting tasks over (at most ``timeout`` s), then stop the
+        app's client node. Using the app afterwards starts a new node."""
+        with self._lock:
+            node, own = self._node, self._own_node
+            self._node, self._own_node = None, False
+        if node is None or not own:
+            return
+        self._flush(node, timeout)
+        node.stop(timeout=1.0)
+
+    @staticmethod
+    def _flush(node: Node, timeout: float) -> None:
+        from .runtime import runtime_of
+
+        runtime = runtime_of(node)
+        if runtime is None:
+            return
+        deadline = time.monotonic() + timeout
+        left = 0
+        try:
+            while (left := node.call_in_loop(runtime.dispatcher.unhanded)) > 0:
+                if time.monotonic() >= deadline:
+                    break
+                Flag().wait(0.02)
+        except ZcellError:
+            pass
+        if left:
+            log.warning(
+                "zcell: %d task(s) could not be handed to a worker within %.1fs and are "
+                "dropped: start a worker for their queue(s) before closing the app",
+                left,
+                timeout,
+            )
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- sending ----------------------------------------------------------------
+
+    def send_task(
+        self,
+        name: str,
+        args: Any = None,
+        kwargs: dict[str, Any] | None = None,
+        _task: Task | None = None,
+        **options: Any,
+    ) -> TaskResult:
+        """Send the task ``name`` (this program needs not have its code).
+
+        Raises:
+            SerializationError: an argument cannot travel.
+            TaskPendingFull: ``task_pending_max`` tasks wait here already and
+                none was handed over within ``task_pending_wait`` seconds.
+            TypeError: an unknown option.
+        """
+        unknown = sorted(set(options) - SEND_OPTIONS)
+        if unknown:
+            raise TypeError(f"unknown apply_async option(s) {unknown}; see docs/tasks.md")
+        runtime = self._runtime()
+        args = list(args or ())
+        kwargs = dict(kwargs or {})
+        runtime.encodable([args, kwargs])
+        msg = self._message(name, args, kwargs, _task, options, runtime)
+        task = _task or self.tasks.get(name)
+        redeliver = task.max_redeliveries if task and task.max_redeliveries is not None else None
+        entry = Entry(msg, msg["queue"], self._pick(redeliver, "task_max_redeliveries"))
+        self._chain(entry, options)
+        self._add(runtime.dispatcher, entry)
+        request = current_request()
+        parent = TaskResult(request.id, self) if request is not None else None
+        return TaskResult(entry.id, self, entry, parent=parent)
+
+    def _pick(self, value: Any, setting: str) -> Any:
+        return self.conf[setting] if value is None else value
+
+    def _message(
+        self,
+        name: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        task: Task | None,
+        options: dict[str, Any],
+        runtime: Runtime,
+    ) -> dict[str, Any]:
+        conf = self.conf
+        task = task or self.tasks.get(name)
+        task_id = str(options.get("task_id") or uuid.uuid4())
+        parent = current_request()
+
+        def opt(key: str, setting: str | None) -> Any:
+            value = options.get(key)
+            if value is None and task is not None:
+                value = getattr(task, key)
+            return value if value is not None or setting is None else conf[setting]
+
+        return make(
+            id=task_id,
+            name=name,
+            args=args,
+            kwargs=kwargs,
+            queue=route(
+                name,
+                queue=options.get("queue"),
+                routes=conf.task_routes,
+                task_queue=task.queue if task is not None else None,
+                default=conf.task_default_queue,
+            ),
+            eta=epoch(options.get("eta"), relative=options.get("countdown")),
+            expires=_expires(options.get("expires")),
+            retries=int(options.get("retries") or 0),
+            root_id=parent.root_id if parent is not None else task_id,
+            parent_id=parent.id if parent is not None else None,
+            acks_late=bool(opt("acks_late", "task_acks_late")),
+            ignore_result=bool(opt("ignore_result", "task_ignore_result")),
+            track_started=bool(opt("track_started", "task_track_started")),
+            time_limit=opt("time_limit", "task_time_limit"),
+            soft_time_limit=opt("soft_time_limit", "task_soft_time_limit"),
+            headers=options.get("headers"),
+            reply_to=runtime.agent,
+        )
+
+    def _chain(self, entry: Entry, options: dict[str, Any]) -> None:
+        """``link``/``link_error``: tasks (or task names) sent with the outcome."""
+        link, link_error = options.get("link"), options.get("link_error")
+        for target in (link, link_error):
+            if target is not None and not isinstance(target, Task | str):
+                raise TypeError("link and link_error take a task or a task name")
+
+        def follow(done: Entry) -> None:
+            if done.state == "SUCCESS" and link is not None:
+                self.send_task(_name(link), [done.result])
+            elif done.state == "FAILURE" and link_error is not None:
+                self.send_task(_name(link_error), [done.id])
+
+        if link is not None or link_error is not None:
+            entry.callbacks.append(follow)
+
+    def _add(self, dispatcher: Dispatcher, entry: Entry) -> None:
+        """Hand the entry to the dispatcher; wait (bounded) while it is full."""
+        wait = float(self.conf.task_pending_wait)
+        deadline = time.monotonic() + wait
+        while not self.node.call_in_loop(dispatcher.add, entry):
+            if time.monotonic() >= deadline:
+                raise TaskPendingFull(
+                    f"{self.conf.task_pending_max} tasks wait here for a worker and none "
+                    f"was handed over within {wait}s: start more workers for queue "
+                    f"{entry.queue!r}, or raise task_pending_max"
+                )
+            Flag().wait(0.05)
+
+    def start(self, argv: list[str] | None = None) -> None:
+        """Run the ``zcell`` command line with this app (Celery's ``app.start()``):
+        ``python -m proj.celery worker -l info`` runs ``zcell worker -A proj -l info``.
+
+        ``argv`` defaults to ``sys.argv[1:]``; ``-A <main>`` is added for the
+        commands that take an app when none is given. Exits with the command's code.
+        """
+        args = list(sys.argv[1:] if argv is None else argv)
+        if args and args[0] in APP_COMMANDS and not {"-A", "--app"} & set(args):
+            if not self.main:
+                raise SystemExit("app.start(): give the app a name (App('proj')) or pass -A")
+            args[1:1] = ["-A", self.main]
+        saved = sys.argv
+        sys.argv = ["zcell", *args]
+        try:
+            # The command line sits above this layer: run it by module name, as
+            # `python -m zcell` would (it exits with the command's code).
+            runpy.run_module("zcell", run_name="__main__", alter_sys=True)
+        finally:
+            sys.argv = saved
+
+    # -- results ----------------------------------------------------------------
+
+    def AsyncResult(self, task_id: str) -> TaskResult:  # noqa: N802 - Celery's name
+        """The result of task ``task_id``, sent by any program of the mesh."""
+        runtime = self._runtime()
+        # The dispatcher's state is the loop thread's: read it there.
+        entry = self.node.call_in_loop(runtime.dispatcher.known.get, task_id)
+        return TaskResult(task_id, self, entry)
+
+    def _lookup(self, task_id: str) -> dict[str, Any] | None:
+        """Ask every task agent of the mesh about ``task_id``; the best answer."""
+        runtime = self._runtime()
+        assert runtime.agent is not None
+        best: dict[str, Any] | None = None
+        replies = runtime.agent.scatter(
+            "query", {"ids": [task_id]}, timeout=LOOKUP_TIMEOUT, propagate=False
+        )
+        for reply in replies:
+            record = reply.get(task_id) if isinstance(reply, dict) else None
+            if not isinstance(record, dict):
+                continue
+            if record.get("s") in READY_STATES:
+                return record
+            best = best or record
+        return best
+
+    def __repr__(self) -> str:
+        return f"<zcell.App {self.main or '__main__'}>"
+
+
+def _close_at_exit(ref: weakref.ref[App]) -> None:
+    """At process exit: flush and stop the app's client node (before the mesh's
+    own exit hook stops every node: atexit runs hooks in reverse order)."""
+    app = ref()
+    if app is not None:
+        app.close()
+
+
+def _name(target: Task | str) -> str:
+    return target if isinstance(target, str) else target.name
+
+
+def _expires(value: float | datetime | None) -> float | None:
+    """``expires``: seconds from now (a number) or a datetime (naive: UTC)."""
+    if isinstance(value, int | float):
+        return epoch(None, relative=value)
+    return epoch(value)

@@ -1,0 +1,396 @@
+"""The submitter's side: one ``Dispatcher`` per node owns each task it submits
+until the outcome arrives (docs/tasks.md, "Delivery").
+
+Every piece of its state is touched only in the node's loop thread: program
+threads hand work over with ``node.call_in_loop``/``node.submit``; the agent's
+handlers and the link callbacks of dispatch calls already run there.
+
+A task waits here until a consumer of its queue (an actor of type
+``zcell.queue.<Q>``, hosted by a worker) has room; it is then pushed to it as
+a ``call("run")`` whose reply is the outcome. A consumer that answers "full"
+is skipped until its worker sends "room". Consumers with room take turns.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent.event import Event
+
+from .._transport.loop import Flag
+from ..errors import (
+    ActorStopped,
+    NodeDown,
+    NodeStopped,
+    NoSuchActor,
+    ProtocolError,
+    ZcellError,
+    error_from_wire,
+)
+from .errors import TaskRevokedError, WorkerLostError
+from .routing import queue_actor_name
+from .states import FAILURE, PENDING, READY_STATES, RECEIVED, RETRY, REVOKED, STARTED
+
+if TYPE_CHECKING:
+    from ..actors.proxy import ActorProxy
+    from .runtime import Runtime
+
+__all__ = ["Dispatcher", "Entry"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between re-checks of waiting tasks when nothing else wakes the pump
+#: (a safety net: consumers joining and "room" notices wake it at once).
+RECHECK = 0.2
+#: The deadline of a dispatch call when the task sets none: about ten years (the
+#: outcome may take as long as the task runs; a dead worker fails it at once).
+NO_DEADLINE = 10 * 365 * 86400.0
+#: Seconds added to a task's time limit for the deadline of its dispatch call.
+LIMIT_SLACK = 30.0
+
+
+class Entry:
+    """A task this node submitted: its message, where it is, and its outcome.
+
+    Written only in the loop thread; ``TaskResult`` reads it from anywhere.
+    """
+
+    def __init__(self, msg: dict[str, Any], queue: str, max_redeliveries: int) -> None:
+        self.id: str = msg["id"]
+        self.name: str = msg["name"]
+        self.msg = msg
+        self.queue = queue
+        self.state = PENDING
+        self.result: Any = None
+        self.traceback: str | None = None
+        self.date_done: float | None = None
+        self.worker: str | None = None
+        self.retries: int = msg["retries"]
+        self.held = False  # a worker holds it (it cannot be lost by a flush)
+        self.claimed = False  # its code may have started
+        self.consumer: str | None = None  # the consumer actor it was pushed to
+        self.redeliveries = 0
+        self.max_redeliveries = max_redeliveries
+        self.done = Flag()
+        self.callbacks: list[Callable[[Entry], None]] = []
+
+    @property
+    def ready(self) -> bool:
+        return self.done.is_set()
+
+
+class Dispatcher:
+    """Holds, pushes and follows this node's submitted tasks (see the module doc)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.node = runtime.node
+        self.entries: dict[str, Entry] = {}  # not finished yet
+        # Every entry a TaskResult of this process still holds (AsyncResult(id) here).
+        self.known: weakref.WeakValueDictionary[str, Entry] = weakref.WeakValueDictionary()
+        self.waiting: dict[str, collections.deque[Entry]] = {}
+        self.full: set[str] = set()  # consumer actor ids that answered "full"
+        self.inflight: collections.Counter[str] = collections.Counter()
+        self.capacity: dict[str, int] = {}  # consumer actor id -> its worker's capacity
+        self.turn: collections.Counter[str] = collections.Counter()  # queue -> round-robin
+        self.expiring: set[str] = set()  # queues where a task with an expiry may wait
+        self._wake: Event | None = None
+        self._pump: gevent.Greenlet | None = None
+
+    # -- lifecycle (loop thread) ---------------------------------------------
+
+    def start(self) -> None:
+        """Start the pump greenlet in the node's loop."""
+        self.node.call_in_loop(self._start)
+
+    def _start(self) -> None:
+        self._wake = Event()
+        self._pump = gevent.spawn(self._run_pump)
+
+    def wake(self) -> None:
+        """Have the pump look at the waiting tasks now (loop thread)."""
+        if self._wake is not None:
+            self._wake.set()
+
+    def _run_pump(self) -> None:
+        assert self._wake is not None
+        while True:
+            self._wake.wait(RECHECK)
+            self._wake.clear()
+            try:
+                self.runtime.pull_revoked()
+                self.pump()
+            except NodeStopped:
+                return
+            except Exception:
+                log.exception("zcell: the task dispatcher failed a round (it goes on)")
+
+    # -- submitting (loop thread) --------------------------------------------
+
+    def waiting_count(self) -> int:
+        return sum(len(q) for q in self.waiting.values())
+
+    def add(self, entry: Entry) -> bool:
+        """Take a new task; False when ``task_pending_max`` tasks already wait."""
+        if self.waiting_count() >= int(self.runtime.app.conf.task_pending_max):
+            return False
+        self.entries[entry.id] = self.known[entry.id] = entry
+        self._enqueue(entry)
+        return True
+
+    def _enqueue(self, entry: Entry, front: bool = False) -> None:
+        entry.held = entry.claimed = False
+        entry.consumer = None
+        queue = self.waiting.setdefault(entry.queue, collections.deque())
+        if entry.msg["expires"] is not None:
+            self.expiring.add(entry.queue)
+        if front:
+            queue.appendleft(entry)
+        else:
+            queue.append(entry)
+        self.wake()
+
+    def unhanded(self) -> int:
+        """Tasks no worker holds yet (what a flush waits for)."""
+        return sum(1 for e in self.entries.values() if not (e.held or e.claimed))
+
+    # -- pushing (loop thread) ------------------------------------------------
+
+    def pump(self) -> None:
+        """Push waiting tasks to consumers with room; expire the overdue."""
+        now = time.time()
+        for queue, tasks in list(self.waiting.items()):
+            self._expire(queue, tasks, now)
+            if not tasks:
+                continue
+            consumers = self._with_room(queue)
+            while tasks and consumers:
+                index = self.turn[queue] % len(consumers)
+                self.turn[queue] += 1
+                consumer = consumers[index]
+                self._push(tasks.popleft(), consumer)
+                if not self._has_room(consumer.id):
+                    consumers.remove(consumer)
+
+    def _expire(self, queue: str, tasks: collections.deque[Entry], now: float) -> None:
+        if queue not in self.expiring:
+            return  # no task with an expiry waits there: skip the scan
+        dated = [e for e in tasks if e.msg["expires"] is not None]
+        if not dated:
+            self.expiring.discard(queue)
+        for entry in dated:
+            if entry.msg["expires"] <= now:
+                tasks.remove(entry)
+                self.finish(entry, REVOKED, TaskRevokedError(f"task {entry.id} expired"))
+
+    def _with_room(self, queue: str) -> list[ActorProxy]:
+        return [p for p in self.node.actors(queue_actor_name(queue)) if self._has_room(p.id)]
+
+    def _has_room(self, consumer: str) -> bool:
+        if consumer in self.full:
+            return False
+        cap = self.capacity.get(consumer)
+        return cap is None or self.inflight[consumer] < cap
+
+    def _push(self, entry: Entry, consumer: ActorProxy) -> None:
+        msg = entry.msg
+        msg["attempt"] += 1
+        attempt = msg["attempt"]
+        entry.consumer = consumer.id
+        self.inflight[consumer.id] += 1
+        try:
+            result = consumer.call("run", {"msg": msg}, timeout=self._deadline(msg))
+        except ZcellError as exc:
+            self.inflight[consumer.id] -= 1
+            self.finish(entry, FAILURE, exc)
+            return
+        result.link(lambda r: self._on_reply(entry, attempt, consumer.id, r))
+
+    @staticmethod
+    def _deadline(msg: dict[str, Any]) -> float:
+        """The dispatch call's timeout: none to speak of, unless the task expires
+        (the worker then answers REVOKED itself) or has a hard time limit."""
+        bounds = [NO_DEADLINE]
+        if msg["time_limit"] is not None:
+            start = max(time.time(), msg["eta"] or 0.0)
+            bounds.append(start - time.time() + float(msg["time_limit"]) + LIMIT_SLACK)
+        return min(bounds)
+
+    # -- following (loop thread) ----------------------------------------------
+
+    def _on_reply(self, entry: Entry, attempt: int, consumer: str, result: Any) -> None:
+        self.inflight[consumer] -= 1
+        if self.inflight[consumer] <= 0:
+            del self.inflight[consumer]
+        if entry.ready or entry.msg["attempt"] != attempt:
+            return  # finished meanwhile (revoked, expired) or pushed again
+        value = result.get(propagate=False)
+        if result.failed():
+            self._on_error(entry, value)
+        elif not isinstance(value, dict):
+            self.finish(entry, FAILURE, ProtocolError(f"bad task reply {value!r}"))
+        else:
+            self._on_outcome(entry, consumer, value)
+        self.wake()
+
+    def _on_error(self, entry: Entry, exc: BaseException) -> None:
+        if isinstance(exc, NodeStopped):
+            return  # this node stops: nobody waits here any more
+        if isinstance(exc, NodeDown | ActorStopped | NoSuchActor):
+            self._lost(entry, exc)
+        else:
+            self.finish(entry, FAILURE, exc)
+
+    def _lost(self, entry: Entry, exc: BaseException) -> None:
+        """The consumer went away with the task: re-dispatch what provably never
+        started; what did is at most once (WorkerLostError) unless acks_late."""
+        if not entry.claimed:
+            self._enqueue(entry, front=True)
+        elif entry.msg["acks_late"] and entry.redeliveries < entry.max_redeliveries:
+            entry.redeliveries += 1
+            log.warning("zcell: task %s lost with its worker; redelivering (acks_late)", entry.id)
+            self._enqueue(entry, front=True)
+        else:
+            how = (
+                f"after {entry.redeliveries} redeliveries"
+                if entry.msg["acks_late"]
+                else "(give it acks_late=True to have it run again)"
+            )
+            self.finish(
+                entry,
+                FAILURE,
+                WorkerLostError(f"worker {entry.worker} died running task {entry.id} {how}: {exc}"),
+            )
+
+    def _on_outcome(self, entry: Entry, consumer: str, value: dict[str, Any]) -> None:
+        status = value.get("s")
+        if status == "full":
+            self.full.add(consumer)
+            cap = value.get("cap")
+            if isinstance(cap, int) and cap > 0:
+                self.capacity[consumer] = cap
+            self._enqueue(entry, front=True)
+        elif status == "refused":
+            pass  # its claim was refused: it ended here already (revoked, expired)
+        elif status == RETRY:
+            self._retry(entry, value)
+        elif status in READY_STATES:
+            self._record(entry, value)
+            if status == REVOKED:
+                self.finish(entry, status, TaskRevokedError(f"task {entry.id} was revoked"))
+            elif status == FAILURE:
+                self.finish(entry, status, _error(value.get("e")))
+            else:
+                self.finish(entry, status, value.get("v"))
+        else:
+            self.finish(entry, FAILURE, ProtocolError(f"bad task reply status {status!r}"))
+
+    def _record(self, entry: Entry, value: dict[str, Any]) -> None:
+        entry.worker = value.get("worker") if isinstance(value.get("worker"), str) else None
+        tb = value.get("tb")
+        entry.traceback = tb if isinstance(tb, str) else None
+
+    def _retry(self, entry: Entry, value: dict[str, Any]) -> None:
+        countdown = value.get("countdown")
+        entry.retries += 1
+        entry.msg["retries"] = entry.retries
+        entry.msg["eta"] = (
+            time.time() + float(countdown) if isinstance(countdown, int | float) else None
+        )
+        entry.state = RETRY
+        entry.result = _error(value.get("e"))
+        self._enqueue(entry)
+
+    def finish(self, entry: Entry, state: str, result: Any) -> None:
+        """Set the outcome once, wake every waiter, run ``then`` callbacks."""
+        if entry.ready:
+            return
+        self.entries.pop(entry.id, None)
+        queue = self.waiting.get(entry.queue)
+        if queue is not None and entry in queue:
+            queue.remove(entry)
+        entry.state = state
+        entry.result = result
+        entry.date_done = time.time()
+        entry.done.set()
+        callbacks, entry.callbacks = entry.callbacks, []
+        for callback in callbacks:
+            gevent.spawn(_run_callback, callback, entry)
+
+    # -- the agent's side (loop thread, called by TaskAgent handlers) ----------
+
+    def held(self, task_id: str, attempt: int) -> None:
+        """A worker holds the task (reserved or waiting for its ETA)."""
+        entry = self.entries.get(task_id)
+        if entry is not None and entry.msg["attempt"] == attempt:
+            entry.held = True
+            if entry.state in (PENDING, RETRY):
+                entry.state = RECEIVED
+
+    def claim(self, task_id: str, attempt: int, worker: str) -> bool:
+        """May this attempt of the task start now? Records that it did."""
+        entry = self.entries.get(task_id)
+        if entry is None or entry.ready or entry.msg["attempt"] != attempt:
+            return False
+        if task_id in self.runtime.revoked:
+            self.finish(entry, REVOKED, TaskRevokedError(f"task {task_id} was revoked"))
+            return False
+        expires = entry.msg["expires"]
+        if expires is not None and expires <= time.time():
+            self.finish(entry, REVOKED, TaskRevokedError(f"task {task_id} expired"))
+            return False
+        entry.claimed = entry.held = True
+        entry.worker = worker
+        entry.state = STARTED if entry.msg["track_started"] else RECEIVED
+        return True
+
+    def room(self, consumers: list[str]) -> None:
+        """The worker of these consumers has room again."""
+        for consumer in consumers:
+            self.full.discard(consumer)
+            # What it holds for others changed: learn its room again from "full".
+            self.capacity.pop(consumer, None)
+        self.wake()
+
+    def update_state(self, task_id: str, state: str, meta: Any) -> None:
+        """``self.update_state(...)`` in the running task."""
+        entry = self.entries.get(task_id)
+        if entry is not None and not entry.ready:
+            entry.state = state
+            entry.result = meta
+
+    def query(self, task_ids: list[str]) -> dict[str, Any]:
+        """What this submitter knows of unfinished tasks among ``task_ids``."""
+        found: dict[str, Any] = {}
+        for task_id in task_ids:
+            entry = self.entries.get(task_id)
+            if entry is not None:
+                found[task_id] = {"s": entry.state, "name": entry.name, "retries": entry.retries}
+        return found
+
+    def revoke(self, task_ids: list[str]) -> None:
+        """Revoked: what has not started ends REVOKED now (a claim would be refused)."""
+        for task_id in task_ids:
+            entry = self.entries.get(task_id)
+            if entry is not None and not entry.claimed:
+                self.finish(entry, REVOKED, TaskRevokedError(f"task {task_id} was revoked"))
+
+
+def _error(value: Any) -> BaseException | None:
+    """A task's error from its wire form, mirrored as the actor core does."""
+    if value is None:
+        return None
+    return error_from_wire(value) or ProtocolError(f"malformed task error {value!r}")
+
+
+def _run_callback(callback: Callable[[Entry], None], entry: Entry) -> None:
+    try:
+        callback(entry)
+    except BaseException:  # noqa: BLE001 - nothing may escape into the hub
+        log.exception("zcell: task result callback %r failed", callback)

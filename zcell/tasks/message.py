@@ -1,0 +1,100 @@
+"""The task message: a plain dict of msgpack-able values (docs/protocol.md, "Tasks").
+
+Times (``eta``, ``expires``) are POSIX timestamps in seconds (float): UTC by
+definition, so hosts in different time zones agree; hosts' clocks must be
+roughly in sync for ETAs to be exact (as with Celery). ``reply_to`` is the
+submitter's task agent (an actor proxy): the worker claims the task there
+before it starts, and sends state updates there.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from ..errors import ProtocolError
+
+__all__ = ["FIELDS", "check", "epoch", "make"]
+
+#: Field -> the types it may hold (None allowed where listed).
+FIELDS: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "name": (str,),
+    "args": (list,),
+    "kwargs": (dict,),
+    "retries": (int,),
+    "attempt": (int,),
+    "eta": (float, int, type(None)),
+    "expires": (float, int, type(None)),
+    "root_id": (str,),
+    "parent_id": (str, type(None)),
+    "queue": (str,),
+    "acks_late": (bool,),
+    "ignore_result": (bool,),
+    "track_started": (bool,),
+    "time_limit": (float, int, type(None)),
+    "soft_time_limit": (float, int, type(None)),
+    "link": (list, dict, type(None)),
+    "link_error": (list, dict, type(None)),
+    "headers": (dict, type(None)),
+}
+_MAX_ID = 200
+
+
+def epoch(when: float | datetime | None, *, relative: float | None = None) -> float | None:
+    """A POSIX timestamp from a ``datetime`` (naive means UTC), a timestamp, or
+    ``relative`` seconds from now; None when neither is given."""
+    if relative is not None:
+        return time.time() + float(relative)
+    if when is None:
+        return None
+    if isinstance(when, datetime):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return when.timestamp()
+    return float(when)
+
+
+def make(**fields: Any) -> dict[str, Any]:
+    """A task message with every field (defaults for those not given)."""
+    msg: dict[str, Any] = {
+        "retries": 0,
+        "attempt": 0,
+        "eta": None,
+        "expires": None,
+        "parent_id": None,
+        "acks_late": False,
+        "ignore_result": False,
+        "track_started": False,
+        "time_limit": None,
+        "soft_time_limit": None,
+        "link": None,
+        "link_error": None,
+        "headers": None,
+    }
+    msg.update(fields)
+    msg.setdefault("root_id", msg["id"])
+    return msg
+
+
+def check(msg: object) -> dict[str, Any]:
+    """The message, if it is a well-formed task message (from the wire: trust
+    nothing); else ``ProtocolError`` saying what is wrong."""
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"a task message is a map, not {type(msg).__name__}")
+    for field, types in FIELDS.items():
+        if field not in msg:
+            raise ProtocolError(f"task message without {field!r}")
+        value = msg[field]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ProtocolError(f"task message field {field!r} has type {type(value).__name__}")
+    if not msg["id"] or len(msg["id"]) > _MAX_ID or len(msg["name"]) > _MAX_ID:
+        raise ProtocolError("task id and name must be 1-200 characters")
+    if not all(isinstance(k, str) for k in msg["kwargs"]):
+        raise ProtocolError("task kwargs must have string keys")
+    if msg["retries"] < 0 or msg["attempt"] < 0:
+        raise ProtocolError("task retries and attempt must not be negative")
+    if not hasattr(msg.get("reply_to"), "send"):
+        raise ProtocolError("task message without its submitter's agent (reply_to)")
+    return msg

@@ -1,0 +1,133 @@
+"""The task layer's seat on one node: its dispatcher, its agent, what it remembers.
+
+A node that submits or runs tasks gets one ``Runtime`` (``attach``): the
+``Dispatcher`` for the tasks it submits, the task agent actor other nodes talk
+to, the revoked ids it remembers, and (on a worker) the ``Worker``. The
+registry is keyed by the node object and holds it weakly: no process-wide
+state outlives a node, and two nodes in one process have a runtime each.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import gevent
+
+from .. import _wire as wire
+from .._transport.loop import Flag
+from ..errors import ZcellError
+from .records import Expiring
+
+if TYPE_CHECKING:
+    from ..actors.actor import Actor
+    from ..actors.proxy import ActorProxy
+    from ..node import Node
+    from .app import App
+    from .dispatch import Dispatcher
+    from .worker import Worker
+
+__all__ = ["AGENT_TYPE", "Runtime", "claim_runtime", "forget_runtime", "runtime_of"]
+
+log = logging.getLogger(__name__)
+
+_runtimes: weakref.WeakKeyDictionary[Node, Runtime] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+#: Seconds a node waits for another agent's list of remembered revokes.
+REVOKED_PULL_TIMEOUT = 2.0
+#: The task agent's actor type (``agent.py``).
+AGENT_TYPE = "zcell.tasks.agent"
+#: Seconds another thread waits for a runtime being started.
+READY_TIMEOUT = 30.0
+#: Node statistics() counter of task messages from the wire that were dropped.
+DROPPED = "tasks_dropped_malformed"
+
+
+class Runtime:
+    """What the task layer keeps on one node (see the module doc)."""
+
+    def __init__(self, app: App, node: Node) -> None:
+        from .dispatch import Dispatcher
+
+        self.app = app
+        self.node = node
+        conf = app.conf
+        self.revoked = Expiring(
+            lambda: float(conf.result_expires), lambda: int(conf.result_max_records)
+        )
+        self.worker: Worker | None = None
+        self.codec = wire.Codec(None, node.max_message_size)
+        self.dispatcher: Dispatcher = Dispatcher(self)
+        self.agent: ActorProxy | None = None
+        self.pulled: set[str] = set()  # agents asked for their remembered revokes
+        self.ready = Flag()  # set once started (attach() from another thread waits)
+        node.stats.setdefault(DROPPED, 0)
+
+    def start(self, agent_cls: type[Actor]) -> None:
+        """Host the task agent on this node and start the dispatcher (which
+        also learns the revokes the mesh remembers)."""
+        self.node.register(agent_cls)
+        self.agent = self.node.spawn(agent_cls, on=self.node.id)
+        self.dispatcher.start()
+        self.ready.set()
+
+    def pull_revoked(self) -> None:
+        """Ask each task agent this node has not asked yet for the revokes it
+        remembers (loop thread; the dispatcher calls it each round), so that a
+        node that joins later learns them, and so does one a partition healed."""
+        own = self.agent.id if self.agent is not None else None
+        # The directory's index, not proxies: this runs every dispatcher round.
+        for agent_id in list(self.node.directory.of_type(AGENT_TYPE)):
+            if agent_id != own and agent_id not in self.pulled:
+                self.pulled.add(agent_id)
+                gevent.spawn(self._pull_from, self.node.lookup(agent_id))
+
+    def _pull_from(self, agent: ActorProxy) -> None:
+        try:
+            entries = agent.send("revoked", {}, timeout=REVOKED_PULL_TIMEOUT)
+        except ZcellError as exc:
+            self.pulled.discard(agent.id)  # asked again next round, while it is listed
+            log.debug("zcell: could not learn the revokes %s remembers: %s", agent, exc)
+            return
+        if isinstance(entries, list):
+            self.remember_revoked(entries)
+
+    def remember_revoked(self, entries: list[Any]) -> None:
+        """Keep revoked ids as another agent lists them: ``[[id, expires, terminate]]``."""
+        good = [
+            (str(e[0]), float(e[1]), bool(e[2]))
+            for e in entries
+            if isinstance(e, list)
+            and len(e) == 3
+            and isinstance(e[0], str)
+            and isinstance(e[1], float | int)
+        ]
+        self.revoked.update(good)
+
+    def encodable(self, value: Any) -> None:
+        """Raise ``SerializationError`` unless ``value`` can travel."""
+        self.codec.encode([value])
+
+
+def runtime_of(node: Node) -> Runtime | None:
+    """The node's task runtime, if it has one."""
+    return _runtimes.get(node)
+
+
+def claim_runtime(app: App, node: Node) -> tuple[Runtime, bool]:
+    """The node's runtime, made if missing: (runtime, True when this call made it
+    and must start it)."""
+    with _lock:
+        runtime = _runtimes.get(node)
+        if runtime is not None:
+            return runtime, False
+        runtime = _runtimes[node] = Runtime(app, node)
+        return runtime, True
+
+
+def forget_runtime(node: Node) -> None:
+    """Drop the node's runtime (its start failed)."""
+    with _lock:
+        _runtimes.pop(node, None)

@@ -1,0 +1,439 @@
+"""The worker side: runs the tasks its queues' consumers receive.
+
+A worker consumes queue Q by hosting one actor of type ``zcell.queue.Q`` on its
+node; the mesh directory tells every submitter which live nodes consume what.
+A submitter pushes a task with ``call("run", {"msg": ...})``; the reply is the
+outcome. The worker holds at most ``concurrency x prefetch`` tasks (running,
+waiting for a slot, or held for their ETA); beyond that it answers "full" at
+once and, when a slot frees, sends each refused submitter's agent "room".
+
+Before a task's code runs the worker claims it at its submitter's agent, so a
+task is never started twice by a re-dispatch (docs/tasks.md, "The claim").
+Each task runs in a greenlet of its own under ``concurrency`` slots; a task
+waiting in ``TaskResult.get()`` lends its slot out meanwhile (and takes one
+back after), so tasks that wait on tasks never deadlock the workers.
+
+Hooks for cross-cutting behaviour (retries, limits, signals): ``_before_start``,
+``_on_success``, ``_on_failure``, ``_on_retry``, ``_on_revoked``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+import traceback
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent import GreenletExit
+from gevent.event import Event
+from gevent.lock import Semaphore
+from greenlet import getcurrent
+
+from ..actors.actor import Actor
+from ..errors import NodeStopped, ProtocolError, ZcellError, error_wire
+from .agent import attach
+from .errors import NotRegistered, Retry, TaskRevokedError
+from .message import check
+from .records import Expiring
+from .request import Request
+from .routing import check_queue, queue_actor_name
+from .runtime import DROPPED, Runtime, runtime_of
+from .states import FAILURE, RETRY, REVOKED, STARTED, SUCCESS
+
+if TYPE_CHECKING:
+    from ..actors.proxy import ActorProxy
+    from ..node import Node
+    from .app import App
+    from .task import Task
+
+__all__ = ["QueueConsumer", "Worker"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds a worker waits for a submitter to answer a claim (then runs the task).
+CLAIM_TIMEOUT = 5.0
+#: Most submitters remembered as refused ("full") at once, for "room" notices.
+MAX_REFUSED = 10_000
+
+
+class _Terminated(GreenletExit):  # type: ignore[misc]  # gevent is untyped
+    """Thrown into a task's greenlet by ``revoke(terminate=True)``."""
+
+
+class QueueConsumer(Actor):
+    """Base of the consumer actors: ``zcell.queue.<Q>`` hosted by a worker."""
+
+    name = "zcell.queue"
+
+    class state:
+        node: Any  # set by the hosting node before __init__
+
+        def run(self, msg: Any) -> dict[str, Any]:
+            """Run a task message; the reply is its outcome (or "full")."""
+            runtime = runtime_of(self.node)
+            if runtime is None or runtime.worker is None:
+                return {"s": "full", "cap": 0}
+            return runtime.worker.accept(msg)
+
+
+def consumer_class(queue: str) -> type[Actor]:
+    """The consumer actor type of ``queue`` (made on demand, by queue name)."""
+    name = queue_actor_name(queue)
+    return type(f"QueueConsumer[{queue}]", (QueueConsumer,), {"name": name, "__module__": __name__})
+
+
+class Worker:
+    """Runs tasks of ``queues`` on ``node`` (see the module doc).
+
+    Args:
+        app: The app whose tasks it runs.
+        node: The worker's started node.
+        queues: Queues to consume (default ``task_default_queue``).
+        concurrency: Tasks running at once (default ``worker_concurrency``).
+        prefetch: ``worker_prefetch_multiplier``: held tasks per slot.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        node: Node,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+        prefetch: int | None = None,
+    ) -> None:
+        conf = app.conf
+        self.app = app
+        self.node = node
+        self.queues = [check_queue(q) for q in (queues or [conf.task_default_queue])]
+        self.concurrency = int(concurrency or conf.worker_concurrency)
+        self.prefetch = int(prefetch or conf.worker_prefetch_multiplier)
+        if self.concurrency < 1 or self.prefetch < 1:
+            raise ValueError("concurrency and prefetch must be at least 1")
+        self.capacity = self.concurrency * self.prefetch
+        self.held = 0
+        self.closing = False
+        self.running: dict[str, tuple[gevent.Greenlet, Request]] = {}
+        self.waits: dict[str, Event] = {}  # held tasks not started: woken by revoke/stop
+        self.scheduled: dict[str, dict[str, Any]] = {}  # held for their ETA
+        self.refused: collections.OrderedDict[str, ActorProxy] = collections.OrderedDict()
+        self.records = Expiring(
+            lambda: float(conf.result_expires), lambda: int(conf.result_max_records)
+        )
+        self.consumers: dict[str, ActorProxy] = {}
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._slots: Semaphore | None = None
+        self.runtime: Runtime | None = None
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def start(self) -> Worker:
+        """Host the agent and a consumer per queue (``zcell worker`` also makes
+        this node the app's: ``app.use_node``)."""
+        self.runtime = attach(self.app, self.node)
+        self.runtime.worker = self
+        self._slots = self.node.call_in_loop(Semaphore, self.concurrency)
+        for queue in self.queues:
+            self.add_consumer(queue)
+        return self
+
+    def add_consumer(self, queue: str) -> None:
+        """Start consuming ``queue`` (spawns its consumer actor here)."""
+        cls = consumer_class(queue)
+        self.node.register(cls)
+        self.consumers[queue] = self.node.spawn(cls, on=self.node.id)
+        if queue not in self.queues:
+            self.queues.append(queue)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """Take no more tasks, give held ones back to their submitters, and let
+        running ones finish for up to ``timeout`` seconds. Returns how many still run."""
+        self.node.call_in_loop(self._close)
+        deadline = time.monotonic() + timeout
+        while self.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(self.running)
+
+    def _close(self) -> None:
+        self.closing = True
+        for wake in self.waits.values():
+            wake.set()
+
+    # -- taking a task (loop thread: the consumer's handler) ---------------------
+
+    def accept(self, raw: Any) -> dict[str, Any]:
+        """Hold, then run, a task message from the wire; returns its outcome."""
+        try:
+            msg = check(raw)
+        except ProtocolError as exc:
+            self.node.stats[DROPPED] += 1
+            log.warning("zcell: dropped a malformed task message: %s", exc)
+            return {"s": "dropped"}
+        if self.closing or self.held >= self.capacity:
+            self._refuse(msg["reply_to"])
+            return {"s": "full", "cap": self.capacity}
+        self.held += 1
+        try:
+            _tell(msg, "held", {"id": msg["id"], "attempt": msg["attempt"]})
+            return self._process(msg)
+        finally:
+            self.held -= 1
+            self._room()
+
+    def _refuse(self, agent: ActorProxy) -> None:
+        self.refused.pop(agent.id, None)
+        self.refused[agent.id] = agent
+        while len(self.refused) > MAX_REFUSED:
+            self.refused.popitem(last=False)
+
+    def _room(self) -> None:
+        """A slot freed: tell every submitter refused meanwhile."""
+        if self.closing or not self.refused:
+            return
+        refused, self.refused = self.refused, collections.OrderedDict()
+        consumers = [p.id for p in self.consumers.values()]
+        for agent in refused.values():
+            try:
+                agent.send("room", {"consumers": consumers}, nowait=True)
+            except ZcellError:
+                pass
+
+    def _process(self, msg: dict[str, Any]) -> dict[str, Any]:
+        task_id = msg["id"]
+        self._hold_until_eta(msg)
+        if self.closing:
+            return {"s": "full", "cap": self.capacity}  # given back: never started
+        ended = self._ended_before_start(msg)
+        if ended is not None:
+            return ended
+        task = self.app.tasks.get(msg["name"])
+        if task is None:
+            return self._outcome(msg, FAILURE, exc=NotRegistered(
+                f"task {msg['name']!r} is not registered on worker {self.node.name}; start "
+                "the worker with -A on the app that includes its module"
+            ))  # fmt: skip
+        request = Request(msg, self.node.name, self)
+        self._take_slot(request)
+        try:
+            if self.closing:
+                return {"s": "full", "cap": self.capacity}
+            if not self._claim(msg):
+                return {"s": "refused"}
+            if task_id in self._revoked_ids():
+                return self._outcome(msg, REVOKED)
+            return self._run(task, request)
+        finally:
+            self._give_slot(request)
+
+    def _hold_until_eta(self, msg: dict[str, Any]) -> None:
+        """Hold the task here until its ETA (woken early by revoke or stop)."""
+        eta = msg["eta"]
+        if eta is None or eta <= time.time():
+            return
+        task_id = msg["id"]
+        wake = self.waits[task_id] = Event()
+        self.scheduled[task_id] = msg
+        try:
+            while not wake.is_set() and time.time() < eta:
+                wake.wait(max(0.0, eta - time.time()))
+        finally:
+            self.waits.pop(task_id, None)
+            self.scheduled.pop(task_id, None)
+
+    def _revoked_ids(self) -> Expiring:
+        assert self.runtime is not None
+        return self.runtime.revoked
+
+    def _ended_before_start(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """REVOKED when revoked or expired (it then never starts)."""
+        expires = msg["expires"]
+        if msg["id"] in self._revoked_ids() or (expires is not None and expires <= time.time()):
+            return self._outcome(msg, REVOKED)
+        return None
+
+    def _claim(self, msg: dict[str, Any]) -> bool:
+        """Ask the submitter whether this attempt may start. An unreachable
+        submitter cannot re-dispatch it: the task runs."""
+        try:
+            answer = msg["reply_to"].send(
+                "claim",
+                {"id": msg["id"], "attempt": msg["attempt"], "worker": self.node.name},
+                timeout=CLAIM_TIMEOUT,
+            )
+            return bool(answer)
+        except NodeStopped:
+            return False  # this node stops: give it back
+        except ZcellError as exc:
+            log.info(
+                "zcell: cannot claim task %s at its submitter (%s): running it", msg["id"], exc
+            )
+            return True
+
+    # -- slots (the request's owner: TaskResult.get lends the slot out) ---------
+
+    def pause(self, request: Request) -> None:
+        """The task waits (``TaskResult.get``): lend its slot and its place out."""
+        self._give_slot(request)
+        self.held -= 1
+        self._room()
+
+    def resume(self, request: Request) -> None:
+        """The wait is over: take a slot back (the held count may run over briefly)."""
+        self.held += 1
+        self._take_slot(request)
+
+    def _give_slot(self, request: Request) -> None:
+        if request.has_slot:
+            request.has_slot = False
+            assert self._slots is not None
+            self._slots.release()
+
+    def _take_slot(self, request: Request) -> None:
+        if not request.has_slot:
+            assert self._slots is not None
+            self._slots.acquire()
+            request.has_slot = True
+
+    # -- running ------------------------------------------------------------------
+
+    def _run(self, task: Task, request: Request) -> dict[str, Any]:
+        """Run the task in its own greenlet (so terminate can kill just it)."""
+        runner = gevent.spawn(self._execute, task, request)
+        self.running[request.id] = (runner, request)
+        try:
+            runner.join()
+        except BaseException:
+            runner.kill(_Terminated, block=False)  # the handler itself was killed
+            raise
+        finally:
+            self.running.pop(request.id, None)
+        outcome: Any = runner.value
+        if isinstance(outcome, dict):
+            return outcome
+        return self._outcome(request.msg, REVOKED)  # killed before it ran a line
+
+    def _execute(self, task: Task, request: Request) -> dict[str, Any]:
+        getcurrent().zcell_task_request = request
+        msg = request.msg
+        try:
+            self._before_start(task, request)
+            value = task(*msg["args"], **msg["kwargs"])
+            assert self.runtime is not None
+            self.runtime.encodable(value)
+        except Retry as exc:
+            self._on_retry(task, request, exc)
+            return self._outcome(msg, RETRY, exc=exc.exc or exc, countdown=_countdown(exc.when))
+        except _Terminated:
+            self._on_revoked(task, request)
+            return self._outcome(msg, REVOKED)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: it fails this task only
+            self._on_failure(task, request, exc)
+            return self._outcome(msg, FAILURE, exc=exc)
+        self._on_success(task, request, value)
+        return self._outcome(msg, SUCCESS, value=value)
+
+    def _outcome(
+        self,
+        msg: dict[str, Any],
+        state: str,
+        value: Any = None,
+        exc: BaseException | None = None,
+        countdown: float | None = None,
+    ) -> dict[str, Any]:
+        """The reply to the submitter, also kept here as the task's record."""
+        self.counts[state] += 1
+        outcome: dict[str, Any] = {
+            "s": state,
+            "v": None if msg["ignore_result"] else value,
+            "e": error_wire(exc) if exc is not None else None,
+            "tb": _traceback(exc),
+            "done": time.time(),
+            "name": msg["name"],
+            "worker": self.node.name,
+            "retries": msg["retries"],
+            "countdown": countdown,
+        }
+        if state == REVOKED and exc is None:
+            outcome["e"] = error_wire(TaskRevokedError(f"task {msg['id']} was revoked"))
+        if not msg["ignore_result"]:
+            self.records.put(msg["id"], outcome)
+        return outcome
+
+    # -- hooks: where retries, limits and signals plug in ------------------------
+
+    def _before_start(self, task: Task, request: Request) -> None:
+        """About to run ``task`` (the claim succeeded; a slot is held)."""
+        if request.msg["track_started"]:
+            _tell(request.msg, "update_state", {"id": request.id, "state": STARTED})
+
+    def _on_success(self, task: Task, request: Request, value: Any) -> None:
+        """The task returned ``value``."""
+
+    def _on_failure(self, task: Task, request: Request, exc: BaseException) -> None:
+        """The task raised ``exc`` (anything, SystemExit included)."""
+        log.error("zcell: task %s[%s] raised %r", task.name, request.id, exc)
+
+    def _on_retry(self, task: Task, request: Request, exc: Retry) -> None:
+        """The task asked to run again (``self.retry``)."""
+        log.info("zcell: task %s[%s] will retry: %s", task.name, request.id, exc)
+
+    def _on_revoked(self, task: Task, request: Request) -> None:
+        """The running task was terminated by ``revoke(terminate=True)``."""
+        log.warning("zcell: task %s[%s] terminated (revoked)", task.name, request.id)
+
+    # -- the agent's side -----------------------------------------------------------
+
+    def revoked(self, task_ids: list[str], terminate: bool) -> int:
+        """Revoked: held ones end now (never started); with ``terminate``, running
+        ones are killed. Returns how many of them ran here."""
+        killed = 0
+        for task_id in task_ids:
+            wake = self.waits.get(task_id)
+            if wake is not None:
+                wake.set()
+            running = self.running.get(task_id)
+            if running is not None and terminate:
+                running[0].kill(_Terminated, block=False)
+                killed += 1
+        return killed
+
+    def query(self, task_ids: list[str]) -> dict[str, Any]:
+        """Records of ``task_ids`` known here (running ones as STARTED)."""
+        found: dict[str, Any] = {}
+        for task_id in task_ids:
+            record = self.records.get(task_id)
+            if record is not None:
+                found[task_id] = record
+            elif task_id in self.running:
+                request = self.running[task_id][1]
+                found[task_id] = {"s": STARTED, "name": request.task, "worker": self.node.name}
+        return found
+
+    def statistics(self) -> dict[str, int]:
+        """Counters: held, running, scheduled, and outcomes by state."""
+        stats = {"held": self.held, "running": len(self.running), "scheduled": len(self.scheduled)}
+        stats.update({f"tasks_{k.lower()}": v for k, v in self.counts.items()})
+        stats[DROPPED] = self.node.stats.get(DROPPED, 0)
+        return stats
+
+
+def _tell(msg: dict[str, Any], method: str, kwargs: dict[str, Any]) -> None:
+    """Fire and forget to the task's submitter (it may be gone: nothing to do)."""
+    try:
+        msg["reply_to"].send(method, kwargs, nowait=True)
+    except ZcellError:
+        pass
+
+
+def _countdown(when: float | datetime | None) -> float | None:
+    if isinstance(when, datetime):
+        return max(0.0, when.timestamp() - time.time())
+    return None if when is None else max(0.0, float(when))
+
+
+def _traceback(exc: BaseException | None) -> str | None:
+    if exc is None:
+        return None
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
