@@ -183,11 +183,13 @@ def test_a_task_that_expires_while_waiting_is_revoked_and_never_runs(
 def test_a_countdown_task_is_held_by_the_worker_until_its_eta(workers: Workers) -> None:
     (w,) = workers(1)
     sent = time.time()
-    result = t.add.apply_async((1, 2), countdown=0.6)
-    wait_until(lambda: w.scheduled, 5, "the worker to hold the ETA task")
-    assert result.state == "RECEIVED"
+    result = t.add.apply_async((1, 2), countdown=3 * SLOW)
+    wait_until(lambda: w.scheduled, 5 * SLOW, "the worker to hold the ETA task")
+    # The worker's notice that it holds the task reaches the submitter a moment later.
+    wait_until(lambda: result.state == "RECEIVED", 2 * SLOW, "the submitter to see it held")
+    assert w.scheduled
     assert result.get(timeout=10 * SLOW) == 3
-    assert result.date_done is not None and result.date_done.timestamp() - sent >= 0.6
+    assert result.date_done is not None and result.date_done.timestamp() - sent >= 3 * SLOW
 
 
 def test_revoke_before_start_means_it_never_runs(workers: Workers, tmp_path: Path) -> None:
