@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -193,8 +193,8 @@ def _timeout(text: str | None) -> float:
         raise UsageError(f"--timeout must be a number of seconds, not {text!r}") from exc
 
 
-def _print(items: object) -> bool:
-    lines(*items)  # type: ignore[arg-type]
+def _print(items: Iterable[str]) -> bool:
+    lines(*items)
     return True
 
 
@@ -226,7 +226,9 @@ def _start(worker: Spec) -> bool:
     deadline = time.monotonic() + START_TIMEOUT
     while read_pid(worker.pidfile) != proc.pid and proc.poll() is None:
         if time.monotonic() > deadline:
-            lines(f"{worker.name}: no pid file after {START_TIMEOUT:g}s (pid {proc.pid}); see {logfile}")
+            lines(
+                f"{worker.name}: no pid file after {START_TIMEOUT:g}s (pid {proc.pid}); see {logfile}"
+            )
             return False
         time.sleep(0.02)
     if proc.poll() is not None:

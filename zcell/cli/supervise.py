@@ -137,7 +137,9 @@ class Supervisor:
         child.started, child.restart_at = now, 0.0
 
     def _name(self, child: Child) -> str:
-        return f"{self.base}-{child.index}"
+        """``w1-2`` for child 2 of ``w1``; ``w1-2@host`` for child 2 of ``w1@host``."""
+        short, at, host = self.base.partition("@")
+        return f"{short}-{child.index}{at}{host}"
 
     def _logfile(self, index: str) -> str | None:
         """The ``--logfile`` with ``%I`` as ``-N`` for child N, empty for the supervisor."""
