@@ -2,27 +2,21 @@
 logrotate can rotate (reopened on SIGHUP), and Celery's ``%n``/``%h``/``%I``
 expansion of their paths.
 
-``zcell worker`` gains ``--pidfile``, ``--logfile`` and ``--processes`` through
-:func:`worker_options`; ``zcell multi`` (``multi.py``) and the ``--processes``
-supervisor (``supervise.py``) share the rest.
+Shared by ``zcell worker`` (its ``--pidfile`` and ``--logfile``, added by
+``supervise.worker_options``), the ``--processes`` supervisor (``supervise.py``)
+and ``zcell multi`` (``multi.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
 import socket
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from .common import Failure, UsageError
-
-if TYPE_CHECKING:
-    from .common import Command
-
 
 # --------------------------------------------------------------------------- names and paths
 
@@ -154,45 +148,3 @@ def reopen_log(path: str) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-
-
-# --------------------------------------------------------------------------- zcell worker
-
-
-def worker_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--processes``, ``--pidfile`` and ``--logfile`` to ``zcell worker``, and
-    wrap the command it runs: P > 1 hands over to the supervisor; otherwise the pid
-    file is held and the log file opened around the worker."""
-    group = parser.add_argument_group("running in the background")
-    group.add_argument(
-        "--processes", type=int, default=1, metavar="P",
-        help="run P worker processes (nodes <name>-1..P) under one supervisor that "
-        "restarts a child that dies (default 1: this process is the worker)",
-    )  # fmt: skip
-    group.add_argument(
-        "--pidfile", metavar="FILE",
-        help="write the pid here; a live pid file refuses the start (%%n, %%h expand)",
-    )  # fmt: skip
-    group.add_argument(
-        "--logfile", metavar="FILE",
-        help="append output and logs here, reopened on SIGHUP (%%n, %%h, %%I expand)",
-    )  # fmt: skip
-    parser.set_defaults(run=_daemonised(parser.get_default("run")))
-
-
-def _daemonised(run: Command) -> Command:
-    def run_worker(args: argparse.Namespace) -> int:
-        if args.processes < 1:
-            raise UsageError("--processes must be at least 1")
-        if args.processes > 1:
-            from .supervise import supervise
-
-            return supervise(args)
-        # A --processes child gets its paths expanded by the supervisor (%I: -N).
-        name = nodename(args.name) if args.name else socket.gethostname()
-        pid_path = expand(args.pidfile, name, "") if args.pidfile else None
-        log_to(expand(args.logfile, name, "") if args.logfile else None)
-        with pidfile(pid_path):
-            return run(args)
-
-    return run_worker

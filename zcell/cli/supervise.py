@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .common import lines
+from .common import Command, UsageError, lines
 from .daemon import expand, log_to, nodename, pidfile, reopen_log
 
 log = logging.getLogger(__name__)
@@ -175,3 +175,43 @@ def supervise(args: argparse.Namespace) -> int:
     name = nodename(supervisor.base)
     with pidfile(expand(args.pidfile, name, "") if args.pidfile else None):
         return supervisor.run()
+
+
+# --------------------------------------------------------------------------- zcell worker
+
+
+def worker_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--processes``, ``--pidfile`` and ``--logfile`` to ``zcell worker``, and
+    wrap the command it runs: P > 1 hands over to the supervisor; otherwise the pid
+    file is held and the log file opened around the worker."""
+    group = parser.add_argument_group("running in the background")
+    group.add_argument(
+        "--processes", type=int, default=1, metavar="P",
+        help="run P worker processes (nodes <name>-1..P) under one supervisor that "
+        "restarts a child that dies (default 1: this process is the worker)",
+    )  # fmt: skip
+    group.add_argument(
+        "--pidfile", metavar="FILE",
+        help="write the pid here; a live pid file refuses the start (%%n, %%h expand)",
+    )  # fmt: skip
+    group.add_argument(
+        "--logfile", metavar="FILE",
+        help="append output and logs here, reopened on SIGHUP (%%n, %%h, %%I expand)",
+    )  # fmt: skip
+    parser.set_defaults(run=_daemonised(parser.get_default("run")))
+
+
+def _daemonised(run: Command) -> Command:
+    def run_worker(args: argparse.Namespace) -> int:
+        if args.processes < 1:
+            raise UsageError("--processes must be at least 1")
+        if args.processes > 1:
+            return supervise(args)
+        # A --processes child gets its paths expanded by the supervisor (%I: -N).
+        name = nodename(args.name) if args.name else socket.gethostname()
+        pid_path = expand(args.pidfile, name, "") if args.pidfile else None
+        log_to(expand(args.logfile, name, "") if args.logfile else None)
+        with pidfile(pid_path):
+            return run(args)
+
+    return run_worker
