@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from . import clients, demo, node, tasks
+from . import clients, demo, multi, node, tasks
 from .common import Failure, UsageError, parse_kv, read_secret
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ __all__ = ["FAMILIES", "build_parser", "main", "parse_kv", "read_secret"]
 FAMILIES: tuple[Callable[[Subcommands], None], ...] = (
     node.register,
     tasks.register,
+    multi.register,
     clients.register,
     demo.register,
 )
@@ -70,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for `worker --processes`
     try:
         code: int = args.run(args)
         return code

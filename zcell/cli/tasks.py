@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .common import UsageError, add_command, error_object, lines, mesh_options, short
 from .node import LOGLEVELS, _import_actors, _start, _stop_on_signals, prepare, serve
+from .supervise import worker_options
 
 if TYPE_CHECKING:
     from zcell import App, TaskResult
@@ -56,6 +57,7 @@ def register(sub: Subcommands) -> None:
     worker.add_argument("--no-patch", action="store_true", help="do not gevent-monkey-patch")
     mesh_options(worker)
     worker.set_defaults(cluster=None, host=None)  # unset: the app's conf decides
+    worker_options(worker)  # --processes, --pidfile, --logfile (supervise.py)
 
     call = add_command(
         sub,
