@@ -33,8 +33,9 @@ def test_a_task_retrying_past_max_retries_fails_with_max_retries_exceeded(
     workers(1)
     path = tmp_path / "runs"
     result = t.always_retry.delay(str(path))
-    with pytest.raises(MaxRetriesExceededError, match="max_retries"):
+    with pytest.raises(RemoteError, match="max_retries") as raised:
         result.get(timeout=WAIT)
+    assert raised.value.type_name == f"zcell.tasks.errors.{MaxRetriesExceededError.__name__}"
     assert len(_times(path)) == 3  # the first run and max_retries=2 retries
     assert (result.state, result.retries) == ("FAILURE", 2)
 

@@ -330,7 +330,7 @@ class Dispatcher:
         entry = self.entries.get(task_id)
         if entry is not None and entry.msg["attempt"] == attempt:
             entry.held = True
-            if entry.state in (PENDING, RETRY):
+            if entry.state == PENDING:  # a retry stays RETRY until it ends, as in Celery
                 entry.state = RECEIVED
 
     def claim(self, task_id: str, attempt: int, worker: str) -> bool:
@@ -347,7 +347,10 @@ class Dispatcher:
             return False
         entry.claimed = entry.held = True
         entry.worker = worker
-        entry.state = STARTED if entry.msg["track_started"] else RECEIVED
+        if entry.msg["track_started"]:
+            entry.state = STARTED
+        elif entry.state != RETRY:
+            entry.state = RECEIVED
         return True
 
     def room(self, consumers: list[str]) -> None:
