@@ -157,6 +157,15 @@ def test_the_conf_default_time_limits_apply_to_tasks_without_their_own(
         t.app.conf.update(task_time_limit=None, task_soft_time_limit=None)
 
 
+def test_a_time_limit_counts_from_the_start_not_from_the_wait_for_a_slot(
+    workers: Workers,
+) -> None:
+    workers(1, concurrency=1)
+    busy = t.sleepy.delay(1.0)
+    limited = t.sleepy.apply_async((0,), time_limit=0.3)  # waits ~1 s for the slot
+    assert limited.get(timeout=WAIT) == "woke" and busy.get(timeout=WAIT) == "woke"
+
+
 # -- rate limits ----------------------------------------------------------------------
 
 
