@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
@@ -219,3 +219,42 @@ def task_app() -> Iterator[Callable[..., Any]]:
 
     yield point
     app.close(timeout=0.0)
+
+
+if TYPE_CHECKING:
+    from zcell.tasks import Worker
+
+#: ``workers(n, queues=None, **options)``: see the ``workers`` fixture.
+Workers = Callable[..., "list[Worker]"]
+
+
+@pytest.fixture
+def workers(make_node: MakeNode, task_app: Any) -> Iterator[Workers]:
+    """``workers(2, concurrency=1)``: in-process worker nodes in a cluster of their own,
+    with the test app pointed at the first (``.cluster``: that cluster, for late joiners)."""
+    import zcell_test_tasks as t
+
+    from zcell.tasks import Worker
+
+    cluster = unique_cluster()
+    made: list[Worker] = []
+    first: list[str] = []
+
+    def start(n: int, queues: list[str] | None = None, **options: Any) -> list[Worker]:
+        out = []
+        for _ in range(n):
+            peers = first[:1]
+            node = make_node(f"w{len(made) + 1}", cluster=cluster, peers=peers)
+            if not first:
+                first.append(node.endpoints["inbox"])
+                task_app(cluster=cluster, peers=first)
+            worker = Worker(t.app, node, queues, **options).start()
+            made.append(worker)
+            out.append(worker)
+        return out
+
+    start.cluster = cluster  # type: ignore[attr-defined]
+    yield start
+    t.app.close(timeout=0)
+    for worker in made:
+        worker.stop(timeout=0.5)

@@ -1,5 +1,6 @@
 """Every script in examples/ runs, prints what it promises, and is importable as a module
-whose actors a ``zcell node -A examples.X`` can host."""
+whose actors a ``zcell node -A examples.X`` can host (or, for the task examples, whose
+tasks a ``zcell worker -A examples.X`` runs)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from conftest import ROOT, SLOW, child_env
 
 from zcell import Actor
+from zcell.tasks import Task
 
 #: For each example: regexes its output must match, line by line, in this order
 #: (other lines may come between them).
@@ -47,7 +49,15 @@ EXPECTED = {
         r"^bob's inbox: \['<alice> hi all'\]$",
         r"^carol's inbox: \['<alice> hi all', '<bob> hello alice'\]$",
     ],
+    "multiply": [
+        r"^worker: none found within a second; starting zcell worker -A examples\.multiply$",
+        r"^multiply\.delay\(4, 5\) = 20 \(ran on multiply-worker\)$",
+        r"^app\.send_task\('tasks\.multiply', args=\[2, 2\]\) = 4 \(ran on multiply-worker\)$",
+        r"^multiply\(6, 7\) = 42 \(ran here: no message\)$",
+    ],
 }
+#: The examples that define tasks (for ``zcell worker -A``), not actors.
+TASK_EXAMPLES = {"multiply"}
 
 
 def unique_cluster() -> str:
@@ -93,7 +103,7 @@ def test_the_example_script_runs_and_prints_what_it_promises(name):
         assert sorted(scattered) == ["logger1", "logger2"]
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(set(EXPECTED) - TASK_EXAMPLES))
 def test_importing_an_example_runs_nothing_and_its_actors_have_importable_type_names(name, capsys):
     module = importlib.import_module(f"examples.{name}")
     assert capsys.readouterr() == ("", "")
@@ -118,3 +128,30 @@ def test_a_zcell_node_hosts_the_chat_users_and_posts_cross_nodes(procs):
     homes = re.search(r"^users live on (.*)$", out, re.M)
     assert homes is not None
     assert "hall" in homes.group(1).split(", ") and len(homes.group(1).split(", ")) == 2
+
+
+@pytest.mark.parametrize("name", sorted(TASK_EXAMPLES))
+def test_importing_a_task_example_runs_nothing_and_registers_its_tasks(name, capsys):
+    module = importlib.import_module(f"examples.{name}")
+    assert capsys.readouterr() == ("", "")
+    tasks = [obj for obj in vars(module).values() if isinstance(obj, Task)]
+    assert tasks
+    for task in tasks:
+        assert module.app.tasks[task.name] is task
+
+
+def test_the_multiply_client_uses_a_zcell_worker_already_in_the_mesh(procs):
+    cluster = unique_cluster()
+    argv = ["zcell", "worker", "-A", "examples.multiply", "--name", "service"]
+    worker = procs([*argv, "--cluster", cluster])
+    worker.wait_for_line(r"tasks\.multiply", 15 * SLOW)  # the banner lists it
+    worker.wait_for_line("^ready$", 15 * SLOW)
+    out = run_example("multiply", cluster)
+    assert_in_order(
+        out,
+        [
+            r"^worker: found one in the mesh$",
+            r"^multiply\.delay\(4, 5\) = 20 \(ran on service\)$",
+            r"^app\.send_task\('tasks\.multiply', args=\[2, 2\]\) = 4 \(ran on service\)$",
+        ],
+    )

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zcell_test_tasks as t
-from conftest import SLOW, MakeNode, unique_cluster, wait_until
+from conftest import SLOW, MakeNode, Workers, wait_until
 
 from zcell import (
     NotRegistered,
@@ -20,38 +19,7 @@ from zcell import (
     TaskRevokedError,
     TaskTimeout,
 )
-from zcell.tasks import Worker
 from zcell.tasks.runtime import DROPPED
-
-Workers = Callable[..., list[Worker]]
-
-
-@pytest.fixture
-def workers(make_node: MakeNode, task_app: Any) -> Iterator[Workers]:
-    """``workers(2, concurrency=1)``: worker nodes in a cluster of their own, with the
-    test app pointed at the first (``.cluster``: that cluster, for late joiners)."""
-    cluster = unique_cluster()
-    made: list[Worker] = []
-    first: list[str] = []
-
-    def start(n: int, queues: list[str] | None = None, **options: Any) -> list[Worker]:
-        out = []
-        for _ in range(n):
-            peers = first[:1]
-            node = make_node(f"w{len(made) + 1}", cluster=cluster, peers=peers)
-            if not first:
-                first.append(node.endpoints["inbox"])
-                task_app(cluster=cluster, peers=first)
-            worker = Worker(t.app, node, queues, **options).start()
-            made.append(worker)
-            out.append(worker)
-        return out
-
-    start.cluster = cluster  # type: ignore[attr-defined]
-    yield start
-    t.app.close(timeout=0)
-    for worker in made:
-        worker.stop(timeout=0.5)
 
 
 def test_delay_and_apply_async_return_results_with_state_and_worker(workers: Workers) -> None:

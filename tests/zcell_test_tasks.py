@@ -4,11 +4,14 @@ child processes and by the tests themselves (which point the app at their mesh).
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import gevent
 
 from zcell import App
+from zcell.tasks import signals
+from zcell.tasks.errors import SoftTimeLimitExceeded
 
 app = App("zcell_test_tasks", discovery="static")
 
@@ -115,3 +118,137 @@ NOTED: list[str] = []
 def noted(task_id: Any) -> None:
     """A ``link_error`` target: records the failed task's id."""
     NOTED.append(task_id)
+
+
+# -- retries, limits and signals (the worker's hooks) ---------------------------
+
+
+def _stamp(path: str, hostname: Any) -> None:
+    """Append ``<hostname> <time>`` to ``path``: one line per run."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{hostname} {time.time()!r}\n")
+
+
+@app.task(bind=True, max_retries=2)
+def always_retry(self: Any, path: str) -> None:
+    """Asks to retry every time: fails with MaxRetriesExceededError after 3 runs."""
+    _stamp(path, self.request.hostname)
+    raise self.retry(countdown=0)
+
+
+@app.task(bind=True, max_retries=1)
+def retry_with_exc(self: Any, path: str) -> None:
+    """Retries with its own exception: fails with it (a ValueError) after 2 runs."""
+    _stamp(path, self.request.hostname)
+    raise self.retry(exc=ValueError("still broken"), countdown=0)
+
+
+@app.task(bind=True, default_retry_delay=0.05, max_retries=1)
+def retry_default_delay(self: Any, path: str) -> str:
+    """A plain ``self.retry()`` waits ``default_retry_delay``."""
+    _stamp(path, self.request.hostname)
+    if self.request.retries == 0:
+        raise self.retry()
+    return "second"
+
+
+@app.task(bind=True, max_retries=1)
+def retry_later(self: Any, path: str, countdown: float) -> int:
+    """Retries once, ``countdown`` seconds later."""
+    _stamp(path, self.request.hostname)
+    if self.request.retries == 0:
+        raise self.retry(countdown=countdown)
+    return int(self.request.retries)
+
+
+@app.task(
+    bind=True,
+    autoretry_for=(ConnectionError,),
+    max_retries=3,
+    retry_backoff=0.1,
+    retry_jitter=False,
+)
+def backoff(self: Any, path: str) -> None:
+    """Always raises ConnectionError: retried with backoff 0.1, 0.2, 0.4 s, then fails."""
+    _stamp(path, self.request.hostname)
+    raise ConnectionError("the service is down")
+
+
+@app.task(bind=True, autoretry_for=(KeyError,), retry_kwargs={"max_retries": 1, "countdown": 0})
+def auto_once(self: Any, path: str) -> None:
+    """``retry_kwargs`` sets max_retries 1: fails with its KeyError after 2 runs."""
+    _stamp(path, self.request.hostname)
+    raise KeyError("missing")
+
+
+@app.task(bind=True, autoretry_for=(OSError,), max_retries=2, retry_kwargs={"countdown": 0})
+def auto_flaky(self: Any, path: str) -> str:
+    """Raises ConnectionError (an OSError) on its first run, then succeeds."""
+    _stamp(path, self.request.hostname)
+    if self.request.retries == 0:
+        raise ConnectionError("first run fails")
+    return str(self.request.hostname)
+
+
+@app.task
+def sleepy(seconds: float) -> str:
+    gevent.sleep(seconds)
+    return "woke"
+
+
+@app.task(soft_time_limit=0.2)
+def soft_limited(seconds: float) -> str:
+    """Catches its soft time limit to clean up, and says so."""
+    try:
+        gevent.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "woke"
+
+
+@app.task(time_limit=0.3)
+def stubborn(seconds: float) -> str:
+    """Swallows every Exception, TimeLimitExceeded included: it must still end, failed."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            gevent.sleep(0.05)
+        except Exception:  # noqa: BLE001, S112 - the test's point
+            continue
+    return "survived"
+
+
+@app.task(rate_limit="5/s")
+def rated() -> float:
+    """Rate limited to 5 a second on each worker: returns when it ran."""
+    return time.time()
+
+
+@app.task(rate_limit="1/s")
+def slow_rated(i: int) -> int:
+    return i
+
+
+#: Where the signal receivers of a worker process write (one line per signal);
+#: they are connected only where it is set (the test's worker processes).
+SIGNAL_LOG = os.environ.get("ZCELL_TEST_SIGNAL_LOG")
+
+
+def _log_signal(signal: Any, sender: Any = None, **kwargs: Any) -> None:
+    """A receiver in a task module, as a Celery project has them."""
+    name = getattr(sender, "name", None)
+    with open(str(SIGNAL_LOG), "a", encoding="utf-8") as f:
+        f.write(f"{signal.name} {name if isinstance(name, str) else type(sender).__name__}\n")
+
+
+if SIGNAL_LOG:
+    for _signal in (
+        signals.task_prerun,
+        signals.task_postrun,
+        signals.task_success,
+        signals.task_failure,
+        signals.task_revoked,
+        signals.worker_ready,
+        signals.worker_shutdown,
+    ):
+        _signal.connect(_log_signal)

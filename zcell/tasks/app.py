@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, overload
 from .._transport.loop import Flag
 from ..errors import ZcellError
 from ..node import Node
+from . import signals
 from .agent import attach
 from .conf import MESH_KEYS, Settings
 from .control import Control
@@ -33,6 +34,7 @@ from .request import current_request
 from .result import LOOKUP_TIMEOUT, TaskResult
 from .routing import route
 from .runtime import Runtime
+from .signals import send_safely
 from .states import READY_STATES
 from .task import Task
 
@@ -55,6 +57,10 @@ SEND_OPTIONS = frozenset(
         "track_started", "retries", "priority", "routing_key", "exchange", "serializer",
     }
 )  # fmt: skip
+
+
+#: ``before_task_publish`` arguments that only mean something with a broker.
+NO_BROKER: dict[str, Any] = {"properties": {}, "declare": [], "retry_policy": {}}
 
 
 class TaskRegistry(dict[str, Task]):
@@ -225,7 +231,10 @@ class App:
         redeliver = task.max_redeliveries if task and task.max_redeliveries is not None else None
         entry = Entry(msg, msg["queue"], self._pick(redeliver, "task_max_redeliveries"))
         self._chain(entry, options)
+        publish = _publish_args(msg)
+        send_safely(signals.before_task_publish, name, **publish, **NO_BROKER)
         self._add(runtime.dispatcher, entry)
+        send_safely(signals.after_task_publish, name, **publish)
         request = current_request()
         parent = TaskResult(request.id, self) if request is not None else None
         return TaskResult(entry.id, self, entry, parent=parent)
@@ -365,6 +374,23 @@ def _close_at_exit(ref: weakref.ref[App]) -> None:
     app = ref()
     if app is not None:
         app.close()
+
+
+def _publish_args(msg: dict[str, Any]) -> dict[str, Any]:
+    """The publish signals' arguments, Celery's way (message protocol 2): the
+    body is ``(args, kwargs, embed)``; the routing key is the queue."""
+    headers = {
+        "id": msg["id"], "task": msg["name"], "root_id": msg["root_id"],
+        "parent_id": msg["parent_id"], "retries": msg["retries"], "eta": msg["eta"],
+        "expires": msg["expires"], "timelimit": [msg["time_limit"], msg["soft_time_limit"]],
+        **(msg["headers"] or {}),
+    }  # fmt: skip
+    return {
+        "body": (msg["args"], msg["kwargs"], {}),
+        "exchange": "",
+        "routing_key": msg["queue"],
+        "headers": headers,
+    }
 
 
 def _name(target: Task | str) -> str:

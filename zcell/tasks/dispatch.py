@@ -48,11 +48,11 @@ log = logging.getLogger(__name__)
 #: Seconds between re-checks of waiting tasks when nothing else wakes the pump
 #: (a safety net: consumers joining and "room" notices wake it at once).
 RECHECK = 0.2
-#: The deadline of a dispatch call when the task sets none: about ten years (the
-#: outcome may take as long as the task runs; a dead worker fails it at once).
+#: The deadline of a dispatch call: about ten years. The outcome may take as long
+#: as the task waits at the worker (for its ETA, a slot, its rate limit) and runs;
+#: the worker enforces the time limits itself and answers, and a dead worker fails
+#: the call at once (NodeDown), so no shorter bound is needed or right.
 NO_DEADLINE = 10 * 365 * 86400.0
-#: Seconds added to a task's time limit for the deadline of its dispatch call.
-LIMIT_SLACK = 30.0
 
 
 class Entry:
@@ -205,22 +205,12 @@ class Dispatcher:
         entry.consumer = consumer.id
         self.inflight[consumer.id] += 1
         try:
-            result = consumer.call("run", {"msg": msg}, timeout=self._deadline(msg))
+            result = consumer.call("run", {"msg": msg}, timeout=NO_DEADLINE)
         except ZcellError as exc:
             self.inflight[consumer.id] -= 1
             self.finish(entry, FAILURE, exc)
             return
         result.link(lambda r: self._on_reply(entry, attempt, consumer.id, r))
-
-    @staticmethod
-    def _deadline(msg: dict[str, Any]) -> float:
-        """The dispatch call's timeout: none to speak of, unless the task expires
-        (the worker then answers REVOKED itself) or has a hard time limit."""
-        bounds = [NO_DEADLINE]
-        if msg["time_limit"] is not None:
-            start = max(time.time(), msg["eta"] or 0.0)
-            bounds.append(start - time.time() + float(msg["time_limit"]) + LIMIT_SLACK)
-        return min(bounds)
 
     # -- following (loop thread) ----------------------------------------------
 
@@ -330,7 +320,7 @@ class Dispatcher:
         entry = self.entries.get(task_id)
         if entry is not None and entry.msg["attempt"] == attempt:
             entry.held = True
-            if entry.state in (PENDING, RETRY):
+            if entry.state == PENDING:  # a retry stays RETRY until it ends, as in Celery
                 entry.state = RECEIVED
 
     def claim(self, task_id: str, attempt: int, worker: str) -> bool:
@@ -347,7 +337,10 @@ class Dispatcher:
             return False
         entry.claimed = entry.held = True
         entry.worker = worker
-        entry.state = STARTED if entry.msg["track_started"] else RECEIVED
+        if entry.msg["track_started"]:
+            entry.state = STARTED
+        elif entry.state != RETRY:
+            entry.state = RECEIVED
         return True
 
     def room(self, consumers: list[str]) -> None:

@@ -11,8 +11,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .errors import MaxRetriesExceededError, Retry
+from .errors import Retry
+from .limits import parse_rate
 from .request import Request, current_request
+from .retry import backoff_factor, exhausted, retry_countdown, should_retry
 
 if TYPE_CHECKING:
     from .app import App
@@ -78,6 +80,9 @@ class Task:
         self.ignore_result: bool | None = opts["ignore_result"]
         self.track_started: bool | None = opts["track_started"]
         self.max_redeliveries: int | None = opts["max_redeliveries"]
+        # Checked here, where the task is declared: a typo fails at import.
+        backoff_factor(self.retry_backoff)
+        parse_rate(self.rate_limit)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -126,25 +131,53 @@ class Task:
     ) -> Retry:
         """Run the task again later: raises ``Retry`` (``raise self.retry(...)``).
 
-        Beyond ``max_retries`` it raises ``exc`` (or ``MaxRetriesExceededError``).
+        The next attempt waits ``countdown`` seconds (or until ``eta``; else the
+        task's ``default_retry_delay``). Beyond ``max_retries`` (the task's unless
+        given) it raises ``exc``, or ``MaxRetriesExceededError`` without one.
+        ``args``, ``kwargs`` and other options are accepted for Celery code and
+        ignored: the next attempt runs with the same arguments.
         """
+        return self._retry(exc, countdown, eta, max_retries, autoretry=False)
+
+    def autoretry(self, exc: BaseException) -> Retry:
+        """``autoretry_for`` caught ``exc``: retry with ``retry_kwargs`` and backoff
+        (raises ``Retry``, or ``exc`` once ``max_retries`` is used up)."""
+        kw = self.retry_kwargs
+        return self._retry(
+            exc, kw.get("countdown"), kw.get("eta"), kw.get("max_retries"), autoretry=True
+        )
+
+    def _retry(
+        self,
+        exc: BaseException | None,
+        countdown: float | None,
+        eta: datetime | float | None,
+        max_retries: int | None,
+        *,
+        autoretry: bool,
+    ) -> Retry:
         request = self.request
         limit = self.max_retries if max_retries is None else max_retries
-        if limit is not None and request.retries >= limit:
-            if exc is not None:
-                raise exc
-            raise MaxRetriesExceededError(
-                f"task {self.name}[{request.id}] retried {request.retries} times "
-                f"(max_retries={limit})",
-                task_args=request.args,
-                task_kwargs=request.kwargs,
-            )
+        if not should_retry(limit, request.retries):
+            raise exhausted(exc, self.name, request.id, request.args, request.kwargs)
         when: float | datetime = (
             eta
             if eta is not None
-            else (countdown if countdown is not None else self.default_retry_delay)
+            else retry_countdown(
+                self.retry_options, request.retries, countdown, autoretry=autoretry
+            )
         )
         raise Retry(exc=exc, when=when)
+
+    @property
+    def retry_options(self) -> dict[str, Any]:
+        """The options ``retry.retry_countdown`` reads, from this task's."""
+        return {
+            "default_retry_delay": self.default_retry_delay,
+            "retry_backoff": self.retry_backoff,
+            "retry_backoff_max": self.retry_backoff_max,
+            "retry_jitter": self.retry_jitter,
+        }
 
     def update_state(
         self, task_id: str | None = None, state: str | None = None, meta: Any = None

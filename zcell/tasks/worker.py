@@ -34,13 +34,16 @@ from greenlet import getcurrent
 
 from ..actors.actor import Actor
 from ..errors import NodeStopped, ProtocolError, ZcellError, error_wire
+from . import signals
 from .agent import attach
 from .errors import NotRegistered, Retry, TaskRevokedError
+from .limits import RateLimiter, TimeLimits, parse_rate
 from .message import check
 from .records import Expiring
 from .request import Request
 from .routing import check_queue, queue_actor_name
 from .runtime import DROPPED, Runtime, runtime_of
+from .signals import send_safely
 from .states import FAILURE, RETRY, REVOKED, STARTED, SUCCESS
 
 if TYPE_CHECKING:
@@ -124,6 +127,7 @@ class Worker:
         )
         self.consumers: dict[str, ActorProxy] = {}
         self.counts: collections.Counter[str] = collections.Counter()
+        self.limiters: dict[str, RateLimiter] = {}  # task name -> its rate limit here
         self._slots: Semaphore | None = None
         self.runtime: Runtime | None = None
 
@@ -137,6 +141,7 @@ class Worker:
         self._slots = self.node.call_in_loop(Semaphore, self.concurrency)
         for queue in self.queues:
             self.add_consumer(queue)
+        send_safely(signals.worker_ready, self)
         return self
 
     def add_consumer(self, queue: str) -> None:
@@ -150,6 +155,7 @@ class Worker:
     def stop(self, timeout: float = 10.0) -> int:
         """Take no more tasks, give held ones back to their submitters, and let
         running ones finish for up to ``timeout`` seconds. Returns how many still run."""
+        send_safely(signals.worker_shutdown, self)
         self.node.call_in_loop(self._close)
         deadline = time.monotonic() + timeout
         while self.running and time.monotonic() < deadline:
@@ -215,6 +221,7 @@ class Worker:
                 "the worker with -A on the app that includes its module"
             ))  # fmt: skip
         request = Request(msg, self.node.name, self)
+        self._wait_for_rate(task)
         self._take_slot(request)
         try:
             if self.closing:
@@ -222,6 +229,7 @@ class Worker:
             if not self._claim(msg):
                 return {"s": "refused"}
             if task_id in self._revoked_ids():
+                self._on_revoked(task, request, terminated=False)
                 return self._outcome(msg, REVOKED)
             return self._run(task, request)
         finally:
@@ -249,9 +257,24 @@ class Worker:
     def _ended_before_start(self, msg: dict[str, Any]) -> dict[str, Any] | None:
         """REVOKED when revoked or expired (it then never starts)."""
         expires = msg["expires"]
-        if msg["id"] in self._revoked_ids() or (expires is not None and expires <= time.time()):
-            return self._outcome(msg, REVOKED)
-        return None
+        revoked = msg["id"] in self._revoked_ids()
+        expired = not revoked and expires is not None and expires <= time.time()
+        if not (revoked or expired):
+            return None
+        task = self.app.tasks.get(msg["name"])
+        self._on_revoked(task, Request(msg, self.node.name), terminated=False, expired=expired)
+        return self._outcome(msg, REVOKED)
+
+    def _wait_for_rate(self, task: Task) -> None:
+        """Wait for the task's rate limit (per task, on this node), holding its
+        place here but no concurrency slot, so other tasks run meanwhile."""
+        limiter = self.limiters.get(task.name)
+        if limiter is None:
+            rate = task.rate_limit or self.app.conf.task_default_rate_limit
+            if not rate:
+                return
+            limiter = self.limiters[task.name] = RateLimiter(parse_rate(rate))
+        limiter.acquire()
 
     def _claim(self, msg: dict[str, Any]) -> bool:
         """Ask the submitter whether this attempt may start. An unreachable
@@ -319,7 +342,7 @@ class Worker:
         msg = request.msg
         try:
             self._before_start(task, request)
-            value = task(*msg["args"], **msg["kwargs"])
+            value = self._call(task, request)
             assert self.runtime is not None
             self.runtime.encodable(value)
         except Retry as exc:
@@ -333,6 +356,19 @@ class Worker:
             return self._outcome(msg, FAILURE, exc=exc)
         self._on_success(task, request, value)
         return self._outcome(msg, SUCCESS, value=value)
+
+    @staticmethod
+    def _call(task: Task, request: Request) -> Any:
+        """Run the task's code under its time limits; an error the task lists in
+        ``autoretry_for`` becomes a retry (or, retries used up, the failure)."""
+        msg = request.msg
+        with TimeLimits(msg["soft_time_limit"], msg["time_limit"]):
+            try:
+                return task(*msg["args"], **msg["kwargs"])
+            except Retry:
+                raise
+            except task.autoretry_for as exc:
+                raise task.autoretry(exc) from exc
 
     def _outcome(
         self,
@@ -367,21 +403,78 @@ class Worker:
         """About to run ``task`` (the claim succeeded; a slot is held)."""
         if request.msg["track_started"]:
             _tell(request.msg, "update_state", {"id": request.id, "state": STARTED})
+        send_safely(
+            signals.task_prerun,
+            task,
+            task_id=request.id,
+            task=task,
+            args=request.args,
+            kwargs=request.kwargs,
+        )
 
     def _on_success(self, task: Task, request: Request, value: Any) -> None:
         """The task returned ``value``."""
+        send_safely(signals.task_success, task, result=value)
+        self._postrun(task, request, value, SUCCESS)
 
     def _on_failure(self, task: Task, request: Request, exc: BaseException) -> None:
         """The task raised ``exc`` (anything, SystemExit included)."""
         log.error("zcell: task %s[%s] raised %r", task.name, request.id, exc)
+        send_safely(
+            signals.task_failure,
+            task,
+            task_id=request.id,
+            exception=exc,
+            args=request.args,
+            kwargs=request.kwargs,
+            traceback=exc.__traceback__,
+            einfo=_traceback(exc),
+        )
+        self._postrun(task, request, exc, FAILURE)
 
     def _on_retry(self, task: Task, request: Request, exc: Retry) -> None:
-        """The task asked to run again (``self.retry``)."""
+        """The task asked to run again (``self.retry`` or ``autoretry_for``)."""
         log.info("zcell: task %s[%s] will retry: %s", task.name, request.id, exc)
+        reason = exc.exc or exc
+        send_safely(
+            signals.task_retry, task, request=request, reason=reason, einfo=_traceback(reason)
+        )
+        self._postrun(task, request, exc, RETRY)
 
-    def _on_revoked(self, task: Task, request: Request) -> None:
-        """The running task was terminated by ``revoke(terminate=True)``."""
-        log.warning("zcell: task %s[%s] terminated (revoked)", task.name, request.id)
+    def _on_revoked(
+        self,
+        task: Task | None,
+        request: Request,
+        terminated: bool = True,
+        expired: bool = False,
+    ) -> None:
+        """The task was revoked: terminated while it ran (``revoke(terminate=True)``),
+        or ended before it started (revoked, or ``expired``). ``task`` is None when
+        this worker does not know the task's name."""
+        if terminated:
+            log.warning("zcell: task %s[%s] terminated (revoked)", request.task, request.id)
+        send_safely(
+            signals.task_revoked,
+            task if task is not None else request.task,
+            request=request,
+            terminated=terminated,
+            signum=None,
+            expired=expired,
+        )
+
+    @staticmethod
+    def _postrun(task: Task, request: Request, retval: Any, state: str) -> None:
+        """``task_postrun``: the task ran, whatever its outcome."""
+        send_safely(
+            signals.task_postrun,
+            task,
+            task_id=request.id,
+            task=task,
+            args=request.args,
+            kwargs=request.kwargs,
+            retval=retval,
+            state=state,
+        )
 
     # -- the agent's side -----------------------------------------------------------
 
