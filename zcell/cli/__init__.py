@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from . import clients, demo, node, tasks
+from . import beat, clients, demo, node, tasks
 from .common import Failure, UsageError, parse_kv, read_secret
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ __all__ = ["FAMILIES", "build_parser", "main", "parse_kv", "read_secret"]
 FAMILIES: tuple[Callable[[Subcommands], None], ...] = (
     node.register,
     tasks.register,
+    beat.register,
     clients.register,
     demo.register,
 )

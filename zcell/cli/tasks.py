@@ -16,6 +16,7 @@ import time
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from .beat import start_beat
 from .common import UsageError, add_command, error_object, lines, mesh_options, short
 from .node import LOGLEVELS, _import_actors, _start, _stop_on_signals, prepare, serve
 
@@ -50,6 +51,9 @@ def register(sub: Subcommands) -> None:
         help="tasks running at once (default: the app's worker_concurrency)",
     )  # fmt: skip
     worker.add_argument("-n", "--name", help="node name, unique in the mesh")
+    worker.add_argument(
+        "-B", "--beat", action="store_true", help="also be a beat candidate (docs/beat.md)"
+    )
     worker.add_argument("-l", "--loglevel", default="info", type=str.lower, choices=LOGLEVELS)
     worker.add_argument("--port", type=int, default=0, help="inbox port (default: random)")
     worker.add_argument("--heartbeat", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -108,8 +112,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         node.stop(timeout=1.0)
         raise UsageError(str(exc)) from exc
+    beat = start_beat(app, node) if args.beat else None
     _worker_banner(app, worker, me, args)
-    serve(node, stop, args, lambda: _finish(worker))
+    serve(node, stop, args, lambda: _finish(worker, beat))
     return 0
 
 
@@ -129,7 +134,9 @@ def _mesh_from_app(args: argparse.Namespace, app: App) -> None:
         os.environ.setdefault("ZCELL_SECRET", str(conf.secret))
 
 
-def _finish(worker: Any) -> None:
+def _finish(worker: Any, beat: Any = None) -> None:
+    if beat is not None:
+        beat.stop()  # first: another candidate takes over while tasks finish
     left = worker.stop(SHUTDOWN_TIMEOUT)
     if left:
         print(
