@@ -158,7 +158,7 @@ def test_with_two_candidates_a_graceful_stop_hands_over_at_once(
     started, observer, path = _candidates(procs, make_node, monkeypatch, tmp_path, ["b1", "b2"])
     since = time.time()
     time.sleep(2 * EVERY)
-    started["b1"].terminate()
+    started["b1"].send_signal(signal.SIGTERM)
     # At once: well before the ~3 heartbeats a crash takes to be noticed.
     wait_until(lambda: _status(observer, "b2")["leading"], 0.6 * SLOW, "b2 to lead")
     time.sleep(3 * EVERY)

@@ -132,9 +132,16 @@ class BeatCandidate(Actor):
             """This candidate's view: leader, quorum, schedule."""
             return _beat_of(self.node).status()
 
-        def leave(self, name: str, node: str) -> None:
-            """Candidate ``name`` (node id ``node``) leaves gracefully."""
-            _beat_of(self.node).left_gracefully(str(name), str(node))
+        def leave(self, name: str, node: str, cursors: dict[str, float]) -> None:
+            """Candidate ``name`` (node id ``node``) leaves gracefully; as leader it
+            had sent each entry's ticks up to ``cursors``."""
+            beat = _beat_of(self.node)
+            beat.progress(cursors)
+            beat.left_gracefully(str(name), str(node))
+
+        def sent(self, cursors: dict[str, float]) -> None:
+            """The leader sent each entry's ticks up to ``cursors`` (entry -> time)."""
+            _beat_of(self.node).progress(cursors)
 
         def known(self) -> list[str]:
             """The candidates this one last knew (the quorum's basis)."""
@@ -171,6 +178,7 @@ class Beat:
         self.paused: str | None = None
         self.following_until = self.started  # last time another side was responsible
         self.settle_until = 0.0
+        self.handed: dict[str, float] = {}  # entry -> due time the leader last sent
         self.sent = 0
         self.caught_up = 0
         self._greenlet: Any = None
@@ -194,12 +202,28 @@ class Beat:
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
         self.node.control.remove("beat")
+        cursors = self._cursors() if self.leading else {}
+        self._tell("leave", {"name": self.me, "node": self.node.id, "cursors": cursors})
+
+    def _tell(self, method: str, kwargs: dict[str, Any]) -> None:
+        """Fire and forget to every other live candidate."""
         for name, ref in self.live.items():
             if ref is not None and name != self.me:
                 try:
-                    ref.send("leave", {"name": self.me, "node": self.node.id}, nowait=True)
+                    ref.send(method, kwargs, nowait=True)
                 except ZcellError:
                     pass
+
+    def _cursors(self) -> dict[str, float]:
+        return {e.name: e.last for e in self.entries if e.last is not None}
+
+    def progress(self, cursors: Any) -> None:
+        """Where the leader is: a successor catches up from there, not earlier."""
+        if not isinstance(cursors, dict):
+            return
+        for name, due in cursors.items():
+            if isinstance(name, str) and isinstance(due, int | float):
+                self.handed[name] = max(float(due), self.handed.get(name, float("-inf")))
 
     # -- the loop (loop thread) ---------------------------------------------
 
@@ -287,6 +311,7 @@ class Beat:
         if now < self.settle_until:
             return  # ticks in flight from the old leader land meanwhile
         catch: list[tuple[BeatEntry, float]] = []
+        sent = self.sent
         for entry in self.entries:
             if entry.cursor is None:
                 entry.cursor = self._catch_up_from(entry, now)
@@ -298,6 +323,8 @@ class Beat:
             entry.cursor = now
         if catch:
             self._catch_up(catch)
+        if self.sent != sent:
+            self._tell("sent", {"cursors": self._cursors()})
 
     def _take_over(self, now: float) -> None:
         self.leading, self.paused = True, None
@@ -311,15 +338,19 @@ class Beat:
         )  # fmt: skip
 
     def _catch_up_from(self, entry: BeatEntry, now: float) -> float:
-        """Where this leader starts: where the old one may have stopped (it was
-        declared down up to ``DETECT_HEARTBEATS`` after its last tick), bounded by
+        """Where this leader starts: after the last tick the old leader said it
+        sent; without word from it, where it may have stopped (it was declared
+        down up to ``DETECT_HEARTBEATS`` after its last tick). Bounded by
         ``beat_max_catchup``; an entry with ``catch_up=False`` starts now."""
         if not entry.catch_up:
             return self.settle_until
+        bound = now - float(self.app.conf.beat_max_catchup)
+        if entry.name in self.handed:
+            return max(self.handed[entry.name], bound)
         since = self.following_until
         if since > self.started:
             since -= DETECT_HEARTBEATS * self.node.heartbeat
-        return max(self.started, since, now - float(self.app.conf.beat_max_catchup))
+        return max(self.started, since, bound)
 
     def _catch_up(self, ticks: list[tuple[BeatEntry, float]]) -> None:
         """Send the ticks that fell due before this leader took over, but only
