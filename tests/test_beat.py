@@ -188,3 +188,21 @@ def test_with_two_candidates_a_crash_pauses_the_survivor_unless_quorum_is_one(
         before = len(_ticks(path))
         time.sleep(3 * EVERY)
         assert len(_ticks(path)) == before
+
+
+def test_status_marks_the_beat_leader_and_the_beat_control_op_shows_the_schedule(
+    procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path, capsys: Any
+) -> None:
+    from conftest import run_cli
+
+    _, observer, path = _candidates(procs, make_node, monkeypatch, tmp_path, ["b1", "b2"])
+    wait_until(lambda: _status(observer, "b1")["sent"] > 0, 5 * SLOW, "a tick")
+    inbox = next(n for n in observer.nodes() if n["name"] == "b1")["endpoints"]["inbox"]
+    cluster = observer.cluster
+    code, out, _ = run_cli(capsys, "status", "--cluster", cluster, "--no-mdns", "--peer", inbox)
+    assert code == 0
+    assert "b1 (beat leader)" in out and "b2 (beat leader)" not in out
+    b2 = next(n["id"] for n in observer.nodes() if n["name"] == "b2")
+    status = observer._ctrl(b2, "beat", {}, 5.0)
+    assert status["leader"] == "b1" and not status["leading"]
+    assert [e["name"] for e in status["entries"]] == ["tick"]
