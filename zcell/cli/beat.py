@@ -1,6 +1,6 @@
 """``zcell beat``: a node that is a beat candidate only (sends periodic tasks).
 
-``zcell worker -B`` makes a worker a candidate too (``start_beat``). Any number
+``zcell worker -B`` makes a worker a candidate too (``tasks.start_beat``). Any number
 of candidates may run; one leads (docs/beat.md).
 """
 
@@ -11,8 +11,9 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from .common import UsageError, add_command, lines, mesh_options
+from .common import add_command, lines, mesh_options
 from .node import LOGLEVELS, _start, _stop_on_signals, prepare, serve
+from .tasks import _mesh_from_app, find_app, start_beat
 
 if TYPE_CHECKING:
     from zcell import App, Node
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
     from .common import Subcommands
 
-__all__ = ["register", "start_beat"]
+__all__ = ["register"]
 
 
 def register(sub: Subcommands) -> None:
@@ -44,8 +45,6 @@ def register(sub: Subcommands) -> None:
 
 def cmd_beat(args: argparse.Namespace) -> int:
     """Run a beat candidate until SIGINT/SIGTERM; it then hands over at once."""
-    from .tasks import _mesh_from_app, find_app
-
     prepare(args)
     app = find_app(args.app)
     _mesh_from_app(args, app)
@@ -56,17 +55,6 @@ def cmd_beat(args: argparse.Namespace) -> int:
     _banner(app, node, beat, args)
     serve(node, stop, args, beat.stop)
     return 0
-
-
-def start_beat(app: App, node: Node) -> Beat:
-    """Make ``node`` a beat candidate of ``app`` (a bad schedule is a usage error)."""
-    from zcell.tasks.beat import Beat
-
-    try:
-        return Beat(app, node).start()
-    except (TypeError, ValueError) as exc:
-        node.stop(timeout=1.0)
-        raise UsageError(f"beat_schedule: {exc}") from exc
 
 
 def _banner(app: App, node: Node, beat: Beat, args: argparse.Namespace) -> None:

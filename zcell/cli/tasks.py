@@ -16,16 +16,16 @@ import time
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from .beat import start_beat
 from .common import UsageError, add_command, error_object, lines, mesh_options, short
 from .node import LOGLEVELS, _import_actors, _start, _stop_on_signals, prepare, serve
 
 if TYPE_CHECKING:
-    from zcell import App, TaskResult
+    from zcell import App, Node, TaskResult
+    from zcell.tasks.beat import Beat
 
     from .common import Subcommands
 
-__all__ = ["find_app", "register"]
+__all__ = ["find_app", "register", "start_beat"]
 
 #: The least handler bound of a worker's node (``zcell node``'s default).
 NODE_CONCURRENCY = 1000
@@ -142,6 +142,17 @@ def _finish(worker: Any, beat: Any = None) -> None:
         print(
             f"zcell worker: {left} task(s) still ran after {SHUTDOWN_TIMEOUT:g}s", file=sys.stderr
         )
+
+
+def start_beat(app: App, node: Node) -> Beat:
+    """Make ``node`` a beat candidate of ``app`` (a bad schedule is a usage error)."""
+    from zcell.tasks.beat import Beat
+
+    try:
+        return Beat(app, node).start()
+    except (TypeError, ValueError) as exc:
+        node.stop(timeout=1.0)
+        raise UsageError(f"beat_schedule: {exc}") from exc
 
 
 def find_app(spec: str) -> App:
