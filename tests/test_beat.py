@@ -206,3 +206,28 @@ def test_status_marks_the_beat_leader_and_the_beat_control_op_shows_the_schedule
     status = observer._ctrl(b2, "beat", {}, 5.0)
     assert status["leader"] == "b1" and not status["leading"]
     assert [e["name"] for e in status["entries"]] == ["tick"]
+
+
+def test_zcell_beat_is_a_candidate_that_only_sends(
+    procs: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "ticks"
+    monkeypatch.setenv("ZCELL_TEST_BEAT_FILE", str(path))
+    monkeypatch.setenv("ZCELL_TEST_BEAT_EVERY", str(EVERY))
+    cluster = unique_cluster()
+    _, inbox = start_zcell_worker(procs, "w1", cluster, app="zcell_test_beat")
+    argv = ["zcell", "beat", "-A", "zcell_test_beat", "--no-mdns", "--name", "a-beat"]
+    beat = procs([*argv, "--cluster", cluster, "--heartbeat", "0.3", "--peer", inbox])
+    beat.wait_for_line(r"^\s+\. tick: zcell_test_beat.tick <schedule every 0.5s>$", 15 * SLOW)
+    beat.wait_for_line("^ready$", 15 * SLOW)
+    wait_until(lambda: len(_ticks(path)) >= 2, 10 * SLOW, "ticks")
+    workers = {line.split()[1] for line in path.read_text().splitlines()}
+    assert workers == {"w1"}  # the beat node consumes no queue
+
+
+def test_a_bad_beat_schedule_is_a_usage_error(procs: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("ZCELL_TEST_BEAT_BAD", "1")
+    argv = ["zcell", "beat", "-A", "zcell_test_beat", "--no-mdns", "--name", "bad"]
+    proc = procs([*argv, "--cluster", unique_cluster()])
+    proc.wait_for_line(r"beat_schedule\['bad'\] needs 'task' and 'schedule'", 15 * SLOW)
+    assert proc.popen.wait(timeout=15 * SLOW) == 2

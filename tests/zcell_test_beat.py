@@ -29,3 +29,6 @@ if os.environ.get("ZCELL_TEST_BEAT_FILE"):
         args=(os.environ["ZCELL_TEST_BEAT_FILE"],),
         name="tick",
     )
+
+if os.environ.get("ZCELL_TEST_BEAT_BAD"):
+    app.conf.beat_schedule = {"bad": {"task": "zcell_test_beat.tick", "every": 1}}

@@ -172,6 +172,7 @@ class Beat:
         self.known: set[str] = {self.me}
         self.left: dict[str, str] = {}  # name -> node id of candidates that left
         self.asked: set[str] = set()  # node ids asked for their known set
+        self.answered: set[str] = set()  # ... and those that answered
         self.live: dict[str, ActorProxy | None] = {}
         self.leader: str | None = None
         self.leading = False
@@ -244,7 +245,7 @@ class Beat:
         if have >= need:
             self.known = set(self.live)  # the dead ones no longer count
         self.leader = min(self.live)
-        if self.leader != self.me:
+        if self.leader != self.me or not self._learnt():
             self._follow(now, None)
         elif have < need:
             missing = sorted(self.known - set(self.live))
@@ -263,8 +264,10 @@ class Beat:
         live: dict[str, ActorProxy | None] = {}
         for ref in self.node.actors(CANDIDATE_TYPE):
             name = names.get(ref.node_id)
-            if name is not None and self.left.get(name) != ref.node_id:
-                live[name] = ref
+            if name is None or self.left.get(name) == ref.node_id:
+                continue
+            self.left.pop(name, None)  # it left, and is back (a new node)
+            live[name] = ref
         live.setdefault(self.me, None)  # before the directory lists it
         return live
 
@@ -284,6 +287,15 @@ class Beat:
             return
         if isinstance(names, list):
             self.known |= {str(n) for n in names} - set(self.left)
+        self.answered.add(ref.node_id)
+
+    def _learnt(self) -> bool:
+        """Every other live candidate said whom it knows: only then may this one
+        count a quorum (a newcomer would otherwise count only what it sees)."""
+        return all(
+            ref is None or name == self.me or ref.node_id in self.answered
+            for name, ref in self.live.items()
+        )
 
     def quorum(self) -> int:
         """Candidates needed to send: ``beat_quorum``, default a majority of ``known``."""
