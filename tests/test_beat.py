@@ -133,7 +133,8 @@ def test_every_tick_runs_once_with_several_candidates(
     assert status["leader"] == "b1" and status["leading"] and status["paused"] is None
     (entry,) = status["entries"]
     assert entry["name"] == "tick" and entry["next_run"] > entry["last_run"] > since
-    assert not _status(observer, names[-1])["leading"]
+    follower = _status(observer, names[-1])
+    assert not follower["leading"] and follower["entries"][0]["last_run"] > since
 
 
 def test_with_three_candidates_a_killed_leader_loses_no_tick_and_doubles_none(
@@ -150,6 +151,7 @@ def test_with_three_candidates_a_killed_leader_loses_no_tick_and_doubles_none(
     until = time.time() - 1.0
     _once_each(path, since, until)
     assert _status(observer, "b3")["leader"] == "b2"
+    assert _status(observer, "b2")["caught_up"] >= 1  # sent late, not skipped
 
 
 def test_with_two_candidates_a_graceful_stop_hands_over_at_once(
@@ -231,3 +233,22 @@ def test_a_bad_beat_schedule_is_a_usage_error(procs: Any, monkeypatch: Any) -> N
     proc = procs([*argv, "--cluster", unique_cluster()])
     proc.wait_for_line(r"beat_schedule\['bad'\] needs 'task' and 'schedule'", 15 * SLOW)
     assert proc.popen.wait(timeout=15 * SLOW) == 2
+
+
+def test_an_entry_without_catch_up_skips_the_ticks_missed_in_a_hand_over(
+    procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    names = ["b1", "b2", "b3"]
+    env = {"ZCELL_TEST_BEAT_SKIP": "1"}
+    started, observer, path = _candidates(procs, make_node, monkeypatch, tmp_path, names, **env)
+    time.sleep(2 * EVERY)
+    killed = time.time()
+    started["b1"].kill(signal.SIGKILL)
+    wait_until(lambda: _status(observer, "b2")["leading"], 5 * SLOW, "b2 to lead")
+    took_over = time.time()
+    time.sleep(3 * EVERY)
+    ran = _ticks(path)
+    assert len(ran) == len(set(ran))
+    assert _due_ids(killed, took_over) - set(ran), "no tick of the hand-over was skipped"
+    assert _due_ids(took_over + 1.0, time.time() - 0.5) <= set(ran)
+    assert _status(observer, "b2")["caught_up"] == 0

@@ -1,7 +1,8 @@
 """The beat tests' app: `zcell worker -B -A zcell_test_beat` child processes.
 
 Its schedule comes from the environment: ZCELL_TEST_BEAT_FILE (each tick appends
-its due time and the worker's name there) and ZCELL_TEST_BEAT_EVERY (seconds)."""
+its due time and the worker's name there) and ZCELL_TEST_BEAT_EVERY (seconds); ZCELL_TEST_BEAT_SKIP=1 skips the ticks missed
+in a hand-over, ZCELL_TEST_BEAT_QUORUM sets beat_quorum."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ if os.environ.get("ZCELL_TEST_BEAT_FILE"):
         tick,
         args=(os.environ["ZCELL_TEST_BEAT_FILE"],),
         name="tick",
+        catch_up=not os.environ.get("ZCELL_TEST_BEAT_SKIP"),
     )
 
 if os.environ.get("ZCELL_TEST_BEAT_BAD"):

@@ -80,13 +80,15 @@ class BeatEntry:
         """The tick's task id: the same on every candidate."""
         return str(uuid.uuid5(TICK_NAMESPACE, f"{app}:{self.name}@{due:.6f}"))
 
-    def describe(self, tz: str, now: float) -> dict[str, Any]:
-        """The entry as ``beat`` status shows it."""
+    def describe(self, tz: str, now: float, reported: float | None) -> dict[str, Any]:
+        """The entry as ``beat`` status shows it; ``last_run`` is the latest tick
+        sent here or ``reported`` by the leader."""
+        last = max((t for t in (self.last, reported) if t is not None), default=None)
         return {
             "name": self.name,
             "task": self.task,
             "schedule": repr(self.schedule),
-            "last_run": self.last,
+            "last_run": last,
             "next_run": self.schedule.next_after(now, tz),
         }
 
@@ -197,7 +199,10 @@ class Beat:
 
     def stop(self) -> None:
         """Stop sending and tell the other candidates (they hand over at once)."""
-        self.node.call_in_loop(self._leave)
+        try:
+            self.node.call_in_loop(self._leave)
+        except ZcellError:
+            pass  # the node stopped already: the others see it gone
 
     def _leave(self) -> None:
         if self._greenlet is not None:
@@ -381,10 +386,15 @@ class Beat:
         runtime = self.app._runtime()
         assert runtime.agent is not None
         found: set[str] = set()
-        replies = runtime.agent.scatter("query", {"ids": ids}, timeout=ASK_TIMEOUT, propagate=False)
-        for reply in replies:
-            if isinstance(reply, dict):
-                found |= set(reply) & set(ids)
+        try:
+            replies = runtime.agent.scatter(
+                "query", {"ids": ids}, timeout=ASK_TIMEOUT, propagate=False
+            )
+            for reply in replies:
+                if isinstance(reply, dict):
+                    found |= set(reply) & set(ids)
+        except ZcellError as exc:  # send them: a worker that ran one will not again
+            log.warning("zcell beat: cannot ask the mesh which ticks ran: %s", exc)
         return found
 
     def _send(self, entry: BeatEntry, due: float) -> None:
@@ -416,7 +426,7 @@ class Beat:
             "quorum": self.quorum(),
             "sent": self.sent,
             "caught_up": self.caught_up,
-            "entries": [e.describe(tz, now) for e in self.entries],
+            "entries": [e.describe(tz, now, self.handed.get(e.name)) for e in self.entries],
         }
 
     def _control(self, args: dict[str, Any], src: str) -> dict[str, Any]:
