@@ -191,12 +191,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 
 def start_zcell_worker(
-    procs: Callable[..., Any], name: str, cluster: str, *extra: str, peer: str | None = None
+    procs: Callable[..., Any],
+    name: str,
+    cluster: str,
+    *extra: str,
+    peer: str | None = None,
+    app: str = "zcell_test_tasks",
 ) -> tuple[Any, str]:
-    """``zcell worker -A zcell_test_tasks --no-mdns --name NAME --cluster CLUSTER *extra``
+    """``zcell worker -A APP --no-mdns --name NAME --cluster CLUSTER *extra``
     as a child process (from the ``procs`` fixture), joined to ``peer`` if given;
     returns (proc, inbox endpoint) once ready."""
-    argv = ["zcell", "worker", "-A", "zcell_test_tasks", "--no-mdns", "--name", name]
+    argv = ["zcell", "worker", "-A", app, "--no-mdns", "--name", name]
     argv += ["--cluster", cluster, *extra]
     if peer is not None:
         argv += ["--peer", peer]
@@ -204,6 +209,16 @@ def start_zcell_worker(
     inbox = proc.wait_for_line(r"inbox:\s+(\S+)", 15 * SLOW).group(1)
     proc.wait_for_line("^ready$", 15 * SLOW)
     return proc, inbox
+
+
+def start_beat_worker(
+    procs: Callable[..., Any], name: str, cluster: str, peer: str | None = None
+) -> tuple[Any, str]:
+    """``zcell worker -B -A zcell_test_beat`` (0.3 s heartbeats) as a child process:
+    a beat candidate that also works; its schedule comes from the environment
+    (``ZCELL_TEST_BEAT_*``, see zcell_test_beat.py). Returns (proc, inbox)."""
+    extra = ("-B", "-c", "4", "--heartbeat", "0.3")
+    return start_zcell_worker(procs, name, cluster, *extra, peer=peer, app="zcell_test_beat")
 
 
 @pytest.fixture

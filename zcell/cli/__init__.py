@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from . import clients, demo, multi, node, tasks
+from . import beat, clients, demo, multi, node, tasks
 from .common import Failure, UsageError, parse_kv, read_secret
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ FAMILIES: tuple[Callable[[Subcommands], None], ...] = (
     node.register,
     tasks.register,
     multi.register,
+    beat.register,
     clients.register,
     demo.register,
 )

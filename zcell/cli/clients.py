@@ -124,16 +124,22 @@ def cmd_status(node: Node, args: argparse.Namespace) -> int:
     """One line per member (the client itself left out)."""
     join(node, args, settle=True)
     members = sorted(_others(node), key=lambda n: n["name"])
+    leader = _beat_leader(node)
     if args.json:
         keys = ("name", "id", "endpoints", "actors", "types", "uptime", "load")
         out = [
-            dict({k: m.get(k) for k in keys}, endpoint=m["endpoints"].get("inbox")) for m in members
+            dict(
+                {k: m.get(k) for k in keys},
+                endpoint=m["endpoints"].get("inbox"),
+                beat_leader=m["name"] == leader,
+            )
+            for m in members
         ]
         print(json.dumps(out))
         return 0
     rows = [
         [
-            m["name"],
+            m["name"] + (" (beat leader)" if m["name"] == leader else ""),
             m["endpoints"].get("inbox", ""),
             str(m["actors"]),
             _duration(m["uptime"]),
@@ -144,6 +150,20 @@ def cmd_status(node: Node, args: argparse.Namespace) -> int:
     ]
     table(rows, ["NAME", "ENDPOINT", "ACTORS", "UPTIME", "LOAD", "TYPES"])
     return 0
+
+
+def _beat_leader(node: Node) -> str | None:
+    """The name of the beat candidate that leads (sends), if one does (docs/beat.md)."""
+    from zcell import ZcellError
+
+    for ref in node.actors("zcell.beat.candidate"):
+        try:
+            status = ref.send("status", {}, timeout=2.0)
+        except ZcellError:
+            continue
+        if isinstance(status, dict) and status.get("leading"):
+            return str(status.get("node"))
+    return None
 
 
 def cmd_actors(node: Node, args: argparse.Namespace) -> int:

@@ -21,11 +21,12 @@ from .node import LOGLEVELS, _import_actors, _start, _stop_on_signals, prepare, 
 from .supervise import worker_options
 
 if TYPE_CHECKING:
-    from zcell import App, TaskResult
+    from zcell import App, Node, TaskResult
+    from zcell.tasks.beat import Beat
 
     from .common import Subcommands
 
-__all__ = ["find_app", "register"]
+__all__ = ["find_app", "register", "start_beat"]
 
 #: The least handler bound of a worker's node (``zcell node``'s default).
 NODE_CONCURRENCY = 1000
@@ -51,6 +52,9 @@ def register(sub: Subcommands) -> None:
         help="tasks running at once (default: the app's worker_concurrency)",
     )  # fmt: skip
     worker.add_argument("-n", "--name", help="node name, unique in the mesh")
+    worker.add_argument(
+        "-B", "--beat", action="store_true", help="also be a beat candidate (docs/beat.md)"
+    )
     worker.add_argument("-l", "--loglevel", default="info", type=str.lower, choices=LOGLEVELS)
     worker.add_argument("--port", type=int, default=0, help="inbox port (default: random)")
     worker.add_argument("--heartbeat", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -110,8 +114,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         node.stop(timeout=1.0)
         raise UsageError(str(exc)) from exc
+    beat = start_beat(app, node) if args.beat else None
     _worker_banner(app, worker, me, args)
-    serve(node, stop, args, lambda: _finish(worker))
+    serve(node, stop, args, lambda: _finish(worker, beat))
     return 0
 
 
@@ -131,12 +136,25 @@ def _mesh_from_app(args: argparse.Namespace, app: App) -> None:
         os.environ.setdefault("ZCELL_SECRET", str(conf.secret))
 
 
-def _finish(worker: Any) -> None:
+def _finish(worker: Any, beat: Any = None) -> None:
+    if beat is not None:
+        beat.stop()  # first: another candidate takes over while tasks finish
     left = worker.stop(SHUTDOWN_TIMEOUT)
     if left:
         print(
             f"zcell worker: {left} task(s) still ran after {SHUTDOWN_TIMEOUT:g}s", file=sys.stderr
         )
+
+
+def start_beat(app: App, node: Node) -> Beat:
+    """Make ``node`` a beat candidate of ``app`` (a bad schedule is a usage error)."""
+    from zcell.tasks.beat import Beat
+
+    try:
+        return Beat(app, node).start()
+    except (TypeError, ValueError) as exc:
+        node.stop(timeout=1.0)
+        raise UsageError(f"beat_schedule: {exc}") from exc
 
 
 def find_app(spec: str) -> App:

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 #: Seconds ``close()`` waits for tasks that no worker holds yet, by default.
 FLUSH_TIMEOUT = 10.0
 #: The commands of the ``zcell`` command line that take ``-A app``.
-APP_COMMANDS = frozenset({"worker"})
+APP_COMMANDS = frozenset({"worker", "beat"})
 #: The options ``apply_async``/``send_task`` take.
 SEND_OPTIONS = frozenset(
     {
@@ -137,6 +137,22 @@ class App:
             return task
 
         return decorate(fn) if fn is not None else decorate
+
+    def add_periodic_task(
+        self,
+        schedule: Any,
+        sig: Task | str,
+        args: Any = (),
+        kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+        **opts: Any,
+    ) -> str:
+        """Add a ``beat_schedule`` entry (Celery's signature; ``sig`` is a task or a
+        task name); ``opts`` are ``apply_async`` options, plus ``catch_up``. Returns
+        the entry's name. See docs/beat.md."""
+        from .beat import add_periodic_task
+
+        return add_periodic_task(self, schedule, sig, args, kwargs, name, **opts)
 
     # -- the node ---------------------------------------------------------------
 

@@ -40,6 +40,8 @@ DEFAULTS: dict[str, Any] = {
     "worker_concurrency": os.cpu_count() or 1,
     "worker_prefetch_multiplier": 4,
     "beat_schedule": {},
+    "beat_quorum": None,  # candidates a leader must see to send; None: a majority
+    "beat_max_catchup": 300.0,  # seconds a new leader looks back for missed ticks
     "timezone": "UTC",
     "task_pending_max": 100_000,
     "task_pending_wait": 10.0,

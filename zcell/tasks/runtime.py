@@ -43,6 +43,8 @@ AGENT_TYPE = "zcell.tasks.agent"
 READY_TIMEOUT = 30.0
 #: Node statistics() counter of task messages from the wire that were dropped.
 DROPPED = "tasks_dropped_malformed"
+#: Node statistics() counter of task deliveries not run again (seen already).
+DUPLICATES = "tasks_dropped_duplicate"
 
 
 class Runtime:
@@ -64,6 +66,7 @@ class Runtime:
         self.pulled: set[str] = set()  # agents asked for their remembered revokes
         self.ready = Flag()  # set once started (attach() from another thread waits)
         node.stats.setdefault(DROPPED, 0)
+        node.stats.setdefault(DUPLICATES, 0)
 
     def start(self, agent_cls: type[Actor]) -> None:
         """Host the task agent on this node and start the dispatcher (which

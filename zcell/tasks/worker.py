@@ -42,9 +42,9 @@ from .message import check
 from .records import Expiring
 from .request import Request
 from .routing import check_queue, queue_actor_name
-from .runtime import DROPPED, Runtime, runtime_of
+from .runtime import DROPPED, DUPLICATES, Runtime, runtime_of
 from .signals import send_safely
-from .states import FAILURE, RETRY, REVOKED, STARTED, SUCCESS
+from .states import FAILURE, RECEIVED, RETRY, REVOKED, STARTED, SUCCESS
 
 if TYPE_CHECKING:
     from ..actors.proxy import ActorProxy
@@ -125,6 +125,11 @@ class Worker:
         self.records = Expiring(
             lambda: float(conf.result_expires), lambda: int(conf.result_max_records)
         )
+        # Task id -> retries of the tasks taken here: the same delivery twice
+        # (a beat tick sent by two leaders in a hand-over) runs once.
+        self.seen = Expiring(
+            lambda: float(conf.result_expires), lambda: int(conf.result_max_records)
+        )
         self.consumers: dict[str, ActorProxy] = {}
         self.counts: collections.Counter[str] = collections.Counter()
         self.limiters: dict[str, RateLimiter] = {}  # task name -> its rate limit here
@@ -180,6 +185,9 @@ class Worker:
         if self.closing or self.held >= self.capacity:
             self._refuse(msg["reply_to"])
             return {"s": "full", "cap": self.capacity}
+        if self.seen.get(msg["id"]) == msg["retries"]:
+            return self._duplicate(msg)
+        self.seen.put(msg["id"], msg["retries"])
         self.held += 1
         try:
             _tell(msg, "held", {"id": msg["id"], "attempt": msg["attempt"]})
@@ -187,6 +195,16 @@ class Worker:
         finally:
             self.held -= 1
             self._room()
+
+    def _duplicate(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """A delivery taken here already: its outcome if known, else REVOKED
+        (it runs or waits here; it is not run twice)."""
+        self.node.stats[DUPLICATES] += 1
+        record: dict[str, Any] | None = self.records.get(msg["id"])
+        if record is not None:
+            return record
+        exc = TaskRevokedError(f"task {msg['id']} was delivered twice: it runs once, here")
+        return {"s": REVOKED, "e": error_wire(exc), "name": msg["name"], "worker": self.node.name}
 
     def _refuse(self, agent: ActorProxy) -> None:
         self.refused.pop(agent.id, None)
@@ -502,6 +520,8 @@ class Worker:
             elif task_id in self.running:
                 request = self.running[task_id][1]
                 found[task_id] = {"s": STARTED, "name": request.task, "worker": self.node.name}
+            elif task_id in self.seen:
+                found[task_id] = {"s": RECEIVED, "worker": self.node.name}
         return found
 
     def statistics(self) -> dict[str, int]:
@@ -509,6 +529,7 @@ class Worker:
         stats = {"held": self.held, "running": len(self.running), "scheduled": len(self.scheduled)}
         stats.update({f"tasks_{k.lower()}": v for k, v in self.counts.items()})
         stats[DROPPED] = self.node.stats.get(DROPPED, 0)
+        stats[DUPLICATES] = self.node.stats.get(DUPLICATES, 0)
         return stats
 
 

@@ -1,0 +1,254 @@
+"""Beat: periodic tasks sent by one leader among `zcell worker -B` candidates,
+each tick run once through joins, crashes, graceful stops and partitions; a
+delivery seen twice by a worker runs once; crontab across DST changes."""
+
+from __future__ import annotations
+
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import zcell_test_tasks as t
+from conftest import SLOW, start_beat_worker, start_zcell_worker, unique_cluster, wait_until
+
+from zcell.schedules import crontab
+from zcell.tasks.beat import CANDIDATE_TYPE, BeatEntry
+
+EVERY = 0.5
+
+
+def _ticks(path: Path) -> list[str]:
+    """The tick ids that ran (one line per run)."""
+    return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _due_ids(since: float, until: float) -> set[str]:
+    """The ids of the ticks due in (since, until]."""
+    entry = BeatEntry("tick", {"task": "x", "schedule": EVERY})
+    return {entry.tick_id("zcell_test_beat", d) for d in entry.schedule.due(since, until)}
+
+
+def _once_each(path: Path, since: float, until: float) -> None:
+    ran = _ticks(path)
+    assert len(ran) == len(set(ran)), f"a tick ran twice: {sorted(ran)}"
+    missing = _due_ids(since, until) - set(ran)
+    assert not missing, f"{len(missing)} tick(s) due in the window never ran"
+
+
+def _candidates(
+    procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path, names: list[str], **env: str
+) -> tuple[dict[str, Any], Any, Path]:
+    """Start `zcell worker -B` candidates named ``names``; returns (procs by name,
+    an observer node in the mesh, the ticks file)."""
+    path = tmp_path / "ticks"
+    monkeypatch.setenv("ZCELL_TEST_BEAT_FILE", str(path))
+    monkeypatch.setenv("ZCELL_TEST_BEAT_EVERY", str(EVERY))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    cluster = unique_cluster()
+    started: dict[str, Any] = {}
+    inbox = None
+    for name in names:
+        started[name], first = start_beat_worker(procs, name, cluster, peer=inbox)
+        inbox = inbox or first
+    observer = make_node("observer", cluster=cluster, peers=[inbox], heartbeat=0.3)
+    wait_until(
+        lambda: len(observer.actors(CANDIDATE_TYPE)) == len(names), 10 * SLOW, "the candidates"
+    )
+    return started, observer, path
+
+
+def _status(observer: Any, name: str) -> dict[str, Any]:
+    ids = {n["name"]: n["id"] for n in observer.nodes()}
+    (ref,) = [r for r in observer.actors(CANDIDATE_TYPE) if r.node_id == ids.get(name)]
+    status: dict[str, Any] = ref.send("status", {}, timeout=5)
+    return status
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def test_crontab_next_runs_keep_local_time_across_dst_changes() -> None:
+    tz = "America/New_York"
+    zone = ZoneInfo(tz)
+    nine = crontab(minute=0, hour=9)
+    start = datetime(2026, 3, 7, 8, 0, tzinfo=zone).timestamp()
+    runs = nine.due(start, start + 2.5 * 86400, tz)
+    local = [datetime.fromtimestamp(r, zone) for r in runs]
+    assert [(d.day, d.hour, d.minute) for d in local] == [(7, 9, 0), (8, 9, 0), (9, 9, 0)]
+    assert runs[1] - runs[0] == 23 * 3600  # the spring-forward day is 23 hours long
+    # 01:30 happens twice on the fall-back day: it runs once.
+    half_past_one = crontab(minute=30, hour=1)
+    start = datetime(2026, 10, 31, 12, 0, tzinfo=zone).timestamp()
+    runs = half_past_one.due(start, start + 2 * 86400, tz)
+    assert [datetime.fromtimestamp(r, zone).day for r in runs] == [1, 2]
+    assert runs[1] - runs[0] == 25 * 3600
+    # Celery's field syntax: weekdays by name, steps.
+    weekdays = crontab(minute="*/30", hour="9-10", day_of_week="mon-fri")
+    saturday = datetime(2026, 3, 7, 0, 0, tzinfo=zone).timestamp()
+    first = datetime.fromtimestamp(weekdays.next_after(saturday, tz), zone)
+    assert (first.weekday(), first.hour, first.minute) == (0, 9, 0)
+
+
+def test_a_bad_crontab_field_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="invalid crontab"):
+        crontab(minute="61")
+
+
+# --------------------------------------------------------------------------- de-dup
+
+
+def test_a_task_id_delivered_twice_runs_once(procs: Any, task_app: Any, tmp_path: Path) -> None:
+    cluster = unique_cluster()
+    _, inbox = start_zcell_worker(procs, "w1", cluster)
+    app = task_app(cluster=cluster, peers=[inbox])
+    wait_until(lambda: app.node.actors("zcell.queue.celery"), 10 * SLOW, "the consumer")
+    path = tmp_path / "runs"
+    first = t.mark.apply_async((str(path),), {"value": 1}, task_id="tick-1")
+    assert first.get(timeout=10 * SLOW) == 1
+    again = t.mark.apply_async((str(path),), {"value": 2}, task_id="tick-1")
+    assert again.get(timeout=10 * SLOW) == 1  # the outcome of the run there was
+    assert len(path.read_text().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_every_tick_runs_once_with_several_candidates(
+    procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path, count: int
+) -> None:
+    names = ["b1", "b2", "b3"][:count]
+    _, observer, path = _candidates(procs, make_node, monkeypatch, tmp_path, names)
+    since = time.time()
+    time.sleep(3 * EVERY * SLOW)
+    until = time.time() - 1.0
+    wait_until(lambda: len(_ticks(path)) >= 4, 10 * SLOW, "ticks")
+    _once_each(path, since, until)
+    status = _status(observer, "b1")
+    assert status["leader"] == "b1" and status["leading"] and status["paused"] is None
+    (entry,) = status["entries"]
+    assert entry["name"] == "tick" and entry["next_run"] > entry["last_run"] > since
+    follower = _status(observer, names[-1])
+    assert not follower["leading"] and follower["entries"][0]["last_run"] > since
+
+
+def test_with_three_candidates_a_killed_leader_loses_no_tick_and_doubles_none(
+    procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    started, observer, path = _candidates(
+        procs, make_node, monkeypatch, tmp_path, ["b1", "b2", "b3"]
+    )
+    since = time.time()
+    time.sleep(2 * EVERY)
+    started["b1"].kill(signal.SIGKILL)
+    wait_until(lambda: _status(observer, "b2")["leading"], 5 * SLOW, "b2 to lead")
+    time.sleep(3 * EVERY)
+    until = time.time() - 1.0
+    _once_each(path, since, until)
+    assert _status(observer, "b3")["leader"] == "b2"
+    assert _status(observer, "b2")["caught_up"] >= 1  # sent late, not skipped
+
+
+def test_with_two_candidates_a_graceful_stop_hands_over_at_once(
+    procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    started, observer, path = _candidates(procs, make_node, monkeypatch, tmp_path, ["b1", "b2"])
+    since = time.time()
+    time.sleep(2 * EVERY)
+    started["b1"].send_signal(signal.SIGTERM)
+    # At once: well before the ~3 heartbeats a crash takes to be noticed.
+    wait_until(lambda: _status(observer, "b2")["leading"], 0.6 * SLOW, "b2 to lead")
+    time.sleep(3 * EVERY)
+    until = time.time() - 1.0
+    _once_each(path, since, until)
+
+
+@pytest.mark.parametrize("quorum", ["", "1"])
+def test_with_two_candidates_a_crash_pauses_the_survivor_unless_quorum_is_one(
+    procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path, quorum: str
+) -> None:
+    env = {"ZCELL_TEST_BEAT_QUORUM": quorum}
+    started, observer, path = _candidates(
+        procs, make_node, monkeypatch, tmp_path, ["b1", "b2"], **env
+    )
+    time.sleep(2 * EVERY)
+    started["b1"].kill(signal.SIGKILL)
+    wait_until(lambda: _status(observer, "b2")["leader"] == "b2", 5 * SLOW, "b1 to be gone")
+    status = _status(observer, "b2")
+    if quorum:
+        assert status["leading"] and status["paused"] is None
+        before = len(_ticks(path))
+        wait_until(lambda: len(_ticks(path)) > before + 1, 5 * SLOW, "ticks from b2")
+    else:
+        assert not status["leading"]
+        assert "paused" in status["paused"] and "b1" in status["paused"]
+        before = len(_ticks(path))
+        time.sleep(3 * EVERY)
+        assert len(_ticks(path)) == before
+
+
+def test_status_marks_the_beat_leader_and_the_beat_control_op_shows_the_schedule(
+    procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path, capsys: Any
+) -> None:
+    from conftest import run_cli
+
+    _, observer, path = _candidates(procs, make_node, monkeypatch, tmp_path, ["b1", "b2"])
+    wait_until(lambda: _status(observer, "b1")["sent"] > 0, 5 * SLOW, "a tick")
+    inbox = next(n for n in observer.nodes() if n["name"] == "b1")["endpoints"]["inbox"]
+    cluster = observer.cluster
+    code, out, _ = run_cli(capsys, "status", "--cluster", cluster, "--no-mdns", "--peer", inbox)
+    assert code == 0
+    assert "b1 (beat leader)" in out and "b2 (beat leader)" not in out
+    b2 = next(n["id"] for n in observer.nodes() if n["name"] == "b2")
+    status = observer._ctrl(b2, "beat", {}, 5.0)
+    assert status["leader"] == "b1" and not status["leading"]
+    assert [e["name"] for e in status["entries"]] == ["tick"]
+
+
+def test_zcell_beat_is_a_candidate_that_only_sends(
+    procs: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "ticks"
+    monkeypatch.setenv("ZCELL_TEST_BEAT_FILE", str(path))
+    monkeypatch.setenv("ZCELL_TEST_BEAT_EVERY", str(EVERY))
+    cluster = unique_cluster()
+    _, inbox = start_zcell_worker(procs, "w1", cluster, app="zcell_test_beat")
+    argv = ["zcell", "beat", "-A", "zcell_test_beat", "--no-mdns", "--name", "a-beat"]
+    beat = procs([*argv, "--cluster", cluster, "--heartbeat", "0.3", "--peer", inbox])
+    beat.wait_for_line(r"^\s+\. tick: zcell_test_beat.tick <schedule every 0.5s>$", 15 * SLOW)
+    beat.wait_for_line("^ready$", 15 * SLOW)
+    wait_until(lambda: len(_ticks(path)) >= 2, 10 * SLOW, "ticks")
+    workers = {line.split()[1] for line in path.read_text().splitlines()}
+    assert workers == {"w1"}  # the beat node consumes no queue
+
+
+def test_a_bad_beat_schedule_is_a_usage_error(procs: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("ZCELL_TEST_BEAT_BAD", "1")
+    argv = ["zcell", "beat", "-A", "zcell_test_beat", "--no-mdns", "--name", "bad"]
+    proc = procs([*argv, "--cluster", unique_cluster()])
+    proc.wait_for_line(r"beat_schedule\['bad'\] needs 'task' and 'schedule'", 15 * SLOW)
+    assert proc.popen.wait(timeout=15 * SLOW) == 2
+
+
+def test_an_entry_without_catch_up_skips_the_ticks_missed_in_a_hand_over(
+    procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    names = ["b1", "b2", "b3"]
+    env = {"ZCELL_TEST_BEAT_SKIP": "1"}
+    started, observer, path = _candidates(procs, make_node, monkeypatch, tmp_path, names, **env)
+    time.sleep(2 * EVERY)
+    killed = time.time()
+    started["b1"].kill(signal.SIGKILL)
+    wait_until(lambda: _status(observer, "b2")["leading"], 5 * SLOW, "b2 to lead")
+    took_over = time.time()
+    time.sleep(3 * EVERY)
+    ran = _ticks(path)
+    assert len(ran) == len(set(ran))
+    assert _due_ids(killed, took_over) - set(ran), "no tick of the hand-over was skipped"
+    assert _due_ids(took_over + 1.0, time.time() - 0.5) <= set(ran)
+    assert _status(observer, "b2")["caught_up"] == 0

@@ -1,0 +1,434 @@
+"""Beat: periodic tasks sent by one leader among any number of candidates.
+
+A candidate (``zcell worker -B``, ``zcell beat``) hosts one actor of type
+``zcell.beat.candidate``; the mesh directory therefore lists the live
+candidates, and every candidate derives the same leader from it (the lowest
+node name), so no election messages are needed. The leader sends each tick
+with a deterministic id (the entry's name and due time), so a tick sent twice
+in a hand-over runs once: a worker does not run a delivery it took already,
+and a new leader asks the mesh which of the ticks it catches up on ran.
+
+Quorum: each candidate remembers the candidates it last knew (``known``); a
+graceful leave (``leave``) removes one, a crash does not. The leader sends only
+while it sees ``beat_quorum`` of them (default: a majority); while it does, the
+dead ones are forgotten. See docs/beat.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+import weakref
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import gevent
+
+from ..actors.actor import Actor
+from ..errors import ZcellError
+from .schedules import Schedule, to_schedule
+from .task import Task
+
+if TYPE_CHECKING:
+    from ..actors.proxy import ActorProxy
+    from ..node import Node
+    from .app import App
+
+__all__ = ["CANDIDATE_TYPE", "Beat", "BeatEntry", "entries_of"]
+
+log = logging.getLogger(__name__)
+
+#: The actor type a beat candidate hosts.
+CANDIDATE_TYPE = "zcell.beat.candidate"
+#: Seconds between two looks at the candidates and the schedule.
+ROUND = 0.1
+#: Heartbeats a dead leader may have been silent before it is declared down.
+DETECT_HEARTBEATS = 3.0
+#: Seconds a candidate waits for another's answer (its known set, the ran ticks).
+ASK_TIMEOUT = 2.0
+#: The namespace of the tick ids (uuid5 of app, entry and due time).
+TICK_NAMESPACE = uuid.UUID("6f1d1e3c-8f0a-4a53-9d7e-2b9f4a6c1e15")
+#: The keys of a beat_schedule entry.
+ENTRY_KEYS = frozenset({"task", "schedule", "args", "kwargs", "options", "catch_up"})
+
+_beats: weakref.WeakKeyDictionary[Node, Beat] = weakref.WeakKeyDictionary()
+
+
+class BeatEntry:
+    """One periodic task: ``beat_schedule[name]`` (see docs/beat.md)."""
+
+    def __init__(self, name: str, spec: dict[str, Any]) -> None:
+        unknown = sorted(set(spec) - ENTRY_KEYS)
+        if unknown or "task" not in spec or "schedule" not in spec:
+            raise TypeError(
+                f"beat_schedule[{name!r}] needs 'task' and 'schedule' and takes only "
+                f"{sorted(ENTRY_KEYS)}; got {sorted(spec)}"
+            )
+        task = spec["task"]
+        self.name = name
+        self.task: str = task.name if isinstance(task, Task) else str(task)
+        self.schedule: Schedule = to_schedule(spec["schedule"])
+        self.args = list(spec.get("args") or ())
+        self.kwargs = dict(spec.get("kwargs") or {})
+        self.options = dict(spec.get("options") or {})
+        self.catch_up = bool(spec.get("catch_up", True))
+        self.cursor: float | None = None  # due times up to here are dealt with
+        self.last: float | None = None  # the due time of the last tick sent here
+
+    def tick_id(self, app: str, due: float) -> str:
+        """The tick's task id: the same on every candidate."""
+        return str(uuid.uuid5(TICK_NAMESPACE, f"{app}:{self.name}@{due:.6f}"))
+
+    def describe(self, tz: str, now: float, reported: float | None) -> dict[str, Any]:
+        """The entry as ``beat`` status shows it; ``last_run`` is the latest tick
+        sent here or ``reported`` by the leader."""
+        last = max((t for t in (self.last, reported) if t is not None), default=None)
+        return {
+            "name": self.name,
+            "task": self.task,
+            "schedule": repr(self.schedule),
+            "last_run": last,
+            "next_run": self.schedule.next_after(now, tz),
+        }
+
+
+def entries_of(app: App) -> list[BeatEntry]:
+    """The app's ``beat_schedule`` as entries (a bad entry raises ``TypeError``)."""
+    schedule = app.conf.beat_schedule or {}
+    return [BeatEntry(str(name), dict(spec)) for name, spec in schedule.items()]
+
+
+def add_periodic_task(
+    app: App,
+    schedule: float | timedelta | Schedule,
+    sig: Task | str,
+    args: Any = (),
+    kwargs: dict[str, Any] | None = None,
+    name: str | None = None,
+    **opts: Any,
+) -> str:
+    """``app.add_periodic_task``: add a ``beat_schedule`` entry; returns its name."""
+    task = sig.name if isinstance(sig, Task) else str(sig)
+    to_schedule(schedule)  # a bad schedule fails here, not in the beat
+    catch_up = opts.pop("catch_up", True)
+    key = name or f"{task}({', '.join(map(repr, args))})@{schedule!r}"
+    entries = dict(app.conf.beat_schedule or {})
+    entries[key] = {
+        "task": task, "schedule": schedule, "args": tuple(args), "kwargs": dict(kwargs or {}),
+        "options": opts, "catch_up": catch_up,
+    }  # fmt: skip
+    app.conf.beat_schedule = entries
+    return key
+
+
+class BeatCandidate(Actor):
+    """A beat candidate's actor: the directory lists the candidates by it."""
+
+    name = CANDIDATE_TYPE
+
+    class state:
+        node: Any  # set by the hosting node before __init__
+
+        def status(self) -> dict[str, Any]:
+            """This candidate's view: leader, quorum, schedule."""
+            return _beat_of(self.node).status()
+
+        def leave(self, name: str, node: str, cursors: dict[str, float]) -> None:
+            """Candidate ``name`` (node id ``node``) leaves gracefully; as leader it
+            had sent each entry's ticks up to ``cursors``."""
+            beat = _beat_of(self.node)
+            beat.progress(cursors)
+            beat.left_gracefully(str(name), str(node))
+
+        def sent(self, cursors: dict[str, float]) -> None:
+            """The leader sent each entry's ticks up to ``cursors`` (entry -> time)."""
+            _beat_of(self.node).progress(cursors)
+
+        def known(self) -> list[str]:
+            """The candidates this one last knew (the quorum's basis)."""
+            return sorted(_beat_of(self.node).known)
+
+
+def _beat_of(node: Node) -> Beat:
+    beat = _beats.get(node)
+    if beat is None:  # pragma: no cover - the beat spawns its actor
+        raise LookupError("this node runs no beat")
+    return beat
+
+
+class Beat:
+    """A beat candidate on ``node`` for ``app`` (see the module doc).
+
+    Args:
+        app: The app whose ``beat_schedule`` it sends (``app.node`` is ``node``).
+        node: The candidate's started node.
+    """
+
+    def __init__(self, app: App, node: Node) -> None:
+        self.app = app
+        self.node = node
+        self.entries = entries_of(app)
+        self.me = node.name
+        self.started = time.time()
+        self.known: set[str] = {self.me}
+        self.left: dict[str, str] = {}  # name -> node id of candidates that left
+        self.asked: set[str] = set()  # node ids asked for their known set
+        self.answered: set[str] = set()  # ... and those that answered
+        self.live: dict[str, ActorProxy | None] = {}
+        self.leader: str | None = None
+        self.leading = False
+        self.paused: str | None = None
+        self.following_until = self.started  # last time another side was responsible
+        self.settle_until = 0.0
+        self.handed: dict[str, float] = {}  # entry -> due time the leader last sent
+        self.sent = 0
+        self.caught_up = 0
+        self._greenlet: Any = None
+
+    # -- lifecycle (any thread) ---------------------------------------------
+
+    def start(self) -> Beat:
+        """Become a candidate: host the actor, add the ``beat`` control op, run."""
+        _beats[self.node] = self
+        self.node.register(BeatCandidate)
+        self.node.spawn(BeatCandidate, on=self.node.id)
+        self.node.control.add(self._control, "beat")
+        self._greenlet = self.node.call_in_loop(gevent.spawn, self._run)
+        return self
+
+    def stop(self) -> None:
+        """Stop sending and tell the other candidates (they hand over at once)."""
+        try:
+            self.node.call_in_loop(self._leave)
+        except ZcellError:
+            pass  # the node stopped already: the others see it gone
+
+    def _leave(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+        self.node.control.remove("beat")
+        cursors = self._cursors() if self.leading else {}
+        self._tell("leave", {"name": self.me, "node": self.node.id, "cursors": cursors})
+
+    def _tell(self, method: str, kwargs: dict[str, Any]) -> None:
+        """Fire and forget to every other live candidate."""
+        for name, ref in self.live.items():
+            if ref is not None and name != self.me:
+                try:
+                    ref.send(method, kwargs, nowait=True)
+                except ZcellError:
+                    pass
+
+    def _cursors(self) -> dict[str, float]:
+        return {e.name: e.last for e in self.entries if e.last is not None}
+
+    def progress(self, cursors: Any) -> None:
+        """Where the leader is: a successor catches up from there, not earlier."""
+        if not isinstance(cursors, dict):
+            return
+        for name, due in cursors.items():
+            if isinstance(name, str) and isinstance(due, int | float):
+                self.handed[name] = max(float(due), self.handed.get(name, float("-inf")))
+
+    # -- the loop (loop thread) ---------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._round(time.time())
+            except Exception:  # noqa: BLE001 - the beat must outlive one bad round
+                log.exception("zcell beat: a round failed; trying again")
+            gevent.sleep(ROUND)
+
+    def _round(self, now: float) -> None:
+        self.live = self._live()
+        self._learn()
+        self.known |= set(self.live)
+        need = self.quorum()
+        have = len(self.known & set(self.live))
+        if have >= need:
+            self.known = set(self.live)  # the dead ones no longer count
+        self.leader = min(self.live)
+        if self.leader != self.me or not self._learnt():
+            self._follow(now, None)
+        elif have < need:
+            missing = sorted(self.known - set(self.live))
+            self._follow(
+                now,
+                f"beat paused on {self.me}: it sees {have} of the {len(self.known)} candidates "
+                f"it last knew ({', '.join(missing)} unreachable) and needs {need} "
+                "(beat_quorum); the other side of a partition may hold the majority",
+            )
+        else:
+            self._lead(now)
+
+    def _live(self) -> dict[str, ActorProxy | None]:
+        """The live candidates by node name (those that left excluded), self included."""
+        names = {n["id"]: n["name"] for n in self.node.nodes()}
+        live: dict[str, ActorProxy | None] = {}
+        for ref in self.node.actors(CANDIDATE_TYPE):
+            name = names.get(ref.node_id)
+            if name is None or self.left.get(name) == ref.node_id:
+                continue
+            self.left.pop(name, None)  # it left, and is back (a new node)
+            live[name] = ref
+        live.setdefault(self.me, None)  # before the directory lists it
+        return live
+
+    def _learn(self) -> None:
+        """Ask each newly seen candidate whom it knows (a newcomer on a minority
+        side must not form a quorum of its own)."""
+        for name, ref in self.live.items():
+            if ref is not None and name != self.me and ref.node_id not in self.asked:
+                self.asked.add(ref.node_id)
+                gevent.spawn(self._ask, ref)
+
+    def _ask(self, ref: ActorProxy) -> None:
+        try:
+            names = ref.send("known", {}, timeout=ASK_TIMEOUT)
+        except ZcellError:
+            self.asked.discard(ref.node_id)
+            return
+        if isinstance(names, list):
+            self.known |= {str(n) for n in names} - set(self.left)
+        self.answered.add(ref.node_id)
+
+    def _learnt(self) -> bool:
+        """Every other live candidate said whom it knows: only then may this one
+        count a quorum (a newcomer would otherwise count only what it sees)."""
+        return all(
+            ref is None or name == self.me or ref.node_id in self.answered
+            for name, ref in self.live.items()
+        )
+
+    def quorum(self) -> int:
+        """Candidates needed to send: ``beat_quorum``, default a majority of ``known``."""
+        fixed = self.app.conf.beat_quorum
+        return int(fixed) if fixed else len(self.known) // 2 + 1
+
+    def left_gracefully(self, name: str, node_id: str) -> None:
+        """A candidate left: it no longer counts, and no longer leads."""
+        self.left[name] = node_id
+        self.known.discard(name)
+        log.info("zcell beat: candidate %s left", name)
+
+    def _follow(self, now: float, paused: str | None) -> None:
+        if paused is not None and paused != self.paused:
+            log.warning("zcell %s", paused)
+        if self.leading:
+            log.info("zcell beat: %s no longer leads (leader: %s)", self.me, self.leader)
+        self.leading, self.paused = False, paused
+        self.following_until = now
+
+    def _lead(self, now: float) -> None:
+        tz = str(self.app.conf.timezone or "UTC")
+        if not self.leading:
+            self._take_over(now)
+        if now < self.settle_until:
+            return  # ticks in flight from the old leader land meanwhile
+        catch: list[tuple[BeatEntry, float]] = []
+        sent = self.sent
+        for entry in self.entries:
+            if entry.cursor is None:
+                entry.cursor = self._catch_up_from(entry, now)
+            for due in entry.schedule.due(entry.cursor, now, tz):
+                if due <= self.settle_until:
+                    catch.append((entry, due))
+                else:
+                    self._send(entry, due)
+            entry.cursor = now
+        if catch:
+            self._catch_up(catch)
+        if self.sent != sent:
+            self._tell("sent", {"cursors": self._cursors()})
+
+    def _take_over(self, now: float) -> None:
+        self.leading, self.paused = True, None
+        first = self.following_until <= self.started
+        self.settle_until = now if first else now + self.node.heartbeat
+        for entry in self.entries:
+            entry.cursor = None
+        log.info(
+            "zcell beat: %s leads (candidates: %s; quorum %d of %s)",
+            self.me, ", ".join(sorted(self.live)), self.quorum(), sorted(self.known),
+        )  # fmt: skip
+
+    def _catch_up_from(self, entry: BeatEntry, now: float) -> float:
+        """Where this leader starts: after the last tick the old leader said it
+        sent; without word from it, where it may have stopped (it was declared
+        down up to ``DETECT_HEARTBEATS`` after its last tick). Bounded by
+        ``beat_max_catchup``; an entry with ``catch_up=False`` starts now."""
+        if not entry.catch_up:
+            return self.settle_until
+        bound = now - float(self.app.conf.beat_max_catchup)
+        if entry.name in self.handed:
+            return max(self.handed[entry.name], bound)
+        since = self.following_until
+        if since > self.started:
+            since -= DETECT_HEARTBEATS * self.node.heartbeat
+        return max(self.started, since, bound)
+
+    def _catch_up(self, ticks: list[tuple[BeatEntry, float]]) -> None:
+        """Send the ticks that fell due before this leader took over, but only
+        those the mesh has no trace of (the old leader may have sent them)."""
+        app = self.app.main or "__main__"
+        ids = {entry.tick_id(app, due): (entry, due) for entry, due in ticks}
+        ran = self._ran(list(ids))
+        for tick_id, (entry, due) in ids.items():
+            if tick_id not in ran:
+                self.caught_up += 1
+                self._send(entry, due)
+        log.info("zcell beat: caught up on %d tick(s) of %d", len(ids) - len(ran), len(ids))
+
+    def _ran(self, ids: list[str]) -> set[str]:
+        """The ids among ``ids`` that any task agent of the mesh knows."""
+        runtime = self.app._runtime()
+        assert runtime.agent is not None
+        found: set[str] = set()
+        try:
+            replies = runtime.agent.scatter(
+                "query", {"ids": ids}, timeout=ASK_TIMEOUT, propagate=False
+            )
+            for reply in replies:
+                if isinstance(reply, dict):
+                    found |= set(reply) & set(ids)
+        except ZcellError as exc:  # send them: a worker that ran one will not again
+            log.warning("zcell beat: cannot ask the mesh which ticks ran: %s", exc)
+        return found
+
+    def _send(self, entry: BeatEntry, due: float) -> None:
+        app = self.app.main or "__main__"
+        try:
+            self.app.send_task(
+                entry.task, entry.args, entry.kwargs, task_id=entry.tick_id(app, due),
+                **entry.options,
+            )  # fmt: skip
+        except (ZcellError, TypeError) as exc:
+            log.error("zcell beat: cannot send %s (%s): %s", entry.name, entry.task, exc)
+            return
+        entry.last = due
+        self.sent += 1
+
+    # -- visibility ----------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """This candidate's view: who leads, the quorum, each entry's runs."""
+        tz = str(self.app.conf.timezone or "UTC")
+        now = time.time()
+        return {
+            "node": self.me,
+            "leader": self.leader,
+            "leading": self.leading,
+            "paused": self.paused,
+            "candidates": sorted(self.live),
+            "known": sorted(self.known),
+            "quorum": self.quorum(),
+            "sent": self.sent,
+            "caught_up": self.caught_up,
+            "entries": [e.describe(tz, now, self.handed.get(e.name)) for e in self.entries],
+        }
+
+    def _control(self, args: dict[str, Any], src: str) -> dict[str, Any]:
+        """The beat's status: leader, quorum, and each entry's last and next run."""
+        return self.status()
