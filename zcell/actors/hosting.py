@@ -66,13 +66,14 @@ class _Killed(GreenletExit):  # type: ignore[misc]  # gevent is untyped: its Gre
 class Hosted:
     """Book-keeping for one hosted actor."""
 
-    __slots__ = ("actor", "state", "bindings", "greenlets", "handlers")
+    __slots__ = ("actor", "state", "bindings", "greenlets", "handlers", "handled")
 
     def __init__(self, actor: Actor, state: Any) -> None:
         self.actor = actor
         self.state = state
         self.bindings: list[tuple[str, list[str]]] = []  # (kind, [id, type, node])
-        self.greenlets: set[Any] = set()
+        self.greenlets: set[Any] = set()  # each with ``zcell_job``: (method, started)
+        self.handled = 0  # messages taken by a handler (inspect: ``actors``)
         self.handlers = handler_table(type(state))
 
 
@@ -234,8 +235,10 @@ class Host:
             return
         g = getcurrent()
         g.zcell_ctx = MessageContext(hosted.actor, msg[R_ORIGIN], deadline, msg[R_CHAIN])
-        hosted.greenlets.add(g)
         method = msg[R_METHOD]
+        g.zcell_job = (method, time.time())  # inspect: ``active``, with its runtime
+        hosted.greenlets.add(g)
+        hosted.handled += 1
         try:
             if method in hosted.handlers:
                 value = getattr(hosted.state, method)(**msg[R_KWARGS])
