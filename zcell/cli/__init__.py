@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from . import clients, demo, node, tasks
+from . import clients, demo, events, inspect, node, tasks
 from .common import Failure, UsageError, parse_kv, read_secret
 
 if TYPE_CHECKING:
@@ -33,6 +33,8 @@ __all__ = ["FAMILIES", "build_parser", "main", "parse_kv", "read_secret"]
 FAMILIES: tuple[Callable[[Subcommands], None], ...] = (
     node.register,
     tasks.register,
+    inspect.register,
+    events.register,
     clients.register,
     demo.register,
 )
@@ -57,6 +59,10 @@ def build_parser(
         "or unknown actor, 2 usage error.",
     )
     parser.add_argument("--version", action="version", version=f"zcell {_version()}")
+    parser.add_argument(
+        "-A", "--app", dest="global_app", metavar="APP",
+        help="the app for inspect, control and events (Celery's `celery -A proj ...`)",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in families:
         register(sub)

@@ -24,7 +24,7 @@ import os
 import queue
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import gevent
 
@@ -33,9 +33,10 @@ from ..actors.proxy import ActorProxy
 from ..errors import NodeStopped, ZcellError
 
 if TYPE_CHECKING:
+    from ..actors.hosting import Host, Hosted
     from ..node import Node
 
-__all__ = ["EVENT_TYPES", "EventPublisher", "EventSink", "EventStream"]
+__all__ = ["EVENT_TYPES", "EventPublisher", "EventSink", "EventStream", "hosted_actors"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class EventPublisher:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.enabled = False
+        #: Event types published even while disabled (``task_send_sent_event``).
+        self.allowed: set[str] = set()
         self.clock = 0
         self._subscribers: dict[str, _Subscriber] = {}
         self._buffer: list[dict[str, Any]] = []
@@ -111,12 +114,17 @@ class EventPublisher:
         """Whether an event published now would go anywhere."""
         return self.enabled and bool(self._subscribers)
 
+    def wants(self, type_: str) -> bool:
+        """Whether an event of ``type_`` published now would go anywhere (also
+        when only ``type_`` is allowed, as ``task-sent`` by ``task_send_sent_event``)."""
+        return (self.enabled or type_ in self.allowed) and bool(self._subscribers)
+
     # -- publishing -------------------------------------------------------------------
 
     def publish(self, type_: str, **fields: Any) -> None:
         """Send an event of ``type_`` to the subscribers that want it (in a batch
         soon). Does nothing at all unless enabled and watched."""
-        if not (self.enabled and self._subscribers):
+        if not self.wants(type_):
             return
         self.clock += 1
         event = {
@@ -152,7 +160,9 @@ class EventPublisher:
     def subscribe(self, args: dict[str, Any], src: str) -> bool:
         """Take a subscription; ``False`` when the arguments are malformed."""
         sink, types = args.get("sink"), args.get("types")
-        if not (isinstance(sink, list) and len(sink) == 3 and all(isinstance(x, str) for x in sink)):
+        if not (
+            isinstance(sink, list) and len(sink) == 3 and all(isinstance(x, str) for x in sink)
+        ):
             return False
         wanted = frozenset(str(t) for t in types) if isinstance(types, list) else None
         proxy = ActorProxy(self.node, sink[0], sink[1], sink[2], None)
@@ -202,8 +212,6 @@ class EventPublisher:
 
     def _actor_load(self) -> dict[str, Any]:
         """A plain node's heartbeat: handlers running, messages handled, load average."""
-        from .service import hosted_actors
-
         return {
             "active": self.node.hosting.in_flight,
             "processed": sum(h.handled for _, h in hosted_actors(self.node)),
@@ -333,3 +341,8 @@ class EventStream:
             event = self.next(ITER_WAIT)
             if event is not None:
                 yield event
+
+
+def hosted_actors(node: Node) -> list[tuple[str, Hosted]]:
+    """(id, book-keeping) of each actor the node hosts (a snapshot)."""
+    return list(cast("Host", node.hosting).actors.items())

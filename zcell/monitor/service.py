@@ -13,17 +13,17 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from .events import EventPublisher
+from .events import EventPublisher, hosted_actors
 
 if TYPE_CHECKING:
-    from ..actors.hosting import Host, Hosted
+    from ..actors.hosting import Hosted
     from ..node import Node
 
-__all__ = ["ACTOR_OPS", "Monitor", "hosted_actors"]
+__all__ = ["ACTOR_OPS", "Monitor"]
 
 #: Seconds between the ``shutdown`` reply and the node's stop (the reply leaves first).
 SHUTDOWN_DELAY = 0.1
@@ -131,11 +131,6 @@ class Monitor:
     def _events_unsubscribe(self, args: dict[str, Any], src: str) -> None:
         """Stop pushing events to a sink actor: {"sink": id}."""
         self.events.unsubscribe(str(args.get("sink", "")))
-
-
-def hosted_actors(node: Node) -> list[tuple[str, Hosted]]:
-    """(id, book-keeping) of each actor the node hosts (a snapshot)."""
-    return list(cast("Host", node.hosting).actors.items())
 
 
 def _jobs(hosted: Hosted) -> list[tuple[str, float]]:
