@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -93,6 +94,9 @@ class Host:
         self._waking = False  # a worker is scheduled and has not started yet
         self._drained: Event | None = None
         self._hub: Any = None  # set by the node once its loop runs (attach)
+        #: Told of each actor started ("+") or stopped ("-") here: (sign, id, type)
+        #: (the monitor publishes actor-spawned / actor-stopped events).
+        self.on_change: Callable[[str, str, str], None] | None = None
 
     def attach(self, hub: Any) -> None:
         """The node's loop runs: handlers run (and wake workers) on this hub."""
@@ -459,13 +463,19 @@ class Host:
         actor = cls(ref, node)
         state = new_state(cls.state, actor, node, kwargs)
         self.actors[actor_id] = Hosted(actor, state)
-        self._mesh.announce("+", actor_id, type_name)
+        self._announce("+", actor_id, type_name)
         on_start = getattr(state, "on_start", None)
         if on_start is None or getattr(type(state), "on_start", None) is _State.on_start:
             on_start = getattr(state, "on_agent_ready", None)
         if on_start is not None:
             gevent.spawn(self._hook, actor, on_start, "on_start")
         return [actor_id, type_name]
+
+    def _announce(self, sign: str, actor_id: str, type_name: str) -> None:
+        """Tell the mesh (and ``on_change``) that an actor started or stopped here."""
+        self._mesh.announce(sign, actor_id, type_name)
+        if self.on_change is not None:
+            self.on_change(sign, actor_id, type_name)
 
     @staticmethod
     def _hook(actor: Actor, fn: Any, what: str) -> None:
@@ -496,7 +506,7 @@ class Host:
         self._stopped[actor_id] = None
         if len(self._stopped) > _STOPPED_KEPT:
             del self._stopped[next(iter(self._stopped))]
-        self._mesh.announce("-", actor_id, hosted.actor.name)
+        self._announce("-", actor_id, hosted.actor.name)
         self._kill_handlers(hosted)
         self._stop_hook(hosted)
 

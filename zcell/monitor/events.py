@@ -139,10 +139,11 @@ class EventPublisher:
         self.node.stats[PUBLISHED] += 1
         if not self._flushing:
             self._flushing = True
-            self.node.submit(gevent.spawn_later, FLUSH_DELAY, self._flush)
+            self.node.submit(gevent.spawn_later, FLUSH_DELAY, self.flush)
 
-    def _flush(self) -> None:
-        """Send what was published since the last flush, one batch per sink."""
+    def flush(self) -> None:
+        """Send what was published since the last flush, one batch per sink
+        (loop thread; soon after a publish, or at once before the node stops)."""
         self._flushing = False
         batch, self._buffer = self._buffer, []
         for sink_id, sub in list(self._subscribers.items()):

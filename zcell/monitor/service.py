@@ -13,14 +13,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import gevent
 
 from .events import EventPublisher, hosted_actors
 
 if TYPE_CHECKING:
-    from ..actors.hosting import Hosted
+    from ..actors.hosting import Host, Hosted
     from ..node import Node
 
 __all__ = ["ACTOR_OPS", "Monitor"]
@@ -51,6 +51,7 @@ class Monitor:
         registry = node.control
         for name in ACTOR_OPS:
             registry.add(getattr(self, "_" + name), name)
+        cast("Host", node.hosting).on_change = self._actor_changed
 
     def add_part(self, op: str, part: Part) -> None:
         """Add a layer's share to the ``active`` or ``stats`` answer."""
@@ -60,6 +61,11 @@ class Monitor:
         """Withdraw a share added with `add_part` (a no-op if absent)."""
         if part in self._parts[op]:
             self._parts[op].remove(part)
+
+    def _actor_changed(self, sign: str, actor_id: str, type_name: str) -> None:
+        """Publish ``actor-spawned`` / ``actor-stopped`` (when watched)."""
+        kind = "actor-spawned" if sign == "+" else "actor-stopped"
+        self.events.publish(kind, actor_id=actor_id, actor_type=type_name)
 
     # -- inspect --------------------------------------------------------------------
 

@@ -128,6 +128,7 @@ def worker_offline(worker: Worker) -> None:
     events = _publisher(worker.node, "worker-offline")
     if events is not None:
         events.publish("worker-offline", **_worker_fields())
+        events.flush()  # now: the node stops next, and then sends nothing
 
 
 def heartbeat_fields(worker: Worker) -> dict[str, Any]:
