@@ -1,8 +1,8 @@
 """``zcell inspect ...`` and ``zcell control ...``: ask the mesh's nodes, merge replies.
 
-One-shot clients (``common.run_client``) of the public control API: without
-``-A`` a `zcell.monitor.Control` on the client node asks every other member;
-with ``-A proj`` the app's ``app.control`` asks its workers. Replies are
+One-shot clients (``common.run_client``) of the public control API: a
+`zcell.monitor.Control` on the client node asks every other member (with
+``-A proj``, whose mesh settings it uses, or for a task operation: the workers). Replies are
 printed per node; a node that did not answer in time is named and makes the
 exit code 1 (docs/monitoring.md).
 """
@@ -39,6 +39,8 @@ __all__ = [
     "register",
 ]
 
+#: Actor types of queue consumers: the nodes hosting one are workers.
+QUEUE_TYPES = "zcell.queue."
 #: Seconds to wait for the nodes' replies (Celery's default).
 DEFAULT_TIMEOUT = 1.0
 #: ``zcell inspect`` operations.
@@ -139,21 +141,18 @@ def app_client(command: ClientCommand) -> Command:
     return run
 
 
-def control_for(node: Node, args: argparse.Namespace) -> tuple[Control, list[str] | None]:
-    """The control client and the destination: with ``-A``, the app's (its workers
-    by default); else a plain one asking every member but this client."""
-    spec = args.app or getattr(args, "global_app", None)
-    wanted = [d for d in (args.destination or "").split(",") if d.strip()] or None
-    if spec:
-        from .tasks import find_app
-
-        app = find_app(spec)
-        app.use_node(node)
-        return app.control, wanted
+def control_for(node: Node, args: argparse.Namespace) -> tuple[Control, list[str]]:
+    """The control client and the nodes to ask: ``--destination``, else every
+    other member; with ``-A``, or for an operation only workers answer, every worker."""
     from zcell.monitor import Control
+    from zcell.monitor.service import ACTOR_OPS
 
-    if wanted is None:
-        wanted = [m["name"] for m in node.nodes() if not m["self"]]
+    wanted = [d.strip() for d in (args.destination or "").split(",") if d.strip()]
+    if not wanted:
+        others = [m for m in node.nodes() if not m["self"]]
+        if args.app or getattr(args, "global_app", None) or args.op not in ACTOR_OPS:
+            others = [m for m in others if any(t.startswith(QUEUE_TYPES) for t in m["types"])]
+        wanted = [m["name"] for m in others]
     return Control(node), wanted
 
 
