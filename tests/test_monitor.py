@@ -68,7 +68,7 @@ def test_a_slow_node_is_named_missing_within_the_timeout(mesh):
     ref = a.spawn(Echo, on="n1")
     ref.send.block(seconds=3 * SLOW, nowait=True)  # blocks n1's loop (no gevent yield)
     gevent.sleep(0.2)
-    replies = Control(a).ping(timeout=0.5)
+    replies = Control(a).ping(timeout=1.0 * SLOW)
     assert list(replies) == ["n0"] and replies.missing == ["n1"]
 
 

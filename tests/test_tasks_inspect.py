@@ -118,13 +118,13 @@ def test_a_stopped_worker_is_named_within_the_timeout_and_a_killed_one_when_aske
     wait_until(lambda: len(app.node.actors("zcell.queue.celery")) == 2, 10 * SLOW, "consumers")
     w2.kill(signal.SIGSTOP)  # alive but silent: too slow to answer
     try:
-        replies = app.control.inspect(timeout=0.5).ping()
+        replies = app.control.inspect(timeout=1.0 * SLOW).ping()  # < the ~3 s to "down"
         assert dict(replies) == {"w1": {"ok": "pong"}} and replies.missing == ["w2"]
     finally:
         w2.kill(signal.SIGCONT)
     w2.kill(signal.SIGKILL)
     wait_until(lambda: len(app.node.nodes()) == 2, 15 * SLOW, "w2 declared down")
-    replies = app.control.ping(destination="w1,w2", timeout=0.5)
+    replies = app.control.ping(destination="w1,w2", timeout=T)  # w2 is named at once
     assert list(replies) == ["w1"] and replies.missing == ["w2"]
 
 

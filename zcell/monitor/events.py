@@ -123,7 +123,7 @@ class EventPublisher:
 
     def publish(self, type_: str, **fields: Any) -> None:
         """Send an event of ``type_`` to the subscribers that want it (in a batch
-        soon). Does nothing at all unless enabled and watched."""
+        soon). Does nothing at all unless enabled and watched; never raises."""
         if not self.wants(type_):
             return
         self.clock += 1
@@ -139,7 +139,11 @@ class EventPublisher:
         self.node.stats[PUBLISHED] += 1
         if not self._flushing:
             self._flushing = True
-            self.node.submit(gevent.spawn_later, FLUSH_DELAY, self.flush)
+            try:
+                self.node.submit(gevent.spawn_later, FLUSH_DELAY, self.flush)
+            except ZcellError:  # the node stops: nobody will get it (never raise
+                self._buffer.clear()  # into a task's hooks or a handler)
+                self._flushing = False
 
     def flush(self) -> None:
         """Send what was published since the last flush, one batch per sink
