@@ -75,6 +75,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("zcell._transport",),
     ("zcell._mesh",),
     ("zcell.actors",),
+    ("zcell.monitor",),  # inspect, control and events: on every node, under the task layer
     ("zcell.node",),  # Node = the mesh node with the actor layer plugged in
     ("zcell.tasks",),
     ("zcell", "zcell.__main__", "zcell.cli"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._mesh import node as _mesh_node
 from .actors.layer import ACTORS
+from .monitor.service import Monitor
 
 __all__ = ["Node"]
 
@@ -35,3 +36,9 @@ class Node(_mesh_node.Node):
     """
 
     actor_layer = ACTORS
+
+    def _compose(self) -> None:
+        super()._compose()
+        #: Inspect, control and events (docs/monitoring.md): its operations are
+        #: on ``self.control``; ``self.monitor.events`` publishes events.
+        self.monitor = Monitor(self)

@@ -235,6 +235,9 @@ class Node:
         )
         self._deliver = messaging.deliver
         self._ctrl = messaging.ctrl
+        #: Start a control call to a member: ``ctrl_async(node_id, op, args,
+        #: timeout)`` -> ``AsyncResult`` (the monitor fans out with it).
+        self.ctrl_async = messaging.ctrl_async
         #: Send a reply (``Messaging.reply``); what hosting answers requests with.
         self.reply = messaging.reply
         #: Send the direct replies coalesced so far (``Messaging.flush_replies``).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -66,13 +67,14 @@ class _Killed(GreenletExit):  # type: ignore[misc]  # gevent is untyped: its Gre
 class Hosted:
     """Book-keeping for one hosted actor."""
 
-    __slots__ = ("actor", "state", "bindings", "greenlets", "handlers")
+    __slots__ = ("actor", "state", "bindings", "greenlets", "handlers", "handled")
 
     def __init__(self, actor: Actor, state: Any) -> None:
         self.actor = actor
         self.state = state
         self.bindings: list[tuple[str, list[str]]] = []  # (kind, [id, type, node])
-        self.greenlets: set[Any] = set()
+        self.greenlets: set[Any] = set()  # each with ``zcell_job``: (method, started)
+        self.handled = 0  # messages taken by a handler (inspect: ``actors``)
         self.handlers = handler_table(type(state))
 
 
@@ -92,6 +94,9 @@ class Host:
         self._waking = False  # a worker is scheduled and has not started yet
         self._drained: Event | None = None
         self._hub: Any = None  # set by the node once its loop runs (attach)
+        #: Told of each actor started ("+") or stopped ("-") here: (sign, id, type)
+        #: (the monitor publishes actor-spawned / actor-stopped events).
+        self.on_change: Callable[[str, str, str], None] | None = None
 
     def attach(self, hub: Any) -> None:
         """The node's loop runs: handlers run (and wake workers) on this hub."""
@@ -234,8 +239,10 @@ class Host:
             return
         g = getcurrent()
         g.zcell_ctx = MessageContext(hosted.actor, msg[R_ORIGIN], deadline, msg[R_CHAIN])
-        hosted.greenlets.add(g)
         method = msg[R_METHOD]
+        g.zcell_job = (method, time.time())  # inspect: ``active``, with its runtime
+        hosted.greenlets.add(g)
+        hosted.handled += 1
         try:
             if method in hosted.handlers:
                 value = getattr(hosted.state, method)(**msg[R_KWARGS])
@@ -456,13 +463,19 @@ class Host:
         actor = cls(ref, node)
         state = new_state(cls.state, actor, node, kwargs)
         self.actors[actor_id] = Hosted(actor, state)
-        self._mesh.announce("+", actor_id, type_name)
+        self._announce("+", actor_id, type_name)
         on_start = getattr(state, "on_start", None)
         if on_start is None or getattr(type(state), "on_start", None) is _State.on_start:
             on_start = getattr(state, "on_agent_ready", None)
         if on_start is not None:
             gevent.spawn(self._hook, actor, on_start, "on_start")
         return [actor_id, type_name]
+
+    def _announce(self, sign: str, actor_id: str, type_name: str) -> None:
+        """Tell the mesh (and ``on_change``) that an actor started or stopped here."""
+        self._mesh.announce(sign, actor_id, type_name)
+        if self.on_change is not None:
+            self.on_change(sign, actor_id, type_name)
 
     @staticmethod
     def _hook(actor: Actor, fn: Any, what: str) -> None:
@@ -493,7 +506,7 @@ class Host:
         self._stopped[actor_id] = None
         if len(self._stopped) > _STOPPED_KEPT:
             del self._stopped[next(iter(self._stopped))]
-        self._mesh.announce("-", actor_id, hosted.actor.name)
+        self._announce("-", actor_id, hosted.actor.name)
         self._kill_handlers(hosted)
         self._stop_hook(hosted)
 

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from . import beat, clients, demo, multi, node, tasks
+from . import beat, clients, demo, events, inspect, multi, node, tasks
 from .common import Failure, UsageError, parse_kv, read_secret
 
 if TYPE_CHECKING:
@@ -35,6 +35,8 @@ FAMILIES: tuple[Callable[[Subcommands], None], ...] = (
     tasks.register,
     multi.register,
     beat.register,
+    inspect.register,
+    events.register,
     clients.register,
     demo.register,
 )
@@ -59,6 +61,10 @@ def build_parser(
         "or unknown actor, 2 usage error.",
     )
     parser.add_argument("--version", action="version", version=f"zcell {_version()}")
+    parser.add_argument(
+        "-A", "--app", dest="global_app", metavar="APP",
+        help="the app for inspect, control and events (Celery's `celery -A proj ...`)",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in families:
         register(sub)

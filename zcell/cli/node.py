@@ -107,6 +107,8 @@ def serve(
 ) -> None:
     """Run until a signal (or the node stops itself), then ``before_stop()`` and a
     graceful stop. Raises ``Failure`` when the node stopped itself."""
+    # The ``shutdown`` control operation stops it as SIGTERM does.
+    node.monitor.on_shutdown = lambda: stop.append(signal.SIGTERM)
     try:
         while not stop and node.failure is None:
             time.sleep(0.1)

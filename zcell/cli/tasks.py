@@ -59,6 +59,10 @@ def register(sub: Subcommands) -> None:
     worker.add_argument("--port", type=int, default=0, help="inbox port (default: random)")
     worker.add_argument("--heartbeat", type=float, default=1.0, help=argparse.SUPPRESS)
     worker.add_argument("--no-patch", action="store_true", help="do not gevent-monkey-patch")
+    worker.add_argument(
+        "-E", "--task-events", action="store_true",
+        help="publish events (sent only while someone subscribes: zcell events)",
+    )  # fmt: skip
     mesh_options(worker)
     worker.set_defaults(cluster=None, host=None)  # unset: the app's conf decides
     worker_options(worker)  # --processes, --pidfile, --logfile (supervise.py)
@@ -114,6 +118,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         node.stop(timeout=1.0)
         raise UsageError(str(exc)) from exc
+    if args.task_events:
+        node.monitor.events.enable()
     beat = start_beat(app, node) if args.beat else None
     _worker_banner(app, worker, me, args)
     serve(node, stop, args, lambda: _finish(worker, beat))

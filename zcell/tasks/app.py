@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from .._transport.loop import Flag
 from ..errors import ZcellError
+from ..monitor.events import EventStream
 from ..node import Node
 from . import signals
 from .agent import attach
@@ -175,6 +176,12 @@ class App:
 
     def _runtime(self) -> Runtime:
         return attach(self, self.node)
+
+    def events(self, types: Iterable[str] | None = None) -> EventStream:
+        """A stream of the mesh's events (``with app.events() as stream:``; see
+        `zcell.monitor.EventStream`): only ``types`` when given. Nodes publish only
+        with events enabled (``zcell worker -E``, ``app.control.enable_events()``)."""
+        return EventStream(self._runtime().node, types)
 
     def close(self, timeout: float = FLUSH_TIMEOUT) -> None:
         """Hand the waiting tasks over (at most ``timeout`` s), then stop the

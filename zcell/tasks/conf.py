@@ -35,6 +35,8 @@ DEFAULTS: dict[str, Any] = {
     "task_default_rate_limit": None,
     "task_track_started": False,
     "task_ignore_result": False,
+    "task_send_sent_event": False,  # the submitter publishes task-sent
+    "worker_send_task_events": False,  # as `zcell worker -E`
     # Celery's default: the number of CPUs. Tasks run in greenlets, so I/O-bound
     # work can take far more (-c 100); CPU-bound work wants --processes.
     "worker_concurrency": os.cpu_count() or 1,

@@ -1,12 +1,20 @@
-"""``app.control``: acting on tasks across the mesh (here: ``revoke``)."""
+"""``app.control``: inspect and steer the mesh's workers, revoke tasks.
+
+A `zcell.monitor.Control` on the app's node whose default destination is the
+workers (nodes that consume a queue); ``revoke`` reaches every task agent.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from ..monitor.client import Control as MeshControl
+from .routing import QUEUE_ACTOR_PREFIX
 
 if TYPE_CHECKING:
+    from ..node import Node
     from .app import App
 
 __all__ = ["Control"]
@@ -15,11 +23,19 @@ __all__ = ["Control"]
 REVOKE_TIMEOUT = 2.0
 
 
-class Control:
-    """Remote control of the app's tasks (Celery's ``app.control``)."""
+class Control(MeshControl):
+    """Remote control of the app's workers and tasks (Celery's ``app.control``)."""
 
     def __init__(self, app: App) -> None:
+        super().__init__()
         self.app = app
+
+    def _node(self) -> Node:
+        return self.app._runtime().node
+
+    def _default_targets(self, members: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The workers: members that consume a queue."""
+        return [m for m in members if any(t.startswith(QUEUE_ACTOR_PREFIX) for t in m["types"])]
 
     def revoke(self, task_id: str | Iterable[str], terminate: bool = False, **_: object) -> None:
         """Revoke tasks: every node remembers it for ``result_expires`` (nodes that

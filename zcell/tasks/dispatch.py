@@ -33,6 +33,7 @@ from ..errors import (
     ZcellError,
     error_from_wire,
 )
+from . import events as task_events
 from .errors import TaskRevokedError, WorkerLostError
 from .routing import queue_actor_name
 from .states import FAILURE, PENDING, READY_STATES, RECEIVED, RETRY, REVOKED, STARTED
@@ -142,6 +143,7 @@ class Dispatcher:
             return False
         self.entries[entry.id] = self.known[entry.id] = entry
         self._enqueue(entry)
+        task_events.sent(self.node, entry.msg)
         return True
 
     def _enqueue(self, entry: Entry, front: bool = False) -> None:

@@ -49,6 +49,7 @@ class Request:
         self.msg = msg
         self.owner = owner
         self.has_slot = False  # holds one of its worker's concurrency slots
+        self.time_start: float | None = None  # when its code started (inspect, events)
 
     def __repr__(self) -> str:
         return f"<Request {self.task}[{self.id}]>"

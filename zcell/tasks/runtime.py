@@ -72,6 +72,8 @@ class Runtime:
         """Host the task agent on this node and start the dispatcher (which
         also learns the revokes the mesh remembers)."""
         self.node.register(agent_cls)
+        if self.app.conf.task_send_sent_event:
+            self.node.monitor.events.allowed.add("task-sent")
         self.agent = self.node.spawn(agent_cls, on=self.node.id)
         self.dispatcher.start()
         self.ready.set()

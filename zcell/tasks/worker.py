@@ -34,9 +34,11 @@ from greenlet import getcurrent
 
 from ..actors.actor import Actor
 from ..errors import NodeStopped, ProtocolError, ZcellError, error_wire
+from . import events as task_events
 from . import signals
 from .agent import attach
 from .errors import NotRegistered, Retry, TaskRevokedError
+from .inspect import install as install_control_ops
 from .limits import RateLimiter, TimeLimits, parse_rate
 from .message import check
 from .records import Expiring
@@ -60,6 +62,8 @@ log = logging.getLogger(__name__)
 CLAIM_TIMEOUT = 5.0
 #: Most submitters remembered as refused ("full") at once, for "room" notices.
 MAX_REFUSED = 10_000
+#: Seconds between looks whether a cancelled queue's held tasks have ended.
+RETIRE_POLL = 0.1
 
 
 class _Terminated(GreenletExit):  # type: ignore[misc]  # gevent is untyped
@@ -118,6 +122,13 @@ class Worker:
         self.capacity = self.concurrency * self.prefetch
         self.held = 0
         self.closing = False
+        self.holding: dict[str, dict[str, Any]] = {}  # held task messages (inspect)
+        #: Per-node overrides of task options by task name, set by the control
+        #: operations ``rate_limit`` and ``time_limit``: {"rate_limit": "10/s",
+        #: "soft_time_limit": s, "time_limit": s}. The rate limiter and the time
+        #: limits read them before the task's own options (docs/monitoring.md).
+        self.overrides: dict[str, dict[str, Any]] = {}
+        self.totals: collections.Counter[str] = collections.Counter()  # ended, by task name
         self.running: dict[str, tuple[gevent.Greenlet, Request]] = {}
         self.waits: dict[str, Event] = {}  # held tasks not started: woken by revoke/stop
         self.scheduled: dict[str, dict[str, Any]] = {}  # held for their ETA
@@ -146,8 +157,18 @@ class Worker:
         self._slots = self.node.call_in_loop(Semaphore, self.concurrency)
         for queue in self.queues:
             self.add_consumer(queue)
+        self.node.call_in_loop(self._watchable)
         send_safely(signals.worker_ready, self)
         return self
+
+    def _watchable(self) -> None:
+        """Answer the task inspect/control operations; publish a worker's events."""
+        install_control_ops(self)
+        events = self.node.monitor.events
+        events.heartbeat_fields = lambda: task_events.heartbeat_fields(self)
+        if self.app.conf.worker_send_task_events:
+            events.enable()
+        task_events.worker_online(self)
 
     def add_consumer(self, queue: str) -> None:
         """Start consuming ``queue`` (spawns its consumer actor here)."""
@@ -168,6 +189,7 @@ class Worker:
         return len(self.running)
 
     def _close(self) -> None:
+        task_events.worker_offline(self)
         self.closing = True
         for wake in self.waits.values():
             wake.set()
@@ -181,19 +203,23 @@ class Worker:
         except ProtocolError as exc:
             self.node.stats[DROPPED] += 1
             log.warning("zcell: dropped a malformed task message: %s", exc)
+            task_events.rejected(self.node, _raw_id(raw), str(exc))
             return {"s": "dropped"}
-        if self.closing or self.held >= self.capacity:
+        if self.closing or self.held >= self.capacity or msg["queue"] not in self.queues:
             self._refuse(msg["reply_to"])
             return {"s": "full", "cap": self.capacity}
         if self.seen.get(msg["id"]) == msg["retries"]:
             return self._duplicate(msg)
         self.seen.put(msg["id"], msg["retries"])
         self.held += 1
+        self.holding[msg["id"]] = msg
         try:
             _tell(msg, "held", {"id": msg["id"], "attempt": msg["attempt"]})
+            task_events.received(self.node, msg)
             return self._process(msg)
         finally:
             self.held -= 1
+            self.holding.pop(msg["id"], None)
             self._room()
 
     def _duplicate(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -398,6 +424,7 @@ class Worker:
     ) -> dict[str, Any]:
         """The reply to the submitter, also kept here as the task's record."""
         self.counts[state] += 1
+        self.totals[msg["name"]] += 1
         outcome: dict[str, Any] = {
             "s": state,
             "v": None if msg["ignore_result"] else value,
@@ -419,6 +446,8 @@ class Worker:
 
     def _before_start(self, task: Task, request: Request) -> None:
         """About to run ``task`` (the claim succeeded; a slot is held)."""
+        request.time_start = time.time()
+        task_events.started(self.node, request)
         if request.msg["track_started"]:
             _tell(request.msg, "update_state", {"id": request.id, "state": STARTED})
         send_safely(
@@ -433,10 +462,12 @@ class Worker:
     def _on_success(self, task: Task, request: Request, value: Any) -> None:
         """The task returned ``value``."""
         send_safely(signals.task_success, task, result=value)
+        task_events.succeeded(self.node, request, value)
         self._postrun(task, request, value, SUCCESS)
 
     def _on_failure(self, task: Task, request: Request, exc: BaseException) -> None:
         """The task raised ``exc`` (anything, SystemExit included)."""
+        task_events.failed(self.node, request, exc, _traceback(exc))
         log.error("zcell: task %s[%s] raised %r", task.name, request.id, exc)
         send_safely(
             signals.task_failure,
@@ -452,6 +483,7 @@ class Worker:
 
     def _on_retry(self, task: Task, request: Request, exc: Retry) -> None:
         """The task asked to run again (``self.retry`` or ``autoretry_for``)."""
+        task_events.retried(self.node, request, exc.exc or exc, _traceback(exc.exc or exc))
         log.info("zcell: task %s[%s] will retry: %s", task.name, request.id, exc)
         reason = exc.exc or exc
         send_safely(
@@ -469,6 +501,7 @@ class Worker:
         """The task was revoked: terminated while it ran (``revoke(terminate=True)``),
         or ended before it started (revoked, or ``expired``). ``task`` is None when
         this worker does not know the task's name."""
+        task_events.revoked(self.node, request.id, terminated=terminated, expired=expired)
         if terminated:
             log.warning("zcell: task %s[%s] terminated (revoked)", request.task, request.id)
         send_safely(
@@ -524,6 +557,46 @@ class Worker:
                 found[task_id] = {"s": RECEIVED, "worker": self.node.name}
         return found
 
+    # -- control (loop thread: the operations in inspect.py) -------------------------
+
+    def override(self, task_name: str, **settings: Any) -> None:
+        """Set per-node overrides of a task's options (see ``overrides``)."""
+        self.overrides.setdefault(task_name, {}).update(settings)
+
+    def resize(self, n: int) -> int:
+        """Run ``n`` more (or, negative, fewer) tasks at once; never fewer than one.
+        Slots taken away are taken as running tasks give theirs back. Returns the
+        new concurrency."""
+        n = max(n, 1 - self.concurrency)
+        self.concurrency += n
+        self.capacity = self.concurrency * self.prefetch
+        assert self._slots is not None
+        for _ in range(n):
+            self._slots.release()
+        for _ in range(-n):
+            gevent.spawn(self._slots.acquire)
+        if n > 0:
+            self._room()
+        return self.concurrency
+
+    def cancel_consumer(self, queue: str) -> bool:
+        """Stop consuming ``queue``: new tasks of it are refused now; its consumer
+        actor leaves once the tasks of it held here have ended. False if not consumed."""
+        consumer = self.consumers.pop(queue, None)
+        if consumer is None or queue not in self.queues:
+            return False
+        self.queues.remove(queue)
+        gevent.spawn(self._retire, queue, consumer)
+        return True
+
+    def _retire(self, queue: str, consumer: ActorProxy) -> None:
+        while any(m["queue"] == queue for m in list(self.holding.values())):
+            gevent.sleep(RETIRE_POLL)
+        try:
+            self.node.kill(consumer)
+        except ZcellError as exc:
+            log.info("zcell: consumer of %s already gone: %s", queue, exc)
+
     def statistics(self) -> dict[str, int]:
         """Counters: held, running, scheduled, and outcomes by state."""
         stats = {"held": self.held, "running": len(self.running), "scheduled": len(self.scheduled)}
@@ -539,6 +612,12 @@ def _tell(msg: dict[str, Any], method: str, kwargs: dict[str, Any]) -> None:
         msg["reply_to"].send(method, kwargs, nowait=True)
     except ZcellError:
         pass
+
+
+def _raw_id(raw: Any) -> str | None:
+    """The id of a malformed task message, when it has a readable one."""
+    task_id = raw.get("id") if isinstance(raw, dict) else None
+    return task_id if isinstance(task_id, str) else None
 
 
 def _countdown(when: float | datetime | None) -> float | None:
