@@ -308,3 +308,31 @@ def test_a_receiver_that_raises_breaks_neither_the_task_nor_the_worker(
     finally:
         signals.task_prerun.disconnect(bad)
     assert "a broken receiver" in caplog.text
+
+
+def test_control_rate_limit_limits_a_task_on_the_workers_from_its_next_run(
+    workers: Workers,
+) -> None:
+    workers(1, concurrency=10)
+    name = "zcell_test_tasks.unlimited_stamp"
+    assert t.unlimited_stamp.delay().get(timeout=WAIT)  # ran once without a limit
+    replies = t.app.control.rate_limit(name, "5/s", timeout=2 * SLOW)
+    assert all("ok" in r for r in replies.values()) and replies
+    stamps = sorted(r.get(timeout=WAIT) for r in [t.unlimited_stamp.delay() for _ in range(6)])
+    # 5/s from a bucket of one: the first at once, then one every 0.2 s.
+    assert stamps[-1] - stamps[0] >= 5 * 0.2 * 0.95
+    t.app.control.rate_limit(name, "1000/s", timeout=2 * SLOW)  # raised again: fast
+    stamps = sorted(r.get(timeout=WAIT) for r in [t.unlimited_stamp.delay() for _ in range(6)])
+    assert stamps[-1] - stamps[0] < 0.8
+
+
+def test_control_time_limit_kills_a_task_that_runs_past_it(workers: Workers) -> None:
+    workers(1)
+    assert t.add.delay(1, 1).get(timeout=WAIT) == 2  # the app's node sees the worker
+    replies = t.app.control.time_limit("zcell_test_tasks.sleepy", hard=0.3, timeout=2 * SLOW)
+    assert replies and all("ok" in r for r in replies.values())
+    with pytest.raises(RemoteError, match="TimeLimitExceeded"):
+        t.sleepy.delay(5).get(timeout=2 * SLOW)  # well before the 5 s it would take
+    t.app.control.time_limit("zcell_test_tasks.sleepy", soft=0.2, hard=None, timeout=2 * SLOW)
+    with pytest.raises(RemoteError, match="SoftTimeLimitExceeded"):
+        t.sleepy.delay(5).get(timeout=2 * SLOW)

@@ -314,7 +314,11 @@ class Worker:
         place here but no concurrency slot, so other tasks run meanwhile."""
         limiter = self.limiters.get(task.name)
         if limiter is None:
-            rate = task.rate_limit or self.app.conf.task_default_rate_limit
+            override = self.overrides.get(task.name, {})
+            if "rate_limit" in override:  # control rate_limit: this node's rate wins
+                rate = override["rate_limit"]
+            else:
+                rate = task.rate_limit or self.app.conf.task_default_rate_limit
             if not rate:
                 return
             limiter = self.limiters[task.name] = RateLimiter(parse_rate(rate))
@@ -401,12 +405,15 @@ class Worker:
         self._on_success(task, request, value)
         return self._outcome(msg, SUCCESS, value=value)
 
-    @staticmethod
-    def _call(task: Task, request: Request) -> Any:
-        """Run the task's code under its time limits; an error the task lists in
+    def _call(self, task: Task, request: Request) -> Any:
+        """Run the task's code under its time limits (this node's ``time_limit``
+        override, else the message's); an error the task lists in
         ``autoretry_for`` becomes a retry (or, retries used up, the failure)."""
         msg = request.msg
-        with TimeLimits(msg["soft_time_limit"], msg["time_limit"]):
+        override = self.overrides.get(task.name, {})
+        soft = override.get("soft_time_limit", msg["soft_time_limit"])
+        hard = override.get("time_limit", msg["time_limit"])
+        with TimeLimits(soft, hard):
             try:
                 return task(*msg["args"], **msg["kwargs"])
             except Retry:
@@ -560,8 +567,11 @@ class Worker:
     # -- control (loop thread: the operations in inspect.py) -------------------------
 
     def override(self, task_name: str, **settings: Any) -> None:
-        """Set per-node overrides of a task's options (see ``overrides``)."""
+        """Set per-node overrides of a task's options (see ``overrides``); a new
+        rate applies from the task's next wait (its limiter is made afresh)."""
         self.overrides.setdefault(task_name, {}).update(settings)
+        if "rate_limit" in settings:
+            self.limiters.pop(task_name, None)
 
     def resize(self, n: int) -> int:
         """Run ``n`` more (or, negative, fewer) tasks at once; never fewer than one.
