@@ -336,7 +336,7 @@ ERROR_CLASSES = list(
 )
 
 
-def test_zcell_errors_all_lists_every_class_and_the_two_helpers() -> None:
+def test_zcell_errors_all_lists_every_class_and_the_helpers() -> None:
     assert set(errors.__all__) == {
         "ZcellError",
         "RemoteError",
@@ -353,6 +353,7 @@ def test_zcell_errors_all_lists_every_class_and_the_two_helpers() -> None:
         "NameTaken",
         "IncompatibleProtocol",
         "remote_error",
+        "mirrored",
         "builtin_ancestor",
     }
     assert callable(errors.remote_error) and callable(errors.builtin_ancestor)

@@ -336,3 +336,24 @@ def test_control_time_limit_kills_a_task_that_runs_past_it(workers: Workers) -> 
     t.app.control.time_limit("zcell_test_tasks.sleepy", soft=0.2, hard=None, timeout=2 * SLOW)
     with pytest.raises(RemoteError, match="SoftTimeLimitExceeded"):
         t.sleepy.delay(5).get(timeout=2 * SLOW)
+
+
+def test_the_task_layers_errors_keep_their_class_at_get(workers: Workers) -> None:
+    """``except TimeLimitExceeded:`` around ``get()`` works, as in Celery; the error is
+    still a ``RemoteError`` that carries the worker's traceback."""
+    from zcell import TimeLimitExceeded
+
+    workers(1)
+    with pytest.raises(TimeLimitExceeded) as raised:
+        t.sleepy.apply_async((5,), time_limit=0.3).get(timeout=2 * SLOW)
+    assert isinstance(raised.value, RemoteError)
+    assert raised.value.type_name == "zcell.tasks.errors.TimeLimitExceeded"
+    assert "sleepy" in raised.value.remote_traceback
+
+
+def test_max_retries_exceeded_is_caught_by_its_class_at_get(
+    workers: Workers, tmp_path: Path
+) -> None:
+    workers(1)
+    with pytest.raises(MaxRetriesExceededError):
+        t.always_retry.delay(str(tmp_path / "runs")).get(timeout=WAIT)

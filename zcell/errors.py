@@ -16,7 +16,7 @@ import builtins
 import difflib
 import traceback as _traceback
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "ZcellError",
@@ -34,6 +34,7 @@ __all__ = [
     "NameTaken",
     "IncompatibleProtocol",
     "remote_error",
+    "mirrored",
     "builtin_ancestor",
 ]
 
@@ -212,6 +213,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 # -- remote exceptions -------------------------------------------------------
 
 # Never mirrored: they have control-flow meaning in the caller's process.
+_E = TypeVar("_E", bound="ZcellError")
+
 _NOT_MIRRORED = frozenset(
     {"StopIteration", "StopAsyncIteration", "GeneratorExit", "SystemExit", "KeyboardInterrupt"}
 )
@@ -270,6 +273,44 @@ def _mirror_new(cls: type, *args: Any, **kwargs: Any) -> Any:
         return Exception.__new__(cls)
 
 
+#: Error classes that keep their own class when they come back from a remote
+#: handler or task, by qualified name (``mirrored``). Only classes a layer of zcell
+#: registers: a name from the wire selects one of these, it never imports anything.
+_mirrored: dict[str, type[ZcellError]] = {}
+_mirrored_cache: dict[str, type[RemoteError]] = {}
+
+
+def mirrored(cls: type[_E]) -> type[_E]:
+    """Class decorator: a remote error of this zcell class is raised at the caller
+    as an instance of it (and of ``RemoteError``), so ``except TimeLimitExceeded:``
+    works around a task's ``get()``. For errors that describe the outcome of a
+    remote run (the task layer's), not for errors about the call itself."""
+    _mirrored[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return cls
+
+
+def _mirrored_class(type_name: str) -> type[RemoteError] | None:
+    known = _mirrored.get(type_name)
+    if known is None:
+        return None
+    cls = _mirrored_cache.get(type_name)
+    if cls is None:
+        builtin = getattr(builtins, builtin_ancestor(known), Exception)
+        cls = type(
+            known.__name__,
+            (RemoteError, known),
+            {
+                "__module__": __name__,
+                "__new__": _mirror_new,
+                "__init__": RemoteError.__init__,
+                "__str__": RemoteError.__str__,
+                "_builtin_base": builtin,
+            },
+        )
+        _mirrored_cache[type_name] = cls
+    return cls
+
+
 def remote_error(
     type_name: str, message: str, traceback: str | list[str], ancestor: str
 ) -> RemoteError:
@@ -284,7 +325,8 @@ def remote_error(
     Returns:
         A ``RemoteError`` that is also an instance of ``builtins.<ancestor>``.
     """
-    error = _mirror_class(ancestor)(type_name, message, traceback)
+    cls = _mirrored_class(type_name) or _mirror_class(ancestor)
+    error = cls(type_name, message, traceback)
     error.remote_ancestor = ancestor
     return error
 

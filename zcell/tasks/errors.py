@@ -3,6 +3,8 @@
 Each is a :class:`~zcell.errors.ZcellError`, and also the built-in type its meaning
 matches, so Celery code's ``except`` clauses keep working. A task's own exception
 is not wrapped: ``TaskResult.get()`` re-raises it mirrored (see ``zcell.errors``).
+The classes marked ``@mirrored`` keep their class when they come back from a
+worker: ``except TimeLimitExceeded:`` around ``get()`` works, as in Celery.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ..errors import CallTimeout, NodeDown, ZcellError
+from ..errors import CallTimeout, NodeDown, ZcellError, mirrored
 
 __all__ = [
     "TaskError",
@@ -33,6 +35,7 @@ class TaskError(ZcellError):
     """Root of the task layer's own errors."""
 
 
+@mirrored
 class NotRegistered(TaskError, KeyError):
     """No task of this name is registered where it was asked for.
 
@@ -70,6 +73,7 @@ class TaskPendingFull(TaskError):
     """
 
 
+@mirrored
 class WorkerLostError(TaskError, NodeDown):
     """The worker running this task died (or left) while it ran.
 
@@ -79,6 +83,7 @@ class WorkerLostError(TaskError, NodeDown):
     """
 
 
+@mirrored
 class TaskRevokedError(TaskError):
     """The task was revoked (or it expired) before it finished: it never started,
     or it was terminated. Its state is ``REVOKED``."""
@@ -114,6 +119,7 @@ class Retry(TaskError):
         super().__init__(message or (f"Retry in {when}" if when is not None else "Retry"))
 
 
+@mirrored
 class MaxRetriesExceededError(TaskError):
     """The task asked to retry more than ``max_retries`` times (and gave no
     exception of its own to fail with)."""
@@ -124,6 +130,7 @@ class MaxRetriesExceededError(TaskError):
         self.task_kwargs = task_kwargs
 
 
+@mirrored
 class SoftTimeLimitExceeded(TaskError):
     """Raised inside a task at its ``soft_time_limit``: catch it to clean up.
 
@@ -132,6 +139,7 @@ class SoftTimeLimitExceeded(TaskError):
     """
 
 
+@mirrored
 class TimeLimitExceeded(TaskError):
     """The task ran past its ``time_limit`` and was killed; it failed with this."""
 
