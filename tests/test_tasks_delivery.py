@@ -281,3 +281,13 @@ def test_a_stopping_worker_gives_held_tasks_back_to_run_elsewhere(
     assert running.get(timeout=10 * SLOW) == "first"
     assert [r.get(timeout=10 * SLOW) for r in held] == [0, 1, 2]
     assert {r.worker for r in held} == {w2.node.name}
+
+
+def test_a_timeout_on_a_task_for_a_queue_nobody_consumes_says_so(workers: Workers) -> None:
+    workers(1)  # consumes "celery" only
+    result = t.add.apply_async((1, 1), queue="nobody-consumes-this")
+    with pytest.raises(TaskTimeout, match="no worker in the mesh consumes its queue") as raised:
+        result.get(timeout=0.3)
+    assert "-Q nobody-consumes-this" in str(raised.value)
+    assert result.state == "PENDING"
+    result.revoke()

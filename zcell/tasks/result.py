@@ -18,6 +18,7 @@ from .._transport.loop import Flag
 from ..errors import error_from_wire
 from .errors import TaskRevokedError, TaskTimeout
 from .request import current_request
+from .routing import queue_actor_name
 from .states import FAILURE, PENDING, READY_STATES, REVOKED, SUCCESS
 
 if TYPE_CHECKING:
@@ -165,7 +166,7 @@ class TaskResult:
         if not ready:
             raise TaskTimeout(
                 f"task {self.id} has no outcome within {timeout}s (state {self.state}); "
-                "it may still run: get() again, or give a larger timeout="
+                f"{self._why_waiting()}get() again, or give a larger timeout="
             )
         result = self.result
         if self.state in (FAILURE, REVOKED) and isinstance(result, BaseException):
@@ -174,6 +175,19 @@ class TaskResult:
         return result
 
     wait = get
+
+    def _why_waiting(self) -> str:
+        """A hint for a timeout: a task that waits for a consumer nobody runs."""
+        entry = self._entry
+        if entry is None or entry.state != PENDING:
+            return "it may still run: "
+        node = self.app.node
+        if node.directory.of_type(queue_actor_name(entry.queue)):
+            return "it waits for a worker of its queue to have room: "
+        return (
+            f"no worker in the mesh consumes its queue {entry.queue!r} (start one with "
+            f"`zcell worker -A <app> -Q {entry.queue}`); it waits for one: "
+        )
 
     def _wait(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
