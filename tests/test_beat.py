@@ -208,6 +208,16 @@ def test_status_marks_the_beat_leader_and_the_beat_control_op_shows_the_schedule
     status = observer._ctrl(b2, "beat", {}, 5.0)
     assert status["leader"] == "b1" and not status["leading"]
     assert [e["name"] for e in status["entries"]] == ["tick"]
+    # inspect scheduled lists each candidate's periodic entries with their runs.
+    from zcell.monitor import Control
+
+    scheduled = Control(observer).inspect(timeout=5.0).scheduled()
+    periodic = {n: [i for i in items if "periodic" in i] for n, items in scheduled.items()}
+    assert [i["leader"] for i in periodic["b1"]] == [True]
+    assert [i["leader"] for i in periodic["b2"]] == [False]
+    entry = periodic["b1"][0]["periodic"]
+    assert entry["name"] == "tick" and entry["task"] == "zcell_test_beat.tick"
+    assert entry["last_run"] is not None and entry["next_run"] > entry["last_run"]
 
 
 def test_zcell_beat_is_a_candidate_that_only_sends(

@@ -157,6 +157,21 @@ def _beat_of(node: Node) -> Beat:
     return beat
 
 
+def periodic_schedule(node: Node) -> list[dict[str, Any]]:
+    """The periodic entries a beat candidate on ``node`` sends (for ``inspect
+    scheduled``), each with its last and next run and whether this node leads;
+    [] on a node that runs no beat."""
+    beat = _beats.get(node)
+    if beat is None:
+        return []
+    status = beat.status()
+    leading = bool(status["leading"])
+    return [
+        {"eta": e["next_run"], "priority": 0, "periodic": e, "leader": leading}
+        for e in status["entries"]
+    ]
+
+
 class Beat:
     """A beat candidate on ``node`` for ``app`` (see the module doc).
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ZcellError
+from .beat import periodic_schedule
 from .limits import parse_rate
 from .routing import check_queue
 
@@ -108,11 +109,14 @@ def stats(worker: Worker) -> dict[str, Any]:
 
 
 def _scheduled(worker: Worker, args: dict[str, Any]) -> list[dict[str, Any]]:
-    """Tasks held here for their ETA/countdown: eta, priority, request."""
-    return [
+    """Tasks held here for their ETA/countdown (eta, priority, request), then, on
+    a beat candidate, each periodic entry (eta: its next run; periodic: its name,
+    task, schedule, last and next run; leader: whether this node sends them)."""
+    held = [
         {"eta": msg["eta"], "priority": 0, "request": request_info(worker, msg)}
         for msg in list(worker.scheduled.values())
     ]
+    return held + periodic_schedule(worker.node)
 
 
 def _reserved(worker: Worker, args: dict[str, Any]) -> list[dict[str, Any]]:
