@@ -115,3 +115,20 @@ NOTED: list[str] = []
 def noted(task_id: Any) -> None:
     """A ``link_error`` target: records the failed task's id."""
     NOTED.append(task_id)
+
+
+@app.task
+def xsum(numbers: list[int]) -> int:
+    return sum(numbers)
+
+
+@app.task
+def multiply(a: int, b: int) -> int:
+    """The intro post's task."""
+    return a * b
+
+
+@app.task
+def slow_add(x: int, y: int, seconds: float = 0.0) -> int:
+    gevent.sleep(seconds)
+    return x + y

@@ -33,9 +33,12 @@ from ..errors import (
     ZcellError,
     error_from_wire,
 )
+from . import errors as task_errors
 from .errors import TaskRevokedError, WorkerLostError
+from .followup import after, failure, has_followup
+from .message import make
 from .routing import queue_actor_name
-from .states import FAILURE, PENDING, READY_STATES, RECEIVED, RETRY, REVOKED, STARTED
+from .states import FAILURE, PENDING, READY_STATES, RECEIVED, RETRY, REVOKED, STARTED, SUCCESS
 
 if TYPE_CHECKING:
     from ..actors.proxy import ActorProxy
@@ -79,6 +82,7 @@ class Entry:
         self.max_redeliveries = max_redeliveries
         self.done = Flag()
         self.callbacks: list[Callable[[Entry], None]] = []
+        self.reported = False  # its outcome came from a worker (which did the follow-up)
 
     @property
     def ready(self) -> bool:
@@ -281,15 +285,21 @@ class Dispatcher:
         elif status == RETRY:
             self._retry(entry, value)
         elif status in READY_STATES:
-            self._record(entry, value)
-            if status == REVOKED:
-                self.finish(entry, status, TaskRevokedError(f"task {entry.id} was revoked"))
-            elif status == FAILURE:
-                self.finish(entry, status, _error(value.get("e")))
-            else:
-                self.finish(entry, status, value.get("v"))
+            self.settle(entry, value)
         else:
             self.finish(entry, FAILURE, ProtocolError(f"bad task reply status {status!r}"))
+
+    def settle(self, entry: Entry, value: dict[str, Any]) -> None:
+        """Finish the entry with a worker's final outcome record."""
+        status = value.get("s")
+        entry.reported = True
+        self._record(entry, value)
+        if status == REVOKED:
+            self.finish(entry, REVOKED, TaskRevokedError(f"task {entry.id} was revoked"))
+        elif status == FAILURE:
+            self.finish(entry, FAILURE, _error(value.get("e")))
+        else:
+            self.finish(entry, SUCCESS, value.get("v"))
 
     def _record(self, entry: Entry, value: dict[str, Any]) -> None:
         entry.worker = value.get("worker") if isinstance(value.get("worker"), str) else None
@@ -319,6 +329,9 @@ class Dispatcher:
         entry.result = result
         entry.date_done = time.time()
         entry.done.set()
+        if not entry.reported and state != SUCCESS and has_followup(entry.msg):
+            # Decided here (a worker lost, revoked, expired): the work-flow learns it too.
+            after(self.runtime, entry.msg, failure(result, self.runtime, entry.name, state))
         callbacks, entry.callbacks = entry.callbacks, []
         for callback in callbacks:
             gevent.spawn(_run_callback, callback, entry)
@@ -338,7 +351,7 @@ class Dispatcher:
         entry = self.entries.get(task_id)
         if entry is None or entry.ready or entry.msg["attempt"] != attempt:
             return False
-        if task_id in self.runtime.revoked:
+        if task_id in self.runtime.revoked or entry.msg["root_id"] in self.runtime.revoked:
             self.finish(entry, REVOKED, TaskRevokedError(f"task {task_id} was revoked"))
             return False
         expires = entry.msg["expires"]
@@ -376,17 +389,39 @@ class Dispatcher:
 
     def revoke(self, task_ids: list[str]) -> None:
         """Revoked: what has not started ends REVOKED now (a claim would be refused)."""
-        for task_id in task_ids:
-            entry = self.entries.get(task_id)
-            if entry is not None and not entry.claimed:
-                self.finish(entry, REVOKED, TaskRevokedError(f"task {task_id} was revoked"))
+        ids = set(task_ids)
+        for entry in list(self.entries.values()):
+            if (entry.id in ids or entry.msg["root_id"] in ids) and not entry.claimed:
+                self.finish(entry, REVOKED, TaskRevokedError(f"task {entry.id} was revoked"))
+
+    # -- watched tasks: sent by others, their outcome pushed here (docs/canvas.md)
+
+    def watch(self, task_id: str, name: str) -> Entry:
+        """The entry of a work-flow's task that another node will send; its
+        worker pushes the outcome here (``pushed``)."""
+        entry = self.known.get(task_id)
+        if entry is None:
+            msg = make(id=task_id, name=name, args=[], kwargs={}, queue="")
+            entry = self.known[task_id] = Entry(msg, "", 0)
+        return entry
+
+    def pushed(self, task_id: str, record: dict[str, Any]) -> None:
+        """A worker pushed the final outcome of a watched task."""
+        entry = self.known.get(task_id)
+        if entry is not None and not entry.ready and record.get("s") in READY_STATES:
+            self.settle(entry, record)
 
 
 def _error(value: Any) -> BaseException | None:
     """A task's error from its wire form, mirrored as the actor core does."""
     if value is None:
         return None
-    return error_from_wire(value) or ProtocolError(f"malformed task error {value!r}")
+    error = error_from_wire(value) or ProtocolError(f"malformed task error {value!r}")
+    # The task layer's own errors (WorkerLostError, ChordError...) keep their type.
+    own = getattr(task_errors, str(value[0]).rpartition(".")[2], None)
+    if str(value[0]).startswith(task_errors.__name__ + ".") and isinstance(own, type):
+        return own(str(value[1]))  # type: ignore[no-any-return]
+    return error
 
 
 def _run_callback(callback: Callable[[Entry], None], entry: Entry) -> None:
