@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent.event import Event
 
-from ..errors import ZcellError, error_from_wire
+from ..errors import CallTimeout, ZcellError, error_from_wire
 from .errors import ChordError
 from .followup import fail_signature, failure
 from .groupresult import GroupResult
@@ -48,6 +48,8 @@ START_TIMEOUT = 10.0
 #: The deadline of the ``chord_wait`` call: none to speak of (a dead
 #: coordinator fails it at once).
 WAIT_DEADLINE = 10 * 365 * 86400.0
+#: Seconds the submitter waits to learn of a consumer of the body's queue.
+CONSUMER_WAIT = 2.0
 #: Node statistics() counter of chord reports that were dropped (unknown chord,
 #: bad index, malformed).
 DROPPED_PARTS = "chord_parts_dropped"
@@ -113,6 +115,10 @@ def _coordinator(app: App, runtime: Runtime, body_task: str) -> ActorProxy:
         default=conf.task_default_queue,
     )
     node = runtime.node
+    try:  # a program that just joined may not have heard of the workers yet
+        node.wait_for(type=queue_actor_name(queue), timeout=CONSUMER_WAIT)
+    except CallTimeout:
+        pass
     consumers = {p.node_id for p in node.actors(queue_actor_name(queue))}
     assert runtime.agent is not None
     if runtime.worker is not None and node.id in consumers:

@@ -144,9 +144,18 @@ class Dispatcher:
         """Take a new task; False when ``task_pending_max`` tasks already wait."""
         if self.waiting_count() >= int(self.runtime.app.conf.task_pending_max):
             return False
+        watched = self.known.get(entry.id)
+        if watched is not None and watched is not entry and not watched.ready:
+            # A work-flow's task this node watched and now sends itself.
+            entry.callbacks.append(lambda done: self._mirror(done, watched))
         self.entries[entry.id] = self.known[entry.id] = entry
         self._enqueue(entry)
         return True
+
+    def _mirror(self, done: Entry, watched: Entry) -> None:
+        watched.reported = True
+        watched.worker, watched.traceback = done.worker, done.traceback
+        self.finish(watched, done.state, done.result)
 
     def _enqueue(self, entry: Entry, front: bool = False) -> None:
         entry.held = entry.claimed = False
