@@ -2,10 +2,11 @@
 nesting, failures (ChordError, a failing chain), GroupResult, map/starmap/chunks,
 revoking a work-flow by its root id, bad chord reports, a chord of 1000."""
 
+# ruff: noqa: F811 - `workers` is test_tasks_delivery's fixture, imported to share it
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zcell_test_tasks as t
@@ -218,8 +219,10 @@ def test_map_starmap_and_chunks(workers: Workers) -> None:
     assert t.add.starmap([(1, 2), (3, 4)]).delay().get(timeout=T) == [3, 7]
     assert t.xsum.map([[1, 2], [3]]).delay().get(timeout=T) == [3, 3]
     expected = [[0, 2, 4], [6, 8, 10], [12, 14, 16], [18]]
-    assert t.add.chunks(zip(range(10), range(10)), 3)().get(timeout=T) == expected
-    assert t.add.chunks(zip(range(10), range(10)), 3).group()().get(timeout=T) == expected
+    assert t.add.chunks(zip(range(10), range(10), strict=True), 3)().get(timeout=T) == expected
+    assert (
+        t.add.chunks(zip(range(10), range(10), strict=True), 3).group()().get(timeout=T) == expected
+    )
 
 
 # -- scale --------------------------------------------------------------------------
