@@ -15,7 +15,7 @@ from test_tasks_delivery import Workers, workers  # noqa: F401 - the fixture
 
 from zcell import ChordError, GroupResult, TaskRevokedError, chain, chord, group, signature
 from zcell.tasks.chord import DROPPED_PARTS
-from zcell.tasks.runtime import AGENT_TYPE
+from zcell.tasks.runtime import AGENT_TYPE, runtime_of
 
 T = 10 * SLOW
 
@@ -229,6 +229,17 @@ def test_map_starmap_and_chunks(workers: Workers) -> None:
 
 
 def test_a_chord_of_1000_adds_into_xsum_completes(workers: Workers) -> None:
-    workers(2, concurrency=50)
+    workers(2, concurrency=8)
     res = chord((t.add.s(i, i) for i in range(1000)), t.xsum.s())()
     assert res.get(timeout=40 * SLOW) == 999 * 1000
+
+
+def test_a_lost_room_notice_does_not_stall_the_submitter(workers: Workers) -> None:
+    """A worker's "room" notice can overtake the "full" reply it answers (seen
+    under a chord of 1000 on worker processes): the consumer then stays marked
+    full with nothing of ours in flight. The periodic re-check must retry it."""
+    (w,) = workers(1)
+    assert t.add.delay(1, 1).get(timeout=T) == 2  # the submitter knows the consumer
+    dispatcher = runtime_of(t.app.node).dispatcher
+    t.app.node.call_in_loop(dispatcher.full.add, w.consumers["celery"].id)
+    assert t.add.delay(2, 2).get(timeout=5 * SLOW) == 4

@@ -100,6 +100,7 @@ class Dispatcher:
         self.known: weakref.WeakValueDictionary[str, Entry] = weakref.WeakValueDictionary()
         self.waiting: dict[str, collections.deque[Entry]] = {}
         self.full: set[str] = set()  # consumer actor ids that answered "full"
+        self.full_since: dict[str, float] = {}  # when (monotonic) each was marked full
         self.inflight: collections.Counter[str] = collections.Counter()
         self.capacity: dict[str, int] = {}  # consumer actor id -> its worker's capacity
         self.turn: collections.Counter[str] = collections.Counter()  # queue -> round-robin
@@ -178,6 +179,7 @@ class Dispatcher:
     def pump(self) -> None:
         """Push waiting tasks to consumers with room; expire the overdue."""
         now = time.time()
+        self._retry_full()
         for queue, tasks in list(self.waiting.items()):
             self._expire(queue, tasks, now)
             if not tasks:
@@ -201,6 +203,16 @@ class Dispatcher:
             if entry.msg["expires"] <= now:
                 tasks.remove(entry)
                 self.finish(entry, REVOKED, TaskRevokedError(f"task {entry.id} expired"))
+
+    def _retry_full(self) -> None:
+        """Forget "full" for consumers holding nothing of ours since a re-check:
+        their "room" notice may have overtaken the "full" reply (or been lost),
+        and nothing else would wake us. A push answers "full" again if it still is."""
+        stale = time.monotonic() - RECHECK
+        for consumer in [c for c in self.full if not self.inflight[c]]:
+            if self.full_since.get(consumer, 0.0) <= stale:
+                self.full.discard(consumer)
+                self.full_since.pop(consumer, None)
 
     def _with_room(self, queue: str) -> list[ActorProxy]:
         return [p for p in self.node.actors(queue_actor_name(queue)) if self._has_room(p.id)]
@@ -285,6 +297,7 @@ class Dispatcher:
         status = value.get("s")
         if status == "full":
             self.full.add(consumer)
+            self.full_since[consumer] = time.monotonic()
             cap = value.get("cap")
             if isinstance(cap, int) and cap > 0:
                 self.capacity[consumer] = cap
@@ -376,6 +389,7 @@ class Dispatcher:
         """The worker of these consumers has room again."""
         for consumer in consumers:
             self.full.discard(consumer)
+            self.full_since.pop(consumer, None)
             # What it holds for others changed: learn its room again from "full".
             self.capacity.pop(consumer, None)
         self.wake()
