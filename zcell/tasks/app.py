@@ -24,6 +24,7 @@ from .._transport.loop import Flag
 from ..errors import ZcellError
 from ..node import Node
 from .agent import attach
+from .apps import register_app
 from .conf import MESH_KEYS, Settings
 from .control import Control
 from .dispatch import Entry
@@ -56,28 +57,6 @@ SEND_OPTIONS = frozenset(
         "root_id", "parent_id", "chain", "chord", "watchers",
     }
 )  # fmt: skip
-#: Every live app of this process, for signatures made from a task name alone
-#: (``zcell.signature("proj.tasks.add")``): Celery's "current app".
-_APPS: weakref.WeakSet[App] = weakref.WeakSet()
-
-
-def app_for(names: list[str]) -> App:
-    """The app that registered the first of ``names`` (or the only live app).
-
-    Raises:
-        TypeError: No app (or several, none with that task) to send it with.
-    """
-    apps = list(_APPS)
-    for name in names:
-        for app in apps:
-            if name in app.tasks:
-                return app
-    if len(apps) == 1:
-        return apps[0]
-    raise TypeError(
-        f"no app to send {names[:1]} with: {len(apps)} apps live and none registered it; "
-        "make the signature with app.signature(name, ...) or signature(name, app=app)"
-    )
 
 
 class TaskRegistry(dict[str, Task]):
@@ -135,7 +114,7 @@ class App:
         self.conf.update({k: v for k, v in mesh.items() if v is not None}, **conf)
         self.control = Control(self)
         self._lock = threading.RLock()
-        _APPS.add(self)
+        register_app(self)
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- tasks ------------------------------------------------------------------
@@ -372,6 +351,19 @@ class App:
             runpy.run_module("zcell", run_name="__main__", alter_sys=True)
         finally:
             sys.argv = saved
+
+    def _start_chord(
+        self,
+        sig: Any,
+        runtime: Runtime,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+    ) -> Any:
+        """Apply a chord (``canvas.chord`` calls this: the coordinator is above it)."""
+        from .chord import start_chord
+
+        return start_chord(sig, self, runtime, args, kwargs, options)
 
     def signature(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         """A signature of the task ``name`` sent with this app (Celery's

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .canvas import MAP_TASK, STARMAP_TASK
 from .task import Task
 
 if TYPE_CHECKING:
     from .app import App
 
 __all__ = ["MAP_TASK", "STARMAP_TASK", "builtin"]
-
-MAP_TASK = "zcell.map"
-STARMAP_TASK = "zcell.starmap"
 
 
 def _run(app: App, sig: Any, items: Any, star: bool) -> list[Any]:

@@ -20,21 +20,23 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
-from .builtins import MAP_TASK, STARMAP_TASK
+from .apps import app_for
 from .request import current_request
-from .task import Task
 
 if TYPE_CHECKING:
     from .app import App
     from .groupresult import GroupResult
     from .result import TaskResult
     from .runtime import Runtime
+    from .task import Task
 
     Result = TaskResult | GroupResult
 
 __all__ = [
+    "MAP_TASK",
+    "STARMAP_TASK",
     "Signature",
     "chain",
     "chord",
@@ -45,6 +47,16 @@ __all__ = [
     "xmap",
     "xstarmap",
 ]
+
+
+#: The builtin tasks map/starmap/chunks run as (``builtins.py``: every worker has them).
+MAP_TASK = "zcell.map"
+STARMAP_TASK = "zcell.starmap"
+
+
+def _is_task(value: Any) -> TypeGuard[Task]:
+    """A ``Task`` (duck-typed: this module sits below ``task.py``)."""
+    return callable(getattr(value, "s", None)) and hasattr(value, "app")
 
 
 class Signature(dict[str, Any]):
@@ -79,7 +91,7 @@ class Signature(dict[str, Any]):
             data = _copy(dict(task))
             app = app or getattr(task, "_app", None)
         else:
-            name = task.name if isinstance(task, Task) else task
+            name = task.name if _is_task(task) else task
             data = {
                 "task": name,
                 "args": list(args or ()),
@@ -88,7 +100,7 @@ class Signature(dict[str, Any]):
                 "subtask_type": subtask_type or self.subtask,
                 "immutable": bool(immutable),
             }
-            app = app or (task.app if isinstance(task, Task) else None)
+            app = app or (task.app if _is_task(task) else None)
         super().__init__(data)
         self._app = app
 
@@ -135,8 +147,6 @@ class Signature(dict[str, Any]):
     def app(self) -> App:
         """The app that sends it: the task's, the running task's, or the one
         that registered its name (Celery's current app)."""
-        from .app import app_for
-
         request = current_request()
         owner_app = getattr(request.owner, "app", None) if request is not None else None
         return self._app or owner_app or app_for(self._names())
@@ -300,7 +310,7 @@ def maybe_signature(value: Any, app: App | None = None) -> Signature:
     """``value`` as a Signature (a Task becomes its empty signature)."""
     if isinstance(value, Signature):
         return value
-    if isinstance(value, Task):
+    if _is_task(value):
         return value.s()
     return Signature.from_dict(value, app)
 
@@ -352,7 +362,7 @@ class _Composite(Signature):
 
 def _first_app(tasks: list[Any]) -> App | None:
     for t in tasks:
-        app = t.app if isinstance(t, Task) else getattr(t, "_app", None)
+        app = t.app if _is_task(t) else getattr(t, "_app", None)
         if app is not None:
             return app
     return None
@@ -580,9 +590,9 @@ class chord(Signature):  # noqa: N801 - Celery's name
         kwargs: dict[str, Any],
         options: dict[str, Any],
     ) -> Result:
-        from .chord import start_chord
-
-        return start_chord(self, app, runtime, args, kwargs, options)
+        # The app (above this module) knows the coordinator: chord.py.
+        result: Result = app._start_chord(self, runtime, args, kwargs, options)
+        return result
 
 
 class xmap(Signature):  # noqa: N801 - Celery's name

@@ -33,8 +33,7 @@ from ..errors import (
     ZcellError,
     error_from_wire,
 )
-from . import errors as task_errors
-from .errors import TaskRevokedError, WorkerLostError
+from .errors import ChordError, TaskRevokedError, WorkerLostError
 from .followup import after, failure, has_followup
 from .message import make
 from .routing import queue_actor_name
@@ -440,10 +439,11 @@ def _error(value: Any) -> BaseException | None:
     if value is None:
         return None
     error = error_from_wire(value) or ProtocolError(f"malformed task error {value!r}")
-    # The task layer's own errors (WorkerLostError, ChordError...) keep their type.
-    own = getattr(task_errors, str(value[0]).rpartition(".")[2], None)
-    if str(value[0]).startswith(task_errors.__name__ + ".") and isinstance(own, type):
-        return own(str(value[1]))  # type: ignore[no-any-return]
+    # The outcomes the task layer decides itself (pushed by a worker for a
+    # work-flow) keep their type; a task's own exception stays mirrored.
+    for own in (WorkerLostError, ChordError, TaskRevokedError):
+        if value[0] == f"{own.__module__}.{own.__qualname__}":
+            return own(str(value[1]))
     return error
 
 
