@@ -244,3 +244,20 @@ def test_a_lost_room_notice_does_not_stall_the_submitter(workers: Workers) -> No
     dispatcher = runtime_of(t.app.node).dispatcher
     t.app.node.call_in_loop(dispatcher.full.add, w.consumers["celery"].id)
     assert t.add.delay(2, 2).get(timeout=5 * SLOW) == 4
+
+
+def test_link_and_on_error_of_a_signature_are_sent_with_the_outcome(workers: Workers) -> None:
+    workers(1)
+    t.NOTED.clear()
+    s = t.add.s(2, 3)
+    s.link(t.noted.s())
+    assert s.delay().get(timeout=T) == 5
+    wait_until(lambda: t.NOTED == [5], T, "the linked signature to run with the result")
+    t.NOTED.clear()
+    failing = t.fail.s("TypeError")
+    failing.on_error(t.noted.s())
+    res = failing.delay()
+    with pytest.raises(TypeError):
+        res.get(timeout=T)
+    wait_until(lambda: t.NOTED == [res.id], T, "the errback to run with the failed id")
+    t.NOTED.clear()
