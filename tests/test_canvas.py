@@ -192,7 +192,7 @@ def test_a_group_result_counts_and_reports_its_members(workers: Workers) -> None
     assert len(res) == 3 and [r.id for r in res] == [r.id for r in res.results]
 
 
-def test_revoking_a_group_or_a_work_flows_root_stops_what_has_not_started(
+def test_revoking_a_group_stops_its_members_that_have_not_started(
     workers: Workers, tmp_path: Path
 ) -> None:
     workers(1, concurrency=1)
@@ -200,16 +200,27 @@ def test_revoking_a_group_or_a_work_flows_root_stops_what_has_not_started(
     running = t.mark.si(path, 1.0, 1).delay()  # holds the only slot for a second
     g = group(t.mark.si(path, 0, 2), t.mark.si(path, 0, 3))()
     g.revoke()
-    flow = (t.mark.si(path, 0, 4) | t.mark.si(path, 0, 5) | t.add.si(1, 1))()
-    assert flow.parent is not None and flow.parent.parent is not None
-    t.app.control.revoke(flow.parent.parent.id)  # the root: the first task's id
     assert running.get(timeout=T) == 1
     for r in g.results:
         with pytest.raises(TaskRevokedError):
             r.get(timeout=T)
+    assert Path(path).read_text().count("\n") == 1  # only the first task ran
+
+
+def test_revoking_a_work_flows_root_id_stops_its_later_tasks(
+    workers: Workers, tmp_path: Path
+) -> None:
+    workers(1)
+    path = tmp_path / "runs"
+    flow = (t.mark.si(str(path), 1.0, 4) | t.mark.si(str(path), 0, 5) | t.add.si(1, 1))()
+    first = flow.parent.parent  # type: ignore[union-attr]
+    assert first is not None
+    wait_until(path.exists, T, "the first task to start")
+    t.app.control.revoke(first.id)  # the root id: every task of the chain carries it
+    assert first.get(timeout=T) == 4  # it was running: it finishes
     with pytest.raises(TaskRevokedError):
         flow.get(timeout=T)
-    assert Path(path).read_text().count("\n") == 1  # only the first task ran
+    assert path.read_text().count("\n") == 1  # the second task never started
 
 
 # -- map, starmap, chunks -----------------------------------------------------------
