@@ -142,6 +142,14 @@ def test_nested_canvases_chains_of_chords_chords_in_chains_groups_of_groups(
     assert group(group(add.s(1, 1), add.s(2, 2)), add.s(3, 3))().get(timeout=T) == [[2, 4], 6]
 
 
+def test_a_group_directly_in_a_chord_header_is_refused_before_anything_runs(
+    workers: Workers,
+) -> None:
+    workers(1)
+    with pytest.raises(TypeError, match="chord header member"):
+        chord([group(t.add.s(1, 1), t.add.s(2, 2)), t.add.s(3, 3)], t.xsum.s())()
+
+
 def test_a_chord_with_an_empty_header_calls_the_body_with_an_empty_list(
     workers: Workers,
 ) -> None:

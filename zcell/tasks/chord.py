@@ -83,6 +83,7 @@ def start_chord(
     members = header.tasks
     if not members:  # Celery: the body gets the empty list at once
         return body.apply(app, runtime, ([],), {}, {"root_id": root})
+    lasts = [member.last() for member in members]  # a group member raises TypeError here
     body_result = body.result(app, runtime)
     coordinator = _coordinator(app, runtime, body.task)
     coordinator.send(
@@ -92,8 +93,8 @@ def start_chord(
     )
     _watch_coordinator(runtime, coordinator, gid, body)
     results: list[TaskResult | GroupResult] = []
-    for i, member in enumerate(members):
-        member.last().options["chord"] = {"id": gid, "i": i, "to": coordinator}
+    for i, (member, last) in enumerate(zip(members, lasts, strict=True)):
+        last.options["chord"] = {"id": gid, "i": i, "to": coordinator}
         results.append(member.apply(app, runtime, args, kwargs, {"root_id": root}))
     header_result = GroupResult(gid, results, app)
     header_result.parent = body_result.parent
