@@ -180,7 +180,18 @@ class Chords:
         self.open: dict[str, _Chord] = {}
 
     def start(self, chord_id: str, n: int, body: dict[str, Any], root_id: str) -> None:
-        """Open a chord of ``n`` members whose body is ``body``."""
+        """Open a chord of ``n`` members whose body is ``body``.
+
+        Raises:
+            ChordError: This node already coordinates ``result_max_records``
+                open chords (memory stays bounded whatever members send).
+        """
+        limit = int(self.runtime.app.conf.result_max_records)
+        if chord_id not in self.open and len(self.open) >= limit:
+            raise ChordError(
+                f"node {self.runtime.node.name} coordinates {len(self.open)} open chords "
+                "(result_max_records): wait for some to complete, or start more workers"
+            )
         self.open.setdefault(chord_id, _Chord(n, body, root_id))
 
     def wait(self, chord_id: str) -> dict[str, Any]:
