@@ -13,7 +13,16 @@ import zcell_test_tasks as t
 from conftest import SLOW, wait_until
 from test_tasks_delivery import Workers, workers  # noqa: F401 - the fixture
 
-from zcell import ChordError, GroupResult, TaskRevokedError, chain, chord, group, signature
+from zcell import (
+    ChordError,
+    GroupResult,
+    RemoteError,
+    TaskRevokedError,
+    chain,
+    chord,
+    group,
+    signature,
+)
 from zcell.tasks.chord import DROPPED_PARTS
 from zcell.tasks.runtime import AGENT_TYPE, runtime_of
 
@@ -280,3 +289,16 @@ def test_link_and_on_error_of_a_signature_are_sent_with_the_outcome(workers: Wor
         res.get(timeout=T)
     wait_until(lambda: t.NOTED == [res.id], T, "the errback to run with the failed id")
     t.NOTED.clear()
+
+
+def test_a_coordinator_refuses_chords_beyond_result_max_records(workers: Workers) -> None:
+    workers(1)
+    saved = t.app.conf.result_max_records
+    t.app.conf.result_max_records = 1
+    try:
+        first = chord([t.slow_add.s(1, 1, seconds=1.0)], t.xsum.s())()
+        with pytest.raises(RemoteError, match="open chords"):
+            chord([t.add.s(1, 1)], t.xsum.s())()
+        assert first.get(timeout=T) == 2
+    finally:
+        t.app.conf.result_max_records = saved
