@@ -25,7 +25,7 @@ import zcell
 
 DOCS = os.path.join(ROOT, "docs")
 #: The guides whose code blocks this module runs (the other pages are reference).
-GUIDES = ("index.md", "actors.md")
+GUIDES = ("index.md", "actors.md", "canvas.md")
 FENCE = re.compile(r"^```python(?: (\{\.fragment\}))?\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 

@@ -455,6 +455,14 @@ API_NAMES = {
     "SoftTimeLimitExceeded",
     "TimeLimitExceeded",
     "NoBrokerNeeded",
+    # TASKS.md 5 (issue 16): the canvas
+    "signature",
+    "chain",
+    "group",
+    "chord",
+    "chunks",
+    "GroupResult",
+    "ChordError",
 }
 
 

@@ -258,3 +258,20 @@ if SIGNAL_LOG:
 def unlimited_stamp() -> float:
     """No rate limit of its own (``control rate_limit`` gives it one): when it ran."""
     return time.time()
+
+
+@app.task
+def xsum(numbers: list[int]) -> int:
+    return sum(numbers)
+
+
+@app.task
+def multiply(a: int, b: int) -> int:
+    """The intro post's task."""
+    return a * b
+
+
+@app.task
+def slow_add(x: int, y: int, seconds: float = 0.0) -> int:
+    gevent.sleep(seconds)
+    return x + y

@@ -28,6 +28,8 @@ from .errors import (
 from .node import Node
 from .tasks import (
     App,
+    ChordError,
+    GroupResult,
     MaxRetriesExceededError,
     NoBrokerNeeded,
     NotRegistered,
@@ -42,6 +44,11 @@ from .tasks import (
     TimeLimitExceeded,
     UnknownSetting,
     WorkerLostError,
+    chain,
+    chord,
+    chunks,
+    group,
+    signature,
 )
 
 __version__ = "0.1.0"
@@ -53,6 +60,8 @@ __all__ = [
     "App",
     "AsyncResult",
     "CallTimeout",
+    "ChordError",
+    "GroupResult",
     "IncompatibleProtocol",
     "MaxRetriesExceededError",
     "NameTaken",
@@ -81,7 +90,12 @@ __all__ = [
     "UnknownSetting",
     "WorkerLostError",
     "ZcellError",
+    "chain",
+    "chord",
+    "chunks",
     "first_reply",
     "forward",
+    "group",
+    "signature",
     "stop_forward",
 ]

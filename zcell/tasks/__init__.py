@@ -5,7 +5,9 @@ layer, above ``zcell.actors`` and the mesh, below the command line.
 """
 
 from .app import App
+from .canvas import Signature, chain, chord, chunks, group, signature, xmap, xstarmap
 from .errors import (
+    ChordError,
     MaxRetriesExceededError,
     NoBrokerNeeded,
     NotRegistered,
@@ -20,12 +22,23 @@ from .errors import (
     UnknownSetting,
     WorkerLostError,
 )
+from .groupresult import GroupResult
 from .result import TaskResult
 from .task import Task
 from .worker import Worker
 
 __all__ = [
     "App",
+    "ChordError",
+    "GroupResult",
+    "Signature",
+    "chain",
+    "chord",
+    "chunks",
+    "group",
+    "signature",
+    "xmap",
+    "xstarmap",
     "MaxRetriesExceededError",
     "NoBrokerNeeded",
     "NotRegistered",

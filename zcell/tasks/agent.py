@@ -13,7 +13,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..actors.actor import Actor
-from ..errors import CallTimeout
+from ..errors import CallTimeout, ProtocolError
+from .chord import chords_of
 from .runtime import AGENT_TYPE, READY_TIMEOUT, Runtime, claim_runtime, forget_runtime, runtime_of
 
 if TYPE_CHECKING:
@@ -77,6 +78,41 @@ class TaskAgent(Actor):
             if runtime.worker is not None:
                 found.update(runtime.worker.query(ids))
             return found
+
+        def outcome(self, id: str, record: dict[str, Any]) -> None:  # noqa: A002
+            """The outcome of task ``id``, pushed by its worker to the submitter
+            of the work-flow it belongs to (docs/canvas.md)."""
+            if not isinstance(record, dict):
+                raise ProtocolError("a task outcome is a map")
+            self._runtime().dispatcher.pushed(str(id), record)
+
+        def chord_start(self, id: str, n: int, body: dict[str, Any], root_id: str) -> None:  # noqa: A002
+            """Open chord ``id`` of ``n`` header members here (this node coordinates it)."""
+            if not isinstance(body, dict) or int(n) < 1:
+                raise ProtocolError("chord_start needs a body map and n >= 1")
+            chords_of(self._runtime()).start(str(id), int(n), body, str(root_id))
+
+        def chord_wait(self, id: str) -> dict[str, Any]:  # noqa: A002
+            """Return once chord ``id`` completed (held by its submitter, so that the
+            loss of this node fails the chord there at once)."""
+            return chords_of(self._runtime()).wait(str(id))
+
+        def chord_part(
+            self,
+            id: str,  # noqa: A002
+            i: int,
+            task_id: str,
+            s: str,
+            v: Any = None,
+            e: Any = None,
+            name: Any = None,
+        ) -> None:
+            """A header member's outcome (pushed by the worker that ran it)."""
+            chords = chords_of(self._runtime())
+            if not isinstance(i, int) or not isinstance(s, str):
+                chords._drop(f"malformed report for chord {id!r}")
+                return
+            chords.part(str(id), i, str(task_id), s, v, e, str(name))
 
         def now(self) -> float:
             """This node's clock (POSIX seconds), to compare hosts' clocks."""

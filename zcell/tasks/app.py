@@ -26,6 +26,7 @@ from ..monitor.events import EventStream
 from ..node import Node
 from . import signals
 from .agent import attach
+from .apps import register_app
 from .conf import MESH_KEYS, Settings
 from .control import Control
 from .dispatch import Entry
@@ -56,6 +57,7 @@ SEND_OPTIONS = frozenset(
         "task_id", "countdown", "eta", "expires", "queue", "link", "link_error",
         "ignore_result", "time_limit", "soft_time_limit", "headers", "acks_late",
         "track_started", "retries", "priority", "routing_key", "exchange", "serializer",
+        "root_id", "parent_id", "chain", "chord", "watchers",
     }
 )  # fmt: skip
 
@@ -119,6 +121,7 @@ class App:
         self.conf.update({k: v for k, v in mesh.items() if v is not None}, **conf)
         self.control = Control(self)
         self._lock = threading.RLock()
+        register_app(self)
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- tasks ------------------------------------------------------------------
@@ -232,9 +235,13 @@ class App:
         args: Any = None,
         kwargs: dict[str, Any] | None = None,
         _task: Task | None = None,
+        _runtime: Runtime | None = None,
         **options: Any,
     ) -> TaskResult:
         """Send the task ``name`` (this program needs not have its code).
+
+        ``_runtime``: the node's task runtime to send through (a worker
+        carrying a work-flow on sends through its own node).
 
         Raises:
             SerializationError: an argument cannot travel.
@@ -245,7 +252,7 @@ class App:
         unknown = sorted(set(options) - SEND_OPTIONS)
         if unknown:
             raise TypeError(f"unknown apply_async option(s) {unknown}; see docs/tasks.md")
-        runtime = self._runtime()
+        runtime = _runtime or self._runtime()
         args = list(args or ())
         kwargs = dict(kwargs or {})
         runtime.encodable([args, kwargs])
@@ -260,6 +267,8 @@ class App:
         send_safely(signals.after_task_publish, name, **publish)
         request = current_request()
         parent = TaskResult(request.id, self) if request is not None else None
+        if _runtime is not None and _runtime.node is not self._node:
+            return TaskResult(entry.id, self, None, parent=parent)  # followed there, not here
         return TaskResult(entry.id, self, entry, parent=parent)
 
     def _pick(self, value: Any, setting: str) -> Any:
@@ -300,38 +309,52 @@ class App:
             eta=epoch(options.get("eta"), relative=options.get("countdown")),
             expires=_expires(options.get("expires")),
             retries=int(options.get("retries") or 0),
-            root_id=parent.root_id if parent is not None else task_id,
-            parent_id=parent.id if parent is not None else None,
+            root_id=options.get("root_id") or (parent.root_id if parent is not None else task_id),
+            parent_id=options.get("parent_id") or (parent.id if parent is not None else None),
             acks_late=bool(opt("acks_late", "task_acks_late")),
             ignore_result=bool(opt("ignore_result", "task_ignore_result")),
             track_started=bool(opt("track_started", "task_track_started")),
             time_limit=opt("time_limit", "task_time_limit"),
             soft_time_limit=opt("soft_time_limit", "task_soft_time_limit"),
             headers=options.get("headers"),
+            chain=[dict(s) for s in options["chain"]] if options.get("chain") else None,
+            chord=options.get("chord"),
+            watchers=options.get("watchers"),
             reply_to=runtime.agent,
         )
 
     def _chain(self, entry: Entry, options: dict[str, Any]) -> None:
-        """``link``/``link_error``: tasks (or task names) sent with the outcome."""
-        link, link_error = options.get("link"), options.get("link_error")
-        for target in (link, link_error):
-            if target is not None and not isinstance(target, Task | str):
-                raise TypeError("link and link_error take a task or a task name")
+        """``link``/``link_error``: tasks, task names or signatures (or lists of
+        them) sent with the outcome: the result, or the failed task's id."""
+        from .canvas import maybe_signature
+
+        def targets(option: str) -> list[Any]:
+            value = options.get(option)
+            found = value if isinstance(value, list) else [] if value is None else [value]
+            if not all(isinstance(t, Task | str | dict) for t in found):
+                raise TypeError(f"{option} takes a task, a task name or a signature (or a list)")
+            return [
+                maybe_signature(self.signature(t) if isinstance(t, str) else t, self) for t in found
+            ]
+
+        link, link_error = targets("link"), targets("link_error")
 
         def follow(done: Entry) -> None:
-            if done.state == "SUCCESS" and link is not None:
-                self.send_task(_name(link), [done.result])
-            elif done.state == "FAILURE" and link_error is not None:
-                self.send_task(_name(link_error), [done.id])
+            if done.state == "SUCCESS":
+                for sig in link:
+                    sig.apply_async((done.result,))
+            elif done.state == "FAILURE":
+                for sig in link_error:
+                    sig.apply_async((done.id,))
 
-        if link is not None or link_error is not None:
+        if link or link_error:
             entry.callbacks.append(follow)
 
     def _add(self, dispatcher: Dispatcher, entry: Entry) -> None:
         """Hand the entry to the dispatcher; wait (bounded) while it is full."""
         wait = float(self.conf.task_pending_wait)
         deadline = time.monotonic() + wait
-        while not self.node.call_in_loop(dispatcher.add, entry):
+        while not dispatcher.node.call_in_loop(dispatcher.add, entry):
             if time.monotonic() >= deadline:
                 raise TaskPendingFull(
                     f"{self.conf.task_pending_max} tasks wait here for a worker and none "
@@ -360,6 +383,26 @@ class App:
             runpy.run_module("zcell", run_name="__main__", alter_sys=True)
         finally:
             sys.argv = saved
+
+    def _start_chord(
+        self,
+        sig: Any,
+        runtime: Runtime,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+    ) -> Any:
+        """Apply a chord (``canvas.chord`` calls this: the coordinator is above it)."""
+        from .chord import start_chord
+
+        return start_chord(sig, self, runtime, args, kwargs, options)
+
+    def signature(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        """A signature of the task ``name`` sent with this app (Celery's
+        ``app.signature``); the task needs not be registered here."""
+        from .canvas import Signature
+
+        return Signature(name, args, kwargs, options, app=self)
 
     # -- results ----------------------------------------------------------------
 
@@ -414,10 +457,6 @@ def _publish_args(msg: dict[str, Any]) -> dict[str, Any]:
         "routing_key": msg["queue"],
         "headers": headers,
     }
-
-
-def _name(target: Task | str) -> str:
-    return target if isinstance(target, str) else target.name
 
 
 def _expires(value: float | datetime | None) -> float | None:

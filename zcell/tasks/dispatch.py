@@ -34,9 +34,11 @@ from ..errors import (
     error_from_wire,
 )
 from . import events as task_events
-from .errors import TaskRevokedError, WorkerLostError
+from .errors import ChordError, TaskRevokedError, WorkerLostError
+from .followup import after, failure, has_followup
+from .message import make
 from .routing import queue_actor_name
-from .states import FAILURE, PENDING, READY_STATES, RECEIVED, RETRY, REVOKED, STARTED
+from .states import FAILURE, PENDING, READY_STATES, RECEIVED, RETRY, REVOKED, STARTED, SUCCESS
 
 if TYPE_CHECKING:
     from ..actors.proxy import ActorProxy
@@ -80,6 +82,7 @@ class Entry:
         self.max_redeliveries = max_redeliveries
         self.done = Flag()
         self.callbacks: list[Callable[[Entry], None]] = []
+        self.reported = False  # its outcome came from a worker (which did the follow-up)
 
     @property
     def ready(self) -> bool:
@@ -97,6 +100,7 @@ class Dispatcher:
         self.known: weakref.WeakValueDictionary[str, Entry] = weakref.WeakValueDictionary()
         self.waiting: dict[str, collections.deque[Entry]] = {}
         self.full: set[str] = set()  # consumer actor ids that answered "full"
+        self.full_since: dict[str, float] = {}  # when (monotonic) each was marked full
         self.inflight: collections.Counter[str] = collections.Counter()
         self.capacity: dict[str, int] = {}  # consumer actor id -> its worker's capacity
         self.turn: collections.Counter[str] = collections.Counter()  # queue -> round-robin
@@ -141,10 +145,19 @@ class Dispatcher:
         """Take a new task; False when ``task_pending_max`` tasks already wait."""
         if self.waiting_count() >= int(self.runtime.app.conf.task_pending_max):
             return False
+        watched = self.known.get(entry.id)
+        if watched is not None and watched is not entry and not watched.ready:
+            # A work-flow's task this node watched and now sends itself.
+            entry.callbacks.append(lambda done: self._mirror(done, watched))
         self.entries[entry.id] = self.known[entry.id] = entry
         self._enqueue(entry)
         task_events.sent(self.node, entry.msg)
         return True
+
+    def _mirror(self, done: Entry, watched: Entry) -> None:
+        watched.reported = True
+        watched.worker, watched.traceback = done.worker, done.traceback
+        self.finish(watched, done.state, done.result)
 
     def _enqueue(self, entry: Entry, front: bool = False) -> None:
         entry.held = entry.claimed = False
@@ -167,6 +180,7 @@ class Dispatcher:
     def pump(self) -> None:
         """Push waiting tasks to consumers with room; expire the overdue."""
         now = time.time()
+        self._retry_full()
         for queue, tasks in list(self.waiting.items()):
             self._expire(queue, tasks, now)
             if not tasks:
@@ -190,6 +204,16 @@ class Dispatcher:
             if entry.msg["expires"] <= now:
                 tasks.remove(entry)
                 self.finish(entry, REVOKED, TaskRevokedError(f"task {entry.id} expired"))
+
+    def _retry_full(self) -> None:
+        """Forget "full" for consumers holding nothing of ours since a re-check:
+        their "room" notice may have overtaken the "full" reply (or been lost),
+        and nothing else would wake us. A push answers "full" again if it still is."""
+        stale = time.monotonic() - RECHECK
+        for consumer in [c for c in self.full if not self.inflight[c]]:
+            if self.full_since.get(consumer, 0.0) <= stale:
+                self.full.discard(consumer)
+                self.full_since.pop(consumer, None)
 
     def _with_room(self, queue: str) -> list[ActorProxy]:
         return [p for p in self.node.actors(queue_actor_name(queue)) if self._has_room(p.id)]
@@ -264,6 +288,7 @@ class Dispatcher:
         status = value.get("s")
         if status == "full":
             self.full.add(consumer)
+            self.full_since[consumer] = time.monotonic()
             cap = value.get("cap")
             if isinstance(cap, int) and cap > 0:
                 self.capacity[consumer] = cap
@@ -273,15 +298,21 @@ class Dispatcher:
         elif status == RETRY:
             self._retry(entry, value)
         elif status in READY_STATES:
-            self._record(entry, value)
-            if status == REVOKED:
-                self.finish(entry, status, TaskRevokedError(f"task {entry.id} was revoked"))
-            elif status == FAILURE:
-                self.finish(entry, status, _error(value.get("e")))
-            else:
-                self.finish(entry, status, value.get("v"))
+            self.settle(entry, value)
         else:
             self.finish(entry, FAILURE, ProtocolError(f"bad task reply status {status!r}"))
+
+    def settle(self, entry: Entry, value: dict[str, Any]) -> None:
+        """Finish the entry with a worker's final outcome record."""
+        status = value.get("s")
+        entry.reported = True
+        self._record(entry, value)
+        if status == REVOKED:
+            self.finish(entry, REVOKED, TaskRevokedError(f"task {entry.id} was revoked"))
+        elif status == FAILURE:
+            self.finish(entry, FAILURE, _error(value.get("e")))
+        else:
+            self.finish(entry, SUCCESS, value.get("v"))
 
     def _record(self, entry: Entry, value: dict[str, Any]) -> None:
         entry.worker = value.get("worker") if isinstance(value.get("worker"), str) else None
@@ -311,6 +342,9 @@ class Dispatcher:
         entry.result = result
         entry.date_done = time.time()
         entry.done.set()
+        if not entry.reported and state != SUCCESS and has_followup(entry.msg):
+            # Decided here (a worker lost, revoked, expired): the work-flow learns it too.
+            after(self.runtime, entry.msg, failure(result, self.runtime, entry.name, state))
         callbacks, entry.callbacks = entry.callbacks, []
         for callback in callbacks:
             gevent.spawn(_run_callback, callback, entry)
@@ -330,7 +364,7 @@ class Dispatcher:
         entry = self.entries.get(task_id)
         if entry is None or entry.ready or entry.msg["attempt"] != attempt:
             return False
-        if task_id in self.runtime.revoked:
+        if task_id in self.runtime.revoked or entry.msg["root_id"] in self.runtime.revoked:
             self.finish(entry, REVOKED, TaskRevokedError(f"task {task_id} was revoked"))
             return False
         expires = entry.msg["expires"]
@@ -349,6 +383,7 @@ class Dispatcher:
         """The worker of these consumers has room again."""
         for consumer in consumers:
             self.full.discard(consumer)
+            self.full_since.pop(consumer, None)
             # What it holds for others changed: learn its room again from "full".
             self.capacity.pop(consumer, None)
         self.wake()
@@ -371,17 +406,40 @@ class Dispatcher:
 
     def revoke(self, task_ids: list[str]) -> None:
         """Revoked: what has not started ends REVOKED now (a claim would be refused)."""
-        for task_id in task_ids:
-            entry = self.entries.get(task_id)
-            if entry is not None and not entry.claimed:
-                self.finish(entry, REVOKED, TaskRevokedError(f"task {task_id} was revoked"))
+        ids = set(task_ids)
+        for entry in list(self.entries.values()):
+            if (entry.id in ids or entry.msg["root_id"] in ids) and not entry.claimed:
+                self.finish(entry, REVOKED, TaskRevokedError(f"task {entry.id} was revoked"))
+
+    # -- watched tasks: sent by others, their outcome pushed here (docs/canvas.md)
+
+    def watch(self, task_id: str, name: str) -> Entry:
+        """The entry of a work-flow's task that another node will send; its
+        worker pushes the outcome here (``pushed``)."""
+        entry = self.known.get(task_id)
+        if entry is None:
+            msg = make(id=task_id, name=name, args=[], kwargs={}, queue="")
+            entry = self.known[task_id] = Entry(msg, "", 0)
+        return entry
+
+    def pushed(self, task_id: str, record: dict[str, Any]) -> None:
+        """A worker pushed the final outcome of a watched task."""
+        entry = self.known.get(task_id)
+        if entry is not None and not entry.ready and record.get("s") in READY_STATES:
+            self.settle(entry, record)
 
 
 def _error(value: Any) -> BaseException | None:
     """A task's error from its wire form, mirrored as the actor core does."""
     if value is None:
         return None
-    return error_from_wire(value) or ProtocolError(f"malformed task error {value!r}")
+    error = error_from_wire(value) or ProtocolError(f"malformed task error {value!r}")
+    # The outcomes the task layer decides itself (pushed by a worker for a
+    # work-flow) keep their type; a task's own exception stays mirrored.
+    for own in (WorkerLostError, ChordError, TaskRevokedError):
+        if value[0] == f"{own.__module__}.{own.__qualname__}":
+            return own(str(value[1]))
+    return error
 
 
 def _run_callback(callback: Callable[[Entry], None], entry: Entry) -> None:

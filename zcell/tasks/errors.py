@@ -28,6 +28,7 @@ __all__ = [
     "SoftTimeLimitExceeded",
     "TimeLimitExceeded",
     "NoBrokerNeeded",
+    "ChordError",
 ]
 
 
@@ -147,3 +148,13 @@ class TimeLimitExceeded(TaskError):
 class NoBrokerNeeded(UserWarning):
     """Warned (once per app) for ``broker=``/``backend=``: zcell needs neither,
     so they are ignored. Remove the argument to silence it."""
+
+
+class ChordError(TaskError):
+    """A chord's header member failed (or was revoked, or lost with its worker),
+    so the body does not run; the message names the member. Also raised when the
+    chord's coordinator (a worker) was lost before the chord completed.
+
+    The body's ``link_error`` is sent with the body's task id. Fix the failing
+    member (its own result says why) and apply the chord again.
+    """

@@ -38,6 +38,11 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "link": (list, dict, type(None)),
     "link_error": (list, dict, type(None)),
     "headers": (dict, type(None)),
+    # The canvas (docs/canvas.md): the rest of a chain, the chord this task
+    # reports to ({"id", "i", "to": agent}), the agents its outcome is pushed to.
+    "chain": (list, type(None)),
+    "chord": (dict, type(None)),
+    "watchers": (list, type(None)),
 }
 _MAX_ID = 200
 
@@ -72,6 +77,9 @@ def make(**fields: Any) -> dict[str, Any]:
         "link": None,
         "link_error": None,
         "headers": None,
+        "chain": None,
+        "chord": None,
+        "watchers": None,
     }
     msg.update(fields)
     msg.setdefault("root_id", msg["id"])
@@ -95,6 +103,8 @@ def check(msg: object) -> dict[str, Any]:
         raise ProtocolError("task kwargs must have string keys")
     if msg["retries"] < 0 or msg["attempt"] < 0:
         raise ProtocolError("task retries and attempt must not be negative")
+    if not all(isinstance(s, dict) for s in msg["chain"] or ()):
+        raise ProtocolError("task message field 'chain' must list signatures (maps)")
     if not hasattr(msg.get("reply_to"), "send"):
         raise ProtocolError("task message without its submitter's agent (reply_to)")
     return msg

@@ -18,6 +18,7 @@ from .retry import backoff_factor, exhausted, retry_countdown, should_retry
 
 if TYPE_CHECKING:
     from .app import App
+    from .canvas import Signature, chunks, xmap, xstarmap
     from .result import TaskResult
 
 __all__ = ["OPTIONS", "Task"]
@@ -110,6 +111,44 @@ class Task:
             TaskPendingFull: ``task_pending_max`` tasks wait here already.
         """
         return self.app.send_task(self.name, args, kwargs, _task=self, **options)
+
+    # -- the canvas (docs/canvas.md) --------------------------------------------
+
+    def signature(
+        self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Signature:
+        """A signature of this task: ``add.signature((2, 2), countdown=10)``."""
+        from .canvas import Signature
+
+        return Signature(self, args, kwargs, options)
+
+    subtask = signature
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """``add.s(2, 2)``: a signature with star arguments (a partial if incomplete)."""
+        return self.signature(args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: in a chain it ignores the previous result."""
+        return self.signature(args, kwargs).set(immutable=True)
+
+    def map(self, it: Any) -> xmap:
+        """One task that runs this task on each item of ``it``."""
+        from .canvas import xmap
+
+        return xmap(self.s(), it)
+
+    def starmap(self, it: Any) -> xstarmap:
+        """One task that runs this task with each argument tuple of ``it``."""
+        from .canvas import xstarmap
+
+        return xstarmap(self.s(), it)
+
+    def chunks(self, it: Any, n: int) -> chunks:
+        """The argument tuples of ``it`` split into tasks of ``n`` calls each."""
+        from .canvas import chunks
+
+        return chunks(self.s(), it, n)
 
     @property
     def request(self) -> Request:

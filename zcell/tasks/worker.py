@@ -37,7 +37,9 @@ from ..errors import NodeStopped, ProtocolError, ZcellError, error_wire
 from . import events as task_events
 from . import signals
 from .agent import attach
+from .builtins import builtin
 from .errors import NotRegistered, Retry, TaskRevokedError
+from .followup import after
 from .inspect import install as install_control_ops
 from .limits import RateLimiter, TimeLimits, parse_rate
 from .message import check
@@ -251,14 +253,13 @@ class Worker:
                 pass
 
     def _process(self, msg: dict[str, Any]) -> dict[str, Any]:
-        task_id = msg["id"]
         self._hold_until_eta(msg)
         if self.closing:
             return {"s": "full", "cap": self.capacity}  # given back: never started
         ended = self._ended_before_start(msg)
         if ended is not None:
             return ended
-        task = self.app.tasks.get(msg["name"])
+        task = self.app.tasks.get(msg["name"]) or builtin(self.app, msg["name"])
         if task is None:
             return self._outcome(msg, FAILURE, exc=NotRegistered(
                 f"task {msg['name']!r} is not registered on worker {self.node.name}; start "
@@ -272,7 +273,7 @@ class Worker:
                 return {"s": "full", "cap": self.capacity}
             if not self._claim(msg):
                 return {"s": "refused"}
-            if task_id in self._revoked_ids():
+            if self._is_revoked(msg):
                 self._on_revoked(task, request, terminated=False)
                 return self._outcome(msg, REVOKED)
             return self._run(task, request)
@@ -298,10 +299,15 @@ class Worker:
         assert self.runtime is not None
         return self.runtime.revoked
 
+    def _is_revoked(self, msg: dict[str, Any]) -> bool:
+        """Revoked by its id, or by its work-flow's root id."""
+        revoked = self._revoked_ids()
+        return msg["id"] in revoked or msg["root_id"] in revoked
+
     def _ended_before_start(self, msg: dict[str, Any]) -> dict[str, Any] | None:
         """REVOKED when revoked or expired (it then never starts)."""
         expires = msg["expires"]
-        revoked = msg["id"] in self._revoked_ids()
+        revoked = self._is_revoked(msg)
         expired = not revoked and expires is not None and expires <= time.time()
         if not (revoked or expired):
             return None
@@ -447,6 +453,8 @@ class Worker:
             outcome["e"] = error_wire(TaskRevokedError(f"task {msg['id']} was revoked"))
         if not msg["ignore_result"]:
             self.records.put(msg["id"], outcome)
+        if state != RETRY and self.runtime is not None:
+            after(self.runtime, msg, outcome)  # the canvas: chain, chord, watchers
         return outcome
 
     # -- hooks: where retries, limits and signals plug in ------------------------
@@ -540,13 +548,14 @@ class Worker:
         """Revoked: held ones end now (never started); with ``terminate``, running
         ones are killed. Returns how many of them ran here."""
         killed = 0
+        ids = set(task_ids)
         for task_id in task_ids:
             wake = self.waits.get(task_id)
             if wake is not None:
                 wake.set()
-            running = self.running.get(task_id)
-            if running is not None and terminate:
-                running[0].kill(_Terminated, block=False)
+        for runner, request in list(self.running.values()):
+            if terminate and (request.id in ids or request.root_id in ids):
+                runner.kill(_Terminated, block=False)
                 killed += 1
         return killed
 

@@ -1,0 +1,304 @@
+"""The canvas on in-process worker nodes over real sockets: the seeds' examples,
+nesting, failures (ChordError, a failing chain), GroupResult, map/starmap/chunks,
+revoking a work-flow by its root id, bad chord reports, a chord of 1000."""
+
+# ruff: noqa: F811 - `workers` is test_tasks_delivery's fixture, imported to share it
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import zcell_test_tasks as t
+from conftest import SLOW, wait_until
+from test_tasks_delivery import Workers, workers  # noqa: F401 - the fixture
+
+from zcell import (
+    ChordError,
+    GroupResult,
+    RemoteError,
+    TaskRevokedError,
+    chain,
+    chord,
+    group,
+    signature,
+)
+from zcell.tasks.chord import DROPPED_PARTS
+from zcell.tasks.runtime import AGENT_TYPE, runtime_of
+
+T = 10 * SLOW
+
+
+# -- the seeds, verbatim but for the imports ---------------------------------------
+
+
+def test_the_guides_chains_give_64(workers: Workers) -> None:
+    workers(1)
+    add, mul = t.add, t.mul
+    # (4 + 4) * 8
+    assert chain(add.s(4, 4) | mul.s(8))().get(timeout=T) == 64
+    # (? + 4) * 8
+    g = chain(add.s(4) | mul.s(8))
+    assert g(4).get(timeout=T) == 64
+    assert (add.s(4, 4) | mul.s(8))().get(timeout=T) == 64
+
+
+def test_the_guides_groups_give_their_results_in_order(workers: Workers) -> None:
+    workers(2)
+    add = t.add
+    assert group(add.s(i, i) for i in range(10))().get(timeout=T) == [
+        0, 2, 4, 6, 8, 10, 12, 14, 16, 18,
+    ]  # fmt: skip
+    g = group(add.s(i) for i in range(10))
+    assert g(10).get(timeout=T) == [10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
+
+
+def test_the_guides_chord_in_both_spellings_gives_90(workers: Workers) -> None:
+    workers(2)
+    add, xsum = t.add, t.xsum
+    assert chord((add.s(i, i) for i in range(10)), xsum.s())().get(timeout=T) == 90
+    assert (group(add.s(i, i) for i in range(10)) | xsum.s())().get(timeout=T) == 90
+
+
+def test_the_intro_posts_partials_chains_and_group_of_chains(workers: Workers) -> None:
+    workers(2)
+    multiply = t.multiply
+    promise = multiply.delay(4, 5)
+    assert promise.get(timeout=T) == 20
+    duplicate = multiply.s(2)
+    task = chain(multiply.s(4, 5), multiply.s(2))
+    assert task.delay().get(timeout=T) == 40
+    task = multiply.s(4, 5) | multiply.s(2)
+    assert task.delay().get(timeout=T) == 40
+    task = group(
+        multiply.s(4, 5) | multiply.s(2),
+        multiply.s(9, 2) | multiply.s(4),
+        multiply.s(9, 7) | duplicate,
+    )
+    assert task.delay().get(timeout=T) == [40, 72, 126]
+
+
+def test_an_immutable_signature_ignores_the_previous_result_and_partial_args(
+    workers: Workers,
+) -> None:
+    workers(1)
+    multiply = t.multiply
+    assert (multiply.s(4, 5) | multiply.si(2, 3))().get(timeout=T) == 6
+    assert multiply.si(2, 3).delay(5).get(timeout=T) == 6
+    # The post's `multiply.si(2).delay(5)`: as in Celery, 5 is ignored, so the
+    # task misses an argument.
+    with pytest.raises(TypeError, match="missing"):
+        multiply.si(2).delay(5).get(timeout=T)
+
+
+def test_a_signature_by_name_is_sent_with_the_app_that_registered_it(workers: Workers) -> None:
+    workers(1)
+    assert signature("zcell_test_tasks.add", args=(2, 2)).delay().get(timeout=T) == 4
+    s3 = t.add.s(2, 2)
+    assert s3.delay().get(timeout=T) == 4
+    assert t.add.s(2).delay(8).get(timeout=T) == 10
+    assert t.add.signature((2, 2), countdown=0).apply_async().get(timeout=T) == 4
+
+
+# -- chains ---------------------------------------------------------------------
+
+
+def test_a_chains_parent_walks_back_through_its_tasks(workers: Workers) -> None:
+    workers(2)
+    res = (t.add.s(4, 4) | t.mul.s(8) | t.add.s(1))()
+    assert res.get(timeout=T) == 65
+    assert res.parent is not None and res.parent.get(timeout=T) == 64
+    assert res.parent.parent is not None and res.parent.parent.get(timeout=T) == 8
+    assert res.parent.parent.parent is None
+    # Every task of the chain carries the root id: the first task's.
+    assert len({res.id, res.parent.id, res.parent.parent.id}) == 3
+
+
+def test_a_failing_task_fails_the_rest_of_its_chain_at_once(workers: Workers) -> None:
+    workers(1)
+    res = (t.add.s(1, 1) | t.fail.si("TypeError") | t.add.s(1) | t.add.s(2))()
+    with pytest.raises(TypeError, match="bad type"):
+        res.get(timeout=T)
+    assert res.state == "FAILURE"
+    assert res.parent is not None and res.parent.failed()
+
+
+def test_a_chain_ending_in_a_group_gives_a_group_result(workers: Workers) -> None:
+    workers(2)
+    res = chain(t.add.s(1, 1), group(t.mul.s(2), t.mul.s(3)))()
+    assert isinstance(res, GroupResult)
+    assert res.get(timeout=T) == [4, 6]
+
+
+# -- nesting ----------------------------------------------------------------------
+
+
+def test_nested_canvases_chains_of_chords_chords_in_chains_groups_of_groups(
+    workers: Workers,
+) -> None:
+    workers(2)
+    add, mul, xsum = t.add, t.mul, t.xsum
+    # a chain of a chord: (2 + 4) * 10
+    assert chain(chord([add.s(1, 1), add.s(2, 2)], xsum.s()), mul.s(10))().get(timeout=T) == 60
+    # a chord in the middle of a chain (a group followed by a task), sent by a worker
+    assert chain(add.s(1, 1), group(add.s(1), add.s(2)), xsum.s())().get(timeout=T) == 7
+    # chains as chord header members
+    assert chord([add.s(1, 1) | mul.s(2), add.s(2, 2) | mul.s(3)], xsum.s())().get(timeout=T) == 16
+    # a chord as a chord header member: its body's result counts
+    inner = chord([add.s(1, 1), add.s(2, 2)], xsum.s())
+    assert chord([inner, add.s(10, 10)], xsum.s())().get(timeout=T) == 26
+    # groups of groups
+    assert group(group(add.s(1, 1), add.s(2, 2)), add.s(3, 3))().get(timeout=T) == [[2, 4], 6]
+
+
+def test_a_group_directly_in_a_chord_header_is_refused_before_anything_runs(
+    workers: Workers,
+) -> None:
+    workers(1)
+    with pytest.raises(TypeError, match="chord header member"):
+        chord([group(t.add.s(1, 1), t.add.s(2, 2)), t.add.s(3, 3)], t.xsum.s())()
+
+
+def test_a_chord_with_an_empty_header_calls_the_body_with_an_empty_list(
+    workers: Workers,
+) -> None:
+    workers(1)
+    assert chord([], t.xsum.s())().get(timeout=T) == 0
+
+
+# -- chord failures ----------------------------------------------------------------
+
+
+def test_a_failing_header_member_fails_the_chord_naming_it_and_calls_link_error(
+    workers: Workers,
+) -> None:
+    workers(2)
+    t.NOTED.clear()
+    body = t.xsum.s()
+    body.on_error(t.noted.s())
+    res = chord([t.add.s(1, 1), t.fail.s("TypeError"), t.add.s(2, 2)], body)()
+    with pytest.raises(ChordError, match=r"member 1 \(zcell_test_tasks.fail\[") as info:
+        res.get(timeout=T)
+    assert "bad type" in str(info.value)
+    wait_until(lambda: res.id in t.NOTED, T, "the body's link_error runs with its id")
+    t.NOTED.clear()  # shared with test_tasks_delivery's link tests
+    assert res.parent is not None and res.parent.failed()
+
+
+def test_a_malformed_or_unknown_chord_report_is_a_counted_drop(workers: Workers) -> None:
+    (w,) = workers(1)
+    agent = next(a for a in w.node.actors(AGENT_TYPE) if a.node_id == w.node.id)
+    agent.send("chord_part", {"id": "nope", "i": 0, "task_id": "x", "s": "SUCCESS"})
+    agent.send("chord_part", {"id": "nope", "i": "zero", "task_id": "x", "s": "SUCCESS"})
+    assert w.node.statistics()[DROPPED_PARTS] == 2
+    assert t.add.delay(1, 1).get(timeout=T) == 2  # the worker lives on
+
+
+# -- groups ---------------------------------------------------------------------------
+
+
+def test_a_group_result_counts_and_reports_its_members(workers: Workers) -> None:
+    workers(2)
+    res = group(t.add.s(1, 1), t.fail.si("TypeError"), t.add.s(2, 2))()
+    wait_until(res.ready, T, "every member ends")
+    assert (res.completed_count(), res.failed(), res.successful()) == (2, True, False)
+    values = res.get(timeout=T, propagate=False)
+    assert values[0] == 2 and isinstance(values[1], TypeError) and values[2] == 4
+    with pytest.raises(TypeError):
+        res.get(timeout=T)
+    assert len(res) == 3 and [r.id for r in res] == [r.id for r in res.results]
+
+
+def test_revoking_a_group_stops_its_members_that_have_not_started(
+    workers: Workers, tmp_path: Path
+) -> None:
+    workers(1, concurrency=1)
+    path = str(tmp_path / "runs")
+    running = t.mark.si(path, 1.0, 1).delay()  # holds the only slot for a second
+    g = group(t.mark.si(path, 0, 2), t.mark.si(path, 0, 3))()
+    g.revoke()
+    assert running.get(timeout=T) == 1
+    for r in g.results:
+        with pytest.raises(TaskRevokedError):
+            r.get(timeout=T)
+    assert Path(path).read_text().count("\n") == 1  # only the first task ran
+
+
+def test_revoking_a_work_flows_root_id_stops_its_later_tasks(
+    workers: Workers, tmp_path: Path
+) -> None:
+    workers(1)
+    path = tmp_path / "runs"
+    flow = (t.mark.si(str(path), 1.0, 4) | t.mark.si(str(path), 0, 5) | t.add.si(1, 1))()
+    first = flow.parent.parent  # type: ignore[union-attr]
+    assert first is not None
+    wait_until(path.exists, T, "the first task to start")
+    t.app.control.revoke(first.id)  # the root id: every task of the chain carries it
+    assert first.get(timeout=T) == 4  # it was running: it finishes
+    with pytest.raises(TaskRevokedError):
+        flow.get(timeout=T)
+    assert path.read_text().count("\n") == 1  # the second task never started
+
+
+# -- map, starmap, chunks -----------------------------------------------------------
+
+
+def test_map_starmap_and_chunks(workers: Workers) -> None:
+    workers(2)
+    assert t.add.starmap([(1, 2), (3, 4)]).delay().get(timeout=T) == [3, 7]
+    assert t.xsum.map([[1, 2], [3]]).delay().get(timeout=T) == [3, 3]
+    expected = [[0, 2, 4], [6, 8, 10], [12, 14, 16], [18]]
+    assert t.add.chunks(zip(range(10), range(10), strict=True), 3)().get(timeout=T) == expected
+    assert (
+        t.add.chunks(zip(range(10), range(10), strict=True), 3).group()().get(timeout=T) == expected
+    )
+
+
+# -- scale --------------------------------------------------------------------------
+
+
+def test_a_chord_of_1000_adds_into_xsum_completes(workers: Workers) -> None:
+    workers(2, concurrency=8)
+    res = chord((t.add.s(i, i) for i in range(1000)), t.xsum.s())()
+    assert res.get(timeout=40 * SLOW) == 999 * 1000
+
+
+def test_a_lost_room_notice_does_not_stall_the_submitter(workers: Workers) -> None:
+    """A worker's "room" notice can overtake the "full" reply it answers (seen
+    under a chord of 1000 on worker processes): the consumer then stays marked
+    full with nothing of ours in flight. The periodic re-check must retry it."""
+    (w,) = workers(1)
+    assert t.add.delay(1, 1).get(timeout=T) == 2  # the submitter knows the consumer
+    dispatcher = runtime_of(t.app.node).dispatcher
+    t.app.node.call_in_loop(dispatcher.full.add, w.consumers["celery"].id)
+    assert t.add.delay(2, 2).get(timeout=5 * SLOW) == 4
+
+
+def test_link_and_on_error_of_a_signature_are_sent_with_the_outcome(workers: Workers) -> None:
+    workers(1)
+    t.NOTED.clear()
+    s = t.add.s(2, 3)
+    s.link(t.noted.s())
+    assert s.delay().get(timeout=T) == 5
+    wait_until(lambda: t.NOTED == [5], T, "the linked signature to run with the result")
+    t.NOTED.clear()
+    failing = t.fail.s("TypeError")
+    failing.on_error(t.noted.s())
+    res = failing.delay()
+    with pytest.raises(TypeError):
+        res.get(timeout=T)
+    wait_until(lambda: t.NOTED == [res.id], T, "the errback to run with the failed id")
+    t.NOTED.clear()
+
+
+def test_a_coordinator_refuses_chords_beyond_result_max_records(workers: Workers) -> None:
+    workers(1)
+    saved = t.app.conf.result_max_records
+    t.app.conf.result_max_records = 1
+    try:
+        first = chord([t.slow_add.s(1, 1, seconds=1.0)], t.xsum.s())()
+        with pytest.raises(RemoteError, match="open chords"):
+            chord([t.add.s(1, 1)], t.xsum.s())()
+        assert first.get(timeout=T) == 2
+    finally:
+        t.app.conf.result_max_records = saved

@@ -1,0 +1,98 @@
+"""The canvas against real `zcell worker` processes, where a process matters: a
+worker SIGKILLed under a chain (with and without acks_late), a chord whose
+submitter exits before it completes, a chord whose coordinator dies."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zcell_test_tasks as t
+from conftest import ROOT, SLOW, child_env, start_zcell_worker, unique_cluster, wait_until
+from test_tasks_workers import _runs, _two_workers
+
+from zcell import ChordError, WorkerLostError, chord
+
+T = 10 * SLOW
+
+
+def test_a_worker_killed_under_a_chain_fails_the_chain_with_worker_lost(
+    procs: Any, task_app: Any, tmp_path: Path
+) -> None:
+    workers = _two_workers(procs, task_app)
+    path = tmp_path / "runs"
+    res = (t.mark.si(str(path), 30, 1) | t.add.si(1, 1) | t.add.s(1))()
+    wait_until(lambda: _runs(path), T, "the chain's first task to start")
+    (ran_on,) = _runs(path)
+    workers[ran_on].kill(signal.SIGKILL)
+    with pytest.raises(WorkerLostError, match="acks_late"):
+        res.get(timeout=T)
+    assert res.parent is not None and res.parent.state == "FAILURE"
+
+
+def test_a_chain_of_acks_late_tasks_finishes_when_its_worker_is_killed(
+    procs: Any, task_app: Any, tmp_path: Path
+) -> None:
+    workers = _two_workers(procs, task_app)
+    path = tmp_path / "runs"
+    res = (t.mark_late.si(str(path), 1.5) | t.add.si(20, 22) | t.add.s(0))()
+    wait_until(lambda: _runs(path), T, "the chain's first task to start")
+    (first,) = _runs(path)
+    workers[first].kill(signal.SIGKILL)
+    assert res.get(timeout=15 * SLOW) == 42
+    assert _runs(path) == [first, "w2" if first == "w1" else "w1"]
+
+
+SUBMIT_AND_EXIT = """
+import zcell_test_tasks as t
+from zcell import chord
+
+t.app.conf.update(discovery="static", cluster={cluster!r}, peers=[{inbox!r}])
+res = chord((t.slow_add.s(i, i, seconds=1.5) for i in range(4)), t.xsum.s())()
+print(res.id, flush=True)
+t.app.close()
+"""
+
+
+def test_a_chord_completes_after_its_submitter_exited(
+    procs: Any, task_app: Any, tmp_path: Path
+) -> None:
+    cluster = unique_cluster()
+    _, inbox = start_zcell_worker(procs, "w1", cluster, "-c", "4")
+    script = tmp_path / "submit.py"
+    script.write_text(SUBMIT_AND_EXIT.format(cluster=cluster, inbox=inbox))
+    child = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30 * SLOW,
+        env=child_env(),
+    )
+    assert child.returncode == 0, child.stderr
+    body_id = child.stdout.split()[-1]
+    app = task_app(cluster=cluster, peers=[inbox])
+    assert app.AsyncResult(body_id).get(timeout=20 * SLOW) == 12
+
+
+def test_a_chord_whose_coordinator_dies_fails_with_chord_error_instead_of_hanging(
+    procs: Any, task_app: Any
+) -> None:
+    cluster = unique_cluster()
+    w1, inbox = start_zcell_worker(procs, "w1", cluster)  # the body's queue: coordinates
+    start_zcell_worker(procs, "w2", cluster, "-Q", "slow", peer=inbox)
+    app = task_app(cluster=cluster, peers=[inbox])
+    wait_until(lambda: app.node.actors("zcell.queue.slow"), T, "the slow queue's consumer")
+    res = chord([t.slow_add.s(1, 1, seconds=30).set(queue="slow")], t.xsum.s())()
+    wait_until(
+        lambda: res.parent is not None and res.parent.results[0].state != "PENDING",
+        T,
+        "w2 to take the member",
+    )
+    w1.kill(signal.SIGKILL)
+    with pytest.raises(ChordError, match="coordinator"):
+        res.get(timeout=T)

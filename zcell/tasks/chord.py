@@ -1,0 +1,276 @@
+"""Chords: the header's results are pushed to a coordinator on a worker.
+
+``start_chord`` (the submitter's side) picks a worker that consumes the body's
+queue, opens the chord at that worker's task agent (``chord_start``), then
+sends the header members with a ``chord`` report address in their messages.
+Each member's worker pushes its outcome there as soon as it has one
+(``followup.py``); no one polls. With every member in, the coordinator sends
+the body with the members' results in order. A member that fails (or is
+revoked, or lost with its worker) fails the chord at once: the body fails
+with ``ChordError`` naming the member, and the body's ``link_error`` is sent.
+
+The submitter also holds one long call, ``chord_wait``, at the coordinator: if
+the coordinator's node dies, the call fails at once (``NodeDown``) and the
+body fails with ``ChordError`` saying so, instead of hanging. Since the
+coordinator is a worker, a chord completes after its submitter has exited.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent.event import Event
+
+from ..errors import CallTimeout, ZcellError, error_from_wire
+from .errors import ChordError
+from .followup import fail_signature, failure
+from .groupresult import GroupResult
+from .routing import queue_actor_name, route
+from .runtime import AGENT_TYPE
+from .states import FAILURE, SUCCESS
+
+if TYPE_CHECKING:
+    from ..actors.proxy import ActorProxy
+    from .app import App
+    from .canvas import Result, Signature, chord
+    from .result import TaskResult
+    from .runtime import Runtime
+
+__all__ = ["Chords", "chords_of", "start_chord"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds the submitter waits for the coordinator to open the chord.
+START_TIMEOUT = 10.0
+#: The deadline of the ``chord_wait`` call: none to speak of (a dead
+#: coordinator fails it at once).
+WAIT_DEADLINE = 10 * 365 * 86400.0
+#: Seconds the submitter waits to learn of a consumer of the body's queue.
+CONSUMER_WAIT = 2.0
+#: Node statistics() counter of chord reports that were dropped (unknown chord,
+#: bad index, malformed).
+DROPPED_PARTS = "chord_parts_dropped"
+
+
+# -- the submitter's side ---------------------------------------------------------
+
+
+def start_chord(
+    sig: chord,
+    app: App,
+    runtime: Runtime,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: dict[str, Any],
+) -> Result:
+    """Apply ``sig`` through ``runtime``; returns the body's result (its
+    ``parent`` is the header's ``GroupResult``)."""
+    from .canvas import _root
+
+    header, body = sig.header, sig.body
+    rest, report = options.pop("chain", None) or [], options.pop("chord", None)
+    root = _root(options)
+    sig.freeze(root)
+    gid = str(header.id)
+    root = root or gid
+    body.options["chain"] = list(rest)
+    if report is not None:
+        body.last().options["chord"] = report
+    body.watch_by(runtime.agent)
+    members = header.tasks
+    if not members:  # Celery: the body gets the empty list at once
+        return body.apply(app, runtime, ([],), {}, {"root_id": root})
+    lasts = [member.last() for member in members]  # a group member raises TypeError here
+    body_result = body.result(app, runtime)
+    coordinator = _coordinator(app, runtime, body.task)
+    coordinator.send(
+        "chord_start",
+        {"id": gid, "n": len(members), "body": dict(body), "root_id": root},
+        timeout=START_TIMEOUT,
+    )
+    _watch_coordinator(runtime, coordinator, gid, body)
+    results: list[TaskResult | GroupResult] = []
+    for i, (member, last) in enumerate(zip(members, lasts, strict=True)):
+        last.options["chord"] = {"id": gid, "i": i, "to": coordinator}
+        results.append(member.apply(app, runtime, args, kwargs, {"root_id": root}))
+    header_result = GroupResult(gid, results, app)
+    header_result.parent = body_result.parent
+    body_result.parent = header_result
+    return body_result
+
+
+def _coordinator(app: App, runtime: Runtime, body_task: str) -> ActorProxy:
+    """The task agent of a worker consuming the body's queue (this node's when
+    it is one); with none in the mesh, this node's (the chord then completes
+    only while this program runs)."""
+    conf = app.conf
+    task = app.tasks.get(body_task)
+    queue = route(
+        body_task,
+        queue=None,
+        routes=conf.task_routes,
+        task_queue=task.queue if task is not None else None,
+        default=conf.task_default_queue,
+    )
+    node = runtime.node
+    try:  # a program that just joined may not have heard of the workers yet
+        node.wait_for(type=queue_actor_name(queue), timeout=CONSUMER_WAIT)
+    except CallTimeout:
+        pass
+    consumers = {p.node_id for p in node.actors(queue_actor_name(queue))}
+    assert runtime.agent is not None
+    if runtime.worker is not None and node.id in consumers:
+        return runtime.agent
+    agents = [a for a in node.actors(AGENT_TYPE) if a.node_id in consumers]
+    if agents:
+        return random.choice(agents)
+    log.warning(
+        "zcell: no worker consumes queue %r yet: this program coordinates the chord, "
+        "which completes only while it runs (start a worker first)",
+        queue,
+    )
+    return runtime.agent
+
+
+def _watch_coordinator(
+    runtime: Runtime, coordinator: ActorProxy, gid: str, body: Signature
+) -> None:
+    """Fail the body at once if the coordinator's node dies (or forgets it)."""
+    if coordinator == runtime.agent:
+        return
+    waiting = coordinator.call("chord_wait", {"id": gid}, timeout=WAIT_DEADLINE)
+
+    def done(result: Any) -> None:
+        value = result.get(propagate=False)
+        if result.failed() or not isinstance(value, dict) or value.get("s") == "unknown":
+            why = value if result.failed() else "it does not know the chord"
+            error = ChordError(
+                f"chord {gid}: its coordinator {coordinator} was lost ({why}); the body "
+                f"{body.task}[{body.id}] does not run: apply the chord again"
+            )
+            fail_signature(runtime, body, failure(error, runtime, body.task))
+
+    waiting.link(done)
+
+
+# -- the coordinator's side (a worker's task agent) ---------------------------------
+
+
+class _Chord:
+    """One open chord: its body and the header results so far."""
+
+    def __init__(self, n: int, body: dict[str, Any], root_id: str) -> None:
+        self.n = n
+        self.body = body
+        self.root_id = root_id
+        self.values: list[Any] = [None] * n
+        self.got: set[int] = set()
+        self.done = Event()
+        self.outcome: dict[str, Any] = {"s": SUCCESS}
+
+
+class Chords:
+    """The chords a node coordinates (see the module doc)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.open: dict[str, _Chord] = {}
+
+    def start(self, chord_id: str, n: int, body: dict[str, Any], root_id: str) -> None:
+        """Open a chord of ``n`` members whose body is ``body``.
+
+        Raises:
+            ChordError: This node already coordinates ``result_max_records``
+                open chords (memory stays bounded whatever members send).
+        """
+        limit = int(self.runtime.app.conf.result_max_records)
+        if chord_id not in self.open and len(self.open) >= limit:
+            raise ChordError(
+                f"node {self.runtime.node.name} coordinates {len(self.open)} open chords "
+                "(result_max_records): wait for some to complete, or start more workers"
+            )
+        self.open.setdefault(chord_id, _Chord(n, body, root_id))
+
+    def wait(self, chord_id: str) -> dict[str, Any]:
+        """Block until the chord completes: ``{"s": "SUCCESS"}`` once the body
+        was sent, or its failure record."""
+        chord = self.open.get(chord_id)
+        if chord is None:
+            return {"s": "unknown"}
+        chord.done.wait()
+        return chord.outcome
+
+    def part(
+        self, chord_id: str, index: int, task_id: str, state: str, value: Any, error: Any, name: str
+    ) -> None:
+        """A header member's outcome."""
+        chord = self.open.get(chord_id)
+        if chord is None or not 0 <= index < chord.n or index in chord.got:
+            self._drop(f"chord {chord_id} part {index}: unknown chord, bad or repeated index")
+            return
+        if state == SUCCESS:
+            chord.values[index] = value
+            chord.got.add(index)
+            if len(chord.got) == chord.n:
+                self._complete(chord_id, chord)
+            return
+        reason = error_from_wire(error) if error is not None else state
+        self._fail(
+            chord_id,
+            chord,
+            ChordError(
+                f"chord {chord_id}: header member {index} ({name}[{task_id}]) ended "
+                f"{state}: {reason}; the body {chord.body.get('task')} does not run"
+            ),
+        )
+
+    def _drop(self, why: str) -> None:
+        stats = self.runtime.node.stats
+        stats[DROPPED_PARTS] = stats.get(DROPPED_PARTS, 0) + 1
+        log.warning("zcell: dropped a chord report: %s", why)
+
+    def _close(self, chord_id: str, chord: _Chord) -> Signature:
+        from .canvas import Signature
+
+        self.open.pop(chord_id, None)
+        chord.done.set()
+        return Signature.from_dict(chord.body, self.runtime.app)
+
+    def _complete(self, chord_id: str, chord: _Chord) -> None:
+        body = self._close(chord_id, chord)
+        app = self.runtime.app
+        try:
+            body.apply(app, self.runtime, (chord.values,), {}, {"root_id": chord.root_id})
+        except (ZcellError, TypeError, ValueError) as exc:
+            error = ChordError(f"chord {chord_id}: its body could not be sent: {exc}")
+            chord.outcome = failure(error, self.runtime, body.task)
+            fail_signature(self.runtime, body, chord.outcome)
+
+    def _fail(self, chord_id: str, chord: _Chord, error: ChordError) -> None:
+        body = self._close(chord_id, chord)
+        log.error("zcell: %s", error)
+        chord.outcome = failure(error, self.runtime, body.task, FAILURE)
+        fail_signature(self.runtime, body, chord.outcome)
+        for errback in body.options.get("link_error") or []:
+            gevent.spawn(self._errback, errback, body)
+
+    def _errback(self, errback: Any, body: Signature) -> None:
+        from .canvas import maybe_signature
+
+        app = self.runtime.app
+        try:
+            maybe_signature(errback, app).apply(app, self.runtime, (body.id,), {}, {})
+        except Exception:
+            log.exception("zcell: the chord body's link_error %r could not be sent", errback)
+
+
+def chords_of(runtime: Runtime) -> Chords:
+    """The node's chord coordinator (made on first use)."""
+    chords: Chords | None = getattr(runtime, "_chords", None)
+    if chords is None:
+        chords = Chords(runtime)
+        setattr(runtime, "_chords", chords)  # noqa: B010 - kept off Runtime's own fields
+    return chords

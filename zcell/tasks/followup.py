@@ -1,0 +1,145 @@
+"""What happens after a task's outcome, for the canvas (docs/canvas.md).
+
+The message says it all, so nothing is polled and no coordinator is needed
+for chains: ``watchers`` (agents to push the outcome to: the submitter of the
+work-flow, which holds a result for this id), ``chord`` (the coordinator this
+header member reports to) and ``chain`` (the signatures still to run: after a
+success the next is sent with the result prepended; after a failure every task
+of the rest fails with the same error, so a waiting ``get()`` never hangs).
+
+The worker calls ``after`` for each final outcome it produces; the submitter's
+dispatcher calls it for the final outcomes it decides itself (a worker lost, a
+task revoked or expired before it started).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import gevent
+
+from ..errors import ZcellError, error_wire
+from .states import SUCCESS
+
+if TYPE_CHECKING:
+    from .canvas import Signature
+    from .runtime import Runtime
+
+__all__ = ["after", "fail_signature", "failure", "has_followup"]
+
+log = logging.getLogger(__name__)
+
+
+def has_followup(msg: dict[str, Any]) -> bool:
+    """Whether anything waits on this task's outcome beyond its submitter."""
+    return bool(msg.get("watchers") or msg.get("chord") or msg.get("chain"))
+
+
+def after(runtime: Runtime, msg: dict[str, Any], outcome: dict[str, Any]) -> None:
+    """Act on a final outcome (in a greenlet of its own: the reply goes first)."""
+    if has_followup(msg):
+        gevent.spawn(_after, runtime, msg, outcome)
+
+
+def _after(runtime: Runtime, msg: dict[str, Any], outcome: dict[str, Any]) -> None:
+    try:
+        push(msg["id"], msg.get("watchers"), msg.get("chord"), outcome)
+        rest = msg.get("chain") or []
+        if rest and outcome.get("s") == SUCCESS:
+            _advance(runtime, msg, outcome.get("v"), rest)
+        elif rest:
+            fail_rest(runtime, rest, outcome)
+    except Exception:
+        runtime.node.stats["canvas_followup_errors"] = (
+            runtime.node.stats.get("canvas_followup_errors", 0) + 1
+        )
+        log.exception("zcell: the work-flow after task %s could not go on", msg.get("id"))
+
+
+def push(task_id: str, watchers: Any, report: Any, outcome: dict[str, Any]) -> None:
+    """Send the outcome to the watchers and to the chord it is a member of."""
+    for watcher in watchers if isinstance(watchers, list) else []:
+        _tell(watcher, "outcome", {"id": task_id, "record": outcome})
+    if isinstance(report, dict):
+        _tell(
+            report.get("to"),
+            "chord_part",
+            {
+                "id": report.get("id"),
+                "i": report.get("i"),
+                "task_id": task_id,
+                "s": outcome.get("s"),
+                "v": outcome.get("v"),
+                "e": outcome.get("e"),
+                "name": outcome.get("name"),
+            },
+        )
+
+
+def _tell(agent: Any, method: str, kwargs: dict[str, Any]) -> None:
+    """Fire and forget to an agent (gone: nothing to do; malformed: skipped)."""
+    if not hasattr(agent, "send"):
+        return
+    try:
+        agent.send(method, kwargs, nowait=True)
+    except ZcellError as exc:
+        log.debug("zcell: could not tell %s %s: %s", agent, method, exc)
+
+
+def _advance(runtime: Runtime, msg: dict[str, Any], value: Any, rest: list[Any]) -> None:
+    """Send the chain's next signature with ``value`` prepended."""
+    from .canvas import Signature
+
+    app = runtime.app
+    try:
+        nxt = Signature.from_dict(rest[0], app)
+        options = {"chain": rest[1:], "root_id": msg["root_id"], "parent_id": msg["id"]}
+        nxt.apply(app, runtime, (value,), {}, options)
+    except Exception as exc:  # noqa: BLE001 - the rest of the chain must learn it
+        log.error("zcell: cannot send the next task of a chain after %s: %r", msg["id"], exc)
+        fail_rest(runtime, rest, failure(exc, runtime, str(rest[0].get("task"))))
+
+
+def fail_rest(runtime: Runtime, rest: list[Any], outcome: dict[str, Any]) -> None:
+    """The tasks of the chain's rest never run: each fails with ``outcome``."""
+    from .canvas import Signature
+
+    for data in rest:
+        try:
+            sig = Signature.from_dict(data, runtime.app)
+        except TypeError:
+            continue
+        fail_signature(runtime, sig, outcome)
+
+
+def fail_signature(runtime: Runtime, sig: Signature, outcome: dict[str, Any]) -> None:
+    """Every task of ``sig`` fails with ``outcome``: kept as its record here (a
+    worker), pushed to its watchers and to its chord."""
+    for leaf in sig.leaves():
+        task_id = leaf.freeze()
+        record = dict(outcome, name=leaf.task)
+        if runtime.worker is not None:
+            runtime.worker.records.put(task_id, record)
+        push(task_id, leaf.options.get("watchers"), leaf.options.get("chord"), record)
+    rest = sig.options.get("chain") or []
+    if rest:
+        fail_rest(runtime, rest, outcome)
+
+
+def failure(exc: Any, runtime: Runtime, name: str, state: str = "FAILURE") -> dict[str, Any]:
+    """An outcome record for an error decided outside the task's code."""
+    if not isinstance(exc, BaseException):
+        exc = ZcellError(f"task ended {state}: {exc!r}")
+    return {
+        "s": state,
+        "v": None,
+        "e": error_wire(exc),
+        "tb": None,
+        "done": time.time(),
+        "name": name,
+        "worker": runtime.node.name,
+        "retries": 0,
+        "countdown": None,
+    }
