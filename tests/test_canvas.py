@@ -2,16 +2,13 @@
 nesting, failures (ChordError, a failing chain), GroupResult, map/starmap/chunks,
 revoking a work-flow by its root id, bad chord reports, a chord of 1000."""
 
-# ruff: noqa: F811 - `workers` is test_tasks_delivery's fixture, imported to share it
-
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import zcell_test_tasks as t
-from conftest import SLOW, wait_until
-from test_tasks_delivery import Workers, workers  # noqa: F401 - the fixture
+from conftest import SLOW, Workers, wait_until
 
 from zcell import (
     ChordError,
