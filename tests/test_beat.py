@@ -215,6 +215,7 @@ def test_status_marks_the_beat_leader_and_the_beat_control_op_shows_the_schedule
     periodic = {n: [i for i in items if "periodic" in i] for n, items in scheduled.items()}
     assert [i["leader"] for i in periodic["b1"]] == [True]
     assert [i["leader"] for i in periodic["b2"]] == [False]
+    assert [i["paused"] for i in periodic["b1"]] == [None]  # a whole mesh: not paused
     entry = periodic["b1"][0]["periodic"]
     assert entry["name"] == "tick" and entry["task"] == "zcell_test_beat.tick"
     assert entry["last_run"] is not None and entry["next_run"] > entry["last_run"]

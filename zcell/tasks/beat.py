@@ -159,15 +159,16 @@ def _beat_of(node: Node) -> Beat:
 
 def periodic_schedule(node: Node) -> list[dict[str, Any]]:
     """The periodic entries a beat candidate on ``node`` sends (for ``inspect
-    scheduled``), each with its last and next run and whether this node leads;
-    [] on a node that runs no beat."""
+    scheduled``), each with its last and next run, whether this node leads, and
+    why it does not send (``paused``: a minority side says so here); [] on a node
+    that runs no beat."""
     beat = _beats.get(node)
     if beat is None:
         return []
     status = beat.status()
-    leading = bool(status["leading"])
+    leading, paused = bool(status["leading"]), status["paused"]
     return [
-        {"eta": e["next_run"], "priority": 0, "periodic": e, "leader": leading}
+        {"eta": e["next_run"], "priority": 0, "periodic": e, "leader": leading, "paused": paused}
         for e in status["entries"]
     ]
 
