@@ -28,6 +28,22 @@ from zcell.cli import main as cli_main  # noqa: E402
 SLOW = float(os.environ.get("ZCELL_TEST_SLOW", "1"))
 
 
+@pytest.fixture(autouse=True)
+def _leave_the_test_thread_without_a_gevent_hub() -> Iterator[None]:
+    """A test that uses gevent in the test's own thread (a RateLimiter, TimeLimits,
+    a gevent.sleep) leaves a hub there; a plain program thread with a hub sends
+    through its node's loop instead of its own port (zcell._mesh.messaging), so
+    every later test in this process would test the other path. Destroy the hub
+    the test made, so each test starts in a plain thread as a program would."""
+    import gevent.hub
+
+    had_hub = gevent.hub._get_hub() is not None
+    yield
+    hub = gevent.hub._get_hub()
+    if hub is not None and not had_hub:
+        hub.destroy(destroy_loop=True)
+
+
 def child_env() -> dict[str, str]:
     """Environment for child processes: the tests' actor modules importable."""
     env = dict(os.environ)
