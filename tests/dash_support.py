@@ -84,7 +84,9 @@ def chromium_missing() -> str | None:
     if not missing:
         return None
     if os.environ.get("CI") == "true" and os.geteuid() == 0:
-        pytest.fail(f"{', '.join(missing)} missing on CI: .ci/run installs chromium and chromium-driver")
+        pytest.fail(
+            f"{', '.join(missing)} missing on CI: .ci/run installs chromium and chromium-driver"
+        )
     return f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver)"
 
 

@@ -87,7 +87,9 @@ def test_metrics_use_flowers_names(dashboard: Any) -> None:
     dash = dashboard(["w1"])
     task = apply(dash, ADD, [1, 1])
     wait_until(lambda: state_of(dash, task) == "SUCCESS", 5, "add succeeded")
-    wait_until(lambda: 'flower_worker_online{worker="w1"} 1' in dash.request("/metrics")[1], 5, "up")
+    wait_until(
+        lambda: 'flower_worker_online{worker="w1"} 1' in dash.request("/metrics")[1], 5, "up"
+    )
     text = dash.request("/metrics")[1]
     assert f'flower_events_total{{worker="w1",type="task-succeeded",task="{ADD}"}} 1' in text
     assert f'flower_task_runtime_seconds_count{{worker="w1",task="{ADD}"}} 1' in text
@@ -103,7 +105,7 @@ def test_remembered_tasks_are_capped_oldest_first(dashboard: Any) -> None:
     kept = dash.json("/api/tasks")
     assert len(kept) == 5 and set(kept) <= set(ids[-6:])
     assert state_of(dash, ids[0]) is None  # forgotten: 404
-    assert 'zcell_dashboard_max_tasks 5' in dash.request("/metrics")[1]
+    assert "zcell_dashboard_max_tasks 5" in dash.request("/metrics")[1]
 
 
 def test_basic_auth_refuses_wrong_credentials(dashboard: Any) -> None:
