@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from conftest import SLOW, run_cli, wait_until
-from dash_support import Dash, dashboard  # noqa: F401 - a fixture
+from dash_support import Dash
 
 ADD = "zcell_test_tasks.add"
 SLEEPY = "zcell_test_tasks.sleepy"

@@ -7,8 +7,7 @@ import base64
 import signal
 from typing import Any
 
-from conftest import SLOW, wait_until
-from dash_support import browser, dashboard  # noqa: F401 - fixtures
+from conftest import wait_until
 
 SLEEPY = "zcell_test_tasks.sleepy"
 
