@@ -28,7 +28,7 @@ import urllib.request
 import uuid
 from typing import Any
 
-from zcell import App
+from zcell import App, ZcellError
 
 app = App("bench.dashboard", discovery="static")
 
@@ -98,9 +98,17 @@ def run(tasks: int, max_tasks: int) -> dict[str, Any]:
         noop.delay(-1).get(timeout=30)  # the client has found the worker's queue
         time.sleep(2.0)  # the dashboard subscribes and enables events
         start, at_cap, peak, samples = time.monotonic(), None, 0.0, []
+        stalled = None
         for first in range(0, tasks, BATCH):
             results = [noop.delay(i) for i in range(first, min(first + BATCH, tasks))]
-            results[-1].get(timeout=60)
+            try:
+                results[-1].get(timeout=60)
+            except ZcellError as exc:  # a delivery stall: report what was measured
+                stalled = f"batch at {first}: {exc}"
+                print(f"[bench.dashboard] stalled: {stalled}", file=sys.stderr, flush=True)
+                break
+            if first // BATCH % 20 == 0:
+                print(f"[bench.dashboard] {first + BATCH} sent", file=sys.stderr, flush=True)
             rss = _rss_mb(dash.pid)
             peak = max(peak, rss)
             kept = _summary(url)["tasks"]
@@ -117,10 +125,11 @@ def run(tasks: int, max_tasks: int) -> dict[str, Any]:
             proc.terminate()
             proc.wait(10)
     return {
-        "tasks": tasks,
+        "tasks": samples[-1]["sent"] if samples else 0,
+        "stalled": stalled,
         "max_tasks": max_tasks,
         "seconds": round(elapsed, 1),
-        "tasks_per_s": round(tasks / elapsed),
+        "tasks_per_s": round((samples[-1]["sent"] if samples else 0) / elapsed),
         "rss_at_cap_mb": None if at_cap is None else round(at_cap, 1),
         "rss_end_mb": round(end, 1),
         "rss_peak_mb": round(peak, 1),
