@@ -5,7 +5,9 @@ dashboard's RSS against its task cap.
     python -m bench.dashboard --tasks 20000 --max-tasks 2000 --json
 
 Parties, each a separate process on loopback (static discovery): a ``zcell
-worker -A bench.dashboard -c 8`` running `noop`, a ``zcell dashboard --max-tasks
+worker -A bench.dashboard -c 300`` running `noop` (a pool that takes a whole batch at
+once: with a backlog held at the submitter, delivery stalls now and then, see
+bench/README.md), a ``zcell dashboard --max-tasks
 CAP`` subscribed to every event (4 per task), and this process submitting the
 tasks in batches (each batch waited for). After each batch it reads the
 dashboard's RSS from ``/proc/<pid>/status`` and its ``/api/summary``. It asserts
@@ -76,7 +78,7 @@ def run(tasks: int, max_tasks: int) -> dict[str, Any]:
     cluster = f"bench-dash-{uuid.uuid4().hex[:8]}"
     mesh = ["--no-mdns", "--cluster", cluster]
     worker, inbox = _start(
-        ["zcell", "worker", "-A", "bench.dashboard", "-c", "8", "--name", "w1", *mesh],
+        ["zcell", "worker", "-A", "bench.dashboard", "-c", "300", "--name", "w1", *mesh],
         r"inbox:\s+(\S+)",
     )
     dash, url = _start(

@@ -4,6 +4,7 @@ basic auth, over plain HTTP against `zcell worker` and `zcell dashboard` process
 from __future__ import annotations
 
 import json
+import signal
 from typing import Any
 
 import pytest
@@ -129,3 +130,12 @@ def test_bad_options_are_usage_errors(
 ) -> None:
     code, _, err = run_cli(capsys, "dashboard", "--no-mdns", "--peer", "tcp://127.0.0.1:9", *argv)
     assert code == 2 and message in err
+
+
+def test_an_offline_worker_is_greyed_then_forgotten(dashboard: Any) -> None:
+    dash = dashboard(["w1", "w2"], "--forget-offline", "1", worker_args=("--heartbeat", "0.3"))
+    wait_until(lambda: len(dash.json("/api/workers")) == 2, 5, "both workers listed")
+    dash.workers["w2"].kill(signal.SIGKILL)
+    wait_until(lambda: dash.json("/api/workers").get("w2", {}).get("status") is False, 5, "grey")
+    wait_until(lambda: "w2" not in dash.json("/api/workers"), 5, "w2 forgotten")
+    assert dash.json("/api/workers")["w1"]["status"] is True
