@@ -13,14 +13,32 @@ SLEEPY = "zcell_test_tasks.sleepy"
 
 
 def cell(driver: Any, selector: str) -> str | None:
-    """The text of the first element matching ``selector``, or None."""
-    found = driver.find_elements("css selector", selector)
-    return found[0].text if found else None
+    """The text of the first element matching ``selector``, or None. Read in one
+    script: the page redraws its tables as events come, so a found element can go
+    stale before a second call reads it."""
+    script = "const e = document.querySelector(arguments[0]); return e && e.innerText;"
+    text: str | None = driver.execute_script(script, selector)
+    return text
 
 
 def row_class(driver: Any, worker: str) -> str | None:
-    found = driver.find_elements("css selector", f'tr[data-worker="{worker}"]')
-    return found[0].get_attribute("class") if found else None
+    script = "const e = document.querySelector(arguments[0]); return e && e.className;"
+    found: str | None = driver.execute_script(script, f'tr[data-worker="{worker}"]')
+    return found
+
+
+def click(driver: Any, selector: str) -> None:
+    """A real click on ``selector``, found again if the page redrew it meanwhile."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    def clicked() -> bool:
+        try:
+            driver.find_element("css selector", selector).click()
+            return True
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+
+    wait_until(clicked, 5, f"a click on {selector}")
 
 
 def test_workers_page_lists_the_running_workers(dashboard: Any, browser: Any) -> None:
@@ -56,7 +74,7 @@ def test_revoke_from_the_page_revokes_a_running_task(
     browser.get(dash.url + "tasks")
     row = f'tr[data-task="{result.id}"]'
     wait_until(lambda: cell(browser, row + ' [data-col="state"]') == "STARTED", 5, "started")
-    browser.find_element("css selector", row + ' button[data-action="terminate"]').click()
+    click(browser, row + ' button[data-action="terminate"]')
     wait_until(lambda: cell(browser, row + ' [data-col="state"]') == "REVOKED", 5, "revoked")
     wait_until(lambda: result.state == "REVOKED", 5, "the task revoked in the mesh")
 
