@@ -289,3 +289,8 @@ def workers(make_node: MakeNode, task_app: Any) -> Iterator[Workers]:
     t.app.close(timeout=0)
     for worker in made:
         worker.stop(timeout=0.5)
+
+
+# The dashboard's fixtures (`dashboard`: workers and a `zcell dashboard` process;
+# `browser`: headless chromium), kept in their own module.
+from dash_support import browser, dashboard  # noqa: E402, F401

@@ -78,6 +78,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("zcell.monitor",),  # inspect, control and events: on every node, under the task layer
     ("zcell.node",),  # Node = the mesh node with the actor layer plugged in
     ("zcell.tasks",),
+    ("zcell.dashboard",),  # the web dashboard: a client of the monitor and task layers
     ("zcell", "zcell.__main__", "zcell.cli"),
 )
 #: Edges up the layers that stay until their modules are reworked, as (importer,

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from . import beat, clients, demo, events, inspect, multi, node, tasks
+from . import beat, clients, dashboard, demo, events, inspect, multi, node, tasks
 from .common import Failure, UsageError, parse_kv, read_secret
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ FAMILIES: tuple[Callable[[Subcommands], None], ...] = (
     beat.register,
     inspect.register,
     events.register,
+    dashboard.register,
     clients.register,
     demo.register,
 )

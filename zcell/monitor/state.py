@@ -114,6 +114,7 @@ class State:
         self.event_count += 1
         self.counts[type_] += 1
         self._recent.append(stamp)
+        self._forget_before(stamp - RATE_WINDOW)
         if type_.startswith("task-"):
             self._task_event(type_, event, stamp)
         elif type_.startswith("worker-"):
@@ -165,8 +166,15 @@ class State:
         return [t for t in self.tasks.values() if t.state == "STARTED"]
 
     def rate(self, now: float | None = None, window: float = RATE_WINDOW) -> float:
-        """Events per second over the last ``window`` seconds."""
+        """Events per second over the last ``window`` seconds (at most `RATE_WINDOW`:
+        older stamps are dropped as events come)."""
         now = time.time() if now is None else now
-        while self._recent and self._recent[0] < now - window:
-            self._recent.popleft()
+        self._forget_before(now - window)
         return len(self._recent) / window
+
+    def _forget_before(self, stamp: float) -> None:
+        """Drop the event stamps older than ``stamp``: also as events come, so a
+        reader that never asks for `rate` (the dashboard) keeps one window's worth,
+        not one stamp per event for ever."""
+        while self._recent and self._recent[0] < stamp:
+            self._recent.popleft()
