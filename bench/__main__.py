@@ -41,11 +41,25 @@ def run(
     peers: list[str] | None = None,
     floor_reps: int | None = None,
     verbose: bool = True,
+    budget_scale: float | None = None,
 ) -> dict[str, Any]:
-    """The whole suite; returns the result dict that is written as JSON."""
+    """The whole suite; returns the result dict that is written as JSON.
+
+    Every part's time budget is multiplied by *budget_scale* (default: measured
+    by :func:`bench.budget.calibrate` at the start of the run), so that a slow
+    phase of the machine stretches the budgets instead of failing the run.
+    """
     from bench import report
+    from bench.budget import calibrate
     from bench.floor import _cpu_counters, _versions, run_floor
     from bench.mesh import run_mesh
+
+    calibration = calibrate()
+    scale = calibration["factor"] if budget_scale is None else budget_scale
+    if verbose:
+        _log(
+            f"calibration: {calibration['work_ms']} ms (reference {calibration['reference_ms']}); budgets x{scale}"
+        )
 
     started = time.strftime("%Y-%m-%d %H:%M:%S %z")
     load0, cpu0, t0 = os.getloadavg(), _cpu_counters(), time.monotonic()
@@ -65,8 +79,10 @@ def run(
             _log(f"{name}: {phases[name]['elapsed_s']}s")
         return res
 
-    floor = timed("floor", run_floor, quick=quick, pin=pin, reps=floor_reps, verbose=verbose)
-    mesh = timed("zcell", run_mesh, quick=quick, pin=pin, verbose=verbose)
+    floor = timed(
+        "floor", run_floor, quick=quick, pin=pin, reps=floor_reps, verbose=verbose, scale=scale
+    )
+    mesh = timed("zcell", run_mesh, quick=quick, pin=pin, verbose=verbose, scale=scale)
     phases["zcell"]["parts"] = mesh["phases"]
     peer_results: dict[str, Any] = {}
     if peers:
@@ -94,6 +110,8 @@ def run(
         "loadavg": {"before": list(load0), "after": list(os.getloadavg())},
         "other_cpu_s": other_cpu_s,
         "elapsed_s": round(time.monotonic() - t0, 1),
+        "calibration": calibration,
+        "budget_scale": scale,
         "phases": phases,
         "floor": floor,
         "zcell": mesh,
@@ -123,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         "--floor-reps", type=int, default=None, help="floor repetitions (default 3; quick 1)"
     )
     p.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    p.add_argument(
+        "--budget-scale",
+        type=float,
+        default=None,
+        help="multiply every time budget by this (default: from a calibration of the run)",
+    )
     a = p.parse_args(argv)
 
     from bench import report
@@ -133,7 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown peer(s) {unknown}; choose from {', '.join(PEERS)}")
 
-    result = run(quick=a.quick, pin=a.pin, peers=peers, floor_reps=a.floor_reps)
+    result = run(
+        quick=a.quick,
+        pin=a.pin,
+        peers=peers,
+        floor_reps=a.floor_reps,
+        budget_scale=a.budget_scale,
+    )
 
     a.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d-%H%M%S")
