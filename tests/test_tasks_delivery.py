@@ -280,3 +280,14 @@ def test_a_stopping_worker_gives_held_tasks_back_to_run_elsewhere(
     assert running.get(timeout=10 * SLOW) == "first"
     assert [r.get(timeout=10 * SLOW) for r in held] == [0, 1, 2]
     assert {r.worker for r in held} == {w2.node.name}
+
+
+def test_a_burst_far_beyond_the_workers_room_all_completes(workers: Workers) -> None:
+    """2 000 tasks sent at once to a worker holding 8: "room" notices that overtake
+    the "full" replies they answer must not leave the submitter waiting forever
+    (it stalled after a few hundred tasks)."""
+    workers(1, concurrency=2)
+    results = [t.add.delay(i, 1) for i in range(2000)]
+    deadline = time.monotonic() + 20 * SLOW
+    got = [r.get(timeout=max(0.1, deadline - time.monotonic())) for r in results]
+    assert got == [i + 1 for i in range(2000)]

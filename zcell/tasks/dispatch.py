@@ -76,6 +76,7 @@ class Entry:
         self.held = False  # a worker holds it (it cannot be lost by a flush)
         self.claimed = False  # its code may have started
         self.consumer: str | None = None  # the consumer actor it was pushed to
+        self.pushed_at = 0.0  # time.monotonic() of the last push
         self.redeliveries = 0
         self.max_redeliveries = max_redeliveries
         self.done = Flag()
@@ -97,6 +98,8 @@ class Dispatcher:
         self.known: weakref.WeakValueDictionary[str, Entry] = weakref.WeakValueDictionary()
         self.waiting: dict[str, collections.deque[Entry]] = {}
         self.full: set[str] = set()  # consumer actor ids that answered "full"
+        # consumer actor id -> time.monotonic() of its worker's last "room" notice
+        self.room_at: dict[str, float] = {}
         self.inflight: collections.Counter[str] = collections.Counter()
         self.capacity: dict[str, int] = {}  # consumer actor id -> its worker's capacity
         self.turn: collections.Counter[str] = collections.Counter()  # queue -> round-robin
@@ -205,6 +208,7 @@ class Dispatcher:
         msg["attempt"] += 1
         attempt = msg["attempt"]
         entry.consumer = consumer.id
+        entry.pushed_at = time.monotonic()
         self.inflight[consumer.id] += 1
         try:
             result = consumer.call("run", {"msg": msg}, timeout=NO_DEADLINE)
@@ -263,7 +267,10 @@ class Dispatcher:
     def _on_outcome(self, entry: Entry, consumer: str, value: dict[str, Any]) -> None:
         status = value.get("s")
         if status == "full":
-            self.full.add(consumer)
+            # A "room" notice sent after this refusal may overtake the reply (another
+            # path): then the worker has room again and will send no other notice.
+            if self.room_at.get(consumer, -1.0) <= entry.pushed_at:
+                self.full.add(consumer)
             cap = value.get("cap")
             if isinstance(cap, int) and cap > 0:
                 self.capacity[consumer] = cap
@@ -347,8 +354,10 @@ class Dispatcher:
 
     def room(self, consumers: list[str]) -> None:
         """The worker of these consumers has room again."""
+        now = time.monotonic()
         for consumer in consumers:
             self.full.discard(consumer)
+            self.room_at[consumer] = now
             # What it holds for others changed: learn its room again from "full".
             self.capacity.pop(consumer, None)
         self.wake()
