@@ -53,6 +53,10 @@ def run(
     from bench.budget import calibrate
     from bench.floor import _cpu_counters, _versions, run_floor
     from bench.mesh import run_mesh
+    from bench.peers import PEERS
+    from bench.taskpeers import TASK_PEERS
+    from bench.tasks import compute_ratios as task_ratios
+    from bench.tasks import run_tasks
 
     calibration = calibrate()
     scale = calibration["factor"] if budget_scale is None else budget_scale
@@ -84,14 +88,27 @@ def run(
     )
     mesh = timed("zcell", run_mesh, quick=quick, pin=pin, verbose=verbose, scale=scale)
     phases["zcell"]["parts"] = mesh["phases"]
+    tasks = timed("tasks", run_tasks, quick=quick, verbose=verbose, scale=scale)
+    phases["tasks"]["parts"] = tasks["phases"]
     peer_results: dict[str, Any] = {}
-    if peers:
+    task_peer_results: dict[str, Any] = {}
+    call_peers = [x for x in peers or [] if x in PEERS]
+    if call_peers:
         from bench.peers import run_peers
 
-        peer_results = timed("peers", run_peers, peers, quick=quick, pin=pin, verbose=verbose)
+        peer_results = timed("peers", run_peers, call_peers, quick=quick, pin=pin, verbose=verbose)
+    queue_peers = [x for x in peers or [] if x in TASK_PEERS]
+    if queue_peers:
+        from bench.taskpeers import run_task_peers
+
+        task_peer_results = timed(
+            "task peers", run_task_peers, queue_peers, quick=quick, verbose=verbose, scale=scale
+        )
 
     other_cpu_s = _other_cpu(cpu0, _cpu_counters())
     ratios = report.compute_ratios(floor, mesh["metrics"])
+    ratios.update(task_ratios(floor, mesh["metrics"], tasks["metrics"], task_peer_results))
+    all_metrics = {**mesh["metrics"], "tasks": tasks["metrics"]}
     import zcell
 
     versions = _versions()
@@ -116,9 +133,11 @@ def run(
         "floor": floor,
         "zcell": mesh,
         "ratios": ratios,
-        "targets": report.evaluate_targets(ratios, mesh["metrics"]),
-        "errors": report.zcell_errors(mesh["metrics"]),
+        "tasks": tasks,
+        "targets": report.evaluate_targets(ratios, all_metrics),
+        "errors": report.zcell_errors(mesh["metrics"]) + report.zcell_errors(tasks["metrics"]),
         "peers": peer_results,
+        "task_peers": task_peer_results,
     }
 
 
@@ -132,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         "--peers",
         default="",
         metavar="LIST",
-        help="comma-separated peers to measure too: zerorpc, celery, ray (each optional)",
+        help="comma-separated peers to measure too: zerorpc, celery, ray, dramatiq (each "
+        "optional; celery and dramatiq also run the task benchmarks with their own Redis)",
     )
     p.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"output directory ({DEFAULT_OUT})"
@@ -151,11 +171,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench import report
     from bench.peers import PEERS
+    from bench.taskpeers import TASK_PEERS
 
     peers = [x.strip() for x in a.peers.split(",") if x.strip()]
-    unknown = [x for x in peers if x not in PEERS]
+    known = sorted(set(PEERS) | set(TASK_PEERS))
+    unknown = [x for x in peers if x not in known]
     if unknown:
-        p.error(f"unknown peer(s) {unknown}; choose from {', '.join(PEERS)}")
+        p.error(f"unknown peer(s) {unknown}; choose from {', '.join(known)}")
 
     result = run(
         quick=a.quick,

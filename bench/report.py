@@ -36,6 +36,19 @@ TARGETS: tuple[tuple[str, str, str, float, str, str], ...] = (
         "x",
     ),
     ("idle_100k_mib", "100k idle actors <= 1 GiB (RSS growth)", "abs", 1024, "<=", "MiB"),
+    # The task layer (bench.tasks): ratios to zcell's own send, the floor, the best peer.
+    ("task_delay_p50_vs_send", "delay().get() p50 <= 1.5x zcell send p50", "ratio", 1.5, "<=", "x"),
+    ("task_throughput", "task throughput >= 0.1x floor one-way", "ratio", 0.1, ">=", "x"),
+    ("task_throughput_vs_peer", "task throughput >= 10x the best peer", "ratio", 10, ">=", "x"),
+    ("task_chord_p50", "chord of 1000 adds into xsum <= 500x floor RTT", "ratio", 500, "<=", "x"),
+    (
+        "results_100k_mib",
+        "100k finished results <= 200 MiB (worker RSS growth)",
+        "abs",
+        200,
+        "<=",
+        "MiB",
+    ),
     # 10k actors/s was the goal when the floor's one-way rate was ~300k msg/s: as a
     # ratio to the same run's floor, a slow phase of the machine does not turn it red.
     (
@@ -97,6 +110,7 @@ def evaluate_targets(
     """One entry per target: measured value, goal, met (None: not measured)."""
     absolute = {
         "idle_100k_mib": _get(metrics, "spawn_memory", "per_100k_mib"),
+        "results_100k_mib": _get(metrics, "tasks", "memory", "per_100k_mib"),
     }
     out = []
     for key, text, kind, goal, op, unit in TARGETS:
@@ -304,9 +318,16 @@ def format_report(result: dict[str, Any]) -> str:
         format_table(f),
         "",
         format_zcell(result["zcell"], result["ratios"]),
-        "",
-        format_targets(result["targets"]),
     ]
+    if result.get("tasks"):
+        from bench.tasks import format_tasks
+
+        lines += ["", format_tasks(result["tasks"]["metrics"], result["ratios"])]
+    lines += ["", format_targets(result["targets"])]
+    if result.get("task_peers"):
+        from bench.taskpeers import format_task_peers
+
+        lines += ["", format_task_peers(result["task_peers"], result["tasks"]["metrics"])]
     if result.get("peers"):
         lines += ["", format_peers(result["peers"], f["floor"]["rtt_p50_us"])]
     phases = ", ".join(
