@@ -358,8 +358,14 @@ class Dispatcher:
         for consumer in consumers:
             self.full.discard(consumer)
             self.room_at[consumer] = now
-            # What it holds for others changed: learn its room again from "full".
-            self.capacity.pop(consumer, None)
+            # Slots freed there: up to "cap" pushes more than this node has in flight. Not
+            # forgetting the capacity: that let this submitter push every waiting
+            # task at once, each refused with "full", then "room" again, a storm
+            # that held a burst to ~100 tasks/s. (Its tasks waiting in get() lend
+            # their slots out, so the worker may take more than "cap" from here.)
+            cap = self.capacity.get(consumer)
+            if cap is not None:
+                self.capacity[consumer] = self.inflight[consumer] + cap
         self.wake()
 
     def update_state(self, task_id: str, state: str, meta: Any) -> None:
