@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -97,6 +98,8 @@ class Dispatcher:
         # Every entry a TaskResult of this process still holds (AsyncResult(id) here).
         self.known: weakref.WeakValueDictionary[str, Entry] = weakref.WeakValueDictionary()
         self.waiting: dict[str, collections.deque[Entry]] = {}
+        # Handed over by program threads, not taken by the loop yet (hand_over).
+        self.incoming: collections.deque[Entry] = collections.deque()
         self.full: set[str] = set()  # consumer actor ids that answered "full"
         # consumer actor id -> time.monotonic() of its worker's last "room" notice
         self.room_at: dict[str, float] = {}
@@ -105,6 +108,7 @@ class Dispatcher:
         self.turn: collections.Counter[str] = collections.Counter()  # queue -> round-robin
         self.expiring: set[str] = set()  # queues where a task with an expiry may wait
         self._wake: Event | None = None
+        self.loop_ident: int | None = None  # the loop thread's id, once started
         self._pump: gevent.Greenlet | None = None
 
     # -- lifecycle (loop thread) ---------------------------------------------
@@ -114,6 +118,7 @@ class Dispatcher:
         self.node.call_in_loop(self._start)
 
     def _start(self) -> None:
+        self.loop_ident = threading.get_ident()
         self._wake = Event()
         self._pump = gevent.spawn(self._run_pump)
 
@@ -140,14 +145,35 @@ class Dispatcher:
     def waiting_count(self) -> int:
         return sum(len(q) for q in self.waiting.values())
 
+    def has_room(self) -> bool:
+        """Fewer than ``task_pending_max`` tasks wait or are being handed over (any
+        thread: ``list()`` copies the deques atomically under the GIL)."""
+        waiting = sum(len(q) for q in list(self.waiting.values())) + len(self.incoming)
+        return waiting < int(self.runtime.app.conf.task_pending_max)
+
+    def can_hand_over(self) -> bool:
+        """True in a program thread (not the loop's) while there is room."""
+        return threading.get_ident() != self.loop_ident and self.has_room()
+
+    def hand_over(self, entry: Entry) -> None:
+        """From a program thread: queue *entry* for the loop and return at once."""
+        self.incoming.append(entry)
+        self.node.submit(self._take_incoming)
+
+    def _take_incoming(self) -> None:
+        self._take(self.incoming.popleft())
+
     def add(self, entry: Entry) -> bool:
         """Take a new task; False when ``task_pending_max`` tasks already wait."""
-        if self.waiting_count() >= int(self.runtime.app.conf.task_pending_max):
+        if not self.has_room():
             return False
+        self._take(entry)
+        return True
+
+    def _take(self, entry: Entry) -> None:
         self.entries[entry.id] = self.known[entry.id] = entry
         self._enqueue(entry)
         task_events.sent(self.node, entry.msg)
-        return True
 
     def _enqueue(self, entry: Entry, front: bool = False) -> None:
         entry.held = entry.claimed = False
