@@ -53,7 +53,8 @@ FULL: dict[str, Any] = {
     "fanout_parents": 8,
     "results": 100000,
     "processes": {"tasks": 100, "ms": 20.0},
-    "budget_s": {"tasks": 150.0, "processes": 60.0},
+    # ~100 s for the 100k results alone at ~1k tasks/s on the shared 2-core VM
+    "budget_s": {"tasks": 420.0, "processes": 90.0},
 }
 QUICK: dict[str, Any] = {
     "delay": (50, 500),
@@ -435,7 +436,10 @@ def format_tasks(tasks: dict[str, Any], ratios: dict[str, Any]) -> str:
          f"{_fmt(_get(p, 'median_tasks_per_s', '1'), '.1f')} / {_fmt(_get(p, 'median_tasks_per_s', '2'), '.1f')} tasks/s",
          f"{_x(p.get('ratio'))} (P=2 / P=1)"),
     ]  # fmt: skip
-    return "\n".join(_table(("task metric", "value", "ratio"), rows))
+    from bench.report import zcell_errors
+
+    lines = _table(("task metric", "value", "ratio"), rows)
+    return "\n".join(lines + [f"ERROR {err}" for err in zcell_errors(m)])
 
 
 # --------------------------------------------------------------------------- CLI
