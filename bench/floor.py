@@ -294,7 +294,7 @@ def run_floor(
     the environment (gevent's default is on); ``False`` turns it off in both
     children (~+30-50% one-way rate for the spawn variants here).
     """
-    from bench._proc import Child, ChildError
+    from bench._proc import Child
     from bench.budget import Budget
 
     cfg = QUICK if quick else FULL
@@ -336,16 +336,14 @@ def run_floor(
             child = Child(f"server[{v}]", "bench.floor", args + cpu_args(server_cpu), env)
             children.append(child)
             started.append((v, child))
-        for v, child in started:
-            line = child.readline(timeout=min(remaining(), 30.0))
-            if not line.startswith("READY "):
-                raise ChildError(f"{child.name}: unexpected output {line!r}")
-            info = json.loads(line[len("READY ") :])
-            servers[v] = (info["port"], info)
+        failed = _start_servers(started, servers, remaining)
         counts = {"rtt": cfg["rtt"], "oneway": cfg["oneway"]}
         per_client = 20.0 if quick else 60.0
         for rep in range(reps):
             for v in variants:
+                if v not in servers:  # its server did not start within the budget
+                    runs[v].append({"error": failed})
+                    continue
                 res = _client_run(
                     v,
                     servers[v][0],
@@ -371,7 +369,10 @@ def run_floor(
         own = cpu_after[1] - cpu_before[1]
         other_cpu_s = round(max(0.0, busy - own), 1)
 
-    out_variants = {v: _variant_summary(runs[v], servers[v][1]) for v in variants}
+    no_server: dict[str, Any] = {"affinity": [], "track_greenlet_tree": None}
+    out_variants = {
+        v: _variant_summary(runs[v], servers.get(v, (0, no_server))[1]) for v in variants
+    }
     finished = {v: m for v, m in out_variants.items() if "error" not in m}
     inline = [v for v in finished if v.endswith("inline")] or list(finished)
     best_rtt = min(inline, key=lambda v: finished[v]["rtt_p50_us"], default=None)
@@ -393,13 +394,32 @@ def run_floor(
             "oneway_from": best_ow,
         },
         "budget": {"scale": scale, "total_s": round(budget.total, 1)},
-        "gevent_track_greenlet_tree": servers[variants[0]][1]["track_greenlet_tree"],
+        "gevent_track_greenlet_tree": servers.get(variants[0], (0, no_server))[1][
+            "track_greenlet_tree"
+        ],
         "versions": _versions(),
         "loadavg": {"before": list(load_before), "after": list(os.getloadavg())},
         # CPU seconds used by other programs during the run (shared machines):
         "other_cpu_s": other_cpu_s,
         "elapsed_s": round(elapsed, 1),
     }
+
+
+def _start_servers(started: list[Any], servers: dict[str, Any], remaining: Any) -> str:
+    """Wait for each server's READY line; on a failure or the budget running out, the
+    servers not ready stay out of *servers* and the reason is returned (else "")."""
+    from bench._proc import ChildError
+
+    for v, child in started:
+        try:
+            line = child.readline(timeout=min(remaining(), 30.0))
+        except (ChildError, TimeoutError) as exc:
+            return f"not finished: {exc}".splitlines()[0]
+        if not line.startswith("READY "):
+            raise ChildError(f"{child.name}: unexpected output {line!r}")
+        info = json.loads(line[len("READY ") :])
+        servers[v] = (info["port"], info)
+    return ""
 
 
 def _client_run(
