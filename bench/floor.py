@@ -278,18 +278,24 @@ def run_floor(
     variants: tuple[str, ...] = VARIANTS,
     track_greenlet_tree: bool | None = None,
     verbose: bool = False,
+    scale: float = 1.0,
 ) -> dict[str, Any]:
     """Measure the floor; see the module docstring.
 
     Returns ``{"variants": {name: metrics}, "floor": {"rtt_p50_us", "oneway_msgs_per_s"},
     "placement": "unpinned" | "cpuA/cpuB" (client/server), ...}``. Metrics are
     medians over *reps* (default 3; quick: 1). Raises on lost messages, a failing
-    child, or when the run exceeds its time budget. Children are killed on return.
+    server. *scale* multiplies the time budgets (``bench.budget.calibrate``): a
+    client that misses its limit or fails is recorded as ``"error"`` in its
+    variant (not finished) and the other variants go on; the floor figures come
+    from the variants that finished (``None`` when no inline one did). Children
+    are killed on return.
     *track_greenlet_tree*: ``None`` inherits ``GEVENT_TRACK_GREENLET_TREE`` from
     the environment (gevent's default is on); ``False`` turns it off in both
     children (~+30-50% one-way rate for the spawn variants here).
     """
-    from bench._proc import Child, ChildError
+    from bench._proc import Child
+    from bench.budget import Budget
 
     cfg = QUICK if quick else FULL
     reps = cfg["reps"] if reps is None else reps
@@ -307,17 +313,11 @@ def run_floor(
         placement = f"cpu{client_cpu}/cpu{server_cpu}"
     else:
         placement = "unpinned"
-    budget = cfg["budget_s"] * max(1.0, reps / cfg["reps"])
+    budget = Budget("bench.floor", cfg["budget_s"] * max(1.0, reps / cfg["reps"]), scale)
     load_before = os.getloadavg()
     cpu_before = _cpu_counters()
     t_start = time.monotonic()
-    deadline = t_start + budget
-
-    def remaining() -> float:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"bench.floor exceeded its {budget:.0f}s budget")
-        return left
+    remaining = budget.remaining
 
     env = dict(os.environ)
     if track_greenlet_tree is not None:
@@ -332,45 +332,31 @@ def run_floor(
     try:
         started = []
         for v in variants:
-            args = ["--serve", v, "--port", "0", "--limit", str(int(budget) + 30)]
+            args = ["--serve", v, "--port", "0", "--limit", str(int(budget.total) + 30)]
             child = Child(f"server[{v}]", "bench.floor", args + cpu_args(server_cpu), env)
             children.append(child)
             started.append((v, child))
-        for v, child in started:
-            line = child.readline(timeout=min(remaining(), 30.0))
-            if not line.startswith("READY "):
-                raise ChildError(f"{child.name}: unexpected output {line!r}")
-            info = json.loads(line[len("READY ") :])
-            servers[v] = (info["port"], info)
+        failed = _start_servers(started, servers, remaining)
         counts = {"rtt": cfg["rtt"], "oneway": cfg["oneway"]}
         per_client = 20.0 if quick else 60.0
         for rep in range(reps):
             for v in variants:
-                limit = min(remaining(), per_client)
-                args = [
-                    "--client",
+                if v not in servers:  # its server did not start within the budget
+                    runs[v].append({"error": failed})
+                    continue
+                res = _client_run(
                     v,
-                    "--port",
-                    str(servers[v][0]),
-                    "--limit",
-                    f"{max(limit - 2.0, 1.0):.1f}",
-                    "--counts",
-                    json.dumps(counts),
-                ]
-                child = Child(f"client[{v}]", "bench.floor", args + cpu_args(client_cpu), env)
-                children.append(child)
-                try:
-                    line = child.readline(timeout=limit)
-                finally:
-                    child.kill()
-                res = json.loads(line)
+                    servers[v][0],
+                    counts,
+                    budget,
+                    per_client,
+                    env,
+                    cpu_args(client_cpu),
+                    children,
+                )
                 runs[v].append(res)
                 if verbose:
-                    _log(
-                        f"rep {rep + 1}/{reps} {v}: p50 {res['rtt_p50_us']:.0f} us, "
-                        f"p99 {res['rtt_p99_us']:.0f} us, "
-                        f"{res['oneway_msgs_per_s'] / 1000:.0f}k msg/s"
-                    )
+                    _log(f"rep {rep + 1}/{reps} {v}: " + _run_line(res))
     finally:
         for child in children:
             child.kill()
@@ -383,36 +369,14 @@ def run_floor(
         own = cpu_after[1] - cpu_before[1]
         other_cpu_s = round(max(0.0, busy - own), 1)
 
-    out_variants: dict[str, dict[str, Any]] = {}
-    for v in variants:
-        rs = runs[v]
-
-        def med(key: str, rs: list[dict[str, Any]] = rs) -> float:
-            return statistics.median(r[key] for r in rs)
-
-        out_variants[v] = {
-            "rtt_p50_us": round(med("rtt_p50_us"), 1),
-            "rtt_p99_us": round(med("rtt_p99_us"), 1),
-            "rtt_mean_us": round(med("rtt_mean_us"), 1),
-            "oneway_msgs_per_s": round(med("oneway_msgs_per_s")),
-            "rtt_n": rs[0]["rtt_n"],
-            "oneway_n": rs[0]["oneway_n"],
-            "oneway_count": min(r["oneway_count"] for r in rs),
-            "counts_matched": all(r["oneway_count"] == r["oneway_n"] for r in rs),
-            "reps": len(rs),
-            "affinity": {"client": rs[0]["affinity"], "server": servers[v][1]["affinity"]},
-            "runs": [
-                {
-                    "rtt_p50_us": round(r["rtt_p50_us"], 1),
-                    "rtt_p99_us": round(r["rtt_p99_us"], 1),
-                    "oneway_msgs_per_s": round(r["oneway_msgs_per_s"]),
-                }
-                for r in rs
-            ],
-        }
-    inline = [v for v in variants if v.endswith("inline")] or list(variants)
-    best_rtt = min(inline, key=lambda v: out_variants[v]["rtt_p50_us"])
-    best_ow = max(inline, key=lambda v: out_variants[v]["oneway_msgs_per_s"])
+    no_server: dict[str, Any] = {"affinity": [], "track_greenlet_tree": None}
+    out_variants = {
+        v: _variant_summary(runs[v], servers.get(v, (0, no_server))[1]) for v in variants
+    }
+    finished = {v: m for v, m in out_variants.items() if "error" not in m}
+    inline = [v for v in finished if v.endswith("inline")] or list(finished)
+    best_rtt = min(inline, key=lambda v: finished[v]["rtt_p50_us"], default=None)
+    best_ow = max(inline, key=lambda v: finished[v]["oneway_msgs_per_s"], default=None)
     return {
         "benchmark": "floor",
         "quick": quick,
@@ -424,17 +388,112 @@ def run_floor(
         },
         "variants": out_variants,
         "floor": {
-            "rtt_p50_us": out_variants[best_rtt]["rtt_p50_us"],
-            "oneway_msgs_per_s": out_variants[best_ow]["oneway_msgs_per_s"],
+            "rtt_p50_us": finished[best_rtt]["rtt_p50_us"] if best_rtt else None,
+            "oneway_msgs_per_s": finished[best_ow]["oneway_msgs_per_s"] if best_ow else None,
             "rtt_p50_from": best_rtt,
             "oneway_from": best_ow,
         },
-        "gevent_track_greenlet_tree": servers[variants[0]][1]["track_greenlet_tree"],
+        "budget": {"scale": scale, "total_s": round(budget.total, 1)},
+        "gevent_track_greenlet_tree": servers.get(variants[0], (0, no_server))[1][
+            "track_greenlet_tree"
+        ],
         "versions": _versions(),
         "loadavg": {"before": list(load_before), "after": list(os.getloadavg())},
         # CPU seconds used by other programs during the run (shared machines):
         "other_cpu_s": other_cpu_s,
         "elapsed_s": round(elapsed, 1),
+    }
+
+
+def _start_servers(started: list[Any], servers: dict[str, Any], remaining: Any) -> str:
+    """Wait for each server's READY line; on a failure or the budget running out, the
+    servers not ready stay out of *servers* and the reason is returned (else "")."""
+    from bench._proc import ChildError
+
+    for v, child in started:
+        try:
+            line = child.readline(timeout=min(remaining(), 30.0))
+        except (ChildError, TimeoutError) as exc:
+            return f"not finished: {exc}".splitlines()[0]
+        if not line.startswith("READY "):
+            raise ChildError(f"{child.name}: unexpected output {line!r}")
+        info = json.loads(line[len("READY ") :])
+        servers[v] = (info["port"], info)
+    return ""
+
+
+def _client_run(
+    variant: str,
+    port: int,
+    counts: dict[str, Any],
+    budget: Any,
+    per_client: float,
+    env: dict[str, str],
+    cpu_args: list[str],
+    children: list[Any],
+) -> dict[str, Any]:
+    """One client repetition against *variant*'s server: its metrics, or ``{"error"}``
+    when it fails or misses its (scaled) limit, so that the other variants still run."""
+    from bench._proc import Child, ChildError
+    from bench.budget import PartTimeout
+
+    try:
+        limit = budget.limit(per_client)
+    except PartTimeout as exc:
+        return {"error": f"not finished: {exc}"}
+    args = ["--client", variant, "--port", str(port), "--limit", f"{max(limit - 2.0, 1.0):.1f}"]
+    child = Child(
+        f"client[{variant}]", "bench.floor", args + ["--counts", json.dumps(counts)] + cpu_args, env
+    )
+    children.append(child)
+    try:
+        res: dict[str, Any] = json.loads(child.readline(timeout=limit))
+    except ChildError as exc:
+        return {"error": f"not finished: {exc}".splitlines()[0], "affinity": []}
+    finally:
+        child.kill()
+    return res
+
+
+def _run_line(res: dict[str, Any]) -> str:
+    if "error" in res:
+        return str(res["error"])
+    return (
+        f"p50 {res['rtt_p50_us']:.0f} us, p99 {res['rtt_p99_us']:.0f} us, "
+        f"{res['oneway_msgs_per_s'] / 1000:.0f}k msg/s"
+    )
+
+
+def _variant_summary(runs: list[dict[str, Any]], server: dict[str, Any]) -> dict[str, Any]:
+    """Medians over the repetitions that finished; ``{"error"}`` when none did."""
+    rs = [r for r in runs if "error" not in r]
+    affinity = {"client": rs[0]["affinity"] if rs else [], "server": server["affinity"]}
+    if not rs:
+        return {"error": runs[-1]["error"] if runs else "not run", "affinity": affinity}
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in rs)
+
+    return {
+        "rtt_p50_us": round(med("rtt_p50_us"), 1),
+        "rtt_p99_us": round(med("rtt_p99_us"), 1),
+        "rtt_mean_us": round(med("rtt_mean_us"), 1),
+        "oneway_msgs_per_s": round(med("oneway_msgs_per_s")),
+        "rtt_n": rs[0]["rtt_n"],
+        "oneway_n": rs[0]["oneway_n"],
+        "oneway_count": min(r["oneway_count"] for r in rs),
+        "counts_matched": all(r["oneway_count"] == r["oneway_n"] for r in rs),
+        "reps": len(rs),
+        "not_finished": len(runs) - len(rs),
+        "affinity": affinity,
+        "runs": [
+            {
+                "rtt_p50_us": round(r["rtt_p50_us"], 1),
+                "rtt_p99_us": round(r["rtt_p99_us"], 1),
+                "oneway_msgs_per_s": round(r["oneway_msgs_per_s"]),
+            }
+            for r in rs
+        ],
     }
 
 
@@ -446,16 +505,22 @@ def format_table(result: dict[str, Any]) -> str:
         f"{'variant':<14}{'rtt p50 us':>12}{'rtt p99 us':>12}{'one-way msg/s':>15}",
     ]
     for name, m in result["variants"].items():
+        if "error" in m:
+            lines.append(f"{name:<14}  {m['error']}")
+            continue
         lines.append(
             f"{name:<14}{m['rtt_p50_us']:>12.1f}{m['rtt_p99_us']:>12.1f}"
             f"{m['oneway_msgs_per_s']:>15,}"
         )
     f = result["floor"]
-    lines.append(
-        f"floor: rtt p50 {f['rtt_p50_us']:.1f} us ({f['rtt_p50_from']}), "
-        f"one-way {f['oneway_msgs_per_s']:,} msg/s ({f['oneway_from']}); "
-        f"{result['elapsed_s']}s, other programs used {result['other_cpu_s']} CPU-s"
-    )
+    if f["rtt_p50_us"] is None:
+        lines.append("floor: NOT MEASURED (no inline variant finished); no ratios this run")
+    else:
+        lines.append(
+            f"floor: rtt p50 {f['rtt_p50_us']:.1f} us ({f['rtt_p50_from']}), "
+            f"one-way {f['oneway_msgs_per_s']:,} msg/s ({f['oneway_from']}); "
+            f"{result['elapsed_s']}s, other programs used {result['other_cpu_s']} CPU-s"
+        )
     return "\n".join(lines)
 
 
@@ -473,6 +538,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-tree",
         action="store_true",
         help="run the children with GEVENT_TRACK_GREENLET_TREE=0",
+    )
+    p.add_argument(
+        "--budget-scale",
+        type=float,
+        default=1.0,
+        help="multiply the time budgets (python -m bench sets it from a calibration)",
     )
     # child modes (used by the orchestrator)
     p.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -502,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = tuple(a.variant) if a.variant else VARIANTS
     result = run_floor(
+        scale=a.budget_scale,
         quick=a.quick,
         pin=a.pin,
         reps=a.reps,

@@ -52,7 +52,7 @@ FULL: dict[str, Any] = {
     "spawn_sync": 1000,
     "spawn_local": 10000,
     "reps": 3,  # repetitions of send, call and nowait: the median is reported
-    "budget_s": 200.0,
+    "budget_s": {"mesh": 150.0, "memory": 60.0},  # per phase, times the run's scale
 }
 QUICK: dict[str, Any] = {
     "send": (200, 2000),
@@ -68,7 +68,7 @@ QUICK: dict[str, Any] = {
     "spawn_sync": 200,
     "spawn_local": 2000,
     "reps": 1,
-    "budget_s": 45.0,
+    "budget_s": {"mesh": 35.0, "memory": 20.0},
 }
 
 
@@ -472,14 +472,19 @@ def _with_anomalies(stats: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- orchestration
 
 
-def run_mesh(quick: bool = False, pin: bool = False, verbose: bool = False) -> dict[str, Any]:
+def run_mesh(
+    quick: bool = False, pin: bool = False, verbose: bool = False, scale: float = 1.0
+) -> dict[str, Any]:
     """Run the zcell scenarios; see the module docstring.
 
     Returns ``{"metrics": {...}, "placement": ..., "phases": {...}, ...}``. A
-    scenario that fails has ``"error"`` in its entry; a child that dies or misses
-    its deadline raises ``ChildError``. Children are killed on return.
+    scenario that fails has ``"error"`` in its entry; a phase whose child dies or
+    misses its deadline (each phase's budget times *scale*) is reported as
+    ``"<phase>_phase": {"error": "not finished: ..."}`` and the next phase runs.
+    Children are killed on return.
     """
     from bench._proc import Child, ChildError
+    from bench.budget import Budget
 
     cfg = QUICK if quick else FULL
     cpus = sorted(os.sched_getaffinity(0))
@@ -489,15 +494,11 @@ def run_mesh(quick: bool = False, pin: bool = False, verbose: bool = False) -> d
             raise RuntimeError(f"--pin needs two CPUs, have {cpus}")
         client_cpu, server_cpu = cpus[0], cpus[1]
     placement = f"cpu{client_cpu}/cpu{server_cpu}" if pin else "unpinned"
-    budget = cfg["budget_s"]
     t_start = time.monotonic()
-    deadline = t_start + budget
+    budget = Budget("bench.mesh", 0.0)
 
     def remaining() -> float:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"bench.mesh exceeded its {budget:.0f}s budget")
-        return left
+        return budget.remaining()
 
     def cpu_args(cpu: int | None) -> list[str]:
         return [] if cpu is None else ["--cpu", str(cpu)]
@@ -541,9 +542,13 @@ def run_mesh(quick: bool = False, pin: bool = False, verbose: bool = False) -> d
                 raise ChildError(f"{child.name}: unexpected output {line!r}")
 
     def phase(name: str, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        nonlocal budget
+        budget = Budget(f"bench.mesh {name}", cfg["budget_s"][name], scale)
         load0, t0 = os.getloadavg(), time.monotonic()
         try:
             metrics = body()
+        except (ChildError, TimeoutError) as exc:
+            metrics = {f"{name}_phase": {"error": f"not finished: {exc}".splitlines()[0]}}
         finally:
             for child in children:
                 child.kill()
@@ -551,6 +556,7 @@ def run_mesh(quick: bool = False, pin: bool = False, verbose: bool = False) -> d
         phases[name] = {
             "elapsed_s": round(time.monotonic() - t0, 1),
             "loadavg": {"before": list(load0), "after": list(os.getloadavg())},
+            "budget_s": round(budget.total, 1),
         }
         return metrics
 
@@ -600,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small counts (smoke run)")
     p.add_argument("--pin", action="store_true", help="client and servers on different CPUs")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--budget-scale", type=float, default=1.0, help="multiply the time budgets")
     # child modes (used by the orchestrator)
     p.add_argument("--node", help=argparse.SUPPRESS)
     p.add_argument("--client", choices=("mesh", "memory"), help=argparse.SUPPRESS)
@@ -625,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(result), flush=True)
         return 0
 
-    result = run_mesh(quick=a.quick, pin=a.pin, verbose=True)
+    result = run_mesh(quick=a.quick, pin=a.pin, verbose=True, scale=a.budget_scale)
     if a.json:
         print(json.dumps(result, indent=2))
     else:

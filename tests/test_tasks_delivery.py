@@ -291,3 +291,14 @@ def test_a_timeout_on_a_task_for_a_queue_nobody_consumes_says_so(workers: Worker
     assert "-Q nobody-consumes-this" in str(raised.value)
     assert result.state == "PENDING"
     result.revoke()
+
+
+def test_a_burst_far_beyond_the_workers_room_all_completes(workers: Workers) -> None:
+    """2 000 tasks sent at once to a worker holding 8: "room" notices that overtake
+    the "full" replies they answer must not leave the submitter waiting forever
+    (it stalled after a few hundred tasks)."""
+    workers(1, concurrency=2)
+    results = [t.add.delay(i, 1) for i in range(2000)]
+    deadline = time.monotonic() + 20 * SLOW
+    got = [r.get(timeout=max(0.1, deadline - time.monotonic())) for r in results]
+    assert got == [i + 1 for i in range(2000)]

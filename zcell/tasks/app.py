@@ -351,7 +351,15 @@ class App:
             entry.callbacks.append(follow)
 
     def _add(self, dispatcher: Dispatcher, entry: Entry) -> None:
-        """Hand the entry to the dispatcher; wait (bounded) while it is full."""
+        """Hand the entry to the dispatcher; wait (bounded) while it is full.
+
+        A program thread with room hands over without waiting for the loop: a
+        blocking cross-thread call per task was the largest cost of ``delay()``
+        (bench/README.md, "Task layer").
+        """
+        if dispatcher.can_hand_over():
+            dispatcher.hand_over(entry)
+            return
         wait = float(self.conf.task_pending_wait)
         deadline = time.monotonic() + wait
         while not dispatcher.node.call_in_loop(dispatcher.add, entry):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -78,6 +79,7 @@ class Entry:
         self.held = False  # a worker holds it (it cannot be lost by a flush)
         self.claimed = False  # its code may have started
         self.consumer: str | None = None  # the consumer actor it was pushed to
+        self.pushed_at = 0.0  # time.monotonic() of the last push
         self.redeliveries = 0
         self.max_redeliveries = max_redeliveries
         self.done = Flag()
@@ -99,13 +101,18 @@ class Dispatcher:
         # Every entry a TaskResult of this process still holds (AsyncResult(id) here).
         self.known: weakref.WeakValueDictionary[str, Entry] = weakref.WeakValueDictionary()
         self.waiting: dict[str, collections.deque[Entry]] = {}
+        # Handed over by program threads, not taken by the loop yet (hand_over).
+        self.incoming: collections.deque[Entry] = collections.deque()
         self.full: set[str] = set()  # consumer actor ids that answered "full"
         self.full_since: dict[str, float] = {}  # when (monotonic) each was marked full
+        # consumer actor id -> time.monotonic() of its worker's last "room" notice
+        self.room_at: dict[str, float] = {}
         self.inflight: collections.Counter[str] = collections.Counter()
         self.capacity: dict[str, int] = {}  # consumer actor id -> its worker's capacity
         self.turn: collections.Counter[str] = collections.Counter()  # queue -> round-robin
         self.expiring: set[str] = set()  # queues where a task with an expiry may wait
         self._wake: Event | None = None
+        self.loop_ident: int | None = None  # the loop thread's id, once started
         self._pump: gevent.Greenlet | None = None
 
     # -- lifecycle (loop thread) ---------------------------------------------
@@ -115,6 +122,7 @@ class Dispatcher:
         self.node.call_in_loop(self._start)
 
     def _start(self) -> None:
+        self.loop_ident = threading.get_ident()
         self._wake = Event()
         self._pump = gevent.spawn(self._run_pump)
 
@@ -141,10 +149,32 @@ class Dispatcher:
     def waiting_count(self) -> int:
         return sum(len(q) for q in self.waiting.values())
 
+    def has_room(self) -> bool:
+        """Fewer than ``task_pending_max`` tasks wait or are being handed over (any
+        thread: ``list()`` copies the deques atomically under the GIL)."""
+        waiting = sum(len(q) for q in list(self.waiting.values())) + len(self.incoming)
+        return waiting < int(self.runtime.app.conf.task_pending_max)
+
+    def can_hand_over(self) -> bool:
+        """True in a program thread (not the loop's) while there is room."""
+        return threading.get_ident() != self.loop_ident and self.has_room()
+
+    def hand_over(self, entry: Entry) -> None:
+        """From a program thread: queue *entry* for the loop and return at once."""
+        self.incoming.append(entry)
+        self.node.submit(self._take_incoming)
+
+    def _take_incoming(self) -> None:
+        self._take(self.incoming.popleft())
+
     def add(self, entry: Entry) -> bool:
         """Take a new task; False when ``task_pending_max`` tasks already wait."""
-        if self.waiting_count() >= int(self.runtime.app.conf.task_pending_max):
+        if not self.has_room():
             return False
+        self._take(entry)
+        return True
+
+    def _take(self, entry: Entry) -> None:
         watched = self.known.get(entry.id)
         if watched is not None and watched is not entry and not watched.ready:
             # A work-flow's task this node watched and now sends itself.
@@ -152,7 +182,6 @@ class Dispatcher:
         self.entries[entry.id] = self.known[entry.id] = entry
         self._enqueue(entry)
         task_events.sent(self.node, entry.msg)
-        return True
 
     def _mirror(self, done: Entry, watched: Entry) -> None:
         watched.reported = True
@@ -229,6 +258,7 @@ class Dispatcher:
         msg["attempt"] += 1
         attempt = msg["attempt"]
         entry.consumer = consumer.id
+        entry.pushed_at = time.monotonic()
         self.inflight[consumer.id] += 1
         try:
             result = consumer.call("run", {"msg": msg}, timeout=NO_DEADLINE)
@@ -287,8 +317,11 @@ class Dispatcher:
     def _on_outcome(self, entry: Entry, consumer: str, value: dict[str, Any]) -> None:
         status = value.get("s")
         if status == "full":
-            self.full.add(consumer)
-            self.full_since[consumer] = time.monotonic()
+            # A "room" notice sent after this refusal may overtake the reply (another
+            # path): then the worker has room again and will send no other notice.
+            if self.room_at.get(consumer, -1.0) <= entry.pushed_at:
+                self.full.add(consumer)
+                self.full_since[consumer] = time.monotonic()
             cap = value.get("cap")
             if isinstance(cap, int) and cap > 0:
                 self.capacity[consumer] = cap
@@ -381,11 +414,19 @@ class Dispatcher:
 
     def room(self, consumers: list[str]) -> None:
         """The worker of these consumers has room again."""
+        now = time.monotonic()
         for consumer in consumers:
             self.full.discard(consumer)
             self.full_since.pop(consumer, None)
-            # What it holds for others changed: learn its room again from "full".
-            self.capacity.pop(consumer, None)
+            self.room_at[consumer] = now
+            # Slots freed there: up to "cap" pushes more than this node has in flight. Not
+            # forgetting the capacity: that let this submitter push every waiting
+            # task at once, each refused with "full", then "room" again, a storm
+            # that held a burst to ~100 tasks/s. (Its tasks waiting in get() lend
+            # their slots out, so the worker may take more than "cap" from here.)
+            cap = self.capacity.get(consumer)
+            if cap is not None:
+                self.capacity[consumer] = self.inflight[consumer] + cap
         self.wake()
 
     def update_state(self, task_id: str, state: str, meta: Any) -> None:
