@@ -40,6 +40,15 @@ def test_the_guides_chains_give_64(workers: Workers) -> None:
     assert (add.s(4, 4) | mul.s(8))().get(timeout=T) == 64
 
 
+def test_a_chain_may_repeat_one_signature_object(workers: Workers) -> None:
+    """``chain(*[add.s(1)] * 9)`` holds one object nine times: each step must get its
+    own id and options, as in Celery (which clones the steps)."""
+    workers(1)
+    step = t.add.s(1)
+    assert chain(t.add.s(1, 1), *[step] * 9)().get(timeout=T) == 11
+    assert chain(t.add.s(1, 1), *[step] * 9).apply_async().get(timeout=T) == 11
+
+
 def test_the_guides_groups_give_their_results_in_order(workers: Workers) -> None:
     workers(2)
     add = t.add

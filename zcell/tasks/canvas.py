@@ -328,7 +328,10 @@ class _Composite(Signature):
             flat.extend(t if is_many else [t])
         super().__init__(
             "",
-            kwargs={"tasks": [maybe_signature(t, app) for t in flat]},
+            # Copies, as Celery's chain clones its steps: one signature object may
+            # appear twice (``[add.s(1)] * 9``) or in two work-flows, and each
+            # member gets its own id when frozen.
+            kwargs={"tasks": [_owned(maybe_signature(t, app), t) for t in flat]},
             options=options,
             app=app or _first_app(flat),
         )
@@ -358,6 +361,11 @@ class _Composite(Signature):
         new = Signature.from_dict(self, self._app)
         new.options.update(opts)
         return new
+
+
+def _owned(sig: Signature, given: Any) -> Signature:
+    """``sig`` itself when ``maybe_signature`` made it, else a copy of the caller's."""
+    return sig.clone() if sig is given else sig
 
 
 def _first_app(tasks: list[Any]) -> App | None:
