@@ -27,6 +27,8 @@ STRICT_MODULES = [
     "zcell.actors.*",
     "zcell.cli.*",
     "zcell.tasks.*",
+    "zcell.dashboard.*",
+    "zcell.monitor.*",
 ]
 #: What ``mypy --strict`` turns on, less warn_redundant_casts (global only) and
 #: less ``strict`` itself (in an overrides table mypy applies it to every module).
