@@ -7,7 +7,7 @@ import base64
 import signal
 from typing import Any
 
-from conftest import wait_until
+from conftest import SLOW, wait_until
 
 SLEEPY = "zcell_test_tasks.sleepy"
 
@@ -60,8 +60,8 @@ def test_a_task_appears_and_turns_success_without_reload(
     app = task_app(cluster=dash.cluster, peers=[dash.peer])
     result = app.send_task(SLEEPY, [0.3])
     row = f'tr[data-task="{result.id}"] [data-col="state"]'
-    wait_until(lambda: cell(browser, row) is not None, 5, "the task listed")
-    wait_until(lambda: cell(browser, row) == "SUCCESS", 5, "the task shown SUCCESS")
+    wait_until(lambda: cell(browser, row) is not None, 15 * SLOW, "the task listed")
+    wait_until(lambda: cell(browser, row) == "SUCCESS", 15 * SLOW, "the task shown SUCCESS")
     assert browser.execute_script("return window.notReloaded") is True
 
 
