@@ -133,9 +133,13 @@ def test_bad_options_are_usage_errors(
 
 
 def test_an_offline_worker_is_greyed_then_forgotten(dashboard: Any) -> None:
-    dash = dashboard(["w1", "w2"], "--forget-offline", "1", worker_args=("--heartbeat", "0.3"))
-    wait_until(lambda: len(dash.json("/api/workers")) == 2, 5, "both workers listed")
+    # Greyed for 3 s: long enough that a slow poll of the API does not miss it.
+    dash = dashboard(["w1", "w2"], "--forget-offline", "3", worker_args=("--heartbeat", "0.3"))
+    beating = lambda: [w["heartbeat"] for w in dash.json("/api/workers").values()]  # noqa: E731
+    wait_until(lambda: len(beating()) == 2 and all(beating()), 10, "both workers beating")
     dash.workers["w2"].kill(signal.SIGKILL)
-    wait_until(lambda: dash.json("/api/workers").get("w2", {}).get("status") is False, 5, "grey")
-    wait_until(lambda: "w2" not in dash.json("/api/workers"), 5, "w2 forgotten")
+    # Grey when its event heartbeats stop or the mesh declares it down, whichever
+    # comes first (both take a few seconds).
+    wait_until(lambda: dash.json("/api/workers").get("w2", {}).get("status") is False, 10, "grey")
+    wait_until(lambda: "w2" not in dash.json("/api/workers"), 8, "w2 forgotten")
     assert dash.json("/api/workers")["w1"]["status"] is True

@@ -211,6 +211,26 @@ def test_liveness_is_first_hand_gossip_never_revives_a_peer_we_cannot_hear(make_
     assert on_c.send.echo(value=3) == 3
 
 
+def test_peers_with_different_heartbeats_never_declare_each_other_down(make_node):
+    # A node judges a member by the member's own heartbeat interval (node info
+    # "beat"), not its own: a 0.3 s node must not drop a 1 s one between beats.
+    fast = make_node("fast", heartbeat=FAST_HB, actors=[Echo])
+    slow = make_node("slow", heartbeat=1.0, peers=[fast.endpoints["inbox"]])
+    for n in (fast, slow):
+        n.wait_for(nodes=2, timeout=10 * SLOW)
+    echo = slow.spawn(Echo, on="fast")
+    start = time.monotonic()
+    calls = 0
+    while (now := time.monotonic()) < start + 4.0:
+        assert slow.id in ids(fast), "the 0.3 s node dropped the 1 s node between its beats"
+        assert fast.id in ids(slow)
+        if now > start + 1.5 * calls:  # seldom: a request also counts as a sign of life
+            assert echo.send.echo(value=calls, timeout=2.0) == calls
+            calls += 1
+        time.sleep(0.01)
+    assert calls >= 3
+
+
 @pytest.mark.slow
 def test_a_handler_hogging_the_cpu_for_10s_does_not_get_its_node_declared_down(make_node, procs):
     parent = make_node("parent")  # default heartbeat: 1 s

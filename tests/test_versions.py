@@ -96,6 +96,9 @@ def test_a_kind_is_sent_only_to_members_whose_minor_has_it():
     info = {k: "x" for k in ("id", "boot", "name", "cluster", "inbox", "pub", "hb")}
     assert Member.from_info(info).minors == (0, 0)
     assert Member.from_info({**info, "proto": [0, 3]}).minors == (0, 3)
+    # Its heartbeat interval, when stated ("beat", seconds; 0.0: not stated).
+    assert Member.from_info(info).beat == 0.0
+    assert Member.from_info({**info, "beat": 2}).beat == 2.0
 
 
 def test_every_kind_of_the_table_refuses_a_wrong_number_of_items():

@@ -56,6 +56,8 @@ class Member:
     synced: bool = False  # its directory snapshot has arrived
     # The protocol minors it speaks: only kinds its highest has are sent to it.
     minors: tuple[int, int] = UNSTATED
+    # Its heartbeat interval in seconds (node info "beat"); 0.0: not stated.
+    beat: float = 0.0
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> Member:
@@ -72,6 +74,7 @@ class Member:
             types={t for t in types if isinstance(t, str)} if isinstance(types, list) else set(),
             started=float(started) if isinstance(started, int | float) else 0.0,
             minors=minors(info),
+            beat=float(info.get("beat") or 0.0),
         )
 
 

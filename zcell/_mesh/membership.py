@@ -7,8 +7,8 @@ frames are then accepted only from its own connections (routing-id prefix) and
 its own SUB. Gossip (the member lists in WELCOMEs) and mDNS ads only suggest
 addresses to knock on; knocks are bounded and close their DEALERs when
 unanswered. A verified joiner whose name is taken is told so (REFUSED) on its
-own connection. A member that stays silent for 2.6 heartbeat intervals is
-declared down: its actors leave the directory and calls in flight
+own connection. A member that stays silent for 2.6 heartbeat intervals (its
+own interval, from its node info, when longer than ours) is declared down: its actors leave the directory and calls in flight
 to it fail with ``NodeDown``. ``DirectoryNews`` publishes the numbered changes to
 the node's own actors; ``Membership`` pulls peers' snapshots when it sees a gap.
 """
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 PROTOCOL = PROTOCOL_VERSION
 INF = float("inf")
 
+DOWN_AFTER = 2.6  # heartbeat intervals of silence before a member is down
 MAX_KNOCKS = 32  # unverified addresses being knocked on at once
 MAX_KNOCKS_PER_SOURCE = 2  # ... of which one connection's HELLOs (or gossip) may cause
 KNOCK_TIMEOUT = 2.0  # seconds an address has to answer a knock
@@ -411,7 +412,7 @@ class Membership:
             other = next((m for m in self._members.values() if m.name == name), None)
             if other is None:
                 return None
-            alive = time.monotonic() - other.last_seen < 1.5 * self._heartbeat
+            alive = time.monotonic() - other.last_seen < 1.5 * self.beat_of(other)
             go = alive and not other.leaving
             holder = f"node {other.name} at {other.inbox}"
         return (
@@ -665,10 +666,15 @@ class Membership:
             self._member_down(member, "this node was stopped")
         return True
 
+    def beat_of(self, member: Member) -> float:
+        """The heartbeat interval to judge ``member`` by: its own (node info
+        ``beat``), never shorter than ours (a member that does not state it
+        is judged by ours)."""
+        return max(self._heartbeat, member.beat)
+
     def housekeeping(self) -> None:
         """Liveness checks, expired calls, and knocking on seeds that are not members."""
         interval = min(0.2 * self._heartbeat, 0.25)
-        down_after = 2.6 * self._heartbeat
         last = time.monotonic()
         next_knock = 0.0
         while True:
@@ -689,7 +695,7 @@ class Membership:
                         member.last_seen = max(member.last_seen, now)
             last = now
             for member in list(self._members.values()):
-                if now - member.last_seen > down_after:
+                if now - member.last_seen > DOWN_AFTER * self.beat_of(member):
                     self._member_down(member, f"silent for {now - member.last_seen:.1f}s")
             self._shared.pending.expire(now)
             # Before expiring knocks: a refusal may be waiting on a knock's DEALER.

@@ -145,8 +145,8 @@ class Node:
             raise ValueError(f'discovery must be "mdns" or "static", not {discovery!r}')
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        if heartbeat <= 0:
-            raise ValueError("heartbeat must be positive")
+        if not 0 < heartbeat <= wire.MAX_BEAT:
+            raise ValueError(f"heartbeat must be positive, at most {wire.MAX_BEAT:g} seconds")
         if not hasattr(self, "actor_layer"):
             raise TypeError("the mesh node needs an actor layer: create a zcell.Node")
         self._layer = self.actor_layer
@@ -565,6 +565,7 @@ class Node:
             "types": sorted(self._types),
             "started": self._life.started_at or time.time(),
             "proto": wire.speaks(),
+            "beat": self.heartbeat,
         }
 
     def _heartbeat_frame(self) -> bytes:

@@ -87,6 +87,8 @@ class Kind:
 
 _PLAIN = (list, dict, str, bytes, int, float, bool)
 _NODE_INFO_KEYS = ("id", "boot", "name", "cluster", "inbox", "pub", "hb")
+#: The longest heartbeat interval a node info may state (``"beat"``, seconds).
+MAX_BEAT = 3600.0
 
 
 def _check_request(msg: list[Any]) -> None:
@@ -284,6 +286,10 @@ def check_node_info(info: dict[str, Any]) -> None:
             raise ProtocolError(f"node info lacks {key!r}")
     if "proto" in info:
         check_minors(info["proto"])
+    if "beat" in info:
+        beat = info["beat"]
+        if type(beat) not in (int, float) or not 0 < beat <= MAX_BEAT:
+            raise ProtocolError(f"node info has a malformed 'beat' (0 < seconds <= {MAX_BEAT})")
 
 
 def check_actor_list(actors: Any) -> None:
