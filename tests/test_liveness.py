@@ -248,10 +248,6 @@ def test_a_handler_hogging_the_cpu_for_10s_does_not_get_its_node_declared_down(m
     child.wait_for_line(r"loop was blocked", 5 * SLOW)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent since this stop (about 1 run in 3 here, and in both CI dry runs): requests sent to a SIGSTOPped node sometimes run after SIGCONT; cause not found yet, see the stop note; fix before relying on the frozen-node guarantee",
-)
 def test_requests_that_expire_while_a_node_is_frozen_never_run(make_node, procs):
     parent = make_node("parent", heartbeat=FAST_HB)
     child, child_id = start_child(procs, parent, "sleeper", FAST_HB)

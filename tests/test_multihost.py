@@ -345,10 +345,6 @@ def test_a_pairwise_partition_splits_only_that_pair_and_heals(mesh4):
     assert {"h0", "h1", "h2", "h2b"} <= set(d.members())
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent since this stop (about 1 run in 3 here, and in both CI dry runs): requests sent to a SIGSTOPped node sometimes run after SIGCONT; cause not found yet, see the stop note; fix before relying on the frozen-node guarantee",
-)
 def test_a_frozen_node_rejoins_and_requests_that_expired_meanwhile_never_run(mesh4):
     world = World(mesh4, 3, driver_host=3)
     d, victim = world.driver, world.echo[1]

@@ -291,9 +291,7 @@ class Membership:
         another node claiming its id (a restart has a new id).
         """
         now = time.monotonic()
-        if self.check_frozen(now) or (
-            self._shared.sockets.hb is not None and now < self._shared.sockets.hb.quiet_until
-        ):
+        if self.check_frozen(now) or self.quiet(now):
             return None  # just woke from a process stop: let the stale backlog drain
         member = self._members.get(info["id"])
         if member is not None:
@@ -654,17 +652,26 @@ class Membership:
         since = hb.stopped_since(now)
         if since is None:
             return False
+        # First, before anything that may yield (logging waits for a lock that
+        # the heartbeat thread may hold): a greenlet that reads the inbox
+        # meanwhile must find the quiet period on (`quiet`, checked by _admit).
         hb.quiet_until = now + max(0.5, self._heartbeat)
+        for member in list(self._members.values()):
+            self._member_down(member, "this node was stopped")
         log.warning(
             "zcell: node %s was stopped for %.1fs (heartbeats too): its peers "
-            "have declared it down; dropping them, rejoining in %.1fs",
+            "have declared it down; dropped them, rejoining in %.1fs",
             self._shared.name,
             now - since,
             hb.quiet_until - now,
         )
-        for member in list(self._members.values()):
-            self._member_down(member, "this node was stopped")
         return True
+
+    def quiet(self, now: float) -> bool:
+        """Whether this node just woke from a process stop (`check_frozen`): it
+        admits no frame from a peer, and re-admits no peer, until then."""
+        hb = self._shared.sockets.hb
+        return hb is not None and now < hb.quiet_until
 
     def beat_of(self, member: Member) -> float:
         """The heartbeat interval to judge ``member`` by: its own (node info

@@ -171,6 +171,7 @@ class Node:
         self.directory = Directory()
         self._scatter_seen: dict[tuple[str, int], None] = {}
         self._frozen_checked = 0.0  # when _admit last looked for a process stop
+        self._quiet = False  # what it found: just woke from one (_woke)
         self._life = Lifecycle()
         self._pid = os.getpid()
         self._tasks: list[gevent.Greenlet] = []  # the node's own long-running greenlets
@@ -711,12 +712,11 @@ class Node:
             return True  # from this node itself
         src = msg[wire.R_SRC]
         now = time.monotonic()
-        # Right after a SIGSTOP/SIGCONT the inbox holds requests whose callers
-        # gave up long ago: check for that before admitting any of them. A
-        # stop shows as a jump of the clock, so every 10 ms is enough.
-        if now - self._frozen_checked > 0.01:
-            self._frozen_checked = now
-            self._membership.check_frozen(now)
+        if now - self._frozen_checked > 0.01:  # inline: this runs for every request
+            self._look_for_stop(now)
+        if self._quiet:
+            self.stats["dropped_stale"] += 1
+            return False
         sender = self._roster.sender(routing, via)
         if sender is None or sender.id != src:
             relayed = msg[1] == REQ and msg[wire.R_FLAGS] & F_THROW and msg[wire.R_SEEN]
@@ -730,6 +730,27 @@ class Node:
         sender.last_seen = now
         return True
 
+    def _look_for_stop(self, now: float) -> None:
+        """Whether this node is in the quiet period after a process stop, when it
+        admits no peer's frame (``Membership.check_frozen``): noted in ``_quiet``.
+
+        Right after a SIGSTOP/SIGCONT the inbox holds requests whose callers
+        gave up long ago: look for that before admitting any of them. A stop
+        shows as a jump of the clock, so looking every 10 ms is enough.
+        """
+        self._frozen_checked = now
+        membership = self._membership
+        self._quiet = membership.check_frozen(now) or membership.quiet(now)
+
+    def _woke(self, now: float) -> bool:
+        """`_look_for_stop` for a control request: True (counted as stale) when
+        it arrives in the quiet period."""
+        if now - self._frozen_checked > 0.01:
+            self._look_for_stop(now)
+        if self._quiet:
+            self.stats["dropped_stale"] += 1
+        return self._quiet
+
     def _drop_claim(self, src: str) -> None:
         """Count a frame from a connection that is not its claimed sender's."""
         forged = src == self.id or src in self._members
@@ -739,6 +760,8 @@ class Node:
         if routing is None:
             return True  # from this node itself
         src = msg[C_SRC]
+        if self._woke(time.monotonic()):
+            return False
         sender = self._roster.sender(routing, None)
         if sender is None or sender.id != src:
             self._drop_claim(src)

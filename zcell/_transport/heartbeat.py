@@ -78,6 +78,7 @@ class HeartbeatThread:
         # The watchdog's (this thread's) own state:
         self.stuck_after = STUCK_HEARTBEATS * interval
         self.stuck = False
+        self._woke_at = 0.0  # the end of the last process stop
         self._name = name
         self._loop_cpu = loop_cpu
         self._cpu_samples: collections.deque[tuple[float, float]] = collections.deque()
@@ -125,6 +126,7 @@ class HeartbeatThread:
                     # Record the gap before moving last_beat (the node reads them
                     # in the other order, without a lock).
                     self.stalled_since = self.last_beat
+                    self._woke_at = now  # the loop was stopped too, not stuck
                 self.last_beat = now
                 try:
                     if self._loop_alive(now):
@@ -143,7 +145,7 @@ class HeartbeatThread:
     def _loop_alive(self, now: float) -> bool:
         """The watchdog: False (and logged once) while the loop is stuck."""
         computing = self._loop_computing(now)  # sampled every beat: a full window
-        silent = now - self.loop_tick
+        silent = now - max(self.loop_tick, self._woke_at)
         stuck = silent > self.stuck_after and not computing
         if stuck != self.stuck:
             self.stuck = stuck
