@@ -89,7 +89,7 @@ def start_hello_node(procs, cluster: str):
 def test_the_first_code_blocks_are_the_two_commands_demo_then_tests():
     first, second = readme_blocks()[:2]
     assert (first.lang, first.text) == ("sh", "pip install -e . && zcell demo")
-    assert (second.lang, second.text) == ("sh", "pip install -e '.[test]' && pytest")
+    assert (second.lang, second.text) == ("sh", "pip install -e '.[test]' && pytest -n 2")
     # CI runs the second one (quietly: -q is the only difference).
     with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
         ci = f.read()

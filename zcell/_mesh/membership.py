@@ -59,7 +59,9 @@ PROTOCOL = PROTOCOL_VERSION
 INF = float("inf")
 
 DOWN_AFTER = 2.6  # heartbeat intervals of silence before a member is down
-MAX_KNOCKS = 32  # unverified addresses being knocked on at once
+MAX_KNOCKS = 32  # unverified addresses being knocked on at once; a knock of our
+# own (not answering another's) only while fewer than half are: the rest is room
+# to answer the knocks of others, so that nodes busy knocking still meet.
 MAX_KNOCKS_PER_SOURCE = 2  # ... of which one connection's HELLOs (or gossip) may cause
 KNOCK_TIMEOUT = 2.0  # seconds an address has to answer a knock
 MAX_SEEDS = 256  # addresses (gossip, mDNS) kept to knock on again
@@ -188,8 +190,9 @@ class Membership:
 
         Whoever answers the challenge (a HELLO or WELCOME echoing it) is at that
         address: that is how a node is verified before it becomes a member.
-        Knocks are bounded (``MAX_KNOCKS``, ``MAX_KNOCKS_PER_SOURCE`` for those
-        one connection's HELLOs cause) and expire after ``KNOCK_TIMEOUT``; a
+        Knocks are bounded (``MAX_KNOCKS``, half of it for our own knocks,
+        ``MAX_KNOCKS_PER_SOURCE`` for those one connection's HELLOs cause), end
+        when the node becomes a member, and expire after ``KNOCK_TIMEOUT``; a
         knock that is not answered closes its DEALER.
         """
         if endpoint == self._endpoints.get("inbox"):
@@ -198,7 +201,7 @@ class Membership:
         if knock is None:
             if not echo and any(m.inbox == endpoint for m in self._members.values()):
                 return
-            busy = len(self._knocks) >= MAX_KNOCKS or (
+            busy = len(self._knocks) >= (MAX_KNOCKS if echo else MAX_KNOCKS // 2) or (
                 source
                 and sum(1 for k in self._knocks.values() if k.source == source)
                 >= MAX_KNOCKS_PER_SOURCE
@@ -298,6 +301,7 @@ class Membership:
             if member.boot == info["boot"] and member.inbox == info["inbox"]:
                 member.last_seen = now
                 self._shared.roster.claim_prefix(member, routing)
+                self._knocks.pop(member.inbox, None)  # answered: its slot is free
                 return member
             if member.inbox != info["inbox"]:
                 self._shared.stats["dropped_forged"] += 1
@@ -328,6 +332,7 @@ class Membership:
         member.subscribed = member.id in self._subscribed
         self._members[member.id] = member
         self._shared.roster.claim_prefix(member, routing)
+        self._knocks.pop(member.inbox, None)  # answered: its slot is free
         self._subscribe(member)
         log.info("zcell: %s joined (%s)", member.name, member.inbox)
         # Tell the others: a node that joined through us before this one did
@@ -712,12 +717,21 @@ class Membership:
                 self._shared.sockets.hb and now < self._shared.sockets.hb.quiet_until
             ):
                 next_knock = now + 1.0
-                member_inboxes = {m.inbox for m in self._members.values()}
-                for endpoint, expiry in list(self._seeds.items()):
-                    if expiry < now:
-                        del self._seeds[endpoint]
-                    elif endpoint not in member_inboxes:
-                        self._hello(endpoint)
+                self._knock_on_seeds(now)
+
+    def _knock_on_seeds(self, now: float) -> None:
+        """Knock on the addresses we know of that are not members, as many as our
+        half of the knock budget allows: those knocked on go to the back of the
+        line, so that the next round knocks on the others first."""
+        room = MAX_KNOCKS // 2 - len(self._knocks)
+        member_inboxes = {m.inbox for m in self._members.values()}
+        for endpoint, expiry in list(self._seeds.items()):
+            if expiry < now:
+                del self._seeds[endpoint]
+            elif room > 0 and endpoint not in member_inboxes and endpoint not in self._knocks:
+                room -= 1
+                self._hello(endpoint)
+                self._seeds[endpoint] = self._seeds.pop(endpoint)
 
     def read_pub(self) -> None:
         """Read our XPUB's subscription messages: which members' SUBs reach it."""
