@@ -7,11 +7,13 @@ processes, frozen with SIGSTOP, killed with SIGKILL or stopped with SIGTERM.
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import sys
 import time
 
+import gevent
 import pytest
 import zmq
 from conftest import SLOW, wait_until
@@ -281,6 +283,39 @@ def test_requests_that_expire_while_a_node_is_frozen_never_run(make_node, procs)
     assert ref.send.count() == 1
     assert ref.send.echo(value="fresh") == "fresh"
     assert ref.send.count() == 2
+
+
+def test_a_stop_noticed_while_the_loop_yields_admits_none_of_the_backlog(make_node):
+    # The frozen-node race, made deterministic. Waking from a process stop, the
+    # node's housekeeping notices it and logs; a log handler may wait (for a lock
+    # that the heartbeat thread holds), and the loop then runs other greenlets.
+    # Requests read from the inbox meanwhile must be dropped, not run.
+    a = make_node("a", heartbeat=FAST_HB, actors=[Echo])
+    b = make_node("b", heartbeat=FAST_HB, peers=[a.endpoints["inbox"]])
+    b.wait_for(nodes=2, timeout=10 * SLOW)
+    ref = b.spawn(Echo, on="a")
+    assert ref.send.echo(value=0) == 0
+
+    class Waits(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if a._loop.in_loop():
+                gevent.sleep(0.5)  # yields to a's other greenlets
+
+    waits = Waits(logging.WARNING)
+    log = logging.getLogger("zcell._mesh.membership")
+    log.addHandler(waits)
+    try:
+        # As if the process had just been stopped for 5 s (the heartbeat
+        # thread's record of its own silence), noticed within 0.06 s.
+        a._sockets.hb.stalled_since = time.monotonic() - 5.0
+        time.sleep(0.15)
+        for i in range(5):
+            ref.send.echo(value=i, nowait=True, timeout=0.3)
+        time.sleep(0.6)
+    finally:
+        log.removeHandler(waits)
+    wait_until(lambda: b.id in ids(a), 10, "a re-admits b")
+    assert ref.send.count() == 1, "a request read during the wake-up ran"
 
 
 def test_a_request_carrying_a_stale_boot_id_is_dropped(make_node):
