@@ -102,6 +102,12 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> fl
     return time.monotonic() - start
 
 
+def process_state(pid: int) -> str:
+    """The kernel's one-letter state of a process (``T``: stopped by a signal)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 @pytest.fixture
 def make_node() -> Iterator[MakeNode]:
     """Start nodes (static discovery on 127.0.0.1 unless told otherwise); stop them all."""

@@ -16,7 +16,7 @@ import time
 import gevent
 import pytest
 import zmq
-from conftest import SLOW, wait_until
+from conftest import SLOW, process_state, wait_until
 from zcell_test_actors import Echo
 
 from zcell import Node, NodeDown, ProtocolError
@@ -45,12 +45,6 @@ def start_child(procs, parent: Node, name: str, heartbeat: float = FAST_HB, *ext
     proc.wait_for_line(r"^ready$", 10 * SLOW)
     wait_until(lambda: node_id in ids(parent), 10, f"{name} joins the parent")
     return proc, node_id
-
-
-def process_state(pid: int) -> str:
-    """The kernel's one-letter state of a process (``T``: stopped by a signal)."""
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def outcome(result, timeout: float) -> tuple[str, float]:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import SLOW, child_env
+from conftest import SLOW, child_env, process_state, wait_until
 from netns import Host, Mesh, Proc, mesh_fixture, nft_available
 
 pytestmark = pytest.mark.netns
@@ -352,6 +352,9 @@ def test_a_frozen_node_rejoins_and_requests_that_expired_meanwhile_never_run(mes
 
     world.procs[1].send_signal(signal.SIGSTOP)
     frozen_at = time.monotonic()
+    # A signal takes effect a moment after kill() returns: a request sent at once
+    # could still be handled. Wait until the kernel shows the process stopped.
+    wait_until(lambda: process_state(world.procs[1].pid) == "T", 2, "h1 is stopped")
     for i in range(5):  # these wait in h1's socket buffers, past their deadlines
         assert (
             d("send", actor=victim, method="echo", kwargs={"value": i}, nowait=True, timeout=0.3)[
