@@ -20,6 +20,13 @@ and measures, on the clock all namespaces share:
 - **SIGKILL detection**: one member is SIGKILLed; the time until every other
   member has logged it down (max) and the median.
 
+The hosts' ARP entries all count against the kernel's one neighbour table
+(``net.ipv4.neigh.default.gc_thresh*``, 1024 entries by default, shared by every
+namespace): a mesh of N hosts needs about N x (N - 1). Past ~32 hosts the table
+overflows ("neighbor table overflow!" in the kernel log) and some hosts can reach
+nobody, so for each size the thresholds are raised to fit while it runs and put
+back afterwards (``neighbour_room``).
+
 It asserts nothing and prints one table (or JSON). The machine is shared: other
 programs' CPU shows up as slower convergence and detection, never as a member's
 CPU (that is counted per process).
@@ -28,6 +35,7 @@ CPU (that is counted per process).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -36,6 +44,7 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,11 +206,36 @@ def _detect(members: list[Member], timeout: float) -> dict[str, Any]:
     }
 
 
+_NEIGH = "/proc/sys/net/ipv4/neigh/default/gc_thresh{}"
+
+
+@contextlib.contextmanager
+def neighbour_room(n: int) -> Iterator[None]:
+    """Let the kernel's neighbour table (shared by all namespaces) hold the ARP
+    entries of a mesh of *n* hosts, each of which talks to all the others; the
+    old thresholds are restored afterwards."""
+    need = n * (n - 1) + 256
+    old = {}
+    for i in (1, 2, 3):
+        with open(_NEIGH.format(i)) as f:
+            old[i] = int(f.read())
+    try:
+        # Raised from the top down (gc_thresh1 <= gc_thresh2 <= gc_thresh3).
+        for i in (3, 2, 1):
+            with open(_NEIGH.format(i), "w") as f:
+                f.write(str(max(old[i], need)))
+        yield
+    finally:
+        for i in (1, 2, 3):
+            with open(_NEIGH.format(i), "w") as f:
+                f.write(str(old[i]))
+
+
 def run_size(n: int, idle_s: float, timeout: float) -> dict[str, Any]:
     """Build a mesh of *n* hosts, one member each, and measure it."""
     cluster = f"scale-{secrets.token_hex(4)}"
     env = _child_env()
-    with Mesh(n) as mesh:
+    with neighbour_room(n), Mesh(n) as mesh:
         t0 = time.monotonic()
         members = [Member(mesh, i, cluster, env) for i in range(n)]
         _wait(members, lambda: all(m.ready_at for m in members), timeout, "members ready")
