@@ -32,6 +32,15 @@ def ids(node: Node) -> set[str]:
     return {n["id"] for n in node.nodes()}
 
 
+def echo_pair(make_node):
+    """Nodes a (hosting an Echo) and b joined to it, 0.3 s heartbeats; (a, b,
+    a proxy of that Echo as b sees it)."""
+    a = make_node("a", heartbeat=FAST_HB, actors=[Echo])
+    b = make_node("b", heartbeat=FAST_HB, peers=[a.endpoints["inbox"]])
+    b.wait_for(nodes=2, timeout=10 * SLOW)
+    return a, b, b.spawn(Echo, on="a")
+
+
 def start_child(procs, parent: Node, name: str, heartbeat: float = FAST_HB, *extra: str):
     """A `zcell node` child hosting the test actors, joined to ``parent``.
 
@@ -284,10 +293,7 @@ def test_a_stop_noticed_while_the_loop_yields_admits_none_of_the_backlog(make_no
     # node's housekeeping notices it and logs; a log handler may wait (for a lock
     # that the heartbeat thread holds), and the loop then runs other greenlets.
     # Requests read from the inbox meanwhile must be dropped, not run.
-    a = make_node("a", heartbeat=FAST_HB, actors=[Echo])
-    b = make_node("b", heartbeat=FAST_HB, peers=[a.endpoints["inbox"]])
-    b.wait_for(nodes=2, timeout=10 * SLOW)
-    ref = b.spawn(Echo, on="a")
+    a, b, ref = echo_pair(make_node)
     assert ref.send.echo(value=0) == 0
 
     class Waits(logging.Handler):
@@ -313,10 +319,7 @@ def test_a_stop_noticed_while_the_loop_yields_admits_none_of_the_backlog(make_no
 
 
 def test_a_request_carrying_a_stale_boot_id_is_dropped(make_node):
-    a = make_node("a", heartbeat=FAST_HB, actors=[Echo])
-    b = make_node("b", heartbeat=FAST_HB, peers=[a.endpoints["inbox"]])
-    b.wait_for(nodes=2, timeout=10 * SLOW)
-    ref = b.spawn(Echo, on="a")
+    a, b, ref = echo_pair(make_node)
     assert ref.send.echo(value=1) == 1
 
     def forge(boot: str, ttl: int) -> bytes:
