@@ -71,6 +71,12 @@ def run_block(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     own (see :func:`with_cluster`); returns the finished process, output captured."""
     script = tmp_path / "block.py"
     script.write_text(with_cluster(code, unique_cluster()))
+    return run_script(script)
+
+
+def run_script(script: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a child process from the repository's root (bounded in
+    time); returns the finished process, output captured."""
     return subprocess.run(
         [sys.executable, str(script)],
         cwd=ROOT,

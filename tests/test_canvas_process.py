@@ -5,14 +5,12 @@ submitter exits before it completes, a chord whose coordinator dies."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zcell_test_tasks as t
-from conftest import ROOT, SLOW, child_env, start_zcell_worker, unique_cluster, wait_until
+from conftest import SLOW, run_script, start_zcell_worker, unique_cluster, wait_until
 from test_tasks_workers import _runs, _two_workers
 
 from zcell import ChordError, WorkerLostError, chord
@@ -65,14 +63,7 @@ def test_a_chord_completes_after_its_submitter_exited(
     _, inbox = start_zcell_worker(procs, "w1", cluster, "-c", "4")
     script = tmp_path / "submit.py"
     script.write_text(SUBMIT_AND_EXIT.format(cluster=cluster, inbox=inbox))
-    child = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30 * SLOW,
-        env=child_env(),
-    )
+    child = run_script(script)
     assert child.returncode == 0, child.stderr
     body_id = child.stdout.split()[-1]
     app = task_app(cluster=cluster, peers=[inbox])

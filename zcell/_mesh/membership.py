@@ -8,8 +8,8 @@ its own SUB. Gossip (the member lists in WELCOMEs) and mDNS ads only suggest
 addresses to knock on; knocks are bounded and close their DEALERs when
 unanswered. A verified joiner whose name is taken is told so (REFUSED) on its
 own connection. A member that stays silent for 2.6 heartbeat intervals (its
-own interval, from its node info, when longer than ours) is declared down: its actors leave the directory and calls in flight
-to it fail with ``NodeDown``. ``DirectoryNews`` publishes the numbered changes to
+own interval, from its node info, when longer than ours) is declared down: its
+actors leave the directory and calls in flight to it fail with ``NodeDown``. ``DirectoryNews`` publishes the numbered changes to
 the node's own actors; ``Membership`` pulls peers' snapshots when it sees a gap.
 """
 
@@ -713,9 +713,7 @@ class Membership:
             # Before expiring knocks: a refusal may be waiting on a knock's DEALER.
             self._drain_dealers()
             self._expire_knocks(now)
-            if now >= next_knock and not (
-                self._shared.sockets.hb and now < self._shared.sockets.hb.quiet_until
-            ):
+            if now >= next_knock and not self.quiet(now):
                 next_knock = now + 1.0
                 self._knock_on_seeds(now)
 
