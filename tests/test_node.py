@@ -58,6 +58,13 @@ def test_using_a_stopped_node_raises_node_stopped(make_node):
     node.stop()  # idempotent
 
 
+@pytest.mark.parametrize("heartbeat", [0, -1.0, 3600.5])
+def test_a_heartbeat_outside_what_the_wire_can_state_is_a_value_error(heartbeat):
+    # Peers judge a member by the interval it states ("beat", 0 < beat <= 3600).
+    with pytest.raises(ValueError, match="heartbeat must be positive, at most 3600 seconds"):
+        Node(heartbeat=heartbeat)
+
+
 def test_a_node_cannot_be_started_twice(make_node):
     node = make_node()
     with pytest.raises(NodeStopped):
