@@ -214,16 +214,43 @@ def test_async_result_finds_a_finished_task_and_an_unknown_id_is_pending(
     assert t.app.AsyncResult("no-such-id").state == "PENDING"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent (3 of 8 runs alone on 91faf92, 5 of 10 on fac2c33): a parent "
-    "stays RECEIVED for 30 s, held by a worker whose other slots are lent out by waiting "
-    "parents, and never starts; issue 15 is open until this is fixed",
-)
 def test_nested_get_with_every_slot_taken_completes(workers: Workers) -> None:
     workers(2, concurrency=2, prefetch=1)
     parents = [t.parent.delay(3) for _ in range(6)]  # more parents than the 4 slots
     assert [p.get(timeout=30 * SLOW) for p in parents] == [3] * 6
+
+
+def test_a_room_notice_that_overtakes_the_full_reply_strands_nothing(
+    make_node: MakeNode, task_app: Any
+) -> None:
+    """The worker refuses a push, a slot frees at once, and its "room" notice reaches
+    the submitter before the "full" reply does. The submitter must not then take
+    the reply's capacity for the truth: its parents waiting in get() at the worker
+    hold no place there, so counting them would keep their children from it for good."""
+    import gevent
+
+    from zcell.tasks import Worker
+
+    class Overtaken(Worker):
+        def _refuse(self, agent: Any) -> None:
+            super()._refuse(agent)
+            gevent.spawn(self._room)  # a slot frees as the refusal leaves
+
+        def accept(self, raw: Any) -> dict[str, Any]:
+            outcome = super().accept(raw)
+            if outcome.get("s") == "full":
+                gevent.sleep(0.2)  # the reply comes after the notice
+            return outcome
+
+    node = make_node("w1", cluster=(cluster := f"overtaken-{time.monotonic_ns()}"))
+    task_app(cluster=cluster, peers=[node.endpoints["inbox"]])
+    worker = Overtaken(t.app, node, concurrency=1, prefetch=1).start()
+    try:
+        parents = [t.parent.delay(2) for _ in range(2)]  # the second is refused at first
+        assert [p.get(timeout=20 * SLOW) for p in parents] == [1, 1]
+    finally:
+        t.app.close(timeout=0)
+        worker.stop(timeout=0.5)
 
 
 def test_a_retrying_task_runs_again_with_retries_plus_one(workers: Workers, tmp_path: Path) -> None:

@@ -46,6 +46,11 @@ class TaskAgent(Actor):
             """A worker holds task ``id`` (it is RECEIVED)."""
             self._runtime().dispatcher.held(str(id), int(attempt))
 
+        def lending(self, id: str, attempt: int, lent: bool) -> None:  # noqa: A002
+            """Task ``id`` waits in ``get()`` at its worker (``lent``: its place there
+            is lent out), or waits no more."""
+            self._runtime().dispatcher.lending(str(id), int(attempt), bool(lent))
+
         def room(self, consumers: list[str]) -> None:
             """The worker of these consumer actors has room again."""
             self._runtime().dispatcher.room([str(c) for c in consumers])

@@ -79,6 +79,7 @@ class Entry:
         self.held = False  # a worker holds it (it cannot be lost by a flush)
         self.claimed = False  # its code may have started
         self.consumer: str | None = None  # the consumer actor it was pushed to
+        self.lent = False  # it waits in get() there: its place is lent out
         self.pushed_at = 0.0  # time.monotonic() of the last push
         self.redeliveries = 0
         self.max_redeliveries = max_redeliveries
@@ -104,10 +105,14 @@ class Dispatcher:
         # Handed over by program threads, not taken by the loop yet (hand_over).
         self.incoming: collections.deque[Entry] = collections.deque()
         self.full: set[str] = set()  # consumer actor ids that answered "full"
-        self.full_since: dict[str, float] = {}  # when (monotonic) each was marked full
+        # consumer actor id -> time.monotonic() of the last push to it, reply or notice
+        self.heard_at: dict[str, float] = {}
         # consumer actor id -> time.monotonic() of its worker's last "room" notice
         self.room_at: dict[str, float] = {}
         self.inflight: collections.Counter[str] = collections.Counter()
+        # consumer actor id -> tasks of ours in flight there that wait in get() and
+        # so lend their place at the worker out: they do not count against its room
+        self.lent: collections.Counter[str] = collections.Counter()
         self.capacity: dict[str, int] = {}  # consumer actor id -> its worker's capacity
         self.turn: collections.Counter[str] = collections.Counter()  # queue -> round-robin
         self.expiring: set[str] = set()  # queues where a task with an expiry may wait
@@ -209,7 +214,6 @@ class Dispatcher:
     def pump(self) -> None:
         """Push waiting tasks to consumers with room; expire the overdue."""
         now = time.time()
-        self._retry_full()
         for queue, tasks in list(self.waiting.items()):
             self._expire(queue, tasks, now)
             if not tasks:
@@ -234,31 +238,30 @@ class Dispatcher:
                 tasks.remove(entry)
                 self.finish(entry, REVOKED, TaskRevokedError(f"task {entry.id} expired"))
 
-    def _retry_full(self) -> None:
-        """Forget "full" for consumers holding nothing of ours since a re-check:
-        their "room" notice may have overtaken the "full" reply (or been lost),
-        and nothing else would wake us. A push answers "full" again if it still is."""
-        stale = time.monotonic() - RECHECK
-        for consumer in [c for c in self.full if not self.inflight[c]]:
-            if self.full_since.get(consumer, 0.0) <= stale:
-                self.full.discard(consumer)
-                self.full_since.pop(consumer, None)
-
     def _with_room(self, queue: str) -> list[ActorProxy]:
         return [p for p in self.node.actors(queue_actor_name(queue)) if self._has_room(p.id)]
 
     def _has_room(self, consumer: str) -> bool:
-        if consumer in self.full:
-            return False
-        cap = self.capacity.get(consumer)
-        return cap is None or self.inflight[consumer] < cap
+        if consumer not in self.full:
+            cap = self.capacity.get(consumer)
+            if cap is None or self._taking(consumer) < cap:
+                return True
+        # Full, or at its capacity by our count. A "room" notice can be lost (and our
+        # count can lag the worker's), so after RECHECK with nothing heard from it,
+        # one push asks again; a worker still full refuses it and sends "room" later.
+        return time.monotonic() - self.heard_at.get(consumer, 0.0) >= RECHECK
+
+    def _taking(self, consumer: str) -> int:
+        """Places at ``consumer``'s worker that our tasks in flight there take."""
+        busy = self.inflight[consumer]
+        return busy - self.lent[consumer] if self.lent else busy
 
     def _push(self, entry: Entry, consumer: ActorProxy) -> None:
         msg = entry.msg
         msg["attempt"] += 1
         attempt = msg["attempt"]
         entry.consumer = consumer.id
-        entry.pushed_at = time.monotonic()
+        entry.pushed_at = self.heard_at[consumer.id] = time.monotonic()
         self.inflight[consumer.id] += 1
         try:
             result = consumer.call("run", {"msg": msg}, timeout=NO_DEADLINE)
@@ -271,9 +274,12 @@ class Dispatcher:
     # -- following (loop thread) ----------------------------------------------
 
     def _on_reply(self, entry: Entry, attempt: int, consumer: str, result: Any) -> None:
+        self.heard_at[consumer] = time.monotonic()
         self.inflight[consumer] -= 1
         if self.inflight[consumer] <= 0:
             del self.inflight[consumer]
+        if entry.lent and entry.msg["attempt"] == attempt:
+            self._lend(entry, consumer, False)
         if entry.ready or entry.msg["attempt"] != attempt:
             return  # finished meanwhile (revoked, expired) or pushed again
         value = result.get(propagate=False)
@@ -321,7 +327,6 @@ class Dispatcher:
             # path): then the worker has room again and will send no other notice.
             if self.room_at.get(consumer, -1.0) <= entry.pushed_at:
                 self.full.add(consumer)
-                self.full_since[consumer] = time.monotonic()
             cap = value.get("cap")
             if isinstance(cap, int) and cap > 0:
                 self.capacity[consumer] = cap
@@ -389,6 +394,8 @@ class Dispatcher:
         entry = self.entries.get(task_id)
         if entry is not None and entry.msg["attempt"] == attempt:
             entry.held = True
+            if entry.consumer is not None:
+                self.full.discard(entry.consumer)  # it took a task: it had room
             if entry.state == PENDING:  # a retry stays RETRY until it ends, as in Celery
                 entry.state = RECEIVED
 
@@ -417,8 +424,7 @@ class Dispatcher:
         now = time.monotonic()
         for consumer in consumers:
             self.full.discard(consumer)
-            self.full_since.pop(consumer, None)
-            self.room_at[consumer] = now
+            self.room_at[consumer] = self.heard_at[consumer] = now
             # Slots freed there: up to "cap" pushes more than this node has in flight. Not
             # forgetting the capacity: that let this submitter push every waiting
             # task at once, each refused with "full", then "room" again, a storm
@@ -426,8 +432,25 @@ class Dispatcher:
             # their slots out, so the worker may take more than "cap" from here.)
             cap = self.capacity.get(consumer)
             if cap is not None:
-                self.capacity[consumer] = self.inflight[consumer] + cap
+                self.capacity[consumer] = self._taking(consumer) + cap
         self.wake()
+
+    def lending(self, task_id: str, attempt: int, lent: bool) -> None:
+        """A task of ours waits in ``get()`` at its worker (``lent``: its place there
+        is lent out), or waits no more."""
+        entry = self.entries.get(task_id)
+        if entry is None or entry.consumer is None or entry.msg["attempt"] != attempt:
+            return
+        if entry.lent != lent:
+            self._lend(entry, entry.consumer, lent)
+            if lent:
+                self.wake()
+
+    def _lend(self, entry: Entry, consumer: str, lent: bool) -> None:
+        entry.lent = lent
+        self.lent[consumer] += 1 if lent else -1
+        if self.lent[consumer] <= 0:
+            del self.lent[consumer]
 
     def update_state(self, task_id: str, state: str, meta: Any) -> None:
         """``self.update_state(...)`` in the running task."""

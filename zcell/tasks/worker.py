@@ -354,11 +354,13 @@ class Worker:
         """The task waits (``TaskResult.get``): lend its slot and its place out."""
         self._give_slot(request)
         self.held -= 1
+        _tell(request.msg, "lending", _lent(request.msg, True))
         self._room()
 
     def resume(self, request: Request) -> None:
         """The wait is over: take a slot back (the held count may run over briefly)."""
         self.held += 1
+        _tell(request.msg, "lending", _lent(request.msg, False))
         self._take_slot(request)
 
     def _give_slot(self, request: Request) -> None:
@@ -631,6 +633,11 @@ def _tell(msg: dict[str, Any], method: str, kwargs: dict[str, Any]) -> None:
         msg["reply_to"].send(method, kwargs, nowait=True)
     except ZcellError:
         pass
+
+
+def _lent(msg: dict[str, Any], lent: bool) -> dict[str, Any]:
+    """The submitter's notice that the task lends its place here out (or not)."""
+    return {"id": msg["id"], "attempt": msg["attempt"], "lent": lent}
 
 
 def _raw_id(raw: Any) -> str | None:
