@@ -42,9 +42,11 @@ class TaskAgent(Actor):
             """May this attempt of task ``id`` start now? (it is then STARTED here)"""
             return self._runtime().dispatcher.claim(str(id), int(attempt), str(worker))
 
-        def held(self, id: str, attempt: int) -> None:  # noqa: A002
-            """A worker holds task ``id`` (it is RECEIVED)."""
-            self._runtime().dispatcher.held(str(id), int(attempt))
+        def held(self, id: str, attempt: int, cap: int | None = None) -> None:  # noqa: A002
+            """A worker holds task ``id`` (it is RECEIVED); ``cap``: how many tasks
+            that worker holds at most."""
+            room = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
+            self._runtime().dispatcher.held(str(id), int(attempt), room)
 
         def lending(self, id: str, attempt: int, lent: bool) -> None:  # noqa: A002
             """Task ``id`` waits in ``get()`` at its worker (``lent``: its place there

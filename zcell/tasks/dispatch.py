@@ -80,6 +80,7 @@ class Entry:
         self.claimed = False  # its code may have started
         self.consumer: str | None = None  # the consumer actor it was pushed to
         self.lent = False  # it waits in get() there: its place is lent out
+        self.waiting = False  # in its queue's deque here (not pushed yet)
         self.pushed_at = 0.0  # time.monotonic() of the last push
         self.redeliveries = 0
         self.max_redeliveries = max_redeliveries
@@ -114,6 +115,13 @@ class Dispatcher:
         # so lend their place at the worker out: they do not count against its room
         self.lent: collections.Counter[str] = collections.Counter()
         self.capacity: dict[str, int] = {}  # consumer actor id -> its worker's capacity
+        # A consumer's capacity before its worker told it (its first "held" or
+        # "full"): what a worker of this app's settings holds. Pushing without a
+        # bound let a burst go out whole, to be refused whole and pushed again.
+        conf = runtime.app.conf
+        self.first_guess = max(
+            1, int(conf.worker_concurrency) * int(conf.worker_prefetch_multiplier)
+        )
         self.turn: collections.Counter[str] = collections.Counter()  # queue -> round-robin
         self.expiring: set[str] = set()  # queues where a task with an expiry may wait
         self._wake: Event | None = None
@@ -203,6 +211,7 @@ class Dispatcher:
             queue.appendleft(entry)
         else:
             queue.append(entry)
+        entry.waiting = True
         self.wake()
 
     def unhanded(self) -> int:
@@ -223,7 +232,9 @@ class Dispatcher:
                 index = self.turn[queue] % len(consumers)
                 self.turn[queue] += 1
                 consumer = consumers[index]
-                self._push(tasks.popleft(), consumer)
+                entry = tasks.popleft()
+                entry.waiting = False
+                self._push(entry, consumer)
                 if not self._has_room(consumer.id):
                     consumers.remove(consumer)
 
@@ -236,6 +247,7 @@ class Dispatcher:
         for entry in dated:
             if entry.msg["expires"] <= now:
                 tasks.remove(entry)
+                entry.waiting = False
                 self.finish(entry, REVOKED, TaskRevokedError(f"task {entry.id} expired"))
 
     def _with_room(self, queue: str) -> list[ActorProxy]:
@@ -243,8 +255,8 @@ class Dispatcher:
 
     def _has_room(self, consumer: str) -> bool:
         if consumer not in self.full:
-            cap = self.capacity.get(consumer)
-            if cap is None or self._taking(consumer) < cap:
+            cap = self.capacity.get(consumer, self.first_guess)
+            if self._taking(consumer) < cap:
                 return True
         # Full, or at its capacity by our count. A "room" notice can be lost (and our
         # count can lag the worker's), so after RECHECK with nothing heard from it,
@@ -373,9 +385,9 @@ class Dispatcher:
         if entry.ready:
             return
         self.entries.pop(entry.id, None)
-        queue = self.waiting.get(entry.queue)
-        if queue is not None and entry in queue:
-            queue.remove(entry)
+        if entry.waiting:  # finished before it was pushed (revoked, expired)
+            entry.waiting = False
+            self.waiting[entry.queue].remove(entry)
         entry.state = state
         entry.result = result
         entry.date_done = time.time()
@@ -389,13 +401,18 @@ class Dispatcher:
 
     # -- the agent's side (loop thread, called by TaskAgent handlers) ----------
 
-    def held(self, task_id: str, attempt: int) -> None:
-        """A worker holds the task (reserved or waiting for its ETA)."""
+    def held(self, task_id: str, attempt: int, cap: int | None = None) -> None:
+        """A worker holds the task (reserved or waiting for its ETA); ``cap``: the
+        most it holds (learnt here if not known yet)."""
         entry = self.entries.get(task_id)
         if entry is not None and entry.msg["attempt"] == attempt:
             entry.held = True
-            if entry.consumer is not None:
-                self.full.discard(entry.consumer)  # it took a task: it had room
+            consumer = entry.consumer
+            if consumer is not None:
+                self.full.discard(consumer)  # it took a task: it had room
+                if cap is not None and consumer not in self.capacity:
+                    self.capacity[consumer] = cap
+                    self.wake()
             if entry.state == PENDING:  # a retry stays RETRY until it ends, as in Celery
                 entry.state = RECEIVED
 

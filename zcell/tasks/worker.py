@@ -123,6 +123,7 @@ class Worker:
             raise ValueError("concurrency and prefetch must be at least 1")
         self.capacity = self.concurrency * self.prefetch
         self.held = 0
+        self.refusals = 0  # pushes answered "full"
         self.closing = False
         self.holding: dict[str, dict[str, Any]] = {}  # held task messages (inspect)
         #: Per-node overrides of task options by task name, set by the control
@@ -208,6 +209,7 @@ class Worker:
             task_events.rejected(self.node, _raw_id(raw), str(exc))
             return {"s": "dropped"}
         if self.closing or self.held >= self.capacity or msg["queue"] not in self.queues:
+            self.refusals += 1
             self._refuse(msg["reply_to"])
             return {"s": "full", "cap": self.capacity}
         if self.seen.get(msg["id"]) == msg["retries"]:
@@ -216,7 +218,7 @@ class Worker:
         self.held += 1
         self.holding[msg["id"]] = msg
         try:
-            _tell(msg, "held", {"id": msg["id"], "attempt": msg["attempt"]})
+            _tell(msg, "held", {"id": msg["id"], "attempt": msg["attempt"], "cap": self.capacity})
             task_events.received(self.node, msg)
             return self._process(msg)
         finally:
@@ -619,8 +621,14 @@ class Worker:
             log.info("zcell: consumer of %s already gone: %s", queue, exc)
 
     def statistics(self) -> dict[str, int]:
-        """Counters: held, running, scheduled, and outcomes by state."""
-        stats = {"held": self.held, "running": len(self.running), "scheduled": len(self.scheduled)}
+        """Counters: held, running, scheduled, pushes refused for want of room
+        (``refused_full``), and outcomes by state."""
+        stats = {
+            "held": self.held,
+            "running": len(self.running),
+            "scheduled": len(self.scheduled),
+            "refused_full": self.refusals,
+        }
         stats.update({f"tasks_{k.lower()}": v for k, v in self.counts.items()})
         stats[DROPPED] = self.node.stats.get(DROPPED, 0)
         stats[DUPLICATES] = self.node.stats.get(DUPLICATES, 0)
