@@ -89,6 +89,16 @@ def test_nested_get_fan_out_completes_on_two_workers_with_two_slots_each(
     assert [p.get(timeout=30 * SLOW) for p in parents] == [6] * 8
 
 
+def test_two_levels_of_nested_get_complete_with_every_slot_taken(
+    procs: Any, task_app: Any
+) -> None:
+    """Grandparents wait on parents that wait on children: each worker also sends
+    tasks to itself, and its own parents waiting there hold no place it counts."""
+    _two_workers(procs, task_app, "-c", "2")
+    grandparents = [t.grandparent.delay(3) for _ in range(4)]
+    assert [g.get(timeout=30 * SLOW) for g in grandparents] == [3] * 4
+
+
 def test_a_retry_lands_on_the_other_worker(procs: Any, task_app: Any, tmp_path: Path) -> None:
     _two_workers(procs, task_app)
     path = tmp_path / "runs"

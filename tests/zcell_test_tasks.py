@@ -82,6 +82,13 @@ def parent(n: int) -> int:
     return sum(r.get(timeout=30) for r in results)
 
 
+@app.task
+def grandparent(n: int) -> int:
+    """Waits on ``n`` parents, each waiting on its children: two levels of nested get()."""
+    results = [parent.delay(2) for _ in range(n)]
+    return sum(r.get(timeout=30) for r in results)
+
+
 @app.task(bind=True, max_retries=2)
 def flaky(self: Any, path: str) -> str:
     """Fails on its first run (noted in ``path``), retries at once, then succeeds."""

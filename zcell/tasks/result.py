@@ -156,12 +156,15 @@ class TaskResult:
             TaskRevokedError: The task was revoked or expired.
         """
         request = current_request()
-        if request is not None and request.owner is not None:
+        if request is None or request.owner is None or (
+            self._entry is not None and self._entry.ready
+        ):
+            ready = self._wait(timeout)  # no slot to lend, or nothing to wait for
+        else:
             request.owner.pause(request)
-        try:
-            ready = self._wait(timeout)
-        finally:
-            if request is not None and request.owner is not None:
+            try:
+                ready = self._wait(timeout)
+            finally:
                 request.owner.resume(request)
         if not ready:
             raise TaskTimeout(
