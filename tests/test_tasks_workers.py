@@ -89,9 +89,7 @@ def test_nested_get_fan_out_completes_on_two_workers_with_two_slots_each(
     assert [p.get(timeout=30 * SLOW) for p in parents] == [6] * 8
 
 
-def test_two_levels_of_nested_get_complete_with_every_slot_taken(
-    procs: Any, task_app: Any
-) -> None:
+def test_two_levels_of_nested_get_complete_with_every_slot_taken(procs: Any, task_app: Any) -> None:
     """Grandparents wait on parents that wait on children: each worker also sends
     tasks to itself, and its own parents waiting there hold no place it counts."""
     _two_workers(procs, task_app, "-c", "2")

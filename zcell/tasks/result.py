@@ -156,8 +156,10 @@ class TaskResult:
             TaskRevokedError: The task was revoked or expired.
         """
         request = current_request()
-        if request is None or request.owner is None or (
-            self._entry is not None and self._entry.ready
+        if (
+            request is None
+            or request.owner is None
+            or (self._entry is not None and self._entry.ready)
         ):
             ready = self._wait(timeout)  # no slot to lend, or nothing to wait for
         else:
