@@ -235,9 +235,13 @@ def test_three_hosts_discover_each_other_over_the_bridge(mesh4):
     assert sorted(members) == ["driver", "h0", "h1", "h2"]
     for i, name in enumerate(world.names):  # each reached at its own host's address
         assert members[name]["inbox"].startswith(f"tcp://{mesh4.hosts[i].address}:")
-    # Every node has every other as a member: each Echo calls every other one.
-    outcomes = world.probe(world.pairs([0, 1, 2]))
-    assert [o.get("ok") for o in outcomes] == [world.names[b] for _, b in world.pairs([0, 1, 2])]
+    # Every node comes to have every other as a member: each Echo calls every other
+    # one. (The driver seeing all three does not mean they see each other yet: under
+    # load, h0 and h1 once had not met when the first probe went out.)
+    pairs = world.pairs([0, 1, 2])
+    world.until_probes(pairs, lambda o: "ok" in o, 10, "every node calling every other")
+    outcomes = world.probe(pairs)
+    assert [o.get("ok") for o in outcomes] == [world.names[b] for _, b in pairs]
 
 
 def test_a_killed_host_fails_calls_in_flight_and_leaves_every_directory(mesh4):
