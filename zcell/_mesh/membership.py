@@ -395,7 +395,12 @@ class Membership:
     def _full_welcome(self, member: Member, echo: str) -> None:
         """Our directory and the other members, for a node just verified."""
         others = [self._member_info(m) for m in self._members.values() if m is not member]
-        gevent.spawn(self._send_quiet, member, self._welcome_frame(others, echo))
+        frame = self._welcome_frame(others, echo)
+        # At once when it can go without waiting: the new member admits us only on
+        # this WELCOME, so it must be on the connection before our first request.
+        dealer = member.dealer
+        if dealer is None or not dealer.try_send(frame):
+            gevent.spawn(self._send_quiet, member, frame)
 
     def _name_clash(self, info: dict[str, Any]) -> tuple[str, bool] | None:
         """Why ``info``'s name is taken here, and whether to tell its node to go.
