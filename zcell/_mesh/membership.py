@@ -9,8 +9,9 @@ addresses to knock on; knocks are bounded and close their DEALERs when
 unanswered. A verified joiner whose name is taken is told so (REFUSED) on its
 own connection. A member that stays silent for 2.6 heartbeat intervals (its
 own interval, from its node info, when longer than ours) is declared down: its
-actors leave the directory and calls in flight to it fail with ``NodeDown``. ``DirectoryNews`` publishes the numbered changes to
-the node's own actors; ``Membership`` pulls peers' snapshots when it sees a gap.
+actors leave the directory and calls in flight to it fail with ``NodeDown``.
+``DirectoryNews`` publishes the numbered changes to the node's own actors;
+``Membership`` pulls peers' snapshots when it sees a gap.
 """
 
 from __future__ import annotations

@@ -63,9 +63,9 @@ def hub_here() -> Hub | None:
 
 
 _FLAG_MUTEX = _allocate_lock()
-#: Callbacks handed over by other threads that one turn of the loop runs at most:
-#: a program thread that sends a burst must not hold up the loop's other work
-#: (20 000 ``delay()``s in a row held it 1.4 s, heartbeats included).
+#: Callbacks handed over by other threads that one turn of the loop runs at most,
+#: so that however many a program thread queues, the loop's other work (replies,
+#: housekeeping) runs between them.
 _DRAIN_TURN = 256
 
 

@@ -178,8 +178,8 @@ class Dispatcher:
         self.node.submit(self._take_incoming)
         # Let the loop thread have the GIL now. pyzmq lets go of it on every send,
         # and a thread calling delay() in a row would take it back each time: the
-        # loop then waited up to a switch interval (5 ms) per send and, under a
-        # 20 000-task burst, its housekeeping (liveness checks) ran 1.7 s late.
+        # loop then waited a switch interval per send, and under a burst its
+        # housekeeping (liveness checks) ran late (bench/README.md, "Task layer").
         time.sleep(0)
 
     def _take_incoming(self) -> None:
@@ -447,11 +447,11 @@ class Dispatcher:
         for consumer in consumers:
             self.full.discard(consumer)
             self.room_at[consumer] = self.heard_at[consumer] = now
-            # Slots freed there: up to "cap" pushes more than this node has in flight. Not
-            # forgetting the capacity: that let this submitter push every waiting
-            # task at once, each refused with "full", then "room" again, a storm
-            # that held a burst to ~100 tasks/s. (Its tasks waiting in get() lend
-            # their slots out, so the worker may take more than "cap" from here.)
+            # Slots freed there: up to "cap" pushes more than our tasks take there now
+            # (those waiting in get() take none: `lending`). Not forgetting the
+            # capacity: that let this submitter push every waiting task at once,
+            # each refused with "full", then "room" again, a storm that held a
+            # burst to ~100 tasks/s.
             cap = self.capacity.get(consumer)
             if cap is not None:
                 self.capacity[consumer] = self._taking(consumer) + cap
