@@ -300,6 +300,28 @@ def test_then_link_and_link_error_follow_the_outcome(workers: Workers) -> None:
     wait_until(lambda: t.NOTED == [failing.id], 10, "the link_error task to run")
 
 
+def test_a_task_that_can_start_at_once_starts_without_a_claim(
+    workers: Workers, tmp_path: Path
+) -> None:
+    """Each push carries its submitter's grant: a worker with a free slot starts the
+    task at once and says so ("started", no claim round trip); a task it must hold
+    first is claimed before it starts, so re-dispatch stays exact for it."""
+    (w,) = workers(1, concurrency=1, prefetch=4)
+    path = tmp_path / "runs"
+    first = t.mark.delay(str(path), 1.0, "first")
+    wait_until(path.exists, 10, "the first task to start")
+    # The worker's notice is the submitter's only news of it until the outcome.
+    wait_until(lambda: first.worker == w.node.name, 5, "the submitter to hear it started")
+    assert first.state == "RECEIVED" and not first.ready()
+    later = [t.mark.delay(str(path), 0, i) for i in range(2)]  # the one slot is taken
+    wait_until(lambda: all(r.state == "RECEIVED" for r in later), 10, "w to hold them")
+    assert all(r.worker is None for r in later)  # held, not started: no claim yet
+    assert first.get(timeout=10 * SLOW) == "first"
+    assert [r.get(timeout=10 * SLOW) for r in later] == [0, 1]
+    stats = w.node.call_in_loop(w.statistics)
+    assert (stats["started_granted"], stats["started_claimed"]) == (1, 2)
+
+
 def test_a_stopping_worker_gives_held_tasks_back_to_run_elsewhere(
     workers: Workers, tmp_path: Path
 ) -> None:

@@ -48,6 +48,12 @@ class TaskAgent(Actor):
             room = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
             self._runtime().dispatcher.held(str(id), int(attempt), room)
 
+        def started(self, id: str, attempt: int, worker: str, cap: int | None = None) -> None:  # noqa: A002
+            """A worker started task ``id`` under its submitter's grant, without a
+            claim (it is RECEIVED, or STARTED with ``track_started``)."""
+            room = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
+            self._runtime().dispatcher.started(str(id), int(attempt), str(worker), room)
+
         def lending(self, id: str, attempt: int, lent: bool) -> None:  # noqa: A002
             """Task ``id`` waits in ``get()`` at its worker (``lent``: its place there
             is lent out), or waits no more."""

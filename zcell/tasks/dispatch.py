@@ -78,6 +78,10 @@ class Entry:
         self.retries: int = msg["retries"]
         self.held = False  # a worker holds it (it cannot be lost by a flush)
         self.claimed = False  # its code may have started
+        # Pushed with a grant: a worker that can start it at once does so without
+        # a claim, and says "started"; one that holds it first says "held" and
+        # claims it later. Until either notice, it may have started.
+        self.granted = False
         self.consumer: str | None = None  # the consumer actor it was pushed to
         self.lent = False  # it waits in get() there: its place is lent out
         self.waiting = False  # in its queue's deque here (not pushed yet)
@@ -91,6 +95,12 @@ class Entry:
     @property
     def ready(self) -> bool:
         return self.done.is_set()
+
+    @property
+    def may_have_started(self) -> bool:
+        """Claimed, or granted with no word from the worker yet: a re-dispatch
+        could run it twice."""
+        return self.claimed or (self.granted and not self.held)
 
 
 class Dispatcher:
@@ -207,7 +217,7 @@ class Dispatcher:
         self.finish(watched, done.state, done.result)
 
     def _enqueue(self, entry: Entry, front: bool = False) -> None:
-        entry.held = entry.claimed = False
+        entry.held = entry.claimed = entry.granted = False
         entry.consumer = None
         queue = self.waiting.setdefault(entry.queue, collections.deque())
         if entry.msg["expires"] is not None:
@@ -276,6 +286,9 @@ class Dispatcher:
     def _push(self, entry: Entry, consumer: ActorProxy) -> None:
         msg = entry.msg
         msg["attempt"] += 1
+        # The grant: a worker that can start it at once needs no claim (one round
+        # trip less); a re-dispatch then treats it as started until told otherwise.
+        msg["go"] = entry.granted = True
         attempt = msg["attempt"]
         entry.consumer = consumer.id
         entry.pushed_at = self.heard_at[consumer.id] = time.monotonic()
@@ -319,7 +332,7 @@ class Dispatcher:
     def _lost(self, entry: Entry, exc: BaseException) -> None:
         """The consumer went away with the task: re-dispatch what provably never
         started; what did is at most once (WorkerLostError) unless acks_late."""
-        if not entry.claimed:
+        if not entry.may_have_started:
             self._enqueue(entry, front=True)
         elif entry.msg["acks_late"] and entry.redeliveries < entry.max_redeliveries:
             entry.redeliveries += 1
@@ -421,6 +434,14 @@ class Dispatcher:
             if entry.state == PENDING:  # a retry stays RETRY until it ends, as in Celery
                 entry.state = RECEIVED
 
+    def started(self, task_id: str, attempt: int, worker: str, cap: int | None = None) -> None:
+        """A worker started the task under its grant (no claim); ``cap`` as for ``held``."""
+        entry = self.entries.get(task_id)
+        if entry is None or entry.ready or entry.msg["attempt"] != attempt:
+            return
+        self.held(task_id, attempt, cap)
+        self._started(entry, worker)
+
     def claim(self, task_id: str, attempt: int, worker: str) -> bool:
         """May this attempt of the task start now? Records that it did."""
         entry = self.entries.get(task_id)
@@ -433,13 +454,16 @@ class Dispatcher:
         if expires is not None and expires <= time.time():
             self.finish(entry, REVOKED, TaskRevokedError(f"task {task_id} expired"))
             return False
+        self._started(entry, worker)
+        return True
+
+    def _started(self, entry: Entry, worker: str) -> None:
         entry.claimed = entry.held = True
         entry.worker = worker
         if entry.msg["track_started"]:
             entry.state = STARTED
         elif entry.state != RETRY:
             entry.state = RECEIVED
-        return True
 
     def room(self, consumers: list[str]) -> None:
         """The worker of these consumers has room again."""
@@ -494,7 +518,7 @@ class Dispatcher:
         """Revoked: what has not started ends REVOKED now (a claim would be refused)."""
         ids = set(task_ids)
         for entry in list(self.entries.values()):
-            if (entry.id in ids or entry.msg["root_id"] in ids) and not entry.claimed:
+            if (entry.id in ids or entry.msg["root_id"] in ids) and not entry.may_have_started:
                 self.finish(entry, REVOKED, TaskRevokedError(f"task {entry.id} was revoked"))
 
     # -- watched tasks: sent by others, their outcome pushed here (docs/canvas.md)

@@ -101,6 +101,8 @@ def check(msg: object) -> dict[str, Any]:
         raise ProtocolError("task id and name must be 1-200 characters")
     if not all(isinstance(k, str) for k in msg["kwargs"]):
         raise ProtocolError("task kwargs must have string keys")
+    if not isinstance(msg.get("go", False), bool):
+        raise ProtocolError("task message field 'go' (the submitter's grant) must be a bool")
     if msg["retries"] < 0 or msg["attempt"] < 0:
         raise ProtocolError("task retries and attempt must not be negative")
     if not all(isinstance(s, dict) for s in msg["chain"] or ()):

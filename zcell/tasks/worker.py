@@ -8,7 +8,9 @@ waiting for a slot, or held for their ETA); beyond that it answers "full" at
 once and, when a slot frees, sends each refused submitter's agent "room".
 
 Before a task's code runs the worker claims it at its submitter's agent, so a
-task is never started twice by a re-dispatch (docs/tasks.md, "The claim").
+task is never started twice by a re-dispatch (docs/tasks.md, "The claim"),
+unless the submitter granted it (``"go"`` in the message) and it can start at
+once: it then starts and the worker says so ("started").
 Each task runs in a greenlet of its own under ``concurrency`` slots; a task
 waiting in ``TaskResult.get()`` lends its slot out meanwhile (and takes one
 back after), so tasks that wait on tasks never deadlock the workers.
@@ -124,6 +126,8 @@ class Worker:
         self.capacity = self.concurrency * self.prefetch
         self.held = 0
         self.refusals = 0  # pushes answered "full"
+        self.granted = 0  # tasks started at once under their submitter's grant
+        self.claimed = 0  # tasks started after a claim (they were held first)
         self.closing = False
         self.holding: dict[str, dict[str, Any]] = {}  # held task messages (inspect)
         #: Per-node overrides of task options by task name, set by the control
@@ -218,9 +222,13 @@ class Worker:
         self.held += 1
         self.holding[msg["id"]] = msg
         try:
-            _tell(msg, "held", {"id": msg["id"], "attempt": msg["attempt"], "cap": self.capacity})
+            granted = msg.get("go") is True and self._starts_at_once(msg)
+            if not granted:
+                _tell(
+                    msg, "held", {"id": msg["id"], "attempt": msg["attempt"], "cap": self.capacity}
+                )
             task_events.received(self.node, msg)
-            return self._process(msg)
+            return self._process(msg, granted)
         finally:
             self.held -= 1
             self.holding.pop(msg["id"], None)
@@ -254,7 +262,18 @@ class Worker:
             except ZcellError:
                 pass
 
-    def _process(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def _starts_at_once(self, msg: dict[str, Any]) -> bool:
+        """Whether the task can start now: a slot is free, and it has no ETA to
+        wait for and no rate limit here."""
+        assert self._slots is not None
+        if self._slots.locked() or (msg["eta"] is not None and msg["eta"] > time.time()):
+            return False
+        task = self.app.tasks.get(msg["name"])
+        return task is None or not self._rate_of(task)
+
+    def _process(self, msg: dict[str, Any], granted: bool = False) -> dict[str, Any]:
+        """Hold, claim and run the task. ``granted``: its submitter let it start
+        without a claim, and it can start at once (docs/tasks.md, "The claim")."""
         self._hold_until_eta(msg)
         if self.closing:
             return {"s": "full", "cap": self.capacity}  # given back: never started
@@ -273,11 +292,17 @@ class Worker:
         try:
             if self.closing:
                 return {"s": "full", "cap": self.capacity}
-            if not self._claim(msg):
+            if not granted and not self._claim(msg):
                 return {"s": "refused"}
+            if granted:
+                self.granted += 1
+            else:
+                self.claimed += 1
             if self._is_revoked(msg):
                 self._on_revoked(task, request, terminated=False)
                 return self._outcome(msg, REVOKED)
+            if granted:
+                _tell(msg, "started", _started(msg, self.node.name, self.capacity))
             return self._run(task, request)
         finally:
             self._give_slot(request)
@@ -322,15 +347,18 @@ class Worker:
         place here but no concurrency slot, so other tasks run meanwhile."""
         limiter = self.limiters.get(task.name)
         if limiter is None:
-            override = self.overrides.get(task.name, {})
-            if "rate_limit" in override:  # control rate_limit: this node's rate wins
-                rate = override["rate_limit"]
-            else:
-                rate = task.rate_limit or self.app.conf.task_default_rate_limit
+            rate = self._rate_of(task)
             if not rate:
                 return
             limiter = self.limiters[task.name] = RateLimiter(parse_rate(rate))
         limiter.acquire()
+
+    def _rate_of(self, task: Task) -> Any:
+        """The task's rate limit here (None or "" when it has none)."""
+        override = self.overrides.get(task.name, {})
+        if "rate_limit" in override:  # control rate_limit: this node's rate wins
+            return override["rate_limit"]
+        return task.rate_limit or self.app.conf.task_default_rate_limit
 
     def _claim(self, msg: dict[str, Any]) -> bool:
         """Ask the submitter whether this attempt may start. An unreachable
@@ -622,12 +650,16 @@ class Worker:
 
     def statistics(self) -> dict[str, int]:
         """Counters: held, running, scheduled, pushes refused for want of room
-        (``refused_full``), and outcomes by state."""
+        (``refused_full``), tasks started at once under their submitter's grant
+        (``started_granted``) or after a claim (``started_claimed``), and
+        outcomes by state."""
         stats = {
             "held": self.held,
             "running": len(self.running),
             "scheduled": len(self.scheduled),
             "refused_full": self.refusals,
+            "started_granted": self.granted,
+            "started_claimed": self.claimed,
         }
         stats.update({f"tasks_{k.lower()}": v for k, v in self.counts.items()})
         stats[DROPPED] = self.node.stats.get(DROPPED, 0)
@@ -641,6 +673,11 @@ def _tell(msg: dict[str, Any], method: str, kwargs: dict[str, Any]) -> None:
         msg["reply_to"].send(method, kwargs, nowait=True)
     except ZcellError:
         pass
+
+
+def _started(msg: dict[str, Any], worker: str, cap: int) -> dict[str, Any]:
+    """The submitter's notice that the task started here under its grant."""
+    return {"id": msg["id"], "attempt": msg["attempt"], "worker": worker, "cap": cap}
 
 
 def _lent(msg: dict[str, Any], lent: bool) -> dict[str, Any]:
