@@ -57,6 +57,12 @@ RECHECK = 0.2
 #: the worker enforces the time limits itself and answers, and a dead worker fails
 #: the call at once (NodeDown), so no shorter bound is needed or right.
 NO_DEADLINE = 10 * 365 * 86400.0
+#: Tasks a program thread hands over before it waits for the loop to take them,
+#: and what the loop takes per turn (``Dispatcher.hand_over``).
+HAND_BATCH = 64
+#: Seconds a program thread waits at most for the loop to take what it handed over
+#: (then it goes on: the loop may be busy or stopping).
+HAND_WAIT = 1.0
 
 
 class Entry:
@@ -115,6 +121,8 @@ class Dispatcher:
         self.waiting: dict[str, collections.deque[Entry]] = {}
         # Handed over by program threads, not taken by the loop yet (hand_over).
         self.incoming: collections.deque[Entry] = collections.deque()
+        self._take_scheduled = False  # a _take_incoming callback is scheduled
+        self._taken = threading.Event()  # set by the loop each time it took some
         self.full: set[str] = set()  # consumer actor ids that answered "full"
         # consumer actor id -> time.monotonic() of the last push to it, reply or notice
         self.heard_at: dict[str, float] = {}
@@ -183,17 +191,41 @@ class Dispatcher:
         return threading.get_ident() != self.loop_ident and self.has_room()
 
     def hand_over(self, entry: Entry) -> None:
-        """From a program thread: queue *entry* for the loop and return at once."""
-        self.incoming.append(entry)
-        self.node.submit(self._take_incoming)
-        # Let the loop thread have the GIL now. pyzmq lets go of it on every send,
-        # and a thread calling delay() in a row would take it back each time: the
-        # loop then waited a switch interval per send, and under a burst its
-        # housekeeping (liveness checks) ran late (bench/README.md, "Task layer").
-        time.sleep(0)
+        """From a program thread: queue *entry* for the loop and return at once,
+        unless ``HAND_BATCH`` tasks are not taken yet: then wait until the loop
+        took them (bounded).
+
+        The loop takes what was handed over in one callback, not one per task.
+        The wait keeps a thread calling delay() in a row from holding the GIL
+        while the loop works: pyzmq lets go of it on every send and receive, and
+        each time the loop then waited for the thread's next switch (its
+        housekeeping ran late, and the two threads took turns per socket call).
+        """
+        incoming = self.incoming
+        incoming.append(entry)
+        if not self._take_scheduled:
+            self._take_scheduled = True
+            self.node.submit(self._take_incoming)
+        if len(incoming) >= HAND_BATCH:
+            taken = self._taken
+            taken.clear()
+            deadline = time.monotonic() + HAND_WAIT
+            while len(incoming) >= HAND_BATCH // 2 and time.monotonic() < deadline:
+                taken.wait(0.05)
+                taken.clear()
 
     def _take_incoming(self) -> None:
-        self._take(self.incoming.popleft())
+        """(Loop) take what program threads handed over, ``HAND_BATCH`` at a time."""
+        self._take_scheduled = False  # before reading: a task appended now schedules anew
+        incoming = self.incoming
+        for _ in range(HAND_BATCH):
+            if not incoming:
+                break
+            self._take(incoming.popleft())
+        if incoming and not self._take_scheduled:
+            self._take_scheduled = True
+            self.node.submit(self._take_incoming)  # the rest after the loop's other work
+        self._taken.set()
 
     def add(self, entry: Entry) -> bool:
         """Take a new task; False when ``task_pending_max`` tasks already wait."""
