@@ -1,6 +1,7 @@
 """The node's collaborators, each built alone: who a frame is from (``Roster``),
 where a reply is matched (``PendingCalls``), directory news (``DirectoryNews``),
-where a reply leaves (``Messaging``).
+where a reply leaves (``Messaging``), what a joining node sent before its WELCOME
+(``HeldFrames``).
 
 No sockets: each is given what a node would give it.
 """
@@ -12,7 +13,9 @@ from typing import Any
 import pytest
 
 from zcell import _wire as wire
+from zcell._mesh import held
 from zcell._mesh.directory import PREFIX, Directory, Member, Roster
+from zcell._mesh.held import HeldFrames
 from zcell._mesh.membership import DirectoryNews
 from zcell._mesh.messaging import Messaging
 from zcell._mesh.result import AsyncResult, PendingCalls, ScatterResult
@@ -168,3 +171,51 @@ def test_messaging_alone_sends_a_reply_that_pending_calls_match():
     assert stats["messages_out"] == 1 and received[0][1] == wire.REP
     pending.on_reply(received[0])  # from this node itself: no connection to check
     assert result.get(timeout=0) == {"answer": 42}
+
+
+def _held_stats() -> dict[str, int]:
+    return dict.fromkeys(("held_early", "held_replayed", "held_expired", "dropped_stale"), 0)
+
+
+def test_frames_are_held_only_for_a_joining_node_and_given_back_in_arrival_order():
+    stats = _held_stats()
+    frames = HeldFrames(stats)
+    joiner = Roster("j", "joiner").routing_id("tcp://me:1")
+    stranger = Roster("s", "stranger").routing_id("tcp://me:1")
+    assert not frames.hold(joiner, b"early", now=0.0)  # nobody is expected yet
+    frames.expect(joiner[:PREFIX], until=2.0)
+    # Another connection of the same node (a program thread's) has the same prefix.
+    thread = joiner[:PREFIX] + b"\x00\x00\x00\x09"
+    assert frames.hold(joiner, b"one", now=0.5) and frames.hold(thread, b"two", now=0.6)
+    assert not frames.hold(stranger, b"x", now=0.6)
+    assert not frames.hold(joiner, b"late", now=2.0)  # the join's knock is over
+    assert frames.release(joiner[:PREFIX]) == [(joiner, b"one"), (thread, b"two")]
+    assert frames.release(joiner[:PREFIX]) == [] and len(frames) == 0
+    assert not frames.hold(joiner, b"after", now=0.7)  # a member now: admitted, not held
+    assert stats == {"held_early": 2, "held_replayed": 2, "held_expired": 0, "dropped_stale": 0}
+
+
+def test_held_frames_are_bounded_per_node_and_in_all_and_expire_as_stale(monkeypatch):
+    monkeypatch.setattr(held, "MAX_HELD", 100)
+    stats = _held_stats()
+    frames = HeldFrames(stats)
+    routings = [Roster(f"n{i}", "n").routing_id("tcp://me:1") for i in range(3)]
+    for routing in routings:
+        frames.expect(routing[:PREFIX], until=2.0)
+    kept = [sum(frames.hold(r, b"f", now=0.0) for _ in range(80)) for r in routings]
+    assert kept == [held.MAX_HELD_PER_PREFIX, 100 - held.MAX_HELD_PER_PREFIX, 0]
+    assert frames.expire(now=1.9) == 0
+    assert frames.expire(now=2.0) == 100 and len(frames) == 0
+    assert frames.release(routings[0][:PREFIX]) == []
+    assert stats == {
+        "held_early": 100,
+        "held_replayed": 0,
+        "held_expired": 100,
+        "dropped_stale": 100,
+    }
+    # And in bytes: a big frame that would not fit is dropped, the small ones kept.
+    monkeypatch.setattr(held, "MAX_HELD_BYTES", 10)
+    frames.expect(routings[0][:PREFIX], until=4.0)
+    assert frames.hold(routings[0], b"x" * 6, now=3.0)
+    assert not frames.hold(routings[0], b"x" * 5, now=3.0)
+    assert frames.hold(routings[0], b"x" * 4, now=3.0)

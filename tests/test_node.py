@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
+import gevent
 import pytest
 from conftest import SLOW, wait_until
 from zcell_test_actors import Counter, Echo
 
 from zcell import (
     Actor,
+    ActorProxy,
     ActorStopped,
     CallTimeout,
     NameTaken,
@@ -95,6 +99,74 @@ def test_a_mesh_larger_than_the_knock_budget_still_forms(make_node, monkeypatch)
     for i in range(1, 16):
         nodes.append(make_node(f"m{i}", heartbeat=0.5, peers=[first.endpoints["inbox"]]))
     wait_until(lambda: all(len(n.nodes()) == 16 for n in nodes), 8, "all 16 see all 16")
+
+
+#: How late a delayed WELCOME leaves (a slow link), in the join tests below.
+WELCOME_LATE = 0.5
+
+
+def welcome_late(monkeypatch, late: float | None) -> None:
+    """Make every node's WELCOME to a member it just admitted leave ``late``
+    seconds late (None: never), as over a slow link: the joiner admits the
+    node only when it arrives (docs/protocol.md §8)."""
+    full_welcome = membership.Membership._full_welcome
+
+    def delayed(self, member, echo):
+        if late is not None:
+            gevent.spawn_later(late, full_welcome, self, member, echo)
+
+    monkeypatch.setattr(membership.Membership, "_full_welcome", delayed)
+
+
+def member_ids(node: Node) -> set[str]:
+    return {n["id"] for n in node.nodes() if not n["self"]}
+
+
+def test_requests_that_overtake_the_welcome_are_answered_once_it_lands(make_node, monkeypatch):
+    # The node that verifies the other first admits it and sends a WELCOME;
+    # the other admits it only when that arrives. A program thread's request
+    # leaves on its own connection and can overtake the WELCOME: it is held,
+    # then run once the WELCOME has made its sender a member (not dropped,
+    # leaving its caller to wait out its timeout).
+    host = make_node("host")
+    welcome_late(monkeypatch, WELCOME_LATE * SLOW)
+    joiner = make_node("joiner", actors=[Echo], peers=[host.endpoints["inbox"]])
+    actor = joiner.spawn(Echo, on="joiner")  # local: the join is still under way
+    # The joiner knocked; the host verifies it first, admits it and welcomes it late.
+    wait_until(lambda: joiner.id in member_ids(host), 5, "the host to admit the joiner")
+    start = time.monotonic()
+    assert host.id not in member_ids(joiner), "the WELCOME was not late enough to test"
+    # From this program thread: a request on its own connection, and a control call.
+    ref = ActorProxy(host, actor.id, actor.name, joiner.id, Echo)
+    echoed = ref.call.echo(value="early", timeout=3 * SLOW)
+    spawned = host.spawn(Echo, on="joiner", timeout=3 * SLOW)
+    assert echoed.get(timeout=3 * SLOW) == "early"
+    took = time.monotonic() - start
+    assert spawned.send.echo(value="later") == "later"
+    assert took < (WELCOME_LATE + 1.0) * SLOW
+    stats = joiner.statistics()
+    assert stats["held_early"] >= 2 and stats["held_replayed"] == stats["held_early"]
+    assert stats["held_expired"] == stats["dropped_stale"] == 0
+
+
+def test_requests_held_for_a_join_that_never_completes_expire_and_count_as_dropped(
+    make_node, monkeypatch
+):
+    # No WELCOME ever comes: the joiner never admits the host, and what the host
+    # sent meanwhile is dropped once the join's knock has expired, as from a
+    # stranger (its caller gets CallTimeout).
+    host = make_node("host")
+    welcome_late(monkeypatch, None)
+    joiner = make_node("joiner", actors=[Echo], peers=[host.endpoints["inbox"]])
+    wait_until(lambda: joiner.id in member_ids(host), 5, "the host to admit the joiner")
+    with pytest.raises(CallTimeout):
+        host.spawn(Echo, on="joiner", timeout=membership.KNOCK_TIMEOUT + 0.5)
+    wait_until(lambda: joiner.statistics()["held_expired"] >= 1, 2, "the held requests to expire")
+    stats = joiner.statistics()
+    assert stats["held_early"] == stats["held_expired"]
+    assert stats["held_replayed"] == 0
+    assert stats["dropped_stale"] >= stats["held_expired"]
+    assert host.id not in member_ids(joiner)
 
 
 def test_nodes_lists_members_with_endpoints_and_actor_counts(mesh):

@@ -7,7 +7,9 @@ frames are then accepted only from its own connections (routing-id prefix) and
 its own SUB. Gossip (the member lists in WELCOMEs) and mDNS ads only suggest
 addresses to knock on; knocks are bounded and close their DEALERs when
 unanswered. A verified joiner whose name is taken is told so (REFUSED) on its
-own connection. A member that stays silent for 2.6 heartbeat intervals (its
+own connection. Requests of a node that admitted us before we admitted it
+(they overtook its WELCOME) are held until its WELCOME comes (``held.py``),
+then run. A member that stays silent for 2.6 heartbeat intervals (its
 own interval, from its node info, when longer than ours) is declared down: its
 actors leave the directory and calls in flight to it fail with ``NodeDown``.
 ``DirectoryNews`` publishes the numbered changes to the node's own actors;
@@ -52,6 +54,7 @@ __all__ = ["DirectoryNews", "Membership"]
 if TYPE_CHECKING:
     from .directory import Directory
     from .discovery import PeerAd
+    from .held import HeldFrames
     from .plug import Hosting
     from .state import Shared
 
@@ -144,6 +147,7 @@ class Membership:
         on_frame: OnFrame,
         info: Callable[[], dict[str, Any]],
         refused: Callable[[str, type[NodeStopped]], None],
+        held: HeldFrames,
     ) -> None:
         self._shared = shared
         self._members = shared.roster.members
@@ -158,6 +162,7 @@ class Membership:
         self._on_frame = on_frame
         self._info = info  # this node's HELLO info
         self._refused = refused  # a member refused this node: it stops
+        self._held = held  # requests of nodes joining us that overtook their WELCOME
         self._dealers: dict[str, Socket] = {}
         self._seeds: dict[str, float] = {}  # inbox endpoint -> expiry (inf: forever)
         self._knocks: dict[str, Knock] = {}
@@ -447,9 +452,15 @@ class Membership:
             member = self._add_member(info, routing)
             if member is not None:
                 self._full_welcome(member, nonce)
+                self._replay(member)
             else:
                 self._refuse(info, routing)
             return
+        if self._answers_knock(inbox, echo):
+            # It is at that inbox and admits us once we answer below, before
+            # its WELCOME makes it a member here: hold the requests it sends
+            # meanwhile (over this connection's prefix), while the knock lasts.
+            self._held.expect(routing[:PREFIX], self._knocks[inbox].expiry)
         # Not verified yet (or it is, but has not verified us): knock on the
         # inbox it claims, answering its challenge. Only there does anything
         # about us (our own info) go, never the other members.
@@ -543,6 +554,17 @@ class Membership:
                 if other["id"] != self._shared.node_id and len(self._seeds) < MAX_SEEDS:
                     self._seeds.setdefault(other["inbox"], now + 60.0)
                     self._hello(other["inbox"], source=member.prefix)
+        self._replay(member)
+
+    def _replay(self, member: Member) -> None:
+        """Run what ``member``'s connections sent before its WELCOME made it a
+        member here (``HeldFrames``), in arrival order, as if it came now: the
+        normal admission, now that its prefix is a member's. Called once the
+        WELCOME (or HELLO) that admitted it is handled, before the inbox reader
+        reads on, so later frames of the same connections cannot overtake them."""
+        for routing, frame in self._held.release(member.prefix):
+            self._shared.stats["messages_in"] -= 1  # counted once, as it arrived
+            self._on_frame(frame, False, routing, None)
 
     def _claimed_by(self, msg: list[Any], via: Member | None, routing: bytes | None) -> Any:
         """The member a piece of news names (msg[2], msg[3]: id, boot), if it
@@ -716,6 +738,7 @@ class Membership:
                 if now - member.last_seen > DOWN_AFTER * self.beat_of(member):
                     self._member_down(member, f"silent for {now - member.last_seen:.1f}s")
             self._shared.pending.expire(now)
+            self._held.expire(now)
             # Before expiring knocks: a refusal may be waiting on a knock's DEALER.
             self._drain_dealers()
             self._expire_knocks(now)

@@ -72,6 +72,7 @@ from ..errors import (
 from .context import current_context
 from .directory import Directory, Member, Roster
 from .discovery import Discovery
+from .held import HeldFrames
 from .membership import DirectoryNews, Membership
 from .messaging import Messaging
 from .plug import ActorLayer, Hosting, MeshLinks
@@ -201,6 +202,9 @@ class Node:
                 "internal_errors",  # bugs in dispatch, failed internal tasks (logged)
                 "dropped_newer_kinds",  # kinds of a newer minor a member speaks and we do not
                 "refused_versions",  # HELLOs of another protocol version (refused)
+                "held_early",  # requests from a node joining us, before its WELCOME (held.py)
+                "held_replayed",  # ... run once the WELCOME made it a member
+                "held_expired",  # ... dropped: no WELCOME in time (also in dropped_stale)
             ),
             0,
         )
@@ -254,12 +258,15 @@ class Node:
         #: The actor layer's side of this node: its hosted actors and their handlers.
         self.hosting: Hosting = self._layer.host(self, links)
         self.hosting.add_control_ops(self.control)
+        # Requests that overtake the WELCOME of a node joining us wait for it.
+        self._held = HeldFrames(self.stats)
         self._membership = Membership(
             shared,
             cluster=self.cluster, heartbeat=self.heartbeat, secure=self.secret is not None,
             endpoints=self.endpoints, news=news, hosting=self.hosting,
             ctrl=messaging.ctrl, node_down=messaging.node_down,  # what it asks of Messaging
             on_frame=self._on_frame, info=self._info, refused=self._refused,  # of the node
+            held=self._held,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ lifecycle
@@ -655,18 +662,18 @@ class Node:
             if kind == REP:
                 self._on_reply(msg, routing)
             elif kind == REQ:
-                if self._admit(msg, routing, via):
+                if self._admit(msg, routing, via, frame):
                     if msg[wire.R_FLAGS] & F_DIRECT and routing is not None:
                         msg.append(routing)  # the reply goes back on this connection
                     self.hosting.request(msg)
             elif kind == SCATTER:
-                if self._admit(msg, routing, via) and self._first_scatter(msg):
+                if self._admit(msg, routing, via, frame) and self._first_scatter(msg):
                     self.hosting.scatter(msg)
             elif kind == HEARTBEAT:
                 if via is not None:
                     self._on_heartbeat(msg, via)
             elif kind == CTRL:
-                if self._admit_ctrl(msg, routing):
+                if self._admit_ctrl(msg, routing, frame):
                     gevent.spawn(self._on_ctrl, msg)
             elif kind == DIRECTORY:
                 if via is not None:
@@ -700,13 +707,18 @@ class Node:
         if isinstance(exc, wire.VersionMismatch) and routing is not None:
             self._membership.refuse_version(exc, routing)
 
-    def _admit(self, msg: list[Any], routing: bytes | None, via: Member | None) -> bool:
+    def _admit(
+        self, msg: list[Any], routing: bytes | None, via: Member | None, frame: bytes
+    ) -> bool:
         """Requests only from current members (right boot id) over their own
         connections, and not past deadline.
 
         A declined throw that another member passes on (``F_THROW``, with the
         actors that have seen it) keeps its caller as source: it is admitted
-        from any member's connection, as the protocol's one relay.
+        from any member's connection, as the protocol's one relay. A request
+        from the connection of a node joining us, whose WELCOME it overtook,
+        is held (``frame``, ``HeldFrames``) and comes back here once that node
+        is a member.
         """
         if routing is None and via is None:
             return True  # from this node itself
@@ -721,6 +733,8 @@ class Node:
         if sender is None or sender.id != src:
             relayed = msg[1] == REQ and msg[wire.R_FLAGS] & F_THROW and msg[wire.R_SEEN]
             if sender is None or not relayed:
+                if sender is None and self._hold_early(src, routing, frame, now):
+                    return False
                 self._drop_claim(src)
                 return False
         boot = self.boot if src == self.id else getattr(self._members.get(src), "boot", None)
@@ -751,18 +765,30 @@ class Node:
             self.stats["dropped_stale"] += 1
         return self._quiet
 
+    def _hold_early(self, src: str, routing: bytes | None, frame: bytes, now: float) -> bool:
+        """Hold a request from a connection that is no member's when it is a
+        joining node's (``HeldFrames``): its WELCOME is on the way, and then it
+        comes back through admission. Never one that claims a member or us:
+        that is a forgery now, whatever comes."""
+        if routing is None or src == self.id or src in self._members:
+            return False
+        return self._held.hold(routing, frame, now)
+
     def _drop_claim(self, src: str) -> None:
         """Count a frame from a connection that is not its claimed sender's."""
         forged = src == self.id or src in self._members
         self.stats["dropped_forged" if forged else "dropped_stale"] += 1
 
-    def _admit_ctrl(self, msg: list[Any], routing: bytes | None) -> bool:
+    def _admit_ctrl(self, msg: list[Any], routing: bytes | None, frame: bytes) -> bool:
         if routing is None:
             return True  # from this node itself
         src = msg[C_SRC]
-        if self._woke(time.monotonic()):
+        now = time.monotonic()
+        if self._woke(now):
             return False
         sender = self._roster.sender(routing, None)
+        if sender is None and self._hold_early(src, routing, frame, now):
+            return False
         if sender is None or sender.id != src:
             self._drop_claim(src)
             return False
