@@ -860,6 +860,27 @@ def test_a_msgpack_timestamp_extension_is_a_protocol_error(size: int) -> None:
         Codec().decode(req_with_raw_kwarg(raw_ext(-1, b"\x00" * size)))
 
 
+@pytest.mark.parametrize("size", [4, 8, 12])
+@pytest.mark.parametrize(
+    "header",
+    [
+        lambda n: {4: b"\xd6", 8: b"\xd7"}.get(n, b"\xc7\x0c"),  # fixext (ext 8 for 12)
+        lambda n: b"\xc8" + struct.pack(">H", n),  # ext 16
+        lambda n: b"\xc9" + struct.pack(">I", n),  # ext 32
+    ],
+    ids=["fixext", "ext16", "ext32"],
+)
+def test_a_timestamp_in_any_ext_format_is_a_protocol_error(
+    size: int, header: Callable[[int], bytes]
+) -> None:
+    """The decoder looks for a timestamp only in frames holding one of its headers:
+    every format msgpack reads a timestamp from must be among them."""
+    item = header(size) + b"\xff" + b"\x00" * size
+    assert isinstance(msgpack.unpackb(item), msgpack.Timestamp)
+    with pytest.raises(ProtocolError):
+        Codec().decode(req_with_raw_kwarg(item))
+
+
 @pytest.mark.parametrize("seen", [[{}], [[ACTOR]], [1]], ids=["map", "list", "int"])
 def test_seen_holds_actor_ids(seen: list[Any]) -> None:
     with pytest.raises(ProtocolError):

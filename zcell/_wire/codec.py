@@ -14,6 +14,7 @@ triple to a ``make_proxy`` callable supplied by the node.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -103,7 +104,7 @@ class Codec:
             raise ProtocolError(f"undecodable frame: {exc.__class__.__name__}") from None
         # msgpack decodes its timestamp extension (-1) itself, bypassing
         # ext_hook; only proxies may arrive as extension types.
-        if b"\xff" in data and _has_timestamp(msg):  # type -1 is 0xff on the wire
+        if _TIMESTAMP_HEADER.search(data) is not None and _has_timestamp(msg):
             raise ProtocolError("msgpack timestamps are not accepted")
         check(msg)
         return msg
@@ -185,6 +186,15 @@ def _refused(value: Any) -> str | None:
             stack.extend(item for item in value if type(item) not in _SCALARS)
         # else: a scalar, a proxy, or what packing already refused
     return None
+
+
+#: The headers a msgpack timestamp (extension type -1, 0xff, of 4, 8 or 12 bytes)
+#: is packed with: fixext 4 and 8, and ext 8/16/32 of those lengths. A frame
+#: without one holds no timestamp (a bare 0xff byte is common: -1, floats).
+_TIMESTAMP_HEADER = re.compile(
+    rb"\xd6\xff|\xd7\xff|\xc7[\x04\x08\x0c]\xff"
+    rb"|\xc8\x00[\x04\x08\x0c]\xff|\xc9\x00\x00\x00[\x04\x08\x0c]\xff"
+)
 
 
 def _has_timestamp(value: Any) -> bool:
