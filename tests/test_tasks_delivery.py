@@ -19,6 +19,7 @@ from zcell import (
     TaskRevokedError,
     TaskTimeout,
 )
+from zcell.tasks import dispatch
 from zcell.tasks.runtime import DROPPED
 
 
@@ -320,6 +321,26 @@ def test_a_task_that_can_start_at_once_starts_without_a_claim(
     assert [r.get(timeout=10 * SLOW) for r in later] == [0, 1]
     stats = w.node.call_in_loop(w.statistics)
     assert (stats["started_granted"], stats["started_claimed"]) == (1, 2)
+
+
+def test_a_submitter_forgets_consumers_gone_from_the_mesh(
+    workers: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a submitter learnt of a consumer (its capacity, when it was last heard
+    from) goes once its worker left the mesh: workers come and go, and the tables
+    must not keep every consumer ever seen."""
+    monkeypatch.setattr(dispatch, "FORGET_EVERY", 0.1)
+    w1, w2 = workers(2)
+    dispatcher = t.app._runtime().dispatcher
+    gone, stays = w2.consumers["celery"].id, w1.consumers["celery"].id
+    results = [t.add.delay(i, 1) for i in range(8)]  # both consumers take some
+    assert [r.get(timeout=10 * SLOW) for r in results] == [i + 1 for i in range(8)]
+    assert {gone, stays} <= set(dispatcher.capacity)
+    w2.stop(timeout=1)
+    w2.node.stop(timeout=1)
+    wait_until(lambda: gone not in dispatcher.capacity, 10, "the submitter to forget w2")
+    assert gone not in dispatcher.heard_at
+    assert stays in dispatcher.capacity  # a live consumer is remembered
 
 
 def test_a_stopping_worker_gives_held_tasks_back_to_run_elsewhere(

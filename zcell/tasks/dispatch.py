@@ -57,6 +57,9 @@ RECHECK = 0.2
 #: the worker enforces the time limits itself and answers, and a dead worker fails
 #: the call at once (NodeDown), so no shorter bound is needed or right.
 NO_DEADLINE = 10 * 365 * 86400.0
+#: Seconds between looks for consumers gone from the mesh, whose entries in the
+#: per-consumer tables (capacity, last heard, room, full) are then dropped.
+FORGET_EVERY = 10.0
 #: Tasks a program thread hands over before it waits for the loop to take them,
 #: and what the loop takes per turn (``Dispatcher.hand_over``).
 HAND_BATCH = 64
@@ -143,6 +146,7 @@ class Dispatcher:
         self.turn: collections.Counter[str] = collections.Counter()  # queue -> round-robin
         self.expiring: set[str] = set()  # queues where a task with an expiry may wait
         self._wake: Event | None = None
+        self._forgot_at = time.monotonic()  # the last look for consumers gone
         self.loop_ident: int | None = None  # the loop thread's id, once started
         self._pump: gevent.Greenlet | None = None
 
@@ -170,6 +174,8 @@ class Dispatcher:
             try:
                 self.runtime.pull_revoked()
                 self.pump()
+                if time.monotonic() - self._forgot_at >= FORGET_EVERY:
+                    self.forget_gone()
             except NodeStopped:
                 return
             except Exception:
@@ -309,6 +315,17 @@ class Dispatcher:
         # count can lag the worker's), so after RECHECK with nothing heard from it,
         # one push asks again; a worker still full refuses it and sends "room" later.
         return time.monotonic() - self.heard_at.get(consumer, 0.0) >= RECHECK
+
+    def forget_gone(self) -> None:
+        """Drop what the per-consumer tables hold of consumers no longer in the
+        mesh with nothing of ours in flight there (workers come and go: the
+        tables must not grow with every consumer ever seen)."""
+        self._forgot_at = time.monotonic()
+        live = self.node.directory.actors
+        for table in (self.heard_at, self.room_at, self.capacity):
+            for consumer in [c for c in table if c not in live and not self.inflight[c]]:
+                del table[consumer]
+        self.full.intersection_update(live)
 
     def _taking(self, consumer: str) -> int:
         """Places at ``consumer``'s worker that our tasks in flight there take."""
