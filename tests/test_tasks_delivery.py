@@ -20,6 +20,7 @@ from zcell import (
     TaskTimeout,
 )
 from zcell.tasks import dispatch
+from zcell.tasks.routing import queue_actor_name
 from zcell.tasks.runtime import DROPPED
 
 
@@ -327,18 +328,19 @@ def test_a_submitter_forgets_consumers_gone_from_the_mesh(
     workers: Workers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What a submitter learnt of a consumer (its capacity, when it was last heard
-    from) goes once its worker left the mesh: workers come and go, and the tables
-    must not keep every consumer ever seen."""
+    from) goes once it left the mesh: workers and their consumers come and go, and
+    the tables must not keep every consumer ever seen."""
     monkeypatch.setattr(dispatch, "FORGET_EVERY", 0.1)
     w1, w2 = workers(2)
     dispatcher = t.app._runtime().dispatcher
     gone, stays = w2.consumers["celery"].id, w1.consumers["celery"].id
-    results = [t.add.delay(i, 1) for i in range(8)]  # both consumers take some
+    consumers = queue_actor_name("celery")
+    wait_until(lambda: len(t.app.node.actors(consumers)) == 2, 10, "both consumers known")
+    results = [t.add.delay(i, 1) for i in range(8)]  # both consumers take some, in turn
     assert [r.get(timeout=10 * SLOW) for r in results] == [i + 1 for i in range(8)]
     assert {gone, stays} <= set(dispatcher.capacity)
-    w2.stop(timeout=1)
-    w2.node.stop(timeout=1)
-    wait_until(lambda: gone not in dispatcher.capacity, 10, "the submitter to forget w2")
+    assert w2.node.call_in_loop(w2.cancel_consumer, "celery")  # its consumer leaves
+    wait_until(lambda: gone not in dispatcher.capacity, 10, "the submitter to forget it")
     assert gone not in dispatcher.heard_at
     assert stays in dispatcher.capacity  # a live consumer is remembered
 
