@@ -340,7 +340,10 @@ def test_wait_for_line_stops_at_exit(mesh3):
 
 def test_popen_env_run_and_stop(mesh3):
     h = mesh3.hosts[2]
-    p = h.popen([PY, "-c", "import os; print(os.environ['ZC_X']); input()"], env={"ZC_X": "42"})
+    # It waits for the signal: input() would end it at once (its stdin is empty),
+    # and under load it could exit 1 before the SIGTERM landed.
+    code = "import os, time; print(os.environ['ZC_X']); time.sleep(60)"
+    p = h.popen([PY, "-c", code], env={"ZC_X": "42"})
     p.wait_for_line("^42$", timeout=5)  # PYTHONUNBUFFERED=1 is added
     p.stop()
     assert p.popen.returncode == -signal.SIGTERM
