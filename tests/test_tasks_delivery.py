@@ -114,18 +114,28 @@ def test_two_workers_take_consecutive_tasks_in_turn(workers: Workers) -> None:
     assert all(a != b for a, b in zip(names, names[1:], strict=False))
 
 
-def test_a_worker_holds_concurrency_times_prefetch_and_the_rest_wait_at_the_submitter(
+def test_tasks_wait_at_the_submitter_for_a_free_slot_and_eta_ones_at_the_worker(
     workers: Workers, tmp_path: Path
 ) -> None:
+    """A submitter pushes a worker what its free slots start at once; the rest wait at
+    the submitter, so no worker hoards tasks another could run. Tasks held for their
+    ETA take no slot, only places, up to concurrency x prefetch."""
     (w,) = workers(1, concurrency=1, prefetch=2)
+    assert t.add.delay(1, 1).get(timeout=10 * SLOW) == 2  # the submitter learns its room
+    dispatcher = t.app._runtime().dispatcher
+
+    def waiting() -> int:
+        return int(t.app.node.call_in_loop(dispatcher.waiting_count))
+
     path = str(tmp_path / "runs")
     results = [t.mark.delay(path, 0.3, i) for i in range(5)]
-    dispatcher = t.app._runtime().dispatcher
-    wait_until(lambda: w.held == 2, 10, "the worker to hold 2 tasks")
-    wait_until(lambda: t.app.node.call_in_loop(dispatcher.waiting_count) == 3, 10, "3 to wait")
-    assert w.held == 2
+    wait_until(lambda: w.held == 1 and waiting() == 4, 10, "1 to run, 4 to wait here")
     assert [r.get(timeout=20 * SLOW) for r in results] == [0, 1, 2, 3, 4]
     assert len(Path(path).read_text().splitlines()) == 5
+    later = [t.add.apply_async((i, 1), countdown=60) for i in range(3)]
+    wait_until(lambda: w.held == 2 and waiting() == 1, 10, "w to hold 2 ETA tasks")
+    for result in later:
+        result.revoke()
 
 
 def test_a_task_sent_before_any_consumer_runs_when_one_joins(
@@ -307,17 +317,17 @@ def test_a_task_that_can_start_at_once_starts_without_a_claim(
 ) -> None:
     """Each push carries its submitter's grant: a worker with a free slot starts the
     task at once and says so ("started", no claim round trip); a task it must hold
-    first is claimed before it starts, so re-dispatch stays exact for it."""
+    first (here for its ETA) is claimed before it starts, so re-dispatch stays exact."""
     (w,) = workers(1, concurrency=1, prefetch=4)
     path = tmp_path / "runs"
+    later = [t.mark.apply_async((str(path), 0, i), countdown=0.5) for i in range(2)]
+    wait_until(lambda: all(r.state == "RECEIVED" for r in later), 10, "w to hold them")
+    assert all(r.worker is None for r in later)  # held, not started: no claim yet
     first = t.mark.delay(str(path), 1.0, "first")
     wait_until(path.exists, 10, "the first task to start")
     # The worker's notice is the submitter's only news of it until the outcome.
     wait_until(lambda: first.worker == w.node.name, 5, "the submitter to hear it started")
     assert first.state == "RECEIVED" and not first.ready()
-    later = [t.mark.delay(str(path), 0, i) for i in range(2)]  # the one slot is taken
-    wait_until(lambda: all(r.state == "RECEIVED" for r in later), 10, "w to hold them")
-    assert all(r.worker is None for r in later)  # held, not started: no claim yet
     assert first.get(timeout=10 * SLOW) == "first"
     assert [r.get(timeout=10 * SLOW) for r in later] == [0, 1]
     stats = w.node.call_in_loop(w.statistics)
@@ -352,7 +362,8 @@ def test_a_stopping_worker_gives_held_tasks_back_to_run_elsewhere(
     path = tmp_path / "runs"
     running = t.mark.delay(str(path), 1.0, "first")
     wait_until(path.exists, 10, "the first task to start")
-    held = [t.mark.delay(str(path), 0, i) for i in range(3)]
+    # Held for their ETA (a submitter pushes other tasks only to free slots).
+    held = [t.mark.apply_async((str(path), 0, i), countdown=0.5) for i in range(3)]
     wait_until(lambda: w1.held == 4, 10, "w1 to hold all four")
     (w2,) = workers(1)
     assert w1.stop(timeout=10 * SLOW) == 0  # the running one finished

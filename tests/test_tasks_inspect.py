@@ -58,9 +58,11 @@ def test_scheduled_reserved_revoked_registered_queues_stats_and_actors(procs, ta
     inspect = app.control.inspect(timeout=T)
     path = tmp_path / "runs"
     later = t.add.apply_async((1, 2), countdown=60)
+    # Held for its ETA, then, the only slot taken, held waiting for it: reserved.
+    waiting = t.add.apply_async((2, 2), countdown=0.5)
+    wait_until(lambda: waiting.state == "RECEIVED", 5 * SLOW, "w1 to hold it")
     running = t.mark.delay(str(path), 3 * SLOW)
     wait_until(lambda: _runs(path), 10 * SLOW, "the task to start")
-    waiting = t.add.delay(2, 2)  # the only slot is taken: held, not started
     wait_until(lambda: inspect.reserved()["w1"], 5 * SLOW, "a reserved task")
     assert [r["id"] for r in inspect.reserved()["w1"]] == [waiting.id]
     assert [(s["request"]["id"], s["eta"] > 0) for s in inspect.scheduled()["w1"]] == [

@@ -69,7 +69,8 @@ def test_tasks_never_started_on_a_killed_worker_run_elsewhere_exactly_once(
     app = task_app(cluster=cluster, peers=[inbox])
     blocker, held = tmp_path / "blocker", tmp_path / "held"
     running = t.mark.delay(str(blocker), 30)
-    waiting = [t.mark.delay(str(held), 0, i) for i in range(3)]
+    # Held for their ETA (a submitter pushes other tasks only to free slots).
+    waiting = [t.mark.apply_async((str(held), 0, i), countdown=1) for i in range(3)]
     wait_until(lambda: all(r.state == "RECEIVED" for r in waiting), 10, "w1 to hold them")
     # Started is not enough: its mark (the proof it ran on w1) must be written.
     wait_until(lambda: _runs(blocker) == ["w1"], 10, "the blocker to run on w1")

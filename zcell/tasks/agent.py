@@ -42,17 +42,31 @@ class TaskAgent(Actor):
             """May this attempt of task ``id`` start now? (it is then STARTED here)"""
             return self._runtime().dispatcher.claim(str(id), int(attempt), str(worker))
 
-        def held(self, id: str, attempt: int, cap: int | None = None) -> None:  # noqa: A002
+        def held(
+            self,
+            id: str,  # noqa: A002
+            attempt: int,
+            cap: int | None = None,
+            slots: int | None = None,
+        ) -> None:
             """A worker holds task ``id`` (it is RECEIVED); ``cap``: how many tasks
-            that worker holds at most."""
-            room = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
-            self._runtime().dispatcher.held(str(id), int(attempt), room)
+            that worker holds at most, ``slots``: how many it runs at once."""
+            dispatcher = self._runtime().dispatcher
+            dispatcher.held(str(id), int(attempt), _count(cap), _count(slots))
 
-        def started(self, id: str, attempt: int, worker: str, cap: int | None = None) -> None:  # noqa: A002
+        def started(
+            self,
+            id: str,  # noqa: A002
+            attempt: int,
+            worker: str,
+            cap: int | None = None,
+            slots: int | None = None,
+        ) -> None:
             """A worker started task ``id`` under its submitter's grant, without a
-            claim (it is RECEIVED, or STARTED with ``track_started``)."""
-            room = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
-            self._runtime().dispatcher.started(str(id), int(attempt), str(worker), room)
+            claim (it is RECEIVED, or STARTED with ``track_started``); ``cap`` and
+            ``slots`` as for ``held``."""
+            dispatcher = self._runtime().dispatcher
+            dispatcher.started(str(id), int(attempt), str(worker), _count(cap), _count(slots))
 
         def lending(self, id: str, attempt: int, lent: bool) -> None:  # noqa: A002
             """Task ``id`` waits in ``get()`` at its worker (``lent``: its place there
@@ -130,6 +144,11 @@ class TaskAgent(Actor):
         def now(self) -> float:
             """This node's clock (POSIX seconds), to compare hosts' clocks."""
             return time.time()
+
+
+def _count(value: Any) -> int | None:
+    """A positive int from the wire, else None (ignored)."""
+    return value if type(value) is int and value > 0 else None
 
 
 def attach(app: App, node: Node) -> Runtime:

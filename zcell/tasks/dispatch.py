@@ -93,6 +93,7 @@ class Entry:
         self.granted = False
         self.consumer: str | None = None  # the consumer actor it was pushed to
         self.lent = False  # it waits in get() there: its place is lent out
+        self.waits_there = False  # held there, not started: it takes no slot
         self.waiting = False  # in its queue's deque here (not pushed yet)
         self.pushed_at = 0.0  # time.monotonic() of the last push
         self.redeliveries = 0
@@ -135,14 +136,18 @@ class Dispatcher:
         # consumer actor id -> tasks of ours in flight there that wait in get() and
         # so lend their place at the worker out: they do not count against its room
         self.lent: collections.Counter[str] = collections.Counter()
+        # consumer actor id -> tasks of ours its worker holds and has not started
+        # (waiting for a slot, their ETA or their rate): they take no slot there
+        self.holding: collections.Counter[str] = collections.Counter()
         self.capacity: dict[str, int] = {}  # consumer actor id -> its worker's capacity
-        # A consumer's capacity before its worker told it (its first "held" or
-        # "full"): what a worker of this app's settings holds. Pushing without a
-        # bound let a burst go out whole, to be refused whole and pushed again.
+        self.slots: dict[str, int] = {}  # consumer actor id -> its worker's concurrency
+        # A consumer's capacity and slots before its worker told them (its first
+        # notice or "full"): those of a worker of this app's settings. Pushing
+        # without a bound let a burst go out whole, to be refused whole and pushed
+        # again.
         conf = runtime.app.conf
-        self.first_guess = max(
-            1, int(conf.worker_concurrency) * int(conf.worker_prefetch_multiplier)
-        )
+        self.first_slots = max(1, int(conf.worker_concurrency))
+        self.first_guess = max(1, self.first_slots * int(conf.worker_prefetch_multiplier))
         self.turn: collections.Counter[str] = collections.Counter()  # queue -> round-robin
         self.expiring: set[str] = set()  # queues where a task with an expiry may wait
         self._wake: Event | None = None
@@ -255,6 +260,7 @@ class Dispatcher:
         self.finish(watched, done.state, done.result)
 
     def _enqueue(self, entry: Entry, front: bool = False) -> None:
+        self._unhold(entry)
         entry.held = entry.claimed = entry.granted = False
         entry.consumer = None
         queue = self.waiting.setdefault(entry.queue, collections.deque())
@@ -280,16 +286,17 @@ class Dispatcher:
             self._expire(queue, tasks, now)
             if not tasks:
                 continue
-            consumers = self._with_room(queue)
-            while tasks and consumers:
+            candidates = self.node.actors(queue_actor_name(queue))
+            while tasks and candidates:
+                later = _later(tasks[0], now)
+                consumers = [p for p in candidates if self._has_room(p.id, later)]
+                if not consumers:
+                    break
                 index = self.turn[queue] % len(consumers)
                 self.turn[queue] += 1
-                consumer = consumers[index]
                 entry = tasks.popleft()
                 entry.waiting = False
-                self._push(entry, consumer)
-                if not self._has_room(consumer.id):
-                    consumers.remove(consumer)
+                self._push(entry, consumers[index], later)
 
     def _expire(self, queue: str, tasks: collections.deque[Entry], now: float) -> None:
         if queue not in self.expiring:
@@ -303,14 +310,25 @@ class Dispatcher:
                 entry.waiting = False
                 self.finish(entry, REVOKED, TaskRevokedError(f"task {entry.id} expired"))
 
-    def _with_room(self, queue: str) -> list[ActorProxy]:
-        return [p for p in self.node.actors(queue_actor_name(queue)) if self._has_room(p.id)]
+    def _has_room(self, consumer: str, later: bool = False) -> bool:
+        """Whether to push a task to ``consumer`` now (``later``: one to be held
+        there until a later ETA).
 
-    def _has_room(self, consumer: str) -> bool:
-        if consumer not in self.full:
-            cap = self.capacity.get(consumer, self.first_guess)
-            if self._taking(consumer) < cap:
+        A task goes out while the consumer's worker has a slot free of our tasks,
+        so that it starts at once under the grant. One that would wait there for
+        a slot waits here instead: either way the slot that frees costs a round
+        trip to this node before it starts (the outcome and the next push, or a
+        held task's claim), and here it costs no ``held`` notice and no claim,
+        and no worker hoards tasks that another, idle, could run. Tasks the
+        worker holds without a slot (for their ETA or their rate) take none in
+        this count, only places up to its capacity.
+        """
+        taking = self._taking(consumer)
+        if consumer not in self.full and taking < self.capacity.get(consumer, self.first_guess):
+            if later:
                 return True
+            slots = self.slots.get(consumer, self.first_slots)
+            return taking - self.holding[consumer] < slots
         # Full, or at its capacity by our count. A "room" notice can be lost (and our
         # count can lag the worker's), so after RECHECK with nothing heard from it,
         # one push asks again; a worker still full refuses it and sends "room" later.
@@ -322,7 +340,7 @@ class Dispatcher:
         tables must not grow with every consumer ever seen)."""
         self._forgot_at = time.monotonic()
         live = self.node.directory.actors
-        for table in (self.heard_at, self.room_at, self.capacity):
+        for table in (self.heard_at, self.room_at, self.capacity, self.slots):
             for consumer in [c for c in table if c not in live and not self.inflight[c]]:
                 del table[consumer]
         self.full.intersection_update(live)
@@ -332,7 +350,7 @@ class Dispatcher:
         busy = self.inflight[consumer]
         return busy - self.lent[consumer] if self.lent else busy
 
-    def _push(self, entry: Entry, consumer: ActorProxy) -> None:
+    def _push(self, entry: Entry, consumer: ActorProxy, later: bool = False) -> None:
         msg = entry.msg
         msg["attempt"] += 1
         # The grant: a worker that can start it at once needs no claim (one round
@@ -342,10 +360,14 @@ class Dispatcher:
         entry.consumer = consumer.id
         entry.pushed_at = self.heard_at[consumer.id] = time.monotonic()
         self.inflight[consumer.id] += 1
+        if later:  # its worker will hold it, without a slot (its "held" comes later)
+            entry.waits_there = True
+            self.holding[consumer.id] += 1
         try:
             result = consumer.call("run", {"msg": msg}, timeout=NO_DEADLINE)
         except ZcellError as exc:
             self.inflight[consumer.id] -= 1
+            self._unhold(entry)
             self.finish(entry, FAILURE, exc)
             return
         result.link(lambda r: self._on_reply(entry, attempt, consumer.id, r))
@@ -353,6 +375,8 @@ class Dispatcher:
     # -- following (loop thread) ----------------------------------------------
 
     def _on_reply(self, entry: Entry, attempt: int, consumer: str, result: Any) -> None:
+        if entry.msg["attempt"] == attempt:
+            self._unhold(entry)
         self.heard_at[consumer] = time.monotonic()
         self.inflight[consumer] -= 1
         if self.inflight[consumer] <= 0:
@@ -406,9 +430,11 @@ class Dispatcher:
             # path): then the worker has room again and will send no other notice.
             if self.room_at.get(consumer, -1.0) <= entry.pushed_at:
                 self.full.add(consumer)
-            cap = value.get("cap")
-            if isinstance(cap, int) and cap > 0:
+            cap, slots = value.get("cap"), value.get("slots")
+            if type(cap) is int and cap > 0:
                 self.capacity[consumer] = cap
+            if type(slots) is int and slots > 0:
+                self.slots[consumer] = slots
             self._enqueue(entry, front=True)
         elif status == "refused":
             pass  # its claim was refused: it ended here already (revoked, expired)
@@ -451,6 +477,7 @@ class Dispatcher:
         """Set the outcome once, wake every waiter, run ``then`` callbacks."""
         if entry.ready:
             return
+        self._unhold(entry)
         self.entries.pop(entry.id, None)
         if entry.waiting:  # finished before it was pushed (revoked, expired)
             entry.waiting = False
@@ -468,27 +495,59 @@ class Dispatcher:
 
     # -- the agent's side (loop thread, called by TaskAgent handlers) ----------
 
-    def held(self, task_id: str, attempt: int, cap: int | None = None) -> None:
-        """A worker holds the task (reserved or waiting for its ETA); ``cap``: the
-        most it holds (learnt here if not known yet)."""
+    def held(
+        self, task_id: str, attempt: int, cap: int | None = None, slots: int | None = None
+    ) -> None:
+        """A worker holds the task (waiting for a slot, its ETA or its rate); ``cap``:
+        the most it holds, ``slots``: the most it runs at once (learnt here)."""
         entry = self.entries.get(task_id)
         if entry is not None and entry.msg["attempt"] == attempt:
-            entry.held = True
+            self._notice(entry, cap, slots)
             consumer = entry.consumer
-            if consumer is not None:
-                self.full.discard(consumer)  # it took a task: it had room
-                if cap is not None and consumer not in self.capacity:
-                    self.capacity[consumer] = cap
-                    self.wake()
+            if consumer is not None and not entry.claimed and not entry.waits_there:
+                entry.waits_there = True  # it takes no slot there until it starts
+                self.holding[consumer] += 1
+                self.wake()
             if entry.state == PENDING:  # a retry stays RETRY until it ends, as in Celery
                 entry.state = RECEIVED
 
-    def started(self, task_id: str, attempt: int, worker: str, cap: int | None = None) -> None:
-        """A worker started the task under its grant (no claim); ``cap`` as for ``held``."""
+    def _notice(self, entry: Entry, cap: int | None, slots: int | None) -> None:
+        """Its worker holds or runs the entry: what it says of its room."""
+        entry.held = True
+        consumer = entry.consumer
+        if consumer is not None:
+            self.full.discard(consumer)  # it took a task: it had room
+            if cap is not None and consumer not in self.capacity:
+                self.capacity[consumer] = cap
+                self.wake()
+            if slots is not None and self.slots.get(consumer) != slots:
+                self.slots[consumer] = slots
+                self.wake()
+
+    def _unhold(self, entry: Entry) -> None:
+        """The entry no longer waits at its worker without a slot."""
+        if entry.waits_there:
+            entry.waits_there = False
+            consumer = entry.consumer
+            if consumer is not None:
+                self.holding[consumer] -= 1
+                if self.holding[consumer] <= 0:
+                    del self.holding[consumer]
+
+    def started(
+        self,
+        task_id: str,
+        attempt: int,
+        worker: str,
+        cap: int | None = None,
+        slots: int | None = None,
+    ) -> None:
+        """A worker started the task under its grant (no claim); ``cap`` and
+        ``slots`` as for ``held``."""
         entry = self.entries.get(task_id)
         if entry is None or entry.ready or entry.msg["attempt"] != attempt:
             return
-        self.held(task_id, attempt, cap)
+        self._notice(entry, cap, slots)
         self._started(entry, worker)
 
     def claim(self, task_id: str, attempt: int, worker: str) -> bool:
@@ -507,6 +566,7 @@ class Dispatcher:
         return True
 
     def _started(self, entry: Entry, worker: str) -> None:
+        self._unhold(entry)  # it takes a slot there now
         entry.claimed = entry.held = True
         entry.worker = worker
         if entry.msg["track_started"]:
@@ -599,6 +659,12 @@ def _error(value: Any) -> BaseException | None:
         if value[0] == f"{own.__module__}.{own.__qualname__}":
             return own(str(value[1]))
     return error
+
+
+def _later(entry: Entry, now: float) -> bool:
+    """Whether the task is to be held by its worker until a later ETA."""
+    eta = entry.msg["eta"]
+    return eta is not None and eta > now
 
 
 def _run_callback(callback: Callable[[Entry], None], entry: Entry) -> None:

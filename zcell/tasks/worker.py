@@ -215,7 +215,7 @@ class Worker:
         if self.closing or self.held >= self.capacity or msg["queue"] not in self.queues:
             self.refusals += 1
             self._refuse(msg["reply_to"])
-            return {"s": "full", "cap": self.capacity}
+            return self._full()
         if self.seen.get(msg["id"]) == msg["retries"]:
             return self._duplicate(msg)
         self.seen.put(msg["id"], msg["retries"])
@@ -224,9 +224,7 @@ class Worker:
         try:
             granted = msg.get("go") is True and self._starts_at_once(msg)
             if not granted:
-                _tell(
-                    msg, "held", {"id": msg["id"], "attempt": msg["attempt"], "cap": self.capacity}
-                )
+                _tell(msg, "held", self._room_of(msg))
             task_events.received(self.node, msg)
             return self._process(msg, granted)
         finally:
@@ -262,6 +260,19 @@ class Worker:
             except ZcellError:
                 pass
 
+    def _full(self) -> dict[str, Any]:
+        """The reply to a push this worker cannot take (it was never started)."""
+        return {"s": "full", "cap": self.capacity, "slots": self.concurrency}
+
+    def _room_of(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """A notice's task and what this worker holds: ``cap`` tasks, ``slots`` running."""
+        return {
+            "id": msg["id"],
+            "attempt": msg["attempt"],
+            "cap": self.capacity,
+            "slots": self.concurrency,
+        }
+
     def _starts_at_once(self, msg: dict[str, Any]) -> bool:
         """Whether the task can start now: a slot is free, and it has no ETA to
         wait for and no rate limit here."""
@@ -276,7 +287,7 @@ class Worker:
         without a claim, and it can start at once (docs/tasks.md, "The claim")."""
         self._hold_until_eta(msg)
         if self.closing:
-            return {"s": "full", "cap": self.capacity}  # given back: never started
+            return self._full()  # given back: never started
         ended = self._ended_before_start(msg)
         if ended is not None:
             return ended
@@ -291,7 +302,7 @@ class Worker:
         self._take_slot(request)
         try:
             if self.closing:
-                return {"s": "full", "cap": self.capacity}
+                return self._full()
             if not granted and not self._claim(msg):
                 return {"s": "refused"}
             if granted:
@@ -302,7 +313,7 @@ class Worker:
                 self._on_revoked(task, request, terminated=False)
                 return self._outcome(msg, REVOKED)
             if granted:
-                _tell(msg, "started", _started(msg, self.node.name, self.capacity))
+                _tell(msg, "started", {**self._room_of(msg), "worker": self.node.name})
             return self._run(task, request)
         finally:
             self._give_slot(request)
@@ -673,11 +684,6 @@ def _tell(msg: dict[str, Any], method: str, kwargs: dict[str, Any]) -> None:
         msg["reply_to"].send(method, kwargs, nowait=True)
     except ZcellError:
         pass
-
-
-def _started(msg: dict[str, Any], worker: str, cap: int) -> dict[str, Any]:
-    """The submitter's notice that the task started here under its grant."""
-    return {"id": msg["id"], "attempt": msg["attempt"], "worker": worker, "cap": cap}
 
 
 def _lent(msg: dict[str, Any], lent: bool) -> dict[str, Any]:
