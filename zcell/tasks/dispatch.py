@@ -355,7 +355,8 @@ class Dispatcher:
         msg["attempt"] += 1
         # The grant: a worker that can start it at once needs no claim (one round
         # trip less); a re-dispatch then treats it as started until told otherwise.
-        msg["go"] = entry.granted = True
+        # A task for a later ETA cannot start at once: no grant, so it stays exact.
+        msg["go"] = entry.granted = not later
         attempt = msg["attempt"]
         entry.consumer = consumer.id
         entry.pushed_at = self.heard_at[consumer.id] = time.monotonic()
