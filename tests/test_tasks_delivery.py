@@ -20,6 +20,7 @@ from zcell import (
     TaskTimeout,
 )
 from zcell.tasks import dispatch
+from zcell.tasks import worker as worker_module
 from zcell.tasks.routing import queue_actor_name
 from zcell.tasks.runtime import DROPPED
 
@@ -332,6 +333,32 @@ def test_a_task_that_can_start_at_once_starts_without_a_claim(
     assert [r.get(timeout=10 * SLOW) for r in later] == [0, 1]
     stats = w.node.call_in_loop(w.statistics)
     assert (stats["started_granted"], stats["started_claimed"]) == (1, 2)
+
+
+def test_a_task_started_under_the_grant_is_told_started_only_if_it_runs_a_while(
+    workers: Workers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker tells the submitter that a task it started under the grant started
+    only once it has run ``STARTED_AFTER``: one that ends sooner costs no notice (its
+    outcome says it all); a longer one is seen started (``RECEIVED``) while it runs."""
+    monkeypatch.setattr(worker_module, "STARTED_AFTER", 0.5)
+    (w,) = workers(1)
+    dispatcher = t.app._runtime().dispatcher
+    heard: list[str] = []
+    started = dispatcher.started
+
+    def spy(task_id: str, *args: Any) -> None:
+        heard.append(task_id)
+        started(task_id, *args)
+
+    monkeypatch.setattr(dispatcher, "started", spy)
+    quick = [t.add.delay(i, 1) for i in range(10)]
+    assert [r.get(timeout=10 * SLOW) for r in quick] == [i + 1 for i in range(10)]
+    slow = t.mark.delay(str(tmp_path / "runs"), 1.5, "slow")
+    wait_until(lambda: slow.state == "RECEIVED", 5, "the submitter to hear it started")
+    assert not slow.ready() and slow.worker == w.node.name
+    assert slow.get(timeout=10 * SLOW) == "slow"
+    assert heard == [slow.id]
 
 
 def test_a_submitter_forgets_consumers_gone_from_the_mesh(

@@ -431,20 +431,27 @@ class Dispatcher:
             # path): then the worker has room again and will send no other notice.
             if self.room_at.get(consumer, -1.0) <= entry.pushed_at:
                 self.full.add(consumer)
-            cap, slots = value.get("cap"), value.get("slots")
-            if type(cap) is int and cap > 0:
-                self.capacity[consumer] = cap
-            if type(slots) is int and slots > 0:
-                self.slots[consumer] = slots
+            self._learn(consumer, value, always=True)
             self._enqueue(entry, front=True)
         elif status == "refused":
             pass  # its claim was refused: it ended here already (revoked, expired)
         elif status == RETRY:
             self._retry(entry, value)
         elif status in READY_STATES:
+            self._learn(consumer, value)
             self.settle(entry, value)
         else:
             self.finish(entry, FAILURE, ProtocolError(f"bad task reply status {status!r}"))
+
+    def _learn(self, consumer: str, value: dict[str, Any], always: bool = False) -> None:
+        """A worker's reply may say its capacity and slots (``full``, and the
+        outcome of a task started under the grant): learn them (``always``:
+        even when known, a ``full`` says how many it holds now)."""
+        cap, slots = value.get("cap"), value.get("slots")
+        if type(cap) is int and cap > 0 and (always or consumer not in self.capacity):
+            self.capacity[consumer] = cap
+        if type(slots) is int and slots > 0 and self.slots.get(consumer) != slots:
+            self.slots[consumer] = slots
 
     def settle(self, entry: Entry, value: dict[str, Any]) -> None:
         """Finish the entry with a worker's final outcome record."""

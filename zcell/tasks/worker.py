@@ -64,6 +64,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds a worker waits for a submitter to answer a claim (then runs the task).
 CLAIM_TIMEOUT = 5.0
+#: Seconds a task started under its submitter's grant runs before the worker tells
+#: the submitter so ("started"); one that ends sooner is told by its outcome.
+STARTED_AFTER = 0.02
 #: Most submitters remembered as refused ("full") at once, for "room" notices.
 MAX_REFUSED = 10_000
 #: Seconds between looks whether a cancelled queue's held tasks have ended.
@@ -273,6 +276,9 @@ class Worker:
             "slots": self.concurrency,
         }
 
+    def _started_notice(self, msg: dict[str, Any]) -> dict[str, Any]:
+        return {**self._room_of(msg), "worker": self.node.name}
+
     def _starts_at_once(self, msg: dict[str, Any]) -> bool:
         """Whether the task can start now: a slot is free, and it has no ETA to
         wait for and no rate limit here."""
@@ -312,9 +318,19 @@ class Worker:
             if self._is_revoked(msg):
                 self._on_revoked(task, request, terminated=False)
                 return self._outcome(msg, REVOKED)
-            if granted:
-                _tell(msg, "started", {**self._room_of(msg), "worker": self.node.name})
-            return self._run(task, request)
+            if not granted:
+                return self._run(task, request)
+            # Its submitter hears that it started only if it runs a while: a task
+            # that ends sooner is told by its outcome alone (one message less).
+            notice = gevent.get_hub().loop.timer(STARTED_AFTER)
+            notice.start(gevent.spawn, _tell, msg, "started", self._started_notice(msg))
+            try:
+                outcome = self._run(task, request)
+            finally:
+                notice.close()
+            # The reply teaches the submitter this worker's room (it may have had
+            # no notice): not kept in the record.
+            return {**outcome, "cap": self.capacity, "slots": self.concurrency}
         finally:
             self._give_slot(request)
 
