@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..actors.actor import Actor
 from ..errors import CallTimeout, ProtocolError
 from .chord import chords_of
+from .dispatch import positive
 from .runtime import AGENT_TYPE, READY_TIMEOUT, Runtime, claim_runtime, forget_runtime, runtime_of
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class TaskAgent(Actor):
             """A worker holds task ``id`` (it is RECEIVED); ``cap``: how many tasks
             that worker holds at most, ``slots``: how many it runs at once."""
             dispatcher = self._runtime().dispatcher
-            dispatcher.held(str(id), int(attempt), _count(cap), _count(slots))
+            dispatcher.held(str(id), int(attempt), positive(cap), positive(slots))
 
         def started(
             self,
@@ -66,7 +67,7 @@ class TaskAgent(Actor):
             claim (it is RECEIVED, or STARTED with ``track_started``); ``cap`` and
             ``slots`` as for ``held``."""
             dispatcher = self._runtime().dispatcher
-            dispatcher.started(str(id), int(attempt), str(worker), _count(cap), _count(slots))
+            dispatcher.started(str(id), int(attempt), str(worker), positive(cap), positive(slots))
 
         def lending(self, id: str, attempt: int, lent: bool) -> None:  # noqa: A002
             """Task ``id`` waits in ``get()`` at its worker (``lent``: its place there
@@ -144,11 +145,6 @@ class TaskAgent(Actor):
         def now(self) -> float:
             """This node's clock (POSIX seconds), to compare hosts' clocks."""
             return time.time()
-
-
-def _count(value: Any) -> int | None:
-    """A positive int from the wire, else None (ignored)."""
-    return value if type(value) is int and value > 0 else None
 
 
 def attach(app: App, node: Node) -> Runtime:

@@ -287,16 +287,23 @@ class Dispatcher:
             if not tasks:
                 continue
             candidates = self.node.actors(queue_actor_name(queue))
+            consumers: list[ActorProxy] = []
+            kind: bool | None = None  # the kind (for a later ETA or not) they have room for
             while tasks and candidates:
                 later = _later(tasks[0], now)
-                consumers = [p for p in candidates if self._has_room(p.id, later)]
+                if later is not kind:  # an ETA task may go where a task for now may not
+                    consumers = [p for p in candidates if self._has_room(p.id, later)]
+                    kind = later
                 if not consumers:
                     break
                 index = self.turn[queue] % len(consumers)
                 self.turn[queue] += 1
+                consumer = consumers[index]
                 entry = tasks.popleft()
                 entry.waiting = False
-                self._push(entry, consumers[index], later)
+                self._push(entry, consumer, later)
+                if not self._has_room(consumer.id, later):
+                    consumers.remove(consumer)
 
     def _expire(self, queue: str, tasks: collections.deque[Entry], now: float) -> None:
         if queue not in self.expiring:
@@ -447,10 +454,10 @@ class Dispatcher:
         """A worker's reply may say its capacity and slots (``full``, and the
         outcome of a task started under the grant): learn them (``always``:
         even when known, a ``full`` says how many it holds now)."""
-        cap, slots = value.get("cap"), value.get("slots")
-        if type(cap) is int and cap > 0 and (always or consumer not in self.capacity):
+        cap, slots = positive(value.get("cap")), positive(value.get("slots"))
+        if cap is not None and (always or consumer not in self.capacity):
             self.capacity[consumer] = cap
-        if type(slots) is int and slots > 0 and self.slots.get(consumer) != slots:
+        if slots is not None and self.slots.get(consumer) != slots:
             self.slots[consumer] = slots
 
     def settle(self, entry: Entry, value: dict[str, Any]) -> None:
@@ -667,6 +674,11 @@ def _error(value: Any) -> BaseException | None:
         if value[0] == f"{own.__module__}.{own.__qualname__}":
             return own(str(value[1]))
     return error
+
+
+def positive(value: Any) -> int | None:
+    """A positive int from the wire (a worker's capacity or slots), else None."""
+    return value if type(value) is int and value > 0 else None
 
 
 def _later(entry: Entry, now: float) -> bool:

@@ -276,8 +276,9 @@ class Worker:
             "slots": self.concurrency,
         }
 
-    def _started_notice(self, msg: dict[str, Any]) -> dict[str, Any]:
-        return {**self._room_of(msg), "worker": self.node.name}
+    def _tell_started(self, msg: dict[str, Any]) -> None:
+        """(A hub timer) the granted task ``msg`` runs a while: tell its submitter."""
+        gevent.spawn(_tell, msg, "started", {**self._room_of(msg), "worker": self.node.name})
 
     def _starts_at_once(self, msg: dict[str, Any]) -> bool:
         """Whether the task can start now: a slot is free, and it has no ETA to
@@ -304,7 +305,8 @@ class Worker:
                 "the worker with -A on the app that includes its module"
             ))  # fmt: skip
         request = Request(msg, self.node.name, self)
-        self._wait_for_rate(task)
+        if not granted:  # a granted task has no rate limit here (_starts_at_once)
+            self._wait_for_rate(task)
         self._take_slot(request)
         try:
             if self.closing:
@@ -323,7 +325,7 @@ class Worker:
             # Its submitter hears that it started only if it runs a while: a task
             # that ends sooner is told by its outcome alone (one message less).
             notice = gevent.get_hub().loop.timer(STARTED_AFTER)
-            notice.start(gevent.spawn, _tell, msg, "started", self._started_notice(msg))
+            notice.start(self._tell_started, msg)
             try:
                 outcome = self._run(task, request)
             finally:
