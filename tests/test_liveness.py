@@ -21,6 +21,7 @@ from zcell_test_actors import Echo
 
 from zcell import Node, NodeDown, ProtocolError
 from zcell import _wire as wire
+from zcell._mesh.membership import PING_EVERY
 
 FAST_HB = 0.3
 
@@ -367,18 +368,26 @@ def test_zeromq_failure_detection_options_are_set_on_every_socket(make_node):
         found.append(socket_options(port_dealer))
     finally:
         port_dealer.close(linger=0)
+    sparse = 0
     for kind, opts in found:
         assert opts["LINGER"] == 0, (kind, opts)
         # The heartbeat interval; sockets that bind send no pings of their own
-        # (libzmq's abort on a stopped connection: docs/failure.md).
-        expected = 0 if kind in (zmq.ROUTER, zmq.XPUB) else 500
-        assert opts["HEARTBEAT_IVL"] == expected, (kind, opts)
+        # (libzmq's abort on a stopped connection: docs/failure.md). A member's
+        # connections (our DEALER to its inbox, our SUB to its PUBs) ping every
+        # PING_EVERY heartbeats: liveness is the heartbeats' (monitors.py).
+        if opts["HEARTBEAT_IVL"] == 500 * PING_EVERY and kind in (zmq.DEALER, zmq.SUB):
+            sparse += 1
+            assert opts["HEARTBEAT_TTL"] == 3 * 500 * PING_EVERY, (kind, opts)  # the peer's
+        else:
+            expected = 0 if kind in (zmq.ROUTER, zmq.XPUB) else 500
+            assert opts["HEARTBEAT_IVL"] == expected, (kind, opts)
+            assert opts["HEARTBEAT_TTL"] == 1500, (kind, opts)  # what the peer is told
         assert opts["HEARTBEAT_TIMEOUT"] == 1500, (kind, opts)
-        assert opts["HEARTBEAT_TTL"] == 1500, (kind, opts)  # what the peer is told
         assert 0 < opts["CONNECT_TIMEOUT"] <= 5000, (kind, opts)
         assert 0 < opts["RECONNECT_IVL_MAX"] <= 5000, (kind, opts)
         if kind == zmq.DEALER:
             assert opts["IMMEDIATE"] == 1, opts
+    assert sparse == 2  # b's DEALER to a's inbox and its SUB of a
 
 
 def test_calls_to_a_killed_peer_fail_fast_once_it_is_declared_down(make_node, procs):

@@ -313,10 +313,15 @@ def test_a_cut_host_is_detected_and_rejoins_after_the_heal(mesh4):
     assert d("send", actor=victim, method="count")["ok"] == 2
 
 
-def test_a_pairwise_partition_splits_only_that_pair_and_heals(mesh4):
+@pytest.mark.parametrize("monitors", ["default", "1"])
+def test_a_pairwise_partition_splits_only_that_pair_and_heals(mesh4, monitors, monkeypatch):
+    """With ``ZCELL_MONITORS=1`` each node watches one member, so h0 and h1 may
+    watch neither each other: they then find the cut by probing (monitors.py)."""
     reason = nft_available()
     if reason is not None:
         pytest.skip(f"nft unavailable: {reason}")
+    if monitors != "default":
+        monkeypatch.setenv("ZCELL_MONITORS", monitors)  # the children inherit it
     world = World(mesh4, 3, driver_host=3)
     d = world.driver
 

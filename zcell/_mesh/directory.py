@@ -58,6 +58,14 @@ class Member:
     minors: tuple[int, int] = UNSTATED
     # Its heartbeat interval in seconds (node info "beat"); 0.0: not stated.
     beat: float = 0.0
+    # Failure detection (monitors.py): whether our SUB takes its heartbeats,
+    # whether it is one of the few we watch, whether we told the others it went
+    # silent, and, while we check a suspicion first-hand, since when and until when.
+    hb_connected: bool = False
+    watched: bool = True
+    suspected: bool = False
+    verify_from: float = 0.0
+    verify_until: float = 0.0
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> Member:

@@ -47,11 +47,13 @@ from ..errors import (
     ZcellError,
 )
 from .directory import PREFIX, Member
+from .monitors import Monitors
 
 __all__ = ["DirectoryNews", "Membership"]
 
 
 if TYPE_CHECKING:
+    from ..control.registry import ControlRegistry
     from .directory import Directory
     from .discovery import PeerAd
     from .held import HeldFrames
@@ -62,7 +64,7 @@ log = logging.getLogger(__name__)
 PROTOCOL = PROTOCOL_VERSION
 INF = float("inf")
 
-DOWN_AFTER = 2.6  # heartbeat intervals of silence before a member is down
+PING_EVERY = 10  # heartbeats between ZMTP pings on a member's connections
 MAX_KNOCKS = 32  # unverified addresses being knocked on at once; a knock of our
 # own (not answering another's) only while fewer than half are: the rest is room
 # to answer the knocks of others, so that nodes busy knocking still meet.
@@ -148,6 +150,7 @@ class Membership:
         info: Callable[[], dict[str, Any]],
         refused: Callable[[str, type[NodeStopped]], None],
         held: HeldFrames,
+        vitals: Callable[[], list[Any]],
     ) -> None:
         self._shared = shared
         self._members = shared.roster.members
@@ -168,6 +171,16 @@ class Membership:
         self._knocks: dict[str, Knock] = {}
         self._clashes: set[tuple[str, str]] = set()  # (name, node id) refused, logged once
         self._subscribed: set[str] = set()  # ids of the members whose SUB reached our XPUB
+        # Who watches whom, suspicions and probes (monitors.py): when a member is down.
+        self._monitors = Monitors(
+            shared.node_id, self._members, shared.stats,
+            heartbeat=heartbeat, beat_of=self.beat_of, ctrl=ctrl,
+            member_down=self._member_down, on_vitals=self._vitals_heard, vitals=vitals,
+        )  # fmt: skip
+
+    def add_control_ops(self, registry: ControlRegistry) -> None:
+        """Answer members' suspicions and probes (``Monitors``)."""
+        self._monitors.add_control_ops(registry)
 
     def add_peer(self, endpoint: str) -> None:
         """Knock on ``endpoint`` now and for good (``Node(peers=...)``)."""
@@ -180,9 +193,19 @@ class Membership:
             ctx = self._shared.sockets.ctx
             assert ctx is not None  # the node runs
             dealer = ctx.socket(zmq.DEALER, self._shared.loop.hub)
+            self._sparse_pings(dealer)
             dealer.connect(endpoint, self._shared.roster.routing_id(endpoint))
             self._dealers[endpoint] = dealer
         return dealer
+
+    def _sparse_pings(self, sock: Socket) -> None:
+        """ZMTP pings every ``PING_EVERY`` heartbeats on a member's connections (the
+        peer's timeout, TTL, follows): they only close a dead TCP connection that
+        we keep meanwhile, and liveness is decided by heartbeats (``Monitors``);
+        at every heartbeat, libzmq's pings would cost an idle node work per member."""
+        every_ms = int(PING_EVERY * self._heartbeat * 1000)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, every_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, 3 * every_ms)
 
     def _close_dealer(self, endpoint: str) -> None:
         """Close our DEALER to ``endpoint`` (a peer gone, a knock unanswered)."""
@@ -340,6 +363,7 @@ class Membership:
         self._shared.roster.claim_prefix(member, routing)
         self._knocks.pop(member.inbox, None)  # answered: its slot is free
         self._subscribe(member)
+        self._monitors.rewatch()
         log.info("zcell: %s joined (%s)", member.name, member.inbox)
         # Tell the others: a node that joined through us before this one did
         # would otherwise never hear of it (gossip suggests; they verify).
@@ -364,13 +388,13 @@ class Membership:
         assert ctx is not None  # the node runs
         sub = ctx.socket(zmq.SUB, self._shared.loop.hub)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self._sparse_pings(sub)
         # A topic nothing is published on: its arrival at the member's XPUB
         # tells it exactly when this SUB is connected.
         sub.setsockopt(zmq.SUBSCRIBE, b"\xff" + self._shared.node_id.encode())
         member.sub = sub
         try:
-            sub.connect(member.pub)
-            sub.connect(member.hb)
+            sub.connect(member.pub)  # its heartbeats too, if we watch it (Monitors)
         except ZcellError:
             log.warning("zcell: cannot subscribe to %s", member.name)
         member.reader = gevent.spawn(self._read_member, member, sub)
@@ -426,7 +450,7 @@ class Membership:
             other = next((m for m in self._members.values() if m.name == name), None)
             if other is None:
                 return None
-            alive = time.monotonic() - other.last_seen < 1.5 * self.beat_of(other)
+            alive = self._monitors.alive(other, time.monotonic(), 1.5)
             go = alive and not other.leaving
             holder = f"node {other.name} at {other.inbox}"
         return (
@@ -584,9 +608,14 @@ class Membership:
         if member is None:
             return
         member.last_seen = time.monotonic()
-        member.load = msg[5]
-        member.n_actors = msg[6]
-        if (msg[4] > member.dir_seq or not member.synced) and not member.syncing:
+        self._vitals_heard(member, msg[4:7])
+
+    def _vitals_heard(self, member: Member, vitals: list[Any]) -> None:
+        """A member's directory number, load and actor count (three ints, from a
+        heartbeat or a probe's answer): pull its directory when we missed news."""
+        seq, load, n_actors = vitals
+        member.load, member.n_actors = load, n_actors
+        if (seq > member.dir_seq or not member.synced) and not member.syncing:
             gevent.spawn(self._resync, member)
 
     def on_directory(self, msg: list[Any], via: Member | None = None) -> None:
@@ -661,6 +690,7 @@ class Membership:
         self._unsubscribe(member)
         self._close_dealer(member.inbox)
         self._knocks.pop(member.inbox, None)
+        self._monitors.forget(member)
         # It may come back (a healed partition): keep knocking for a while (each
         # knock opens a DEALER that closes again when nobody answers).
         if self._seeds.get(member.inbox, 0) != INF:
@@ -734,9 +764,7 @@ class Membership:
                     for member in self._members.values():
                         member.last_seen = max(member.last_seen, now)
             last = now
-            for member in list(self._members.values()):
-                if now - member.last_seen > DOWN_AFTER * self.beat_of(member):
-                    self._member_down(member, f"silent for {now - member.last_seen:.1f}s")
+            self._monitors.check(now)
             self._shared.pending.expire(now)
             self._held.expire(now)
             # Before expiring knocks: a refusal may be waiting on a knock's DEALER.

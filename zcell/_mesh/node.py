@@ -202,6 +202,9 @@ class Node:
                 "internal_errors",  # bugs in dispatch, failed internal tasks (logged)
                 "dropped_newer_kinds",  # kinds of a newer minor a member speaks and we do not
                 "refused_versions",  # HELLOs of another protocol version (refused)
+                "suspicions",  # members' word that a member went silent, checked first-hand
+                "suspicions_refuted",  # ... of which we heard the member ourselves
+                "probes_unanswered",  # probes of members we do not watch, unanswered
                 "held_early",  # requests from a node joining us, before its WELCOME (held.py)
                 "held_replayed",  # ... run once the WELCOME made it a member
                 "held_expired",  # ... dropped: no WELCOME in time (also in dropped_stale)
@@ -266,8 +269,9 @@ class Node:
             endpoints=self.endpoints, news=news, hosting=self.hosting,
             ctrl=messaging.ctrl, node_down=messaging.node_down,  # what it asks of Messaging
             on_frame=self._on_frame, info=self._info, refused=self._refused,  # of the node
-            held=self._held,
+            held=self._held, vitals=self._vitals,
         )  # fmt: skip
+        self._membership.add_control_ops(self.control)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -578,18 +582,13 @@ class Node:
 
     def _heartbeat_frame(self) -> bytes:
         # Called from the heartbeat thread: its own packb, no shared packer.
-        frame: bytes = msgpack.packb(
-            [
-                PROTOCOL,
-                HEARTBEAT,
-                self.id,
-                self.boot,
-                self._news.seq,
-                self.hosting.in_flight,
-                len(self.hosting.actors),
-            ]
-        )
+        frame: bytes = msgpack.packb([PROTOCOL, HEARTBEAT, self.id, self.boot, *self._vitals()])
         return frame
+
+    def _vitals(self) -> list[int]:
+        """What a heartbeat (and a probe's answer) says: the number of the last
+        directory change, requests in flight, actors hosted."""
+        return [self._news.seq, self.hosting.in_flight, len(self.hosting.actors)]
 
     def _make_proxy(self, actor_id: str, name: str, node_id: str) -> ActorProxy:
         return self._layer.proxy(self, actor_id, name, node_id)
