@@ -430,3 +430,26 @@ def test_a_remote_spawn_names_only_registered_types_and_never_imports_code(
     assert me.spawn(Echo, on="target").send.echo(value="ok") == "ok"  # still serving
     assert not marker.exists(), "the target imported a module named in a message"
     assert "zcell_side_effect_actors" not in sys.modules
+
+
+def test_frames_a_member_sends_back_on_our_connection_to_it_are_read_and_counted(mesh):
+    """Nothing is expected on a node's DEALER to a member's inbox (replies come to
+    its own inbox), but what comes is read in turn with the other members'
+    DEALERs, counted, and never left to fill the connection's queue."""
+    a, b, _ = mesh(3, actors=[Echo])
+    dealer = b._run(lambda: b._membership._dealers[a.endpoints["inbox"]].raw)
+    routing = dealer.getsockopt(zmq.ROUTING_ID)
+    before = b.statistics()["dropped_bad_frames"]
+    junk = [b"\xc1", b"not msgpack", msgpack.packb([2, 99, "x"])]
+
+    def flood() -> None:
+        for i in range(300):
+            a._sockets.inbox.raw.send_multipart([routing, junk[i % 3]])
+
+    a._run(flood)
+    wait_until(
+        lambda: b.statistics()["dropped_bad_frames"] - before >= 300,
+        5,
+        "b read and counted the 300 frames",
+    )
+    assert b.spawn(Echo, on=a.name).send.echo(value=1) == 1  # a is still a member

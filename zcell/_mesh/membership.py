@@ -22,7 +22,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +71,7 @@ MAX_KNOCKS = 32  # unverified addresses being knocked on at once; a knock of our
 MAX_KNOCKS_PER_SOURCE = 2  # ... of which one connection's HELLOs (or gossip) may cause
 KNOCK_TIMEOUT = 2.0  # seconds an address has to answer a knock
 MAX_SEEDS = 256  # addresses (gossip, mDNS) kept to knock on again
+DRAIN_PER_TICK = 8  # members' DEALERs read for stray frames per housekeeping tick
 
 #: How a frame from a member's SUB is received (``Node._on_frame``).
 OnFrame = Callable[[bytes, bool, bytes | None, Member | None], None]
@@ -167,6 +168,7 @@ class Membership:
         self._refused = refused  # a member refused this node: it stops
         self._held = held  # requests of nodes joining us that overtook their WELCOME
         self._dealers: dict[str, Socket] = {}
+        self._drain_turn: Iterator[str] = iter(())  # the DEALERs left to read this round
         self._seeds: dict[str, float] = {}  # inbox endpoint -> expiry (inf: forever)
         self._knocks: dict[str, Knock] = {}
         self._clashes: set[tuple[str, str]] = set()  # (name, node id) refused, logged once
@@ -261,21 +263,37 @@ class Membership:
 
     def _expire_knocks(self, now: float) -> None:
         """Forget unanswered knocks, closing DEALERs that no member uses."""
+        expired = [endpoint for endpoint, knock in self._knocks.items() if knock.expiry < now]
+        if not expired:
+            return
         inboxes = {m.inbox for m in self._members.values()}
-        for endpoint, knock in list(self._knocks.items()):
-            if knock.expiry < now:
-                del self._knocks[endpoint]
-                if endpoint not in inboxes:
-                    self._close_dealer(endpoint)
+        for endpoint in expired:
+            del self._knocks[endpoint]
+            if endpoint not in inboxes:
+                self._close_dealer(endpoint)
 
     def _drain_dealers(self) -> None:
         """Read what came back on our DEALERs, before a queue fills (see
         ``Context.raw_socket`` on libzmq's abort). Replies come to the inbox,
         so the only frame a peer may send here is a REFUSED answering our HELLO:
-        it came from the node at that address, the one we knocked on."""
-        for endpoint, dealer in list(self._dealers.items()):
-            for frame in dealer.take_incoming():
-                self._on_dealer_frame(frame, endpoint)
+        it came from the node at that address, the one we knocked on. The
+        DEALERs of open knocks are read every time; members' DEALERs, on which
+        nothing is expected, ``DRAIN_PER_TICK`` a time in turn, so that an idle
+        node's housekeeping does not grow with the mesh."""
+        endpoints = [e for e in self._knocks if e in self._dealers]
+        turn = self._drain_turn
+        for _ in range(min(DRAIN_PER_TICK, len(self._dealers))):
+            endpoint = next(turn, None)
+            if endpoint is None:  # a new round over the DEALERs of this moment
+                turn = self._drain_turn = iter(list(self._dealers))
+                endpoint = next(turn, None)
+            if endpoint is not None and endpoint not in self._knocks:
+                endpoints.append(endpoint)
+        for endpoint in endpoints:
+            dealer = self._dealers.get(endpoint)
+            if dealer is not None:
+                for frame in dealer.take_incoming():
+                    self._on_dealer_frame(frame, endpoint)
 
     def _on_dealer_frame(self, frame: bytes, endpoint: str) -> None:
         """A refusal of this very node (id and boot) stops it (see ``Node._refused``);
