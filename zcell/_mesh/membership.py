@@ -64,13 +64,14 @@ log = logging.getLogger(__name__)
 PROTOCOL = PROTOCOL_VERSION
 INF = float("inf")
 
-PING_EVERY = 10  # heartbeats between ZMTP pings on a member's connections
+PING_EVERY = 30  # heartbeats between ZMTP pings on a member's connections
 MAX_KNOCKS = 32  # unverified addresses being knocked on at once; a knock of our
 # own (not answering another's) only while fewer than half are: the rest is room
 # to answer the knocks of others, so that nodes busy knocking still meet.
 MAX_KNOCKS_PER_SOURCE = 2  # ... of which one connection's HELLOs (or gossip) may cause
 KNOCK_TIMEOUT = 2.0  # seconds an address has to answer a knock
 MAX_SEEDS = 256  # addresses (gossip, mDNS) kept to knock on again
+NEWS_AFTER = 0.1  # seconds the news of a join waits for more joins to tell of
 DRAIN_PER_TICK = 8  # members' DEALERs read for stray frames per housekeeping tick
 
 #: How a frame from a member's SUB is received (``Node._on_frame``).
@@ -168,6 +169,7 @@ class Membership:
         self._refused = refused  # a member refused this node: it stops
         self._held = held  # requests of nodes joining us that overtook their WELCOME
         self._dealers: dict[str, Socket] = {}
+        self._newcomers: list[Member] = []  # joined since the last news of joins
         self._drain_turn: Iterator[str] = iter(())  # the DEALERs left to read this round
         self._seeds: dict[str, float] = {}  # inbox endpoint -> expiry (inf: forever)
         self._knocks: dict[str, Knock] = {}
@@ -385,14 +387,26 @@ class Membership:
         log.info("zcell: %s joined (%s)", member.name, member.inbox)
         # Tell the others: a node that joined through us before this one did
         # would otherwise never hear of it (gossip suggests; they verify).
-        others = [m for m in self._members.values() if m is not member]
-        if others:
-            # Without our actors: they have them, and a join must not cost
-            # every member a copy of every other member's directory.
-            news = self._welcome_frame([self._member_info(member)], snapshot=False)
-            for other in others:
-                gevent.spawn(self._send_quiet, other, news)
+        if not self._newcomers:
+            gevent.spawn_later(NEWS_AFTER, self._tell_newcomers)
+        self._newcomers.append(member)
         return member
+
+    def _tell_newcomers(self) -> None:
+        """Send every member one piece of news naming the members that joined
+        since the last: while a mesh forms, each node then tells each member of
+        a batch of joins, not of every join (that cost each node O(members²))."""
+        newcomers = [m for m in self._newcomers if self._members.get(m.id) is m]
+        self._newcomers.clear()
+        if not newcomers or len(self._members) < 2:
+            return
+        # Without our actors: they have them, and a join must not cost every
+        # member a copy of every other member's directory. A member finds itself
+        # in the list and skips it.
+        news = self._welcome_frame([self._member_info(m) for m in newcomers], snapshot=False)
+        for other in list(self._members.values()):
+            if newcomers != [other]:  # news of itself alone tells it nothing
+                gevent.spawn(self._send_quiet, other, news)
 
     def _forget_socket(self, sock: Socket) -> None:
         """A closed socket of ours leaves the context's list (closed at stop)."""
