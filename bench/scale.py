@@ -291,7 +291,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="deadline of every wait (s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--png", type=Path, help="also plot the figures by size into this PNG")
+    parser.add_argument(
+        "--baseline", type=Path, help="a JSON of an earlier run (--json) to plot beside them"
+    )
+    parser.add_argument(
+        "--plot-from", type=Path, help="plot this JSON of an earlier run (--json); run nothing"
+    )
     args = parser.parse_args(argv)
+    baseline = json.loads(args.baseline.read_text()) if args.baseline else None
+    if args.plot_from is not None:
+        if args.png is None:
+            parser.error("--plot-from needs --png")
+        plot(json.loads(args.plot_from.read_text()), args.png, baseline)
+        return 0
     # SIGTERM ends the run as Ctrl-C does: the mesh (processes, namespaces) is closed.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     reason = probe()
@@ -308,7 +321,50 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"hosts": n, "error": str(exc)[:500]})
         _log(json.dumps(rows[-1]))
     print(json.dumps(rows, indent=1) if args.json else table(rows))
+    if args.png is not None:
+        plot(rows, args.png, baseline)
     return 0 if all("error" not in r for r in rows) else 1
+
+
+#: What each panel of the plot shows: (key, title, issue 22's target).
+PANELS = [
+    ("cpu_pct_mean", "idle CPU per member, % of a core", 1.0),
+    ("converge_s", "every member sees all, s after the last start", 2.0),
+    ("kill_detect_s_max", "SIGKILL dropped by all, s", 3.0),
+    ("rss_mib_mean", "RSS per member, MiB", None),
+]
+
+
+def plot(
+    rows: list[dict[str, Any]], png: Path, baseline: list[dict[str, Any]] | None = None
+) -> None:
+    """The figures by mesh size, one panel each, with issue 22's targets (dashed)
+    and an earlier run beside them (matplotlib: ``pip install -e '.[bench]'``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6))
+    runs = [("this run", rows, "tab:blue")]
+    if baseline:
+        runs.insert(0, ("baseline", baseline, "tab:gray"))
+    for ax, (key, title, target) in zip(axes, PANELS, strict=True):
+        for label, data, color in runs:
+            points = [(r["hosts"], r[key]) for r in data if key in r]
+            if points:
+                ax.plot(*zip(*points, strict=True), "o-", color=color, label=label)
+        if target is not None:
+            ax.axhline(target, color="tab:red", linestyle="--", linewidth=1, label="target")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("hosts")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    _log(f"wrote {png}")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ addresses to knock on; knocks are bounded and close their DEALERs when
 unanswered. A verified joiner whose name is taken is told so (REFUSED) on its
 own connection. Requests of a node that admitted us before we admitted it
 (they overtook its WELCOME) are held until its WELCOME comes (``held.py``),
-then run. A member that stays silent for 2.6 heartbeat intervals (its
-own interval, from its node info, when longer than ours) is declared down: its
-actors leave the directory and calls in flight to it fail with ``NodeDown``.
+then run. ``Monitors`` (monitors.py) decides when a member is down (a watched
+member silent for 2.6 heartbeat intervals, its own interval when longer than
+ours; a suspected one silent while we check it ourselves); this module carries
+it out: its actors leave the directory and calls in flight to it fail with
+``NodeDown``.
 ``DirectoryNews`` publishes the numbered changes to the node's own actors;
 ``Membership`` pulls peers' snapshots when it sees a gap.
 """
@@ -482,7 +484,9 @@ class Membership:
             other = next((m for m in self._members.values() if m.name == name), None)
             if other is None:
                 return None
-            alive = self._monitors.alive(other, time.monotonic(), 1.5)
+            # Only a holder heard first-hand (one we watch): a twin is also told
+            # by the holder itself and its watchers.
+            alive = self._monitors.heard_within(other, time.monotonic(), 1.5)
             go = alive and not other.leaving
             holder = f"node {other.name} at {other.inbox}"
         return (

@@ -276,12 +276,12 @@ class Monitors:
         if self.k:
             self._probe_next(now)
 
-    def alive(self, member: Member, now: float, beats: float) -> bool:
-        """Whether ``member`` was heard within ``beats`` heartbeats, or, if we do
-        not watch it, is vouched for by its watchers (not suspected)."""
+    def heard_within(self, member: Member, now: float, beats: float) -> bool:
+        """Whether we heard ``member`` ourselves within ``beats`` heartbeats: never
+        for a member we neither watch nor check (we do not take its heartbeats)."""
         if member.watched or member.verify_until:
             return now - member.last_seen < beats * self._beat_of(member)
-        return True
+        return False
 
     def forget(self, member: Member) -> None:
         """``member`` left the mesh: the ring closes over the gap."""
