@@ -73,7 +73,6 @@ MAX_KNOCKS = 32  # unverified addresses being knocked on at once; a knock of our
 MAX_KNOCKS_PER_SOURCE = 2  # ... of which one connection's HELLOs (or gossip) may cause
 KNOCK_TIMEOUT = 2.0  # seconds an address has to answer a knock
 MAX_SEEDS = 256  # addresses (gossip, mDNS) kept to knock on again
-NEWS_AFTER = 0.1  # seconds the news of a join waits for more joins to tell of
 DRAIN_PER_TICK = 8  # members' DEALERs read for stray frames per housekeeping tick
 
 #: How a frame from a member's SUB is received (``Node._on_frame``).
@@ -387,10 +386,9 @@ class Membership:
         self._subscribe(member)
         self._monitors.rewatch()
         log.info("zcell: %s joined (%s)", member.name, member.inbox)
-        # Tell the others: a node that joined through us before this one did
-        # would otherwise never hear of it (gossip suggests; they verify).
-        if not self._newcomers:
-            gevent.spawn_later(NEWS_AFTER, self._tell_newcomers)
+        # Tell the others (at the next housekeeping tick): a node that joined
+        # through us before this one did would otherwise never hear of it
+        # (gossip suggests; they verify).
         self._newcomers.append(member)
         return member
 
@@ -801,6 +799,8 @@ class Membership:
                         member.last_seen = max(member.last_seen, now)
             last = now
             self._monitors.check(now)
+            if self._newcomers:
+                self._tell_newcomers()
             self._shared.pending.expire(now)
             self._held.expire(now)
             # Before expiring knocks: a refusal may be waiting on a knock's DEALER.
