@@ -163,7 +163,7 @@ def _idle(members: list[Member], seconds: float) -> dict[str, Any]:
     for m, before in zip(members, threads0, strict=True):
         for name, cpu in m.cpu_by_thread().items():
             spent = 100 * (cpu - before.get(name, 0.0)) / wall / len(members)
-            by_thread[name] = round(by_thread.get(name, 0.0) + spent, 2)
+            by_thread[name] = by_thread.get(name, 0.0) + spent  # rounded at the end
     pct = [100 * (m.cpu_seconds() - c) / wall for m, c in zip(members, cpu0, strict=True)]
     rss = [m.rss_mib() for m in members]
     return {
@@ -174,7 +174,7 @@ def _idle(members: list[Member], seconds: float) -> dict[str, Any]:
         "rss_mib_mean": round(statistics.fmean(rss), 1),
         "rss_mib_max": round(max(rss), 1),
         "false_downs": sum(len(m.downs) for m in members) - downs_before,
-        "cpu_pct_by_thread": {k: v for k, v in sorted(by_thread.items()) if v},
+        "cpu_pct_by_thread": {k: round(v, 2) for k, v in sorted(by_thread.items()) if v},
     }
 
 

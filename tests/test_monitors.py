@@ -1,6 +1,8 @@
-"""Ring monitoring (``ZCELL_MONITORS=k``, issue 22): each node takes heartbeats from
-its k predecessors on the ring of node ids only; a watcher's suspicion is checked
-first-hand by everyone else before anyone declares the member down."""
+"""Who watches whom (``zcell/_mesh/monitors.py``, issue 22): each node takes
+heartbeats from its k ring predecessors only (3 by default; ``ZCELL_MONITORS=1``
+here, so that a few nodes show it), a suspicion is checked first-hand by everyone
+else before anyone declares the member down, and members not watched are probed
+in turn."""
 
 from __future__ import annotations
 
@@ -143,3 +145,11 @@ def test_an_unanswered_probe_is_checked_first_hand_and_refuted(ring: None, mesh:
     )
     for node in others:
         assert slow.name in {m["name"] for m in node.nodes()}, node.name
+
+
+def test_a_bad_zcell_monitors_setting_is_refused_with_what_to_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ZCELL_MONITORS", "three")
+    with pytest.raises(ValueError, match="ZCELL_MONITORS must be a non-negative integer"):
+        Node("bad", discovery="static")

@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 PROTOCOL = PROTOCOL_VERSION
 INF = float("inf")
 
-PING_EVERY = 30  # heartbeats between ZMTP pings on a member's connections
+PING_EVERY = 120  # heartbeats between ZMTP pings on a member's connections
 MAX_KNOCKS = 32  # unverified addresses being knocked on at once; a knock of our
 # own (not answering another's) only while fewer than half are: the rest is room
 # to answer the knocks of others, so that nodes busy knocking still meet.

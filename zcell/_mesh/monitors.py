@@ -14,9 +14,10 @@ A member whose watchers are all cut off from us with it (a partition) would be
 vouched for by nobody on our side. So a node also probes one member it does not
 watch per heartbeat, in turn (a ``probe`` control call, answered with the
 member's directory number, load and actor count, as a heartbeat carries them):
-one that does not answer within a heartbeat is suspected, the same way. That
-bounds how long a member unreachable from us can stay a member here to about one
-heartbeat per member, without anyone's idle work growing with the mesh.
+one that does not answer within ``PROBE_WAIT`` heartbeats is checked first-hand by
+the prober, and only if it is silent, by the others too. That bounds how long a
+member unreachable from us can stay a member here to about one heartbeat per
+member, without anyone's idle work growing with the mesh.
 
 ``ZCELL_MONITORS`` sets ``k`` (0: watch every member, as before this existed).
 """
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DOWN_AFTER",
     "MONITORS",
+    "PROBE_WAIT",
     "SUSPECT_AFTER",
     "VERIFY_FOR",
     "Monitors",
@@ -57,6 +59,9 @@ DOWN_AFTER = 2.6
 SUSPECT_AFTER = 1.3
 #: Heartbeats a node listens to a suspected member itself before it acts.
 VERIFY_FOR = 1.3
+#: Heartbeats a probe waits for its answer (a busy member answers late: a
+#: suspicion costs every member a check, so the wait is not cut fine).
+PROBE_WAIT = 2.0
 
 
 def monitors_from_env() -> int:
@@ -115,6 +120,7 @@ class Monitors:
         self.k = monitors_from_env()
         self._watched: set[str] = set()
         self._checking: set[str] = set()  # ids of the members whose suspicion we check
+        self._tell_if_down: set[str] = set()  # ... of which our own probe went unanswered
         self._next_probe = 0.0
         self._probed: set[str] = set()  # ids probed this round (each once per round)
         self._probing: str = ""  # the id of the member a probe is out to
@@ -177,10 +183,13 @@ class Monitors:
         if member.last_seen > member.verify_from:
             self._stats["suspicions_refuted"] += 1
             self._checking.discard(member.id)
+            self._tell_if_down.discard(member.id)
             member.verify_from = member.verify_until = 0.0
             self._hear(member, member.watched)
         elif now > member.verify_until:
             silent = now - member.verify_from
+            if member.id in self._tell_if_down:
+                self._spread(member)  # our probe found it silent: the others check too
             self._member_down(member, f"silent for {silent:.1f}s after a suspicion")
 
     def _spread(self, member: Member) -> None:
@@ -217,18 +226,23 @@ class Monitors:
                 return
             self._probed.clear()  # a new round
             return
-        member = min(candidates, key=lambda m: m.id)
+        # In ring order from this node on: nodes start their rounds at different
+        # members, so that a member is not probed by everyone at once.
+        member = min(candidates, key=lambda m: (m.id < self._id, m.id))
         self._probed.add(member.id)
         self._probing = member.id
         gevent.spawn(self._probe, member)
 
     def _probe(self, member: Member) -> None:
         try:
-            answer = self._ctrl(member.id, "probe", {}, self._beat_of(member))
+            answer = self._ctrl(member.id, "probe", {}, PROBE_WAIT * self._beat_of(member))
         except CallTimeout:
             if self._members.get(member.id) is member and not member.verify_until:
+                # Checked by us first, told to the others only if we find it
+                # silent: one slow answer must not make every member check.
                 self._stats["probes_unanswered"] += 1
-                self._suspect(member, time.monotonic())
+                self._verify(member, time.monotonic())
+                self._tell_if_down.add(member.id)
             return
         except (NodeDown, RemoteError):  # gone already, or answered (an older node)
             return
@@ -245,10 +259,14 @@ class Monitors:
             self._on_vitals(member, answer)
 
     def _suspect(self, member: Member, now: float) -> None:
-        """Our own sign that ``member`` is gone: check it, and ask the others to."""
+        """A member we watch went quiet: ask the others to check it (we declare
+        it down ourselves after ``DOWN_AFTER``)."""
         member.suspected = True
-        if not member.watched and not member.verify_until:
-            self._verify(member, now)
+        log.info(
+            "zcell: %s silent for %.1fs: asking the others to check it",
+            member.name,
+            now - member.last_seen,
+        )
         self._spread(member)
 
     # ------------------------------------------------------------ the check
@@ -287,4 +305,5 @@ class Monitors:
         """``member`` left the mesh: the ring closes over the gap."""
         self._probed.discard(member.id)
         self._checking.discard(member.id)
+        self._tell_if_down.discard(member.id)
         self.rewatch()
