@@ -119,8 +119,9 @@ class Monitors:
         self._vitals = vitals  # ours, for a probe of this node
         self.k = monitors_from_env()
         self._watched: set[str] = set()
-        self._checking: set[str] = set()  # ids of the members whose suspicion we check
-        self._tell_if_down: set[str] = set()  # ... of which our own probe went unanswered
+        # The members whose suspicion we check (by id), and whether to tell the
+        # others if we find one silent (our own probe went unanswered).
+        self._checking: dict[str, bool] = {}
         self._next_probe = 0.0
         self._probed: set[str] = set()  # ids probed this round (each once per round)
         self._probing: str = ""  # the id of the member a probe is out to
@@ -171,8 +172,8 @@ class Monitors:
         self._stats["suspicions"] += 1
         self._verify(member, time.monotonic())
 
-    def _verify(self, member: Member, now: float) -> None:
-        self._checking.add(member.id)
+    def _verify(self, member: Member, now: float, tell: bool = False) -> None:
+        self._checking[member.id] = tell
         member.last_seen = member.verify_from = now
         member.verify_until = now + VERIFY_FOR * self._beat_of(member)
         self._hear(member, True)
@@ -182,13 +183,12 @@ class Monitors:
         silence until the end of the check declares the member down."""
         if member.last_seen > member.verify_from:
             self._stats["suspicions_refuted"] += 1
-            self._checking.discard(member.id)
-            self._tell_if_down.discard(member.id)
+            self._checking.pop(member.id, None)
             member.verify_from = member.verify_until = 0.0
             self._hear(member, member.watched)
         elif now > member.verify_until:
             silent = now - member.verify_from
-            if member.id in self._tell_if_down:
+            if self._checking.get(member.id):
                 self._spread(member)  # our probe found it silent: the others check too
             self._member_down(member, f"silent for {silent:.1f}s after a suspicion")
 
@@ -241,8 +241,7 @@ class Monitors:
                 # Checked by us first, told to the others only if we find it
                 # silent: one slow answer must not make every member check.
                 self._stats["probes_unanswered"] += 1
-                self._verify(member, time.monotonic())
-                self._tell_if_down.add(member.id)
+                self._verify(member, time.monotonic(), tell=True)
             return
         except (NodeDown, RemoteError):  # gone already, or answered (an older node)
             return
@@ -276,7 +275,7 @@ class Monitors:
 
         Only the members watched or being checked are looked at: the others are
         vouched for by their watchers (and probed in turn)."""
-        for node_id in [*self._watched, *self._checking]:
+        for node_id in self._watched.union(self._checking):
             member = self._members.get(node_id)
             if member is None:
                 continue
@@ -304,6 +303,5 @@ class Monitors:
     def forget(self, member: Member) -> None:
         """``member`` left the mesh: the ring closes over the gap."""
         self._probed.discard(member.id)
-        self._checking.discard(member.id)
-        self._tell_if_down.discard(member.id)
+        self._checking.pop(member.id, None)
         self.rewatch()
