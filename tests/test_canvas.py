@@ -15,6 +15,7 @@ from zcell import (
     GroupResult,
     RemoteError,
     TaskRevokedError,
+    TaskTimeout,
     chain,
     chord,
     group,
@@ -311,3 +312,15 @@ def test_a_coordinator_refuses_chords_beyond_result_max_records(workers: Workers
         assert first.get(timeout=T) == 2
     finally:
         t.app.conf.result_max_records = saved
+
+
+def test_a_timeout_on_a_later_step_of_a_chain_is_a_task_timeout_saying_why(
+    workers: Workers,
+) -> None:
+    """The chain's last step is sent by the worker of the step before it: a get()
+    that times out on it says so (it once raised ValueError building the hint)."""
+    workers(1)
+    res = (t.slow_add.s(1, 1, seconds=3) | t.add.s(1))()
+    with pytest.raises(TaskTimeout, match="a step of a work-flow"):
+        res.get(timeout=0.5)
+    assert res.get(timeout=T) == 3

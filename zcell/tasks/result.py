@@ -186,6 +186,8 @@ class TaskResult:
         entry = self._entry
         if entry is None or entry.state != PENDING:
             return "it may still run: "
+        if not entry.queue:  # a work-flow's step, sent by the node of the step before
+            return "it is a step of a work-flow that another node sends when its turn comes: "
         node = self.app.node
         if node.directory.of_type(queue_actor_name(entry.queue)):
             return "it waits for a worker of its queue to have room: "
