@@ -4,6 +4,7 @@ revoking a work-flow by its root id, bad chord reports, a chord of 1000."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,9 @@ from zcell import (
     group,
     signature,
 )
+from zcell.tasks import followup
 from zcell.tasks.chord import DROPPED_PARTS
+from zcell.tasks.followup import UNDELIVERED
 from zcell.tasks.runtime import AGENT_TYPE, runtime_of
 
 T = 10 * SLOW
@@ -128,6 +131,40 @@ def test_a_failing_task_fails_the_rest_of_its_chain_at_once(workers: Workers) ->
         res.get(timeout=T)
     assert res.state == "FAILURE"
     assert res.parent is not None and res.parent.failed()
+
+
+def test_a_step_run_by_a_worker_that_has_not_met_the_submitter_yet_reaches_it(
+    workers: Workers,
+) -> None:
+    """A chain's step is sent by the worker of the step before; the worker that runs
+    it may not have met the work-flow's submitter yet (a newcomer: the news of the
+    submitter is on its way). Its outcome must wait for that meeting, not be dropped
+    (seen in CI: the submitter's ``get()`` timed out on a finished step)."""
+    workers(1, queues=["a"])
+    res = chain(t.add.s(1, 1).set(queue="a"), t.mul.s(3).set(queue="b"))()
+    assert res.parent is not None and res.parent.get(timeout=T) == 2
+    # The second step waits at w1 for a consumer of "b". The submitter's loop is busy
+    # for a while: it answers nobody's knock, so a newcomer cannot meet it meanwhile.
+    submitter = t.app.node
+    submitter.submit(time.sleep, 2.0)
+    (late,) = workers(1, queues=["b"])  # joins w1 only; w1 sends it the step at once
+    wait_until(lambda: late.statistics().get("tasks_success"), 5, "the step to run there")
+    assert submitter.id not in {n["id"] for n in late.node.nodes()}  # they have not met
+    assert res.get(timeout=T) == 6
+
+
+def test_an_outcome_for_a_submitter_that_is_gone_is_logged_and_counted(
+    workers: Workers, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    workers(1, queues=["a"])
+    res = chain(t.add.s(1, 1).set(queue="a"), t.mul.s(3).set(queue="b"))()
+    assert res.parent is not None and res.parent.get(timeout=T) == 2
+    t.app.close(timeout=1)  # the submitter goes; its second step waits at w1
+    monkeypatch.setattr(followup, "MEET_WAIT", 0.5)
+    (late,) = workers(1, queues=["b"])
+    wait_until(lambda: late.node.statistics().get(UNDELIVERED), 5, "the report to be given up")
+    assert late.statistics()["tasks_success"] == 1
+    assert "could not tell" in caplog.text and "has not joined this one within 0.5s" in caplog.text
 
 
 def test_a_chain_ending_in_a_group_gives_a_group_result(workers: Workers) -> None:

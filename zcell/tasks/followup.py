@@ -10,6 +10,12 @@ of the rest fails with the same error, so a waiting ``get()`` never hangs).
 The worker calls ``after`` for each final outcome it produces; the submitter's
 dispatcher calls it for the final outcomes it decides itself (a worker lost, a
 task revoked or expired before it started).
+
+The node that runs a step may not have met the node it reports to yet: the step
+was sent by the worker of the step before, and the news of the submitter (or of
+the chord's coordinator) is still on its way. Such a report waits for that node
+to join, up to ``MEET_WAIT`` seconds (``Unmet``); what still cannot go is logged
+and counted, never dropped silently.
 """
 
 from __future__ import annotations
@@ -20,16 +26,26 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from ..errors import ZcellError, error_wire
+from ..errors import NodeDown, NodeStopped, ZcellError, error_wire
 from .states import SUCCESS
 
 if TYPE_CHECKING:
     from .canvas import Signature
     from .runtime import Runtime
 
-__all__ = ["after", "fail_signature", "failure", "has_followup"]
+__all__ = ["UNDELIVERED", "after", "fail_signature", "failure", "has_followup"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds a report waits for the node it goes to to join this one (a node that
+#: knocks again every second is met within a few; one that left never is).
+MEET_WAIT = 10.0
+#: Seconds between tries of the reports that wait.
+MEET_RETRY = 0.05
+#: Reports waiting at once for nodes not met yet; more are not kept.
+MAX_UNMET = 10_000
+#: Node statistics() counter of reports (outcomes, chord parts) that could not be sent.
+UNDELIVERED = "canvas_reports_undelivered"
 
 
 def has_followup(msg: dict[str, Any]) -> bool:
@@ -45,7 +61,7 @@ def after(runtime: Runtime, msg: dict[str, Any], outcome: dict[str, Any]) -> Non
 
 def _after(runtime: Runtime, msg: dict[str, Any], outcome: dict[str, Any]) -> None:
     try:
-        push(msg["id"], msg.get("watchers"), msg.get("chord"), outcome)
+        push(runtime, msg["id"], msg.get("watchers"), msg.get("chord"), outcome)
         rest = msg.get("chain") or []
         if rest and outcome.get("s") == SUCCESS:
             _advance(runtime, msg, outcome.get("v"), rest)
@@ -58,12 +74,15 @@ def _after(runtime: Runtime, msg: dict[str, Any], outcome: dict[str, Any]) -> No
         log.exception("zcell: the work-flow after task %s could not go on", msg.get("id"))
 
 
-def push(task_id: str, watchers: Any, report: Any, outcome: dict[str, Any]) -> None:
+def push(
+    runtime: Runtime, task_id: str, watchers: Any, report: Any, outcome: dict[str, Any]
+) -> None:
     """Send the outcome to the watchers and to the chord it is a member of."""
     for watcher in watchers if isinstance(watchers, list) else []:
-        _tell(watcher, "outcome", {"id": task_id, "record": outcome})
+        _tell(runtime, watcher, "outcome", {"id": task_id, "record": outcome})
     if isinstance(report, dict):
         _tell(
+            runtime,
             report.get("to"),
             "chord_part",
             {
@@ -78,14 +97,85 @@ def push(task_id: str, watchers: Any, report: Any, outcome: dict[str, Any]) -> N
         )
 
 
-def _tell(agent: Any, method: str, kwargs: dict[str, Any]) -> None:
-    """Fire and forget to an agent (gone: nothing to do; malformed: skipped)."""
+def _tell(runtime: Runtime, agent: Any, method: str, kwargs: dict[str, Any]) -> None:
+    """Fire and forget to an agent (malformed: skipped); one on a node not met
+    yet is told once that node joins (``Unmet``)."""
     if not hasattr(agent, "send"):
         return
     try:
         agent.send(method, kwargs, nowait=True)
+    except NodeDown:
+        unmet_of(runtime).add(agent, method, kwargs)
     except ZcellError as exc:
-        log.debug("zcell: could not tell %s %s: %s", agent, method, exc)
+        undelivered(runtime, agent, method, exc)
+
+
+def undelivered(runtime: Runtime, agent: Any, method: str, why: Any) -> None:
+    """A report that cannot be sent: logged and counted."""
+    stats = runtime.node.stats
+    stats[UNDELIVERED] = stats.get(UNDELIVERED, 0) + 1
+    log.warning("zcell: could not tell %s %s: %s", agent, method, why)
+
+
+class Unmet:
+    """Reports for agents on nodes this node has not met (yet), tried again until
+    the node joins or ``MEET_WAIT`` passes (loop thread; one greenlet while any
+    wait)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        # (give up at, agent, method, kwargs), oldest first
+        self.waiting: list[tuple[float, Any, str, dict[str, Any]]] = []
+        self._retrying: gevent.Greenlet | None = None
+
+    def add(self, agent: Any, method: str, kwargs: dict[str, Any]) -> None:
+        if len(self.waiting) >= MAX_UNMET:
+            undelivered(self.runtime, agent, method, f"{MAX_UNMET} reports wait already")
+            return
+        self.waiting.append((time.monotonic() + MEET_WAIT, agent, method, kwargs))
+        if self._retrying is None:
+            self._retrying = gevent.spawn(self._retry)
+
+    def _retry(self) -> None:
+        try:
+            while self.waiting:
+                gevent.sleep(MEET_RETRY)
+                self._try_all()
+        except NodeStopped:
+            self.waiting.clear()  # this node stops: nobody is told anything more
+        finally:
+            self._retrying = None
+
+    def _try_all(self) -> None:
+        now = time.monotonic()
+        waiting, self.waiting = self.waiting, []
+        unmet: set[str] = set()  # nodes found not met in this round: not asked again
+        for until, agent, method, kwargs in waiting:
+            if agent.node_id not in unmet:
+                try:
+                    agent.send(method, kwargs, nowait=True)
+                    continue
+                except NodeDown:
+                    unmet.add(agent.node_id)
+                except NodeStopped:
+                    raise
+                except ZcellError as exc:
+                    undelivered(self.runtime, agent, method, exc)
+                    continue
+            if until <= now:
+                why = f"its node has not joined this one within {MEET_WAIT:g}s"
+                undelivered(self.runtime, agent, method, why)
+            else:
+                self.waiting.append((until, agent, method, kwargs))
+
+
+def unmet_of(runtime: Runtime) -> Unmet:
+    """The node's reports waiting for nodes not met (made on first use)."""
+    unmet: Unmet | None = getattr(runtime, "_unmet", None)
+    if unmet is None:
+        unmet = Unmet(runtime)
+        setattr(runtime, "_unmet", unmet)  # noqa: B010 - kept off Runtime's own fields
+    return unmet
 
 
 def _advance(runtime: Runtime, msg: dict[str, Any], value: Any, rest: list[Any]) -> None:
@@ -122,7 +212,7 @@ def fail_signature(runtime: Runtime, sig: Signature, outcome: dict[str, Any]) ->
         record = dict(outcome, name=leaf.task)
         if runtime.worker is not None:
             runtime.worker.records.put(task_id, record)
-        push(task_id, leaf.options.get("watchers"), leaf.options.get("chord"), record)
+        push(runtime, task_id, leaf.options.get("watchers"), leaf.options.get("chord"), record)
     rest = sig.options.get("chain") or []
     if rest:
         fail_rest(runtime, rest, outcome)
