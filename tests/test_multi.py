@@ -19,7 +19,7 @@ import pytest
 import zcell_test_tasks as t
 from conftest import SLOW, child_env, unique_cluster, wait_until
 
-from zcell.cli.daemon import alive, read_pid
+from zcell.cli.daemon import alive, die_with_parent, read_pid
 from zcell.cli.multi import specs
 
 BANNER = re.compile(r"^zcell worker (\S+) \(.*pid (\d+)\)$", re.M)
@@ -186,6 +186,23 @@ def test_processes_restarts_a_killed_child_and_sigterm_stops_them_all(
     wait_until(lambda: sup.returncode is not None, 20, "the supervisor to exit")
     assert sup.returncode == 0
     assert not any(alive(pid) for pid in _children(workdir, "s").values())
+
+
+def test_a_killed_supervisor_takes_its_children_with_it(procs: Any, workdir: Path) -> None:
+    sup = _supervisor(procs, workdir, "k", f"--logfile={workdir}/%n%I.log")
+    children = [int(banner(workdir / f"{n}.log", n)["pid"]) for n in ("k-1", "k-2")]
+    os.kill(sup.pid, signal.SIGKILL)  # no chance to stop them itself
+    wait_until(lambda: not any(alive(pid) for pid in children), 15, "the children to exit")
+
+
+def test_a_child_whose_parent_died_before_it_could_ask_to_follow_it_ends_itself() -> None:
+    """The parent's death signal is asked for in the child, after fork: a parent that
+    died before then sends none, so the child must look and end itself."""
+    argv = [sys.executable, "-c", "pass"]
+    following = subprocess.run(argv, preexec_fn=lambda: die_with_parent(os.getppid(), 15))
+    assert following.returncode == 0
+    orphaned = subprocess.run(argv, preexec_fn=lambda: die_with_parent(1, 15))  # not ours
+    assert orphaned.returncode == 1
 
 
 def test_sighup_reopens_the_log_files_of_the_supervisor_and_its_children(

@@ -1,6 +1,6 @@
 """What a worker running in the background needs: pid files, a log file that
-logrotate can rotate (reopened on SIGHUP), and Celery's ``%n``/``%h``/``%I``
-expansion of their paths.
+logrotate can rotate (reopened on SIGHUP), Celery's ``%n``/``%h``/``%I``
+expansion of their paths, and a child that ends with the process that started it.
 
 Shared by ``zcell worker`` (its ``--pidfile`` and ``--logfile``, added by
 ``supervise.worker_options``), the ``--processes`` supervisor (``supervise.py``)
@@ -10,6 +10,7 @@ and ``zcell multi`` (``multi.py``).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -148,3 +149,17 @@ def reopen_log(path: str) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+
+
+def die_with_parent(parent: int, signum: int) -> None:  # pragma: no cover - in the child
+    """In a child before exec (``preexec_fn``): be sent ``signum`` when the process
+    ``parent`` that started it dies (Linux); if it died before this ran, no signal
+    would come, so the child ends here. Elsewhere the child outlives a killed parent."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(1)

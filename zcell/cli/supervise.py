@@ -16,7 +16,6 @@ if the supervisor dies, so no child outlives it.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 from .common import Command, UsageError, lines
-from .daemon import expand, log_to, nodename, pidfile, reopen_log
+from .daemon import die_with_parent, expand, log_to, nodename, pidfile, reopen_log
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,6 @@ STABLE_AFTER = 10.0
 TICK = 0.05
 #: A child's exit code that no restart can mend (a usage error): everything stops.
 USAGE_ERROR = 2
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -133,7 +131,10 @@ class Supervisor:
         logfile = self._logfile(str(child.index))
         if logfile:
             argv.append(f"--logfile={logfile}")
-        child.popen = subprocess.Popen(argv, process_group=0, preexec_fn=_die_with_parent)
+        supervisor = os.getpid()
+        child.popen = subprocess.Popen(
+            argv, process_group=0, preexec_fn=lambda: die_with_parent(supervisor, signal.SIGTERM)
+        )
         child.started, child.restart_at = now, 0.0
 
     def _name(self, child: Child) -> str:
@@ -153,15 +154,6 @@ class Supervisor:
             lines(json.dumps(banner))
         else:
             lines(f"zcell worker {self.base} (supervisor pid {os.getpid()}): {', '.join(names)}")
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the supervisor dies (Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the child then outlives a killed supervisor
-        pass
 
 
 def supervise(args: argparse.Namespace) -> int:

@@ -25,6 +25,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..daemon import die_with_parent
+
 if TYPE_CHECKING:
     from zcell import ActorProxy, Node
 
@@ -92,6 +94,7 @@ class Child:
         self._lines = lines
         self._early: list[str] = []
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        demo = os.getpid()
         self.popen = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -102,7 +105,7 @@ class Child:
             bufsize=1,
             env=env,
             start_new_session=True,  # Ctrl-C reaches the demo, which stops them in order
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=lambda: die_with_parent(demo, signal.SIGTERM),
         )
         self.pid = self.popen.pid
         threading.Thread(target=self._read, name=f"demo-{name}", daemon=True).start()
@@ -142,16 +145,6 @@ class Child:
                 self.popen.send_signal(sig)  # by pid: only the process we started
             except ProcessLookupError:
                 pass
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child, before exec
-    """Linux: the child gets SIGTERM if the demo dies without cleaning up (SIGKILL)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
 
 
 class Demo:
