@@ -14,6 +14,7 @@ import zcell_test_tasks as t
 from conftest import SLOW, MakeNode, Workers, wait_until
 
 from zcell import (
+    Actor,
     NotRegistered,
     RemoteError,
     TaskRevokedError,
@@ -21,6 +22,7 @@ from zcell import (
 )
 from zcell.tasks import dispatch
 from zcell.tasks import worker as worker_module
+from zcell.tasks.request import current_request
 from zcell.tasks.routing import queue_actor_name
 from zcell.tasks.runtime import DROPPED
 
@@ -195,6 +197,39 @@ def test_revoke_with_terminate_kills_a_running_task(workers: Workers, tmp_path: 
     with pytest.raises(TaskRevokedError):
         result.get(timeout=5 * SLOW)
     assert result.state == "REVOKED" and not w.running
+
+
+class RequestProbe(Actor):
+    """Hosted on a worker node: whether its handler's greenlet thinks it runs a task."""
+
+    name = "test.request_probe"
+
+    class state:
+        def in_task(self) -> bool:
+            return current_request() is not None
+
+
+def test_a_task_runs_in_its_handler_which_then_serves_other_work_soundly(
+    workers: Workers, tmp_path: Path
+) -> None:
+    """A task runs in its consumer's handler greenlet, which the node reuses for
+    other messages: a terminated task leaves it sound, and neither it nor a task that
+    ended leaves its request behind for the next handler."""
+    (w,) = workers(1, concurrency=1)
+    probe = w.node.spawn(RequestProbe)
+    killed = t.mark.delay(str(tmp_path / "killed"), 30)
+    wait_until((tmp_path / "killed").exists, 10, "the task to start")
+    killed.revoke(terminate=True)
+    with pytest.raises(TaskRevokedError):
+        killed.get(timeout=5 * SLOW)
+    assert not any(probe.call("in_task").get(timeout=5 * SLOW) for _ in range(5))
+    assert t.mark.delay(str(tmp_path / "next"), 0, "ok").get(timeout=5 * SLOW) == "ok"
+    assert not any(probe.call("in_task").get(timeout=5 * SLOW) for _ in range(5))
+    # A terminate for a task that has ended ends no other.
+    slow = t.mark.delay(str(tmp_path / "slow"), 0.3, "slow")
+    wait_until((tmp_path / "slow").exists, 10, "the task to start")
+    t.app.control.revoke(killed.id, terminate=True)
+    assert slow.get(timeout=5 * SLOW) == "slow"
 
 
 def test_a_worker_that_joins_later_knows_an_earlier_revoke(

@@ -49,6 +49,8 @@ class Request:
         self.msg = msg
         self.owner = owner
         self.has_slot = False  # holds one of its worker's concurrency slots
+        self.killable = False  # its own code runs (revoke's terminate may end it)
+        self.kill_asked = False  # revoked with terminate
         self.time_start: float | None = None  # when its code started (inspect, events)
 
     def __repr__(self) -> str:

@@ -139,7 +139,7 @@ class Worker:
         #: limits read them before the task's own options (docs/monitoring.md).
         self.overrides: dict[str, dict[str, Any]] = {}
         self.totals: collections.Counter[str] = collections.Counter()  # ended, by task name
-        self.running: dict[str, tuple[gevent.Greenlet, Request]] = {}
+        self.running: dict[str, tuple[Any, Request]] = {}  # id -> (its greenlet, request)
         self.waits: dict[str, Event] = {}  # held tasks not started: woken by revoke/stop
         self.scheduled: dict[str, dict[str, Any]] = {}  # held for their ETA
         self.refused: collections.OrderedDict[str, ActorProxy] = collections.OrderedDict()
@@ -437,27 +437,29 @@ class Worker:
     # -- running ------------------------------------------------------------------
 
     def _run(self, task: Task, request: Request) -> dict[str, Any]:
-        """Run the task in its own greenlet (so terminate can kill just it)."""
-        runner = gevent.spawn(self._execute, task, request)
-        self.running[request.id] = (runner, request)
+        """Run the task in this greenlet (the consumer's handler): a greenlet of its
+        own cost two turns of the loop per task. ``revoked`` with terminate throws
+        into it only while the task's own code runs (``_terminate``)."""
+        me = getcurrent()
+        me.zcell_task_request = request
+        self.running[request.id] = (me, request)
         try:
-            runner.join()
-        except BaseException:
-            runner.kill(_Terminated, block=False)  # the handler itself was killed
-            raise
+            return self._execute(task, request)
         finally:
             self.running.pop(request.id, None)
-        outcome: Any = runner.value
-        if isinstance(outcome, dict):
-            return outcome
-        return self._outcome(request.msg, REVOKED)  # killed before it ran a line
+            me.zcell_task_request = None  # the handler greenlet is reused
 
     def _execute(self, task: Task, request: Request) -> dict[str, Any]:
-        getcurrent().zcell_task_request = request
         msg = request.msg
         try:
             self._before_start(task, request)
-            value = self._call(task, request)
+            if request.kill_asked:  # revoked with terminate before its code started
+                raise _Terminated
+            request.killable = True
+            try:
+                value = self._call(task, request)
+            finally:
+                request.killable = False
             assert self.runtime is not None
             self.runtime.encodable(value)
         except Retry as exc:
@@ -466,6 +468,12 @@ class Worker:
         except _Terminated:
             self._on_revoked(task, request)
             return self._outcome(msg, REVOKED)
+        except GreenletExit:
+            # The handler itself is killed (its consumer stopped): the task ends
+            # revoked here and the handler goes on ending (its caller is told).
+            self._on_revoked(task, request)
+            self._outcome(msg, REVOKED)
+            raise
         except BaseException as exc:  # noqa: BLE001 - SystemExit too: it fails this task only
             self._on_failure(task, request, exc)
             return self._outcome(msg, FAILURE, exc=exc)
@@ -616,9 +624,18 @@ class Worker:
                 wake.set()
         for runner, request in list(self.running.values()):
             if terminate and (request.id in ids or request.root_id in ids):
-                runner.kill(_Terminated, block=False)
+                request.kill_asked = True
+                gevent.get_hub().loop.run_callback(self._terminate, runner, request)
                 killed += 1
         return killed
+
+    def _terminate(self, runner: Any, request: Request) -> None:
+        """(A hub callback) end the task with ``_Terminated`` if its code still
+        runs in ``runner``, which is then suspended inside it (the handler
+        greenlet goes on to other work once the task ended)."""
+        running = self.running.get(request.id)
+        if request.killable and running is not None and running[0] is runner:
+            runner.throw(_Terminated)
 
     def query(self, task_ids: list[str]) -> dict[str, Any]:
         """Records of ``task_ids`` known here (running ones as STARTED)."""
