@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -124,11 +126,38 @@ def test_eta_is_utc_seconds_and_naive_datetimes_are_utc() -> None:
     assert message.epoch(naive) == message.epoch(aware) == aware.timestamp()
 
 
-def test_arguments_that_do_not_serialise_raise_at_once(task_app: Any) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [object(), 2**64, -(2**63) - 1, "\udc80", ["ok", b"x", {"k": object()}], {1: {2: set()}}],
+    ids=["object", "uint64-overflow", "int64-underflow", "lone-surrogate", "nested", "set"],
+)
+def test_arguments_that_do_not_serialise_raise_at_once(task_app: Any, bad: Any) -> None:
+    """Plain arguments are passed without encoding them twice: the shortcut must
+    still refuse whatever cannot travel."""
     app = task_app(cluster=unique_cluster(), peers=[])
     with pytest.raises(SerializationError):
-        t.add.delay(object(), 1)
+        t.add.delay(bad, 1)
+    with pytest.raises(SerializationError):
+        t.add.apply_async((1,), {"y": bad})
     assert app.node.statistics()["members"] == 1
+
+
+def test_task_ids_are_random_uuids_unique_across_a_fork() -> None:
+    ids = {message.new_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    for task_id in list(ids)[:100]:
+        parsed = uuid.UUID(task_id)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == task_id
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then out
+        os.write(write, message.new_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child != message.new_id()
 
 
 def test_more_than_task_pending_max_waiting_tasks_raise_task_pending_full(task_app: Any) -> None:

@@ -14,7 +14,6 @@ import runpy
 import sys
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -31,7 +30,7 @@ from .conf import MESH_KEYS, Settings
 from .control import Control
 from .dispatch import Entry
 from .errors import NotRegistered, TaskPendingFull
-from .message import epoch, make
+from .message import epoch, make, new_id
 from .request import current_request
 from .result import LOOKUP_TIMEOUT, TaskResult
 from .routing import route
@@ -285,7 +284,7 @@ class App:
     ) -> dict[str, Any]:
         conf = self.conf
         task = task or self.tasks.get(name)
-        task_id = str(options.get("task_id") or uuid.uuid4())
+        task_id = str(options.get("task_id") or new_id())
         parent = current_request()
 
         def opt(key: str, setting: str | None) -> Any:
@@ -326,6 +325,8 @@ class App:
     def _chain(self, entry: Entry, options: dict[str, Any]) -> None:
         """``link``/``link_error``: tasks, task names or signatures (or lists of
         them) sent with the outcome: the result, or the failed task's id."""
+        if options.get("link") is None and options.get("link_error") is None:
+            return  # the common case: nothing to follow
         from .canvas import maybe_signature
 
         def targets(option: str) -> list[Any]:

@@ -18,11 +18,11 @@ field, a chord header member's report address in its ``chord`` field
 from __future__ import annotations
 
 import itertools
-import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
 from .apps import app_for
+from .message import new_id
 from .request import current_request
 
 if TYPE_CHECKING:
@@ -201,7 +201,8 @@ class Signature(dict[str, Any]):
     def freeze(self, root_id: str | None = None) -> str:
         """Decide the task id (and the canvas's root id) now; returns the id."""
         opts = self.options
-        opts.setdefault("task_id", str(uuid.uuid4()))
+        if "task_id" not in opts:
+            opts["task_id"] = new_id()
         if root_id is not None:
             opts.setdefault("root_id", root_id)
         return str(opts["task_id"])

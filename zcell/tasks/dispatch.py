@@ -194,7 +194,7 @@ class Dispatcher:
     def has_room(self) -> bool:
         """Fewer than ``task_pending_max`` tasks wait or are being handed over (any
         thread: ``list()`` copies the deques atomically under the GIL)."""
-        waiting = sum(len(q) for q in list(self.waiting.values())) + len(self.incoming)
+        waiting = sum(map(len, list(self.waiting.values()))) + len(self.incoming)
         return waiting < int(self.runtime.app.conf.task_pending_max)
 
     def can_hand_over(self) -> bool:

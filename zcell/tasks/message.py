@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from random import getrandbits
 from typing import Any
 
 from ..errors import ProtocolError
 
-__all__ = ["FIELDS", "check", "epoch", "make"]
+__all__ = ["FIELDS", "check", "epoch", "make", "new_id"]
+
+# The version (4) and variant (RFC 4122) bits of a random UUID.
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
 
 #: Field -> the types it may hold (None allowed where listed).
 FIELDS: dict[str, tuple[type, ...]] = {
@@ -59,6 +64,18 @@ def epoch(when: float | datetime | None, *, relative: float | None = None) -> fl
             when = when.replace(tzinfo=UTC)
         return when.timestamp()
     return float(when)
+
+
+def new_id() -> str:
+    """A task id: a random UUID (version 4) in its usual text form, as Celery's.
+
+    From the process's seeded generator (reseeded in a forked child), not
+    ``uuid.uuid4()``: its ``os.urandom`` system call lets go of the GIL, and a
+    program thread calling ``delay()`` then waited for the loop thread to give it
+    back on every task. Ids must be unique, not secret: a task id grants nothing.
+    """
+    h = "%032x" % (getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def make(**fields: Any) -> dict[str, Any]:

@@ -113,7 +113,39 @@ class Runtime:
 
     def encodable(self, value: Any) -> None:
         """Raise ``SerializationError`` unless ``value`` can travel."""
-        self.codec.encode([value])
+        if not _plain(value, 2):
+            self.codec.encode([value])
+
+
+#: Values that always travel, as ``encodable`` checks them without encoding: the
+#: arguments and results of most tasks (a short ASCII string, a 64-bit int...).
+_SCALARS = (float, bool, type(None))
+_PLAIN_LEN = 64  # items of a list or map, and characters of a string
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """Whether ``value`` surely encodes: scalars, short ASCII strings, and short
+    lists and string-keyed maps of them, ``depth`` levels deep (else: encode it)."""
+    kind = type(value)
+    if kind is int:
+        return bool(-(2**63) <= value < 2**64)
+    if kind is str:
+        return len(value) <= _PLAIN_LEN and bool(value.isascii())
+    if kind in _SCALARS:
+        return True
+    if (kind is not list and kind is not dict) or depth <= 0 or len(value) > _PLAIN_LEN:
+        return False
+    if kind is list:
+        for item in value:
+            if not _plain(item, depth - 1):
+                return False
+        return True
+    for key, item in value.items():
+        if type(key) is not str or len(key) > _PLAIN_LEN or not key.isascii():
+            return False
+        if not _plain(item, depth - 1):
+            return False
+    return True
 
 
 def runtime_of(node: Node) -> Runtime | None:
