@@ -22,6 +22,7 @@ from zcell import (
     ZcellError,
 )
 from zcell.tasks import message
+from zcell.tasks.records import REREAD, Expiring
 from zcell.tasks.routing import route
 
 
@@ -182,3 +183,25 @@ def test_the_worker_finds_the_app_as_celery_does() -> None:
         find_app("zcell_test_tasks:nope")
     with pytest.raises(UsageError, match="tried json.app, json.celery, any App in json"):
         find_app("json")
+
+
+def test_records_expire_stay_bounded_and_follow_their_settings() -> None:
+    """The store of finished tasks' records (and revoked ids, and deliveries seen):
+    its settings are read again every ``REREAD`` seconds, not at every put."""
+    now = [1000.0]
+    ttl, most = [10.0], [3]
+    store = Expiring(lambda: ttl[0], lambda: most[0], clock=lambda: now[0])
+    for i in range(5):
+        store.put(f"t{i}", i)
+    assert len(store) == 3 and store.get("t0") is None and store.get("t4") == 4
+    now[0] += 10.5  # all expired: invisible at once, dropped at the next reading
+    assert store.get("t4") is None and "t3" not in store
+    store.put("a", 1)
+    assert [k for k, _, _ in store.items()] == ["a"]
+    most[0], ttl[0] = 1, 100.0  # changed settings apply within REREAD seconds
+    store.put("b", 2)
+    now[0] += REREAD
+    store.put("c", 3)
+    assert [k for k, _, _ in store.items()] == ["c"]
+    now[0] += 50
+    assert store.get("c") == 3  # kept for the new ttl
