@@ -58,7 +58,7 @@ def test_a_task_error_is_re_raised_mirrored_with_its_traceback(workers: Workers)
     assert isinstance(result.get(propagate=False), RemoteError)
 
 
-@pytest.mark.parametrize("kind", ["SystemExit", "KeyboardInterrupt"])
+@pytest.mark.parametrize("kind", ["SystemExit", "KeyboardInterrupt", "GreenletExit"])
 def test_a_task_raising_system_exit_or_keyboard_interrupt_fails_only_that_task(
     workers: Workers, kind: str
 ) -> None:

@@ -13,7 +13,7 @@ import pytest
 import zcell_test_tasks as t
 from conftest import SLOW, Workers, wait_until
 
-from zcell import MaxRetriesExceededError, RemoteError, TaskRevokedError
+from zcell import MaxRetriesExceededError, RemoteError, TaskRevokedError, WorkerLostError
 from zcell.tasks import signals
 
 WAIT = 10 * SLOW
@@ -286,6 +286,23 @@ def test_task_revoked_is_sent_on_terminate_and_on_expiry(
     wait_until(lambda: len(heard.of("task_revoked")) == 2, 5, "the second task_revoked")
     _, second = heard.of("task_revoked")[1]
     assert second["expired"] is True and second["terminated"] is False
+
+
+def test_a_task_still_running_when_its_node_stops_is_revoked_there_and_lost_here(
+    workers: Workers, heard: Heard
+) -> None:
+    """The node's stop kills the handler the task runs in: the task ends revoked
+    (``task_revoked``, terminated) and its submitter learns that the worker is lost."""
+    (worker,) = workers(1)
+    result = t.sleepy.delay(30)
+    wait_until(lambda: worker.running, 5, "the task to start")
+    assert worker.stop(timeout=0.2) == 1
+    worker.node.stop(timeout=0.5)
+    with pytest.raises(WorkerLostError):
+        result.get(timeout=WAIT)
+    ((sender, revoked),) = heard.of("task_revoked")
+    assert sender is t.sleepy and revoked["terminated"] is True
+    assert revoked["request"].id == result.id
 
 
 def test_worker_ready_and_worker_shutdown_are_sent(workers: Workers, heard: Heard) -> None:

@@ -65,6 +65,7 @@ def fail(kind: str) -> None:
         "SystemExit": SystemExit(3),
         "KeyboardInterrupt": KeyboardInterrupt(),
         "TypeError": TypeError("bad type"),
+        "GreenletExit": gevent.GreenletExit(),  # a task's own, not its handler killed
     }
     raise errors[kind]
 

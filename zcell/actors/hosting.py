@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Host"]
+__all__ = ["HandlerKilled", "Host"]
 
 _MAX_IDLE_WORKERS = 256  # parked workers kept for reuse
 _QUEUE_HIGH = 10_000  # requests held back by the concurrency bound: pause reading
@@ -60,7 +60,7 @@ _QUEUE_LOW = 2_000  # ... and resume below this
 _STOPPED_KEPT = 10_000  # recently killed ids remembered, to answer ActorStopped
 
 
-class _Killed(GreenletExit):  # type: ignore[misc]  # gevent is untyped: its GreenletExit is Any
+class HandlerKilled(GreenletExit):  # type: ignore[misc]  # gevent is untyped: GreenletExit is Any
     """Raised inside a handler whose actor is killed (or whose node stops)."""
 
 
@@ -262,7 +262,7 @@ class Host:
                     ],
                 )
                 return
-        except _Killed:
+        except HandlerKilled:
             self._answer(
                 msg,
                 actor_id,
@@ -485,11 +485,11 @@ class Host:
             log.exception("zcell: %s of %s failed", what, actor)
 
     def _kill_handlers(self, hosted: Hosted) -> None:
-        """Raise _Killed in the handlers running for this actor (from the hub, later)."""
+        """Raise HandlerKilled in the handlers running for this actor (from the hub, later)."""
 
         def throw(g: Any) -> None:
             if g in hosted.greenlets:  # still inside this actor's handler
-                g.throw(_Killed)
+                g.throw(HandlerKilled)
 
         for g in list(hosted.greenlets):
             self._hub.loop.run_callback(throw, g)

@@ -35,6 +35,7 @@ from gevent.lock import Semaphore
 from greenlet import getcurrent
 
 from ..actors.actor import Actor
+from ..actors.hosting import HandlerKilled
 from ..errors import NodeStopped, ProtocolError, ZcellError, error_wire
 from . import events as task_events
 from . import signals
@@ -192,7 +193,10 @@ class Worker:
         """Take no more tasks, give held ones back to their submitters, and let
         running ones finish for up to ``timeout`` seconds. Returns how many still run."""
         send_safely(signals.worker_shutdown, self)
-        self.node.call_in_loop(self._close)
+        try:
+            self.node.call_in_loop(self._close)
+        except NodeStopped:
+            return len(self.running)  # its node stopped first: nothing runs on
         deadline = time.monotonic() + timeout
         while self.running and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -468,7 +472,7 @@ class Worker:
         except _Terminated:
             self._on_revoked(task, request)
             return self._outcome(msg, REVOKED)
-        except GreenletExit:
+        except HandlerKilled:
             # The handler itself is killed (its consumer stopped): the task ends
             # revoked here and the handler goes on ending (its caller is told).
             self._on_revoked(task, request)
