@@ -4,7 +4,8 @@ expansion of their paths, and a child that ends with the process that started it
 
 Shared by ``zcell worker`` (its ``--pidfile`` and ``--logfile``, added by
 ``supervise.worker_options``), the ``--processes`` supervisor (``supervise.py``)
-and ``zcell multi`` (``multi.py``).
+and ``zcell multi`` (``multi.py``); ``die_with_parent`` by the supervisor's
+children and the demo's nodes.
 """
 
 from __future__ import annotations
