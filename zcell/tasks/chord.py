@@ -269,8 +269,4 @@ class Chords:
 
 def chords_of(runtime: Runtime) -> Chords:
     """The node's chord coordinator (made on first use)."""
-    chords: Chords | None = getattr(runtime, "_chords", None)
-    if chords is None:
-        chords = Chords(runtime)
-        setattr(runtime, "_chords", chords)  # noqa: B010 - kept off Runtime's own fields
-    return chords
+    return runtime.part("chords", Chords)

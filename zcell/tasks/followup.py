@@ -171,11 +171,7 @@ class Unmet:
 
 def unmet_of(runtime: Runtime) -> Unmet:
     """The node's reports waiting for nodes not met (made on first use)."""
-    unmet: Unmet | None = getattr(runtime, "_unmet", None)
-    if unmet is None:
-        unmet = Unmet(runtime)
-        setattr(runtime, "_unmet", unmet)  # noqa: B010 - kept off Runtime's own fields
-    return unmet
+    return runtime.part("unmet", Unmet)
 
 
 def _advance(runtime: Runtime, msg: dict[str, Any], value: Any, rest: list[Any]) -> None:

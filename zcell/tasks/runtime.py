@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import gevent
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["AGENT_TYPE", "Runtime", "claim_runtime", "forget_runtime", "runtime_of"]
 
 log = logging.getLogger(__name__)
+
+_P = TypeVar("_P")
 
 _runtimes: weakref.WeakKeyDictionary[Node, Runtime] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
@@ -65,6 +68,7 @@ class Runtime:
         self.agent: ActorProxy | None = None
         self.pulled: set[str] = set()  # agents asked for their remembered revokes
         self.ready = Flag()  # set once started (attach() from another thread waits)
+        self._parts: dict[str, Any] = {}  # made on first use (``part``)
         node.stats.setdefault(DROPPED, 0)
         node.stats.setdefault(DUPLICATES, 0)
 
@@ -110,6 +114,15 @@ class Runtime:
             and isinstance(e[1], float | int)
         ]
         self.revoked.update(good)
+
+    def part(self, name: str, make: Callable[[Runtime], _P]) -> _P:
+        """The component ``name`` of this runtime (the chord coordinator, the
+        reports waiting for nodes not met...), made by ``make(self)`` on first use:
+        the modules that own them sit above this one."""
+        found: _P | None = self._parts.get(name)
+        if found is None:
+            found = self._parts[name] = make(self)
+        return found
 
     def encodable(self, value: Any) -> None:
         """Raise ``SerializationError`` unless ``value`` can travel."""
