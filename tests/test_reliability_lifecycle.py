@@ -311,3 +311,28 @@ def test_a_stopped_node_is_freed(make_node):
         gc.collect()
     assert gone() is None, [type(r).__name__ for r in gc.get_referrers(gone())]
     assert hub() is None
+
+
+def test_a_stopped_node_that_ran_tasks_is_freed(make_node: Any, task_app: Any) -> None:
+    """Its task runtime (dispatcher, agent, worker, control operations) goes with it."""
+    import zcell_test_tasks as t
+
+    from zcell.tasks import Worker
+
+    def run_and_stop() -> tuple[weakref.ref[Node], weakref.ref[Worker]]:
+        cluster = f"freed-{time.monotonic_ns()}"
+        node = Node("worker", discovery="static", cluster=cluster).start()
+        worker = Worker(t.app, node).start()
+        task_app(cluster=cluster, peers=[node.endpoints["inbox"]])
+        assert t.add.delay(1, 2).get(timeout=10 * SLOW) == 3
+        t.app.close(timeout=1.0)
+        worker.stop(timeout=1.0)
+        node.stop()
+        assert node._loop.join(5 * SLOW)
+        return weakref.ref(node), weakref.ref(worker)
+
+    gone, worker_gone = run_and_stop()
+    for _ in range(3):
+        gc.collect()
+    assert worker_gone() is None
+    assert gone() is None, [type(r).__name__ for r in gc.get_referrers(gone())]

@@ -171,6 +171,9 @@ class Membership:
         self._held = held  # requests of nodes joining us that overtook their WELCOME
         self._dealers: dict[str, Socket] = {}
         self._newcomers: list[Member] = []  # joined since the last news of joins
+        # Departures heard on a PUB, applied a moment later (``on_leave``): ended
+        # at stop, since one still pending when the loop's thread ends keeps the node.
+        self._leaving: set[gevent.Greenlet] = set()
         self._drain_turn: Iterator[str] = iter(())  # the DEALERs left to read this round
         self._seeds: dict[str, float] = {}  # inbox endpoint -> expiry (inf: forever)
         self._knocks: dict[str, Knock] = {}
@@ -702,9 +705,15 @@ class Membership:
             # The copy sent to our inbox comes after the node's last replies;
             # this one may overtake them, so give those a moment.
             member.leaving = True
-            gevent.spawn_later(0.3, self._left, member)
+            later = gevent.spawn_later(0.3, self._left, member)
+            self._leaving.add(later)
+            later.link(self._leaving.discard)
         else:
             self._left(member)
+
+    def pending(self) -> list[gevent.Greenlet]:
+        """The greenlets of this membership that a stop must end (see ``_leaving``)."""
+        return list(self._leaving)
 
     def _left(self, member: Member) -> None:
         self._member_down(member, "left")

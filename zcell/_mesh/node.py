@@ -525,7 +525,7 @@ class Node:
         # A greenlet still suspended when its thread ends can never be freed, nor
         # what its frames hold (the whole node): end them here, in their thread.
         readers = [m.reader for m in self._members.values() if m.reader is not None]
-        gevent.killall(self._tasks + readers, timeout=1.0)
+        gevent.killall(self._tasks + readers + self._membership.pending(), timeout=1.0)
         self.hosting.end_workers()
         self._life.state = "stopped"
         assert self._stop_event is not None

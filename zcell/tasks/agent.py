@@ -146,6 +146,13 @@ class TaskAgent(Actor):
             """This node's clock (POSIX seconds), to compare hosts' clocks."""
             return time.time()
 
+        def on_stop(self) -> None:
+            """The node stops: the task layer's greenlets end now, in the loop's
+            thread (one still suspended when that thread ends keeps the node)."""
+            runtime = runtime_of(self.node)
+            if runtime is not None:
+                runtime.stop()
+
 
 def attach(app: App, node: Node) -> Runtime:
     """The node's task runtime, made and started (with its agent) on first use."""

@@ -166,6 +166,12 @@ class Dispatcher:
         self._wake = Event()
         self._pump = gevent.spawn(self._run_pump)
 
+    def stop(self) -> None:
+        """End the pump (loop thread, the node stopping)."""
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            pump.kill(block=True, timeout=1.0)
+
     def wake(self) -> None:
         """Have the pump look at the waiting tasks now (loop thread)."""
         if self._wake is not None:

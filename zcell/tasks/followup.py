@@ -136,6 +136,13 @@ class Unmet:
         if self._retrying is None:
             self._retrying = gevent.spawn(self._retry)
 
+    def stop(self) -> None:
+        """The node stops: nobody is told anything more (loop thread)."""
+        self.waiting.clear()
+        retrying = self._retrying
+        if retrying is not None:
+            retrying.kill(block=True, timeout=1.0)
+
     def _retry(self) -> None:
         try:
             while self.waiting:

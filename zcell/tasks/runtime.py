@@ -2,16 +2,15 @@
 
 A node that submits or runs tasks gets one ``Runtime`` (``attach``): the
 ``Dispatcher`` for the tasks it submits, the task agent actor other nodes talk
-to, the revoked ids it remembers, and (on a worker) the ``Worker``. The
-registry is keyed by the node object and holds it weakly: no process-wide
-state outlives a node, and two nodes in one process have a runtime each.
+to, the revoked ids it remembers, and (on a worker) the ``Worker``. It is kept
+on its node object: no process-wide state outlives a node, and two nodes in one
+process have a runtime each.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,7 +35,10 @@ log = logging.getLogger(__name__)
 
 _P = TypeVar("_P")
 
-_runtimes: weakref.WeakKeyDictionary[Node, Runtime] = weakref.WeakKeyDictionary()
+# The runtime is kept on its node, not in a table of the process: the two refer to
+# each other and go together once the node is dropped (a WeakKeyDictionary whose
+# value holds its key kept both for ever).
+_ATTR = "_zcell_task_runtime"
 _lock = threading.Lock()
 #: Seconds a node waits for another agent's list of remembered revokes.
 REVOKED_PULL_TIMEOUT = 2.0
@@ -115,6 +117,15 @@ class Runtime:
         ]
         self.revoked.update(good)
 
+    def stop(self) -> None:
+        """(Loop thread, the node stopping) end the dispatcher's pump and what
+        the components run (``stop`` of each that has one)."""
+        self.dispatcher.stop()
+        for part in list(self._parts.values()):
+            stop = getattr(part, "stop", None)
+            if stop is not None:
+                stop()
+
     def part(self, name: str, make: Callable[[Runtime], _P]) -> _P:
         """The component ``name`` of this runtime (the chord coordinator, the
         reports waiting for nodes not met...), made by ``make(self)`` on first use:
@@ -163,21 +174,24 @@ def _plain(value: Any, depth: int) -> bool:
 
 def runtime_of(node: Node) -> Runtime | None:
     """The node's task runtime, if it has one."""
-    return _runtimes.get(node)
+    runtime: Runtime | None = getattr(node, _ATTR, None)
+    return runtime
 
 
 def claim_runtime(app: App, node: Node) -> tuple[Runtime, bool]:
     """The node's runtime, made if missing: (runtime, True when this call made it
     and must start it)."""
     with _lock:
-        runtime = _runtimes.get(node)
+        runtime = runtime_of(node)
         if runtime is not None:
             return runtime, False
-        runtime = _runtimes[node] = Runtime(app, node)
+        runtime = Runtime(app, node)
+        setattr(node, _ATTR, runtime)
         return runtime, True
 
 
 def forget_runtime(node: Node) -> None:
     """Drop the node's runtime (its start failed)."""
     with _lock:
-        _runtimes.pop(node, None)
+        if hasattr(node, _ATTR):
+            delattr(node, _ATTR)
