@@ -336,3 +336,27 @@ def test_a_stopped_node_that_ran_tasks_is_freed(make_node: Any, task_app: Any) -
         gc.collect()
     assert worker_gone() is None
     assert gone() is None, [type(r).__name__ for r in gc.get_referrers(gone())]
+
+
+@pytest.mark.parametrize("beat_stopped", [True, False], ids=["beat-stopped", "node-stopped"])
+def test_a_stopped_node_that_ran_beat_is_freed(beat_stopped: bool) -> None:
+    """A beat candidate goes with its node, whether the beat was stopped first or
+    the node was stopped under it."""
+    import zcell_test_tasks as t
+
+    from zcell.tasks.beat import Beat
+
+    def run_and_stop() -> weakref.ref[Node]:
+        node = Node("beat", discovery="static", cluster=f"beat-{time.monotonic_ns()}").start()
+        beat = Beat(t.app, node).start()
+        wait_until(lambda: beat.status()["leading"], 10, "the lone candidate to lead")
+        if beat_stopped:
+            beat.stop()
+        node.stop()
+        assert node._loop.join(5 * SLOW)
+        return weakref.ref(node)
+
+    gone = run_and_stop()
+    for _ in range(3):
+        gc.collect()
+    assert gone() is None, [type(r).__name__ for r in gc.get_referrers(gone())]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-import weakref
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +51,9 @@ TICK_NAMESPACE = uuid.UUID("6f1d1e3c-8f0a-4a53-9d7e-2b9f4a6c1e15")
 #: The keys of a beat_schedule entry.
 ENTRY_KEYS = frozenset({"task", "schedule", "args", "kwargs", "options", "catch_up"})
 
-_beats: weakref.WeakKeyDictionary[Node, Beat] = weakref.WeakKeyDictionary()
+# A node's beat is kept on the node (they refer to each other and go together; a
+# WeakKeyDictionary whose value held its key kept both for ever).
+_ATTR = "_zcell_beat"
 
 
 class BeatEntry:
@@ -149,9 +150,22 @@ class BeatCandidate(Actor):
             """The candidates this one last knew (the quorum's basis)."""
             return sorted(_beat_of(self.node).known)
 
+        def on_stop(self) -> None:
+            """The node stops: the beat's greenlet ends now, in the loop's thread
+            (one still suspended when that thread ends keeps the node)."""
+            beat = beat_on(self.node)
+            if beat is not None:
+                beat.end()
+
+
+def beat_on(node: Node) -> Beat | None:
+    """The beat candidate running on ``node``, if any."""
+    beat: Beat | None = getattr(node, _ATTR, None)
+    return beat
+
 
 def _beat_of(node: Node) -> Beat:
-    beat = _beats.get(node)
+    beat = beat_on(node)
     if beat is None:  # pragma: no cover - the beat spawns its actor
         raise LookupError("this node runs no beat")
     return beat
@@ -162,7 +176,7 @@ def periodic_schedule(node: Node) -> list[dict[str, Any]]:
     scheduled``), each with its last and next run, whether this node leads, and
     why it does not send (``paused``: a minority side says so here); [] on a node
     that runs no beat."""
-    beat = _beats.get(node)
+    beat = beat_on(node)
     if beat is None:
         return []
     status = beat.status()
@@ -206,7 +220,7 @@ class Beat:
 
     def start(self) -> Beat:
         """Become a candidate: host the actor, add the ``beat`` control op, run."""
-        _beats[self.node] = self
+        setattr(self.node, _ATTR, self)
         self.node.register(BeatCandidate)
         self.node.spawn(BeatCandidate, on=self.node.id)
         self.node.control.add(self._control, "beat")
@@ -219,6 +233,12 @@ class Beat:
             self.node.call_in_loop(self._leave)
         except ZcellError:
             pass  # the node stopped already: the others see it gone
+
+    def end(self) -> None:
+        """(Loop thread) end the beat's greenlet."""
+        greenlet, self._greenlet = self._greenlet, None
+        if greenlet is not None:
+            greenlet.kill(block=True, timeout=1.0)
 
     def _leave(self) -> None:
         if self._greenlet is not None:
