@@ -6,7 +6,8 @@ keeps a tail of stderr, and kills the child by its pid. Every child still alive
 is killed at interpreter exit.
 
 Child side: :func:`die_with_parent` (SIGKILL when the parent dies, Linux) and
-:func:`pin_to` (CPU affinity).
+:func:`pin_to` (CPU affinity). Its own, not ``zcell.cli.daemon.die_with_parent``:
+the peers' children (Celery, Dramatiq, zerorpc, Ray) must not import zcell.
 """
 
 from __future__ import annotations
