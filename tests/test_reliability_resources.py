@@ -312,6 +312,57 @@ def test_with_twenty_thousand_actors_joins_spawns_and_throws_stay_correct(make_n
     wait_until(lambda: c.directory.count_on(big.id) == 19999, 5, "c sees the kill")
 
 
+class _Unwalkable(dict):  # type: ignore[type-arg]
+    """A directory's id table that counts every walk over it (lookups stay free)."""
+
+    walks = 0
+
+    def _walk(self) -> None:
+        type(self).walks += 1
+
+    def items(self):  # type: ignore[no-untyped-def]
+        self._walk()
+        return super().items()
+
+    def values(self):  # type: ignore[no-untyped-def]
+        self._walk()
+        return super().values()
+
+    def keys(self):  # type: ignore[no-untyped-def]
+        self._walk()
+        return super().keys()
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        self._walk()
+        return super().__iter__()
+
+
+def test_actors_of_a_type_and_nodes_do_not_walk_the_whole_directory(make_node):
+    # The task dispatcher asks for a queue's consumers at every round: with 100k
+    # actors of other types in the mesh, a walk of the directory each time made
+    # every task wait for it.
+    big = make_node("big", actors=[Echo])
+    host_many(big, Echo, 2000)
+    b = make_node("b", actors=[], peers=[big.endpoints["inbox"]])
+    b.wait_for(nodes=2, timeout=10 * SLOW)
+    wait_until(lambda: b.directory.count_on(big.id) == 2000, 10, "b sees big's actors")
+    swapped: list[bool] = []
+
+    def swap() -> None:
+        b.directory.actors = _Unwalkable(b.directory.actors)
+        swapped.append(True)
+
+    b.call_in_loop(swap)
+    assert swapped
+    _Unwalkable.walks = 0
+    echoes = b.actors(Echo)
+    assert len(echoes) == 2000 and {p.node_id for p in echoes} == {big.id}
+    assert b.actors("no.such.type") == []
+    counts = {n["name"]: n["actors"] for n in b.nodes()}
+    assert counts == {"big": 2000, "b": 0}
+    assert _Unwalkable.walks == 0
+
+
 def test_a_port_whose_thread_ended_with_a_call_in_flight_is_freed_after_the_reply(mesh):
     a, b = mesh(2, actors=[Echo])
     ref = a.spawn(Echo, on="n1")

@@ -982,20 +982,18 @@ class Node:
             type: Only actors of this type (an Actor class or type name).
         """
         self._check_running()
-        items = list(self.directory.actors.items())
-        name = self._layer.type_name(type) if type is not None else None
-        return [
-            self._layer.proxy(self, actor_id, t, n)
-            for actor_id, (t, n) in items
-            if name is None or t == name
-        ]
+        proxy = self._layer.proxy
+        if type is None:
+            return [proxy(self, a, t, n) for a, (t, n) in list(self.directory.actors.items())]
+        # The type's index, not the whole directory: the task dispatcher asks for a
+        # queue's consumers at every round, whatever else the mesh holds.
+        name = self._layer.type_name(type)
+        return [proxy(self, a, name, n) for a, n in list(self.directory.of_type(name).items())]
 
     def nodes(self) -> list[dict[str, Any]]:
         """Live members, this node included: id, name, endpoints, actors, and more."""
         self._check_running()
-        counts: dict[str, int] = {}
-        for _, node_id in list(self.directory.actors.values()):
-            counts[node_id] = counts.get(node_id, 0) + 1
+        count_on = self.directory.count_on
         now = time.time()
         out = [
             {
@@ -1015,7 +1013,7 @@ class Node:
                     "id": m.id,
                     "name": m.name,
                     "endpoints": {"inbox": m.inbox, "pub": m.pub, "hb": m.hb},
-                    "actors": counts.get(m.id, 0),
+                    "actors": count_on(m.id),
                     "types": sorted(m.types),
                     "uptime": now - m.started if m.started else 0.0,
                     "load": m.load,
