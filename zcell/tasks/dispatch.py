@@ -151,6 +151,7 @@ class Dispatcher:
         self.turn: collections.Counter[str] = collections.Counter()  # queue -> round-robin
         self.expiring: set[str] = set()  # queues where a task with an expiry may wait
         self._wake: Event | None = None
+        self._recheck: Any = None  # the hub timer that wakes the pump every RECHECK
         self._forgot_at = time.monotonic()  # the last look for consumers gone
         self.loop_ident: int | None = None  # the loop thread's id, once started
         self._pump: gevent.Greenlet | None = None
@@ -164,10 +165,17 @@ class Dispatcher:
     def _start(self) -> None:
         self.loop_ident = threading.get_ident()
         self._wake = Event()
+        # A repeating timer wakes the pump, not a timeout on each wait: one
+        # gevent Timeout made and cancelled per round was a share of every task.
+        self._recheck = gevent.get_hub().loop.timer(RECHECK, RECHECK)
+        self._recheck.start(self._wake.set)
         self._pump = gevent.spawn(self._run_pump)
 
     def stop(self) -> None:
         """End the pump (loop thread, the node stopping)."""
+        timer, self._recheck = self._recheck, None
+        if timer is not None:
+            timer.close()
         pump, self._pump = self._pump, None
         if pump is not None:
             pump.kill(block=True, timeout=1.0)
@@ -180,7 +188,7 @@ class Dispatcher:
     def _run_pump(self) -> None:
         assert self._wake is not None
         while True:
-            self._wake.wait(RECHECK)
+            self._wake.wait()
             self._wake.clear()
             try:
                 self.runtime.pull_revoked()
@@ -406,7 +414,8 @@ class Dispatcher:
             self.finish(entry, FAILURE, ProtocolError(f"bad task reply {value!r}"))
         else:
             self._on_outcome(entry, consumer, value)
-        self.wake()
+        if any(self.waiting.values()):  # the room it freed is for them
+            self.wake()
 
     def _on_error(self, entry: Entry, exc: BaseException) -> None:
         if isinstance(exc, NodeStopped):
