@@ -164,6 +164,33 @@ def test_a_task_that_expires_while_waiting_is_revoked_and_never_runs(
     assert result.state == "REVOKED" and not path.exists()
 
 
+def test_thousands_waiting_expire_and_are_revoked_among_the_rest_which_then_run(
+    workers: Workers,
+) -> None:
+    # Expired and revoked tasks leave the waiting line without a scan of it each
+    # (that cost the square of the tasks waiting); the count of waiting tasks,
+    # which task_pending_max bounds, follows them.
+    (w,) = workers(1, queues=["other"])
+    n = 1500
+    dated = [t.add.apply_async((i, 0), queue="late", expires=0.5) for i in range(n)]
+    plain = [t.add.apply_async((i, 1), queue="late") for i in range(n)]
+    dispatcher = t.app._runtime().dispatcher
+    for result in dated:
+        with pytest.raises(TaskRevokedError, match="expired"):
+            result.get(timeout=10 * SLOW)
+    assert t.app.node.call_in_loop(dispatcher.waiting_count) == n
+    t.app.control.revoke([r.id for r in plain[: n // 2]])
+    for result in plain[: n // 2]:
+        with pytest.raises(TaskRevokedError, match="revoked"):
+            result.get(timeout=10 * SLOW)
+    assert t.app.node.call_in_loop(dispatcher.waiting_count) == n - n // 2
+    assert all(r.state == "PENDING" for r in plain[n // 2 :])
+    w.add_consumer("late")
+    assert [r.get(timeout=20 * SLOW) for r in plain[n // 2 :]] == list(range(n // 2 + 1, n + 1))
+    assert t.app.node.call_in_loop(dispatcher.waiting_count) == 0
+    assert not dispatcher.stale and not dispatcher.expiring
+
+
 def test_a_countdown_task_is_held_by_the_worker_until_its_eta(workers: Workers) -> None:
     (w,) = workers(1)
     sent = time.time()

@@ -14,6 +14,8 @@ is skipped until its worker sends "room". Consumers with room take turns.
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -123,6 +125,11 @@ class Dispatcher:
         # Every entry a TaskResult of this process still holds (AsyncResult(id) here).
         self.known: weakref.WeakValueDictionary[str, Entry] = weakref.WeakValueDictionary()
         self.waiting: dict[str, collections.deque[Entry]] = {}
+        # queue -> entries in its deque that no longer wait there (finished: revoked
+        # or expired). They are dropped as the pump reaches them, or all at once
+        # when they are half the deque: a remove() each made a burst of revokes or
+        # expiries cost the square of the tasks waiting.
+        self.stale: collections.Counter[str] = collections.Counter()
         # Handed over by program threads, not taken by the loop yet (hand_over).
         self.incoming: collections.deque[Entry] = collections.deque()
         self._take_scheduled = False  # a _take_incoming callback is scheduled
@@ -149,7 +156,10 @@ class Dispatcher:
         self.first_slots = max(1, int(conf.worker_concurrency))
         self.first_guess = max(1, self.first_slots * int(conf.worker_prefetch_multiplier))
         self.turn: collections.Counter[str] = collections.Counter()  # queue -> round-robin
-        self.expiring: set[str] = set()  # queues where a task with an expiry may wait
+        # queue -> heap of (expires, n, entry) of the tasks with an expiry that wait
+        # there (an entry pushed meanwhile is skipped when it comes up).
+        self.expiring: dict[str, list[tuple[float, int, Entry]]] = {}
+        self._seq = itertools.count()  # ties in those heaps
         self._wake: Event | None = None
         self._recheck: Any = None  # the hub timer that wakes the pump every RECHECK
         self._forgot_at = time.monotonic()  # the last look for consumers gone
@@ -203,12 +213,13 @@ class Dispatcher:
     # -- submitting (loop thread) --------------------------------------------
 
     def waiting_count(self) -> int:
-        return sum(len(q) for q in self.waiting.values())
+        """Tasks that wait here for a consumer (any thread: ``list()`` copies
+        atomically under the GIL)."""
+        return sum(map(len, list(self.waiting.values()))) - sum(list(self.stale.values()))
 
     def has_room(self) -> bool:
-        """Fewer than ``task_pending_max`` tasks wait or are being handed over (any
-        thread: ``list()`` copies the deques atomically under the GIL)."""
-        waiting = sum(map(len, list(self.waiting.values()))) + len(self.incoming)
+        """Fewer than ``task_pending_max`` tasks wait or are being handed over (any thread)."""
+        waiting = self.waiting_count() + len(self.incoming)
         return waiting < int(self.runtime.app.conf.task_pending_max)
 
     def can_hand_over(self) -> bool:
@@ -278,8 +289,10 @@ class Dispatcher:
         entry.held = entry.claimed = entry.granted = False
         entry.consumer = None
         queue = self.waiting.setdefault(entry.queue, collections.deque())
-        if entry.msg["expires"] is not None:
-            self.expiring.add(entry.queue)
+        expires = entry.msg["expires"]
+        if expires is not None:
+            heap = self.expiring.setdefault(entry.queue, [])
+            heapq.heappush(heap, (expires, next(self._seq), entry))
         if front:
             queue.appendleft(entry)
         else:
@@ -297,7 +310,8 @@ class Dispatcher:
         """Push waiting tasks to consumers with room; expire the overdue."""
         now = time.time()
         for queue, tasks in list(self.waiting.items()):
-            self._expire(queue, tasks, now)
+            self._expire(queue, now)
+            self._drop_stale(queue, tasks)
             if not tasks:
                 continue
             candidates = self.node.actors(queue_actor_name(queue))
@@ -318,18 +332,43 @@ class Dispatcher:
                 self._push(entry, consumer, later)
                 if not self._has_room(consumer.id, later):
                     consumers.remove(consumer)
+                self._drop_stale(queue, tasks)
 
-    def _expire(self, queue: str, tasks: collections.deque[Entry], now: float) -> None:
-        if queue not in self.expiring:
-            return  # no task with an expiry waits there: skip the scan
-        dated = [e for e in tasks if e.msg["expires"] is not None]
-        if not dated:
-            self.expiring.discard(queue)
-        for entry in dated:
-            if entry.msg["expires"] <= now:
-                tasks.remove(entry)
-                entry.waiting = False
+    def _expire(self, queue: str, now: float) -> None:
+        """Finish the tasks waiting in ``queue`` whose expiry has passed."""
+        heap = self.expiring.get(queue)
+        if heap is None:
+            return
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)[2]
+            if entry.waiting and entry.queue == queue:
                 self.finish(entry, REVOKED, TaskRevokedError(f"task {entry.id} expired"))
+        if not heap:
+            del self.expiring[queue]
+        elif len(heap) > 64 + 2 * len(self.waiting.get(queue, ())):
+            # Mostly tasks pushed since: keep those that still wait.
+            heap[:] = [item for item in heap if item[2].waiting and item[2].queue == queue]
+            heapq.heapify(heap)
+
+    def _unqueue(self, entry: Entry) -> None:
+        """``entry`` no longer waits in its queue's deque (it finished there)."""
+        entry.waiting = False
+        queue = entry.queue
+        self.stale[queue] += 1
+        tasks = self.waiting[queue]
+        if self.stale[queue] * 2 > len(tasks):
+            keep = [e for e in tasks if e.waiting]
+            tasks.clear()  # in place: the pump may hold this deque
+            tasks.extend(keep)
+            del self.stale[queue]
+
+    def _drop_stale(self, queue: str, tasks: collections.deque[Entry]) -> None:
+        """Drop the finished entries at the head of ``queue``'s deque."""
+        while tasks and not tasks[0].waiting:
+            tasks.popleft()
+            self.stale[queue] -= 1
+            if self.stale[queue] <= 0:
+                del self.stale[queue]
 
     def _has_room(self, consumer: str, later: bool = False) -> bool:
         """Whether to push a task to ``consumer`` now (``later``: one to be held
@@ -510,8 +549,7 @@ class Dispatcher:
         self._unhold(entry)
         self.entries.pop(entry.id, None)
         if entry.waiting:  # finished before it was pushed (revoked, expired)
-            entry.waiting = False
-            self.waiting[entry.queue].remove(entry)
+            self._unqueue(entry)
         entry.state = state
         entry.result = result
         entry.date_done = time.time()
