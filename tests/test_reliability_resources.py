@@ -23,7 +23,9 @@ from zcell_test_actors import Echo
 
 from bench.directory import host_many
 from zcell._mesh import outbound
-from zcell._mesh.directory import Directory
+from zcell._mesh.directory import Directory, Roster
+from zcell._mesh.result import AsyncResult, PendingCalls
+from zcell.errors import CallTimeout
 
 # -- item 12: Outbound.put ---------------------------------------------------
 
@@ -361,6 +363,35 @@ def test_actors_of_a_type_and_nodes_do_not_walk_the_whole_directory(make_node):
     counts = {n["name"]: n["actors"] for n in b.nodes()}
     assert counts == {"big": 2000, "b": 0}
     assert _Unwalkable.walks == 0
+
+
+def test_expiring_calls_looks_at_the_calls_due_not_at_every_call_pending():
+    # The loop expires calls five times a second: a walk of every pending call
+    # each time took a share of a core, and stalled the loop, with many in flight.
+    pending = PendingCalls(Roster("me", "me"), {})
+    pending.table = _Unwalkable()  # type: ignore[assignment]
+    _Unwalkable.walks = 0
+    now = time.monotonic()
+    far = [AsyncResult(rid, now + 600) for rid in range(20000)]
+    soon = [AsyncResult(rid, now + 0.1) for rid in range(20000, 20005)]
+    for result in far + soon:
+        pending.add(result.id, result, "node1", result._deadline)
+    for _ in range(10):
+        pending.expire(now)
+    assert not any(r.ready() for r in far + soon)
+    pending.expire(now + 1.0)
+    for result in soon:
+        assert isinstance(result.get(timeout=0, propagate=False), CallTimeout)
+    assert not any(r.ready() for r in far) and len(pending.table) == 20000
+    assert _Unwalkable.walks == 0
+    # Answered calls leave the heap with a rebuild once they are most of it.
+    for result in far[:19000]:
+        pending.forget(result.id)
+    pending.expire(now + 1.0)
+    assert len(pending._heap) <= 1024 + 2 * len(pending.table)
+    pending.expire(now + 601.0)
+    assert all(isinstance(r.get(timeout=0, propagate=False), CallTimeout) for r in far[19000:])
+    assert not pending.table
 
 
 def test_a_port_whose_thread_ended_with_a_call_in_flight_is_freed_after_the_reply(mesh):

@@ -11,6 +11,7 @@ them, and the loop does so for it when it will not (see ``_observe``).
 from __future__ import annotations
 
 import collections
+import heapq
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -433,8 +434,18 @@ class PendingCalls:
         self._roster = roster
         self._stats = stats
         self._loop = loop  # where link callbacks run (None: where the result completes)
-        #: request id -> (result, node asked ("" for a scatter), deadline)
+        #: request id -> (result, node asked ("" for a scatter), deadline). Whoever
+        #: adds an entry with a deadline also appends (deadline, rid) to ``dated``.
         self.table: dict[int, tuple[Pending, str, float | None]] = {}
+        #: (deadline, rid) of calls added since the loop last looked (any thread
+        #: appends: a deque's append is atomic); the loop moves them to its heap.
+        self.dated: collections.deque[tuple[float, int]] = collections.deque()
+        # The loop's own heap of (deadline, rid): ``expire`` looks at the calls due,
+        # not at every call pending (a walk of the table five times a second took a
+        # share of a core, and stalled the loop, with many calls in flight). It also
+        # holds calls answered since; they are skipped, and dropped by a rebuild
+        # once they are most of it.
+        self._heap: list[tuple[float, int]] = []
         self._throws: set[int] = set()  # pending throws: any member may answer
 
     def add(
@@ -442,6 +453,8 @@ class PendingCalls:
     ) -> None:
         """Await the reply to request ``rid`` from ``node_id`` (any member for a throw)."""
         self.table[rid] = (result, node_id, deadline)
+        if deadline is not None:
+            self.dated.append((deadline, rid))
         if throw:
             self._throws.add(rid)  # declined, it may be answered by another member
 
@@ -484,13 +497,23 @@ class PendingCalls:
 
     def expire(self, now: float) -> None:
         """Fail the calls past their deadline (scatters end on their own)."""
-        for rid, (result, node_id, deadline) in list(self.table.items()):
-            if deadline is not None and now > deadline + 0.05:
-                if isinstance(result, ScatterResult):
-                    self.table.pop(rid, None)
-                else:
-                    late = f"no reply from node {self._roster.label(node_id)} to request {rid}"
-                    self.fail(rid, result, CallTimeout(f"{late} in time"))
+        heap, dated, table = self._heap, self.dated, self.table
+        while dated:
+            heapq.heappush(heap, dated.popleft())
+        while heap and now > heap[0][0] + 0.05:
+            deadline, rid = heapq.heappop(heap)
+            entry = table.get(rid)
+            if entry is None or entry[2] != deadline:
+                continue  # answered (or the id is in use again, with its own deadline)
+            result, node_id, _ = entry
+            if isinstance(result, ScatterResult):
+                table.pop(rid, None)
+            else:
+                late = f"no reply from node {self._roster.label(node_id)} to request {rid}"
+                self.fail(rid, result, CallTimeout(f"{late} in time"))
+        if len(heap) > 1024 + 2 * len(table):
+            heap[:] = [(e[2], rid) for rid, e in list(table.items()) if e[2] is not None]
+            heapq.heapify(heap)
 
     def on_reply(self, msg: list[Any], routing: bytes | None = None) -> None:
         """Complete the call a ``REP`` answers, if it came from the node asked
