@@ -22,6 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
+from bench._proc import die_with_parent
 from zcell import App, chord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,8 +50,15 @@ class WorkerProc:
         if peer:
             argv += ["--peer", peer]
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        parent = os.getpid()
         self.proc = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=lambda: die_with_parent(parent),  # killed with us, however we end
         )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()

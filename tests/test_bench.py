@@ -233,6 +233,36 @@ def test_smoke_quick_run_records_placement_load_and_output_files(
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
+def test_crowd_quick_run_measures_each_scenario_at_both_sizes_and_reaps_its_worker() -> None:
+    """``python -m bench.crowd --quick --json``: every scenario at its small and
+    large size, with figures; its worker child is gone. How the figures compare
+    is what the benchmark shows, not what this test asserts."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.crowd", "--quick", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    counts = report["counts"]
+    sizes = {
+        "directory": {"none", str(counts["actors"])},
+        "expiring": {str(counts["expiring"]), str(2 * counts["expiring"])},
+        "revoke": {str(counts["waiting"]), str(2 * counts["waiting"])},
+        "pending": {"0", str(counts["pending"])},
+    }
+    for scenario, expected in sizes.items():
+        assert set(report[scenario]) == expected, (scenario, report[scenario])
+        for figures in report[scenario].values():
+            ok = (lambda v: v == 0 or positive(v)) if scenario == "pending" else positive
+            assert figures and all(ok(v) for v in figures.values()), (scenario, figures)
+    assert not Path(f"/proc/{report['worker_pid']}").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
 def test_soak_smoke_run_reaps_its_children_and_writes_a_well_formed_report(
     tmp_path: Path,
 ) -> None:
