@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from conftest import SLOW, child_env, wait_until
+from conftest import SLOW, Unwalkable, child_env, wait_until
 from zcell_test_actors import Echo
 
 from bench.directory import host_many
@@ -314,31 +314,6 @@ def test_with_twenty_thousand_actors_joins_spawns_and_throws_stay_correct(make_n
     wait_until(lambda: c.directory.count_on(big.id) == 19999, 5, "c sees the kill")
 
 
-class _Unwalkable(dict):  # type: ignore[type-arg]
-    """A directory's id table that counts every walk over it (lookups stay free)."""
-
-    walks = 0
-
-    def _walk(self) -> None:
-        type(self).walks += 1
-
-    def items(self):  # type: ignore[no-untyped-def]
-        self._walk()
-        return super().items()
-
-    def values(self):  # type: ignore[no-untyped-def]
-        self._walk()
-        return super().values()
-
-    def keys(self):  # type: ignore[no-untyped-def]
-        self._walk()
-        return super().keys()
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        self._walk()
-        return super().__iter__()
-
-
 def test_actors_of_a_type_and_nodes_do_not_walk_the_whole_directory(make_node):
     # The task dispatcher asks for a queue's consumers at every round: with 100k
     # actors of other types in the mesh, a walk of the directory each time made
@@ -351,26 +326,26 @@ def test_actors_of_a_type_and_nodes_do_not_walk_the_whole_directory(make_node):
     swapped: list[bool] = []
 
     def swap() -> None:
-        b.directory.actors = _Unwalkable(b.directory.actors)
+        b.directory.actors = Unwalkable(b.directory.actors)
         swapped.append(True)
 
     b.call_in_loop(swap)
     assert swapped
-    _Unwalkable.walks = 0
+    Unwalkable.walks = 0
     echoes = b.actors(Echo)
     assert len(echoes) == 2000 and {p.node_id for p in echoes} == {big.id}
     assert b.actors("no.such.type") == []
     counts = {n["name"]: n["actors"] for n in b.nodes()}
     assert counts == {"big": 2000, "b": 0}
-    assert _Unwalkable.walks == 0
+    assert Unwalkable.walks == 0
 
 
 def test_expiring_calls_looks_at_the_calls_due_not_at_every_call_pending():
     # The loop expires calls five times a second: a walk of every pending call
     # each time took a share of a core, and stalled the loop, with many in flight.
     pending = PendingCalls(Roster("me", "me"), {})
-    pending.table = _Unwalkable()  # type: ignore[assignment]
-    _Unwalkable.walks = 0
+    pending.table = Unwalkable()  # type: ignore[assignment]
+    Unwalkable.walks = 0
     now = time.monotonic()
     far = [AsyncResult(rid, now + 600) for rid in range(20000)]
     soon = [AsyncResult(rid, now + 0.1) for rid in range(20000, 20005)]
@@ -383,7 +358,7 @@ def test_expiring_calls_looks_at_the_calls_due_not_at_every_call_pending():
     for result in soon:
         assert isinstance(result.get(timeout=0, propagate=False), CallTimeout)
     assert not any(r.ready() for r in far) and len(pending.table) == 20000
-    assert _Unwalkable.walks == 0
+    assert Unwalkable.walks == 0
     # Answered calls leave the heap with a rebuild once they are most of it.
     for result in far[:19000]:
         pending.forget(result.id)

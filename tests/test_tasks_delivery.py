@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import zcell_test_tasks as t
-from conftest import SLOW, MakeNode, Workers, wait_until
+from conftest import SLOW, MakeNode, Unwalkable, Workers, wait_until
 
 from zcell import (
     Actor,
@@ -189,6 +189,34 @@ def test_thousands_waiting_expire_and_are_revoked_among_the_rest_which_then_run(
     assert [r.get(timeout=20 * SLOW) for r in plain[n // 2 :]] == list(range(n // 2 + 1, n + 1))
     assert t.app.node.call_in_loop(dispatcher.waiting_count) == 0
     assert not dispatcher.stale and not dispatcher.expiring
+
+
+def test_revoking_a_task_or_a_work_flow_does_not_walk_every_task_here(workers: Workers) -> None:
+    # A revoke looked at every task this node follows: revoking them one by one
+    # cost the square of the tasks here.
+    from zcell import group
+
+    workers(1, queues=["other"])
+    waiting = [t.add.apply_async((i, 0), queue="late") for i in range(300)]
+    flow = group(t.add.s(i, 1).set(queue="late") for i in range(5)).apply_async()
+    dispatcher = t.app._runtime().dispatcher
+    wait_until(lambda: t.app.node.call_in_loop(dispatcher.waiting_count) == 305, 5, "all to wait")
+
+    def swap() -> None:
+        dispatcher.entries = Unwalkable(dispatcher.entries)
+
+    t.app.node.call_in_loop(swap)
+    Unwalkable.walks = 0
+    waiting[7].revoke()
+    t.app.control.revoke(flow.id)  # the group's id: the root id of its tasks
+    with pytest.raises(TaskRevokedError):
+        waiting[7].get(timeout=5 * SLOW)
+    for member in flow.results:
+        with pytest.raises(TaskRevokedError):
+            member.get(timeout=5 * SLOW)
+    assert Unwalkable.walks == 0
+    assert t.app.node.call_in_loop(dispatcher.waiting_count) == 299
+    assert waiting[6].state == waiting[8].state == "PENDING"
 
 
 def test_a_countdown_task_is_held_by_the_worker_until_its_eta(workers: Workers) -> None:

@@ -122,6 +122,10 @@ class Dispatcher:
         self.runtime = runtime
         self.node = runtime.node
         self.entries: dict[str, Entry] = {}  # not finished yet
+        # root id -> those entries of its work-flow: a revoke of a root finds them
+        # without a walk of every entry (one per revoke made many revokes in a row
+        # cost the square of the tasks here).
+        self.by_root: dict[str, dict[str, Entry]] = {}
         # Every entry a TaskResult of this process still holds (AsyncResult(id) here).
         self.known: weakref.WeakValueDictionary[str, Entry] = weakref.WeakValueDictionary()
         self.waiting: dict[str, collections.deque[Entry]] = {}
@@ -276,6 +280,7 @@ class Dispatcher:
             # A work-flow's task this node watched and now sends itself.
             entry.callbacks.append(lambda done: self._mirror(done, watched))
         self.entries[entry.id] = self.known[entry.id] = entry
+        self.by_root.setdefault(entry.msg["root_id"], {})[entry.id] = entry
         self._enqueue(entry)
         task_events.sent(self.node, entry.msg)
 
@@ -547,7 +552,12 @@ class Dispatcher:
         if entry.ready:
             return
         self._unhold(entry)
-        self.entries.pop(entry.id, None)
+        if self.entries.pop(entry.id, None) is not None:
+            family = self.by_root.get(entry.msg["root_id"])
+            if family is not None:
+                family.pop(entry.id, None)
+                if not family:
+                    del self.by_root[entry.msg["root_id"]]
         if entry.waiting:  # finished before it was pushed (revoked, expired)
             self._unqueue(entry)
         entry.state = state
@@ -693,9 +703,14 @@ class Dispatcher:
 
     def revoke(self, task_ids: list[str]) -> None:
         """Revoked: what has not started ends REVOKED now (a claim would be refused)."""
-        ids = set(task_ids)
-        for entry in list(self.entries.values()):
-            if (entry.id in ids or entry.msg["root_id"] in ids) and not entry.may_have_started:
+        found: dict[str, Entry] = {}
+        for task_id in task_ids:
+            entry = self.entries.get(task_id)
+            if entry is not None:
+                found[task_id] = entry
+            found.update(self.by_root.get(task_id, {}))
+        for entry in list(found.values()):
+            if not entry.may_have_started:
                 self.finish(entry, REVOKED, TaskRevokedError(f"task {entry.id} was revoked"))
 
     # -- watched tasks: sent by others, their outcome pushed here (docs/canvas.md)
