@@ -11,7 +11,8 @@ not grow with the size is the point (bench/README.md, "A crowded mesh"):
 - ``expiring``: the rate of a burst of tasks sent with ``expires=600``, of size
   N and 2N;
 - ``revoke``: N and 2N tasks waiting for a queue nobody consumes; seconds to
-  revoke the later half of them in one call (``app.control.revoke``);
+  revoke the last ``singles`` of them one by one (``result.revoke()``), then the
+  rest of the later half in one call (``app.control.revoke``);
 - ``pending``: the CPU share of a process whose node awaits N calls (to a handler
   that sleeps, on another node of the process), and of the same with none.
 
@@ -34,9 +35,9 @@ from bench.canvas import ROOT, WorkerProc, add, app
 from zcell import Actor, Node
 
 FULL = {"actors": 100_000, "burst": 3000, "pings": 300, "expiring": 10_000,
-        "waiting": 10_000, "pending": 50_000, "window_s": 5.0}  # fmt: skip
+        "waiting": 10_000, "singles": 1000, "pending": 50_000, "window_s": 5.0}  # fmt: skip
 QUICK = {"actors": 5000, "burst": 300, "pings": 50, "expiring": 500,
-         "waiting": 500, "pending": 2000, "window_s": 1.0}  # fmt: skip
+         "waiting": 500, "singles": 50, "pending": 2000, "window_s": 1.0}  # fmt: skip
 
 
 class Idle(Actor):
@@ -109,15 +110,29 @@ def revoke(counts: dict[str, Any]) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{k} tasks did not all wait within 60 s")
             time.sleep(0.05)
+        singles = counts["singles"]
         start = time.perf_counter()
-        app.control.revoke([r.id for r in results[k // 2 :]])
-        while app.node.call_in_loop(dispatcher.waiting_count) > k - k // 2:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the revoked tasks did not leave within 60 s")
-            time.sleep(0.001)
-        out[str(k)] = {"revoke_half_s": round(time.perf_counter() - start, 4)}
+        for result in results[-singles:]:
+            result.revoke()
+        _wait_until_waiting(dispatcher, k - singles, deadline)
+        took_singles = time.perf_counter() - start
+        start = time.perf_counter()
+        app.control.revoke([r.id for r in results[k // 2 : -singles]])
+        _wait_until_waiting(dispatcher, k // 2, deadline)
+        out[str(k)] = {
+            "revoke_half_s": round(time.perf_counter() - start, 4),
+            "revoke_singles_s": round(took_singles, 4),
+        }
         app.control.revoke([r.id for r in results[: k // 2]])
+        _wait_until_waiting(dispatcher, 0, deadline)
     return out
+
+
+def _wait_until_waiting(dispatcher: Any, n: int, deadline: float) -> None:
+    while app.node.call_in_loop(dispatcher.waiting_count) > n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"revoked tasks did not leave (more than {n} still wait)")
+        time.sleep(0.001)
 
 
 def _cpu_share(window: float) -> float:
