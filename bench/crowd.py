@@ -8,6 +8,8 @@ not grow with the size is the point (bench/README.md, "A crowded mesh"):
 - ``directory``: ``add.delay(2, 2).get()`` p50 and the rate of a burst of tasks,
   with no other actors in the mesh and with ``--actors`` idle actors (spawned on
   this program's node: every member's directory holds them);
+- ``queues``: the same two figures before and after N queue names were each used
+  once (their tasks waited, then were revoked);
 - ``expiring``: the rate of a burst of tasks sent with ``expires=600``, of size
   N and 2N;
 - ``revoke``: N and 2N tasks waiting for a queue nobody consumes; seconds to
@@ -35,9 +37,9 @@ from bench.canvas import ROOT, WorkerProc, add, app
 from zcell import Actor, Node
 
 FULL = {"actors": 100_000, "burst": 3000, "pings": 300, "expiring": 10_000,
-        "waiting": 10_000, "singles": 1000, "pending": 50_000, "window_s": 5.0}  # fmt: skip
+        "waiting": 10_000, "singles": 1000, "queues": 10_000, "pending": 50_000, "window_s": 5.0}  # fmt: skip
 QUICK = {"actors": 5000, "burst": 300, "pings": 50, "expiring": 500,
-         "waiting": 500, "singles": 50, "pending": 2000, "window_s": 1.0}  # fmt: skip
+         "waiting": 500, "singles": 50, "queues": 300, "pending": 2000, "window_s": 1.0}  # fmt: skip
 
 
 class Idle(Actor):
@@ -135,6 +137,18 @@ def _wait_until_waiting(dispatcher: Any, n: int, deadline: float) -> None:
         time.sleep(0.001)
 
 
+def queues(counts: dict[str, Any]) -> dict[str, Any]:
+    """Before and after N queue names were each used once (and their tasks revoked)."""
+    out = {"none": {"p50_us": _p50_us(counts["pings"]), "rate": round(_burst(counts["burst"]))}}
+    n = counts["queues"]
+    results = [add.apply_async((i, 1), queue=f"tenant-{i}") for i in range(n)]
+    app.control.revoke([r.id for r in results])
+    for result in results:
+        result.get(timeout=60, propagate=False)
+    out[str(n)] = {"p50_us": _p50_us(counts["pings"]), "rate": round(_burst(counts["burst"]))}
+    return out
+
+
 def _cpu_share(window: float) -> float:
     def used() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -181,7 +195,7 @@ def run(quick: bool) -> dict[str, Any]:
         app.node.wait_for(type="zcell.queue.celery", timeout=30)
         _burst(counts["burst"])  # warm-up
         for name, scenario in (("expiring", expiring), ("revoke", revoke),
-                               ("directory", directory)):  # fmt: skip
+                               ("queues", queues), ("directory", directory)):  # fmt: skip
             _log(name)
             report[name] = scenario(counts)
     finally:
@@ -196,7 +210,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 def format_report(report: dict[str, Any]) -> str:
     lines = ["scenario    size     figure"]
-    for name in ("directory", "expiring", "revoke", "pending"):
+    for name in ("directory", "queues", "expiring", "revoke", "pending"):
         for size, figures in report.get(name, {}).items():
             shown = ", ".join(f"{k} {v}" for k, v in figures.items())
             lines.append(f"{name:11s} {size:>8s} {shown}")

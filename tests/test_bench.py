@@ -249,6 +249,7 @@ def test_crowd_quick_run_measures_each_scenario_at_both_sizes_and_reaps_its_work
     counts = report["counts"]
     sizes = {
         "directory": {"none", str(counts["actors"])},
+        "queues": {"none", str(counts["queues"])},
         "expiring": {str(counts["expiring"]), str(2 * counts["expiring"])},
         "revoke": {str(counts["waiting"]), str(2 * counts["waiting"])},
         "pending": {"0", str(counts["pending"])},

@@ -219,6 +219,29 @@ def test_revoking_a_task_or_a_work_flow_does_not_walk_every_task_here(workers: W
     assert waiting[6].state == waiting[8].state == "PENDING"
 
 
+def test_queues_nothing_waits_in_any_more_leave_the_submitters_tables(workers: Workers) -> None:
+    # Per-tenant queue names come and go: each pump round looked at every queue
+    # ever used here, and the tables kept them all.
+    workers(1, queues=["other"])
+    sent = [
+        t.add.apply_async((i, 0), queue=f"tenant-{i}", expires=60 if i % 2 else None)
+        for i in range(200)
+    ]
+    dispatcher = t.app._runtime().dispatcher
+    wait_until(lambda: t.app.node.call_in_loop(dispatcher.waiting_count) == 200, 5, "all wait")
+    t.app.control.revoke([r.id for r in sent])
+    for result in sent:
+        with pytest.raises(TaskRevokedError):
+            result.get(timeout=5 * SLOW)
+
+    def tenants() -> list[str]:
+        tables = (dispatcher.waiting, dispatcher.turn, dispatcher.expiring, dispatcher.stale)
+        return [q for table in tables for q in table if q.startswith("tenant-")]
+
+    wait_until(lambda: not t.app.node.call_in_loop(tenants), 2 * SLOW, "the queues to go")
+    assert t.add.apply_async((1, 1), queue="other").get(timeout=5 * SLOW) == 2
+
+
 def test_a_countdown_task_is_held_by_the_worker_until_its_eta(workers: Workers) -> None:
     (w,) = workers(1)
     sent = time.time()

@@ -318,6 +318,11 @@ class Dispatcher:
             self._expire(queue, now)
             self._drop_stale(queue, tasks)
             if not tasks:
+                # Nothing waits there: forget the queue (names may be made per
+                # tenant or per job; every round would look at each one ever used).
+                del self.waiting[queue]
+                self.turn.pop(queue, None)
+                self.expiring.pop(queue, None)
                 continue
             candidates = self.node.actors(queue_actor_name(queue))
             consumers: list[ActorProxy] = []
