@@ -15,6 +15,9 @@ not grow with the size is the point (bench/README.md, "A crowded mesh"):
 - ``revoke``: N and 2N tasks waiting for a queue nobody consumes; seconds to
   revoke the last ``singles`` of them one by one (``result.revoke()``), then the
   rest of the later half in one call (``app.control.revoke``);
+- ``hosting``: a scatter to 3 actors of a node that hosts 0 or N idle actors
+  besides (p50), and the seconds that node takes to drop a member that hosted as
+  many and stopped;
 - ``pending``: the CPU share of a process whose node awaits N calls (to a handler
   that sleeps, on another node of the process), and of the same with none.
 
@@ -37,15 +40,25 @@ from bench.canvas import ROOT, WorkerProc, add, app
 from zcell import Actor, Node
 
 FULL = {"actors": 100_000, "burst": 3000, "pings": 300, "expiring": 10_000,
-        "waiting": 10_000, "singles": 1000, "queues": 10_000, "pending": 50_000, "window_s": 5.0}  # fmt: skip
+        "waiting": 10_000, "singles": 1000, "queues": 10_000, "hosted": 20_000, "pending": 50_000, "window_s": 5.0}  # fmt: skip
 QUICK = {"actors": 5000, "burst": 300, "pings": 50, "expiring": 500,
-         "waiting": 500, "singles": 50, "queues": 300, "pending": 2000, "window_s": 1.0}  # fmt: skip
+         "waiting": 500, "singles": 50, "queues": 300, "hosted": 2000, "pending": 2000, "window_s": 1.0}  # fmt: skip
 
 
 class Idle(Actor):
     """What crowds the directory."""
 
     name = "bench.crowd.Idle"
+
+
+class Gather(Actor):
+    """What a scatter reaches."""
+
+    name = "bench.crowd.Gather"
+
+    class state(Actor.state):
+        def ping(self) -> int:
+            return 1
 
 
 class Slow(Actor):
@@ -182,6 +195,59 @@ def pending(counts: dict[str, Any]) -> dict[str, Any]:
         b.stop()
 
 
+def _host_idle(node: Node, n: int) -> None:
+    """Start ``n`` idle actors in the node's loop (one spawn call each would take
+    a round trip each)."""
+    spawn = node.hosting._spawn
+    for start in range(0, n, 2000):
+        count = min(2000, n - start)
+        node.call_in_loop(
+            lambda c=count: [
+                spawn({"type": Idle.name, "id": uuid.uuid4().hex}, node.id) for _ in range(c)
+            ],  # fmt: skip
+            timeout=60,
+        )
+
+
+def hosting(counts: dict[str, Any]) -> dict[str, Any]:
+    """In a process of its own nodes: a scatter to 3 actors of a node that hosts N
+    idle ones besides, and how long that node takes to drop a departed member
+    that hosted N."""
+    out: dict[str, Any] = {}
+    for n in (0, counts["hosted"]):
+        cluster = f"bench-crowd-h-{uuid.uuid4().hex[:8]}"
+        a = Node(cluster=cluster, discovery="static", peers=[], actors=[Idle, Gather])
+        a.start()
+        b = Node(cluster=cluster, discovery="static", peers=[a.endpoints["inbox"]], actors=[Idle])
+        b.start()
+        try:
+            a.wait_for(nodes=2, timeout=10)
+            _host_idle(a, n)
+            _host_idle(b, n)
+            gathers = [a.spawn(Gather, on=a.id) for _ in range(3)]
+            deadline = time.monotonic() + 60
+            while a.directory.count_on(b.id) < n and time.monotonic() < deadline:
+                time.sleep(0.05)
+            times = []
+            for _ in range(counts["pings"]):
+                start = time.perf_counter()
+                if len(list(gathers[0].scatter.ping(timeout=10))) != 3:
+                    raise RuntimeError("a scatter to 3 actors had another count of replies")
+                times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            b.stop()
+            while a.directory.count_on(b.id) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            out[str(n)] = {
+                "scatter_p50_us": round(statistics.median(times) * 1e6, 1),
+                "departure_s": round(time.perf_counter() - start, 3),
+            }
+        finally:
+            a.stop()
+            b.stop()
+    return out
+
+
 def run(quick: bool) -> dict[str, Any]:
     counts = QUICK if quick else FULL
     cluster = f"bench-crowd-{uuid.uuid4().hex[:8]}"
@@ -201,8 +267,9 @@ def run(quick: bool) -> dict[str, Any]:
     finally:
         app.close(timeout=1.0)
         worker.kill()
-    _log("pending")
-    report["pending"] = pending(counts)
+    for name, scenario in (("hosting", hosting), ("pending", pending)):
+        _log(name)
+        report[name] = scenario(counts)
     report["cpus"] = os.cpu_count()
     report["loadavg"] = os.getloadavg()
     return report
@@ -210,7 +277,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 def format_report(report: dict[str, Any]) -> str:
     lines = ["scenario    size     figure"]
-    for name in ("directory", "queues", "expiring", "revoke", "pending"):
+    for name in ("directory", "queues", "expiring", "revoke", "hosting", "pending"):
         for size, figures in report.get(name, {}).items():
             shown = ", ".join(f"{k} {v}" for k, v in figures.items())
             lines.append(f"{name:11s} {size:>8s} {shown}")

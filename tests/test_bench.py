@@ -252,12 +252,17 @@ def test_crowd_quick_run_measures_each_scenario_at_both_sizes_and_reaps_its_work
         "queues": {"none", str(counts["queues"])},
         "expiring": {str(counts["expiring"]), str(2 * counts["expiring"])},
         "revoke": {str(counts["waiting"]), str(2 * counts["waiting"])},
+        "hosting": {"0", str(counts["hosted"])},
         "pending": {"0", str(counts["pending"])},
     }
     for scenario, expected in sizes.items():
         assert set(report[scenario]) == expected, (scenario, report[scenario])
         for figures in report[scenario].values():
-            ok = (lambda v: v == 0 or positive(v)) if scenario == "pending" else positive
+            ok = (
+                (lambda v: v == 0 or positive(v))
+                if scenario in ("pending", "hosting")
+                else positive
+            )
             assert figures and all(ok(v) for v in figures.values()), (scenario, figures)
     assert not Path(f"/proc/{report['worker_pid']}").exists()
 

@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 from conftest import SLOW, Unwalkable, child_env, wait_until
-from zcell_test_actors import Echo
+from zcell_test_actors import Counter, Echo, Logger
 
 from bench.directory import host_many
 from zcell._mesh import outbound
@@ -130,7 +130,7 @@ _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, hard))
 
 from zcell import Node, ZcellError
-from zcell_test_actors import Echo
+from zcell_test_actors import Counter, Echo, Logger
 
 SLOW = float(os.environ.get("ZCELL_TEST_SLOW", "1"))
 server = Node("server", discovery="static", actors=[Echo]).start()
@@ -338,6 +338,42 @@ def test_actors_of_a_type_and_nodes_do_not_walk_the_whole_directory(make_node):
     counts = {n["name"]: n["actors"] for n in b.nodes()}
     assert counts == {"big": 2000, "b": 0}
     assert Unwalkable.walks == 0
+
+
+def test_a_scatter_and_actors_gone_elsewhere_do_not_walk_every_actor_hosted_here(make_node):
+    # A scatter looked at every actor its node hosts for those of its type, and
+    # every actor gone from the mesh (one by one, or all of a dead node's) made
+    # each node look at every actor it hosts for bindings to drop.
+    a = make_node("a", actors=[Counter, Echo, Logger])
+    b = make_node("b", actors=[Echo, Logger], peers=[a.endpoints["inbox"]])
+    for node in (a, b):
+        node.wait_for(nodes=2, timeout=10 * SLOW)
+    host_many(a, Counter, 2000)
+    echoes = [a.spawn(Echo, on=a.id) for _ in range(3)]
+    source = a.spawn(Logger, on=a.id)
+    doomed = a.spawn(Logger, on=b.id)
+    source.add_binding(doomed)
+    swapped: list[bool] = []
+
+    def swap() -> None:
+        a.hosting.actors = Unwalkable(a.hosting.actors)
+        swapped.append(True)
+
+    a.call_in_loop(swap)
+    assert swapped
+    Unwalkable.walks = 0
+    replies = list(a.lookup(echoes[0].id).scatter.whoami(timeout=5 * SLOW))
+    assert sorted(r["id"] for r in replies) == sorted(e.id for e in echoes)
+    b.kill(doomed)
+    wait_until(lambda: doomed.id not in a.directory.actors, 5 * SLOW, "a hears of the kill")
+    gone = b.spawn(Echo, on=b.id)
+    wait_until(lambda: gone.id in a.directory.actors, 5 * SLOW, "a hears of the spawn")
+    b.stop()  # a dead node's actors leave every directory
+    wait_until(lambda: gone.id not in a.directory.actors, 10 * SLOW, "a drops b's actors")
+    assert Unwalkable.walks == 0
+    # The binding to the killed actor is gone: the source's emits come back to it.
+    source.emit("log", {"msg": "to myself"})
+    wait_until(lambda: source.send.history() == [["to myself", source.id]], 5, "the emit")
 
 
 def test_expiring_calls_looks_at_the_calls_due_not_at_every_call_pending():

@@ -85,6 +85,11 @@ class Host:
         self.node = node  # its public API, which the actors see too
         self._mesh = links  # the rest of what hosting needs from the node
         self.actors: dict[str, Hosted] = {}
+        # Indexes, so that neither a scatter nor an actor gone from the mesh walks
+        # every actor hosted here: type -> its actors here; and the id of an
+        # actor another one here forwards its emits to (a direct binding) -> those.
+        self._of_type: dict[str, dict[str, None]] = {}
+        self._bound_to: dict[str, set[str]] = {}
         self.in_flight = 0
         self.queue: collections.deque[tuple[list[Any], float | None, str]] = collections.deque()
         self._chains: dict[int, int] = {}
@@ -112,10 +117,8 @@ class Host:
     def scatter(self, msg: list[Any]) -> None:
         ttl = msg[R_TTL]
         deadline = None if ttl is None else time.monotonic() + ttl / 1000
-        type_name = msg[R_TARGET]
-        for actor_id, hosted in list(self.actors.items()):
-            if hosted.actor.name == type_name:
-                self._admit(msg, deadline, actor_id)
+        for actor_id in list(self._of_type.get(msg[R_TARGET], ())):
+            self._admit(msg, deadline, actor_id)
 
     def _admit(self, msg: list[Any], deadline: float | None, actor_id: str) -> None:
         chain = msg[R_CHAIN]
@@ -411,15 +414,19 @@ class Host:
         binding = (_str(args, "kind"), target)
         if binding not in hosted.bindings:
             hosted.bindings.append(binding)
+            if binding[0] == "direct" and target[0]:
+                self._bound_to.setdefault(target[0], set()).add(hosted.actor.id)
 
     def _unbind_op(self, args: dict[str, Any], src: str) -> None:
         """Stop forwarding an actor's emits to a target (by id, or by type if no id)."""
         hosted, target = self._binding_args(args)
-        hosted.bindings = [
-            b
-            for b in hosted.bindings
-            if not (b[1][0] == target[0] if target[0] else b[1][1] == target[1])
-        ]
+        kept: list[tuple[str, list[str]]] = []
+        dropped: list[tuple[str, list[str]]] = []
+        for b in hosted.bindings:
+            matches = b[1][0] == target[0] if target[0] else b[1][1] == target[1]
+            (dropped if matches else kept).append(b)
+        hosted.bindings = kept
+        self._unbound(hosted.actor.id, dropped)
 
     def _binding_args(self, args: dict[str, Any]) -> tuple[Hosted, list[str]]:
         """The hosted source actor and the [id, type, node] target of a (un)bind."""
@@ -463,6 +470,7 @@ class Host:
         actor = cls(ref, node)
         state = new_state(cls.state, actor, node, kwargs)
         self.actors[actor_id] = Hosted(actor, state)
+        self._of_type.setdefault(actor.name, {})[actor_id] = None
         self._announce("+", actor_id, type_name)
         on_start = getattr(state, "on_start", None)
         if on_start is None or getattr(type(state), "on_start", None) is _State.on_start:
@@ -503,6 +511,7 @@ class Host:
         hosted = self.actors.pop(actor_id, None)
         if hosted is None:
             raise NoSuchActor(f"no actor {actor_id} on node {self.node.name}")
+        self._unindex(actor_id, hosted)
         self._stopped[actor_id] = None
         if len(self._stopped) > _STOPPED_KEPT:
             del self._stopped[next(iter(self._stopped))]
@@ -515,11 +524,30 @@ class Host:
 
     def forget_binding_target(self, actor_id: str) -> None:
         """Drop direct bindings to an actor that is gone."""
-        for hosted in self.actors.values():
-            if hosted.bindings:
+        for source in self._bound_to.pop(actor_id, ()):
+            hosted = self.actors.get(source)
+            if hosted is not None:
                 hosted.bindings = [
                     b for b in hosted.bindings if not (b[0] == "direct" and b[1][0] == actor_id)
                 ]
+
+    def _unindex(self, actor_id: str, hosted: Hosted) -> None:
+        """An actor no longer hosted here leaves the indexes."""
+        of_type = self._of_type.get(hosted.actor.name)
+        if of_type is not None:
+            of_type.pop(actor_id, None)
+            if not of_type:
+                del self._of_type[hosted.actor.name]
+        self._unbound(actor_id, hosted.bindings)
+
+    def _unbound(self, source: str, bindings: list[tuple[str, list[str]]]) -> None:
+        """``source`` no longer forwards to the targets of these direct ``bindings``."""
+        for kind, (target_id, _, _) in bindings:
+            sources = self._bound_to.get(target_id) if kind == "direct" else None
+            if sources is not None:
+                sources.discard(source)
+                if not sources:
+                    del self._bound_to[target_id]
 
     def drain(self, timeout: float) -> None:
         """Stop: let in-flight handlers finish until ``timeout``, fail the rest, run on_stop."""
@@ -538,6 +566,7 @@ class Host:
                 )
         for actor_id in list(self.actors):
             hosted = self.actors.pop(actor_id)
+            self._unindex(actor_id, hosted)
             self._stopped[actor_id] = None
             self._kill_handlers(hosted)
             self._stop_hook(hosted)
