@@ -219,9 +219,13 @@ def test_revoking_a_task_or_a_work_flow_does_not_walk_every_task_here(workers: W
     assert waiting[6].state == waiting[8].state == "PENDING"
 
 
-def test_queues_nothing_waits_in_any_more_leave_the_submitters_tables(workers: Workers) -> None:
+def test_queues_nothing_waits_in_any_more_leave_the_submitters_tables(
+    workers: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Per-tenant queue names come and go: each pump round looked at every queue
-    # ever used here, and the tables kept them all.
+    # ever used here, and the tables kept them all. Round-robin turns are kept
+    # (a queue that gets one task at a time must still go round), up to a bound.
+    monkeypatch.setattr(dispatch, "TURNS_KEPT", 50)
     workers(1, queues=["other"])
     sent = [
         t.add.apply_async((i, 0), queue=f"tenant-{i}", expires=60 if i % 2 else None)
@@ -235,11 +239,26 @@ def test_queues_nothing_waits_in_any_more_leave_the_submitters_tables(workers: W
             result.get(timeout=5 * SLOW)
 
     def tenants() -> list[str]:
-        tables = (dispatcher.waiting, dispatcher.turn, dispatcher.expiring, dispatcher.stale)
+        tables = (dispatcher.waiting, dispatcher.expiring, dispatcher.stale)
         return [q for table in tables for q in table if q.startswith("tenant-")]
 
     wait_until(lambda: not t.app.node.call_in_loop(tenants), 2 * SLOW, "the queues to go")
     assert t.add.apply_async((1, 1), queue="other").get(timeout=5 * SLOW) == 2
+    assert len(dispatcher.turn) <= 50
+
+
+def test_tasks_sent_one_at_a_time_still_go_round_the_consumers(workers: Workers) -> None:
+    # Each task leaves its queue empty before the next is sent: the queue's turn
+    # must outlive that (beat's ticks found one worker only when it did not).
+    workers(3)
+    wait_until(lambda: len(t.app.node.actors(queue_actor_name("celery"))) == 3, 5, "consumers")
+    ran = []
+    for i in range(6):
+        result = t.add.apply_async((i, 0))
+        assert result.get(timeout=5 * SLOW) == i
+        ran.append(result.worker)
+        time.sleep(2 * dispatch.RECHECK)  # the pump's idle rounds run meanwhile
+    assert sorted(Counter(ran).values()) == [2, 2, 2], ran
 
 
 def test_a_countdown_task_is_held_by_the_worker_until_its_eta(workers: Workers) -> None:

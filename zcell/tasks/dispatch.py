@@ -65,6 +65,9 @@ FORGET_EVERY = 10.0
 #: Tasks a program thread hands over before it waits for the loop to take them,
 #: and what the loop takes per turn (``Dispatcher.hand_over``).
 HAND_BATCH = 64
+#: Queues whose round-robin turn is kept while nothing waits in them (the least
+#: recently used go first beyond it).
+TURNS_KEPT = 4096
 #: Seconds a program thread waits at most for the loop to take what it handed over
 #: (then it goes on: the loop may be busy or stopping).
 HAND_WAIT = 1.0
@@ -159,7 +162,10 @@ class Dispatcher:
         conf = runtime.app.conf
         self.first_slots = max(1, int(conf.worker_concurrency))
         self.first_guess = max(1, self.first_slots * int(conf.worker_prefetch_multiplier))
-        self.turn: collections.Counter[str] = collections.Counter()  # queue -> round-robin
+        # queue -> its round-robin turn, kept while the queue is idle (a queue that
+        # gets one task at a time must still go round), the least recently used
+        # first out beyond TURNS_KEPT (queue names may be made per tenant).
+        self.turn: collections.OrderedDict[str, int] = collections.OrderedDict()
         # queue -> heap of (expires, n, entry) of the tasks with an expiry that wait
         # there (an entry pushed meanwhile is skipped when it comes up).
         self.expiring: dict[str, list[tuple[float, int, Entry]]] = {}
@@ -321,7 +327,6 @@ class Dispatcher:
                 # Nothing waits there: forget the queue (names may be made per
                 # tenant or per job; every round would look at each one ever used).
                 del self.waiting[queue]
-                self.turn.pop(queue, None)
                 self.expiring.pop(queue, None)
                 continue
             candidates = self.node.actors(queue_actor_name(queue))
@@ -334,8 +339,7 @@ class Dispatcher:
                     kind = later
                 if not consumers:
                     break
-                index = self.turn[queue] % len(consumers)
-                self.turn[queue] += 1
+                index = self._next_turn(queue) % len(consumers)
                 consumer = consumers[index]
                 entry = tasks.popleft()
                 entry.waiting = False
@@ -343,6 +347,16 @@ class Dispatcher:
                 if not self._has_room(consumer.id, later):
                     consumers.remove(consumer)
                 self._drop_stale(queue, tasks)
+
+    def _next_turn(self, queue: str) -> int:
+        """The queue's round-robin turn, then one on."""
+        turn = self.turn
+        index = turn.get(queue, 0)
+        turn[queue] = index + 1
+        turn.move_to_end(queue)
+        if len(turn) > TURNS_KEPT:
+            turn.popitem(last=False)
+        return index
 
     def _expire(self, queue: str, now: float) -> None:
         """Finish the tasks waiting in ``queue`` whose expiry has passed."""
