@@ -134,6 +134,18 @@ class Unwalkable(dict):  # type: ignore[type-arg]
         return super().__iter__()
 
 
+def count_walks(node: Node, owner: object, attr: str) -> None:
+    """Swap the table ``owner.<attr>`` for an ``Unwalkable`` copy, in ``node``'s
+    loop (which changes the table), and start counting its walks from 0."""
+
+    def swap() -> None:
+        setattr(owner, attr, Unwalkable(getattr(owner, attr)))
+
+    node.call_in_loop(swap)
+    assert isinstance(getattr(owner, attr), Unwalkable)
+    Unwalkable.walks = 0
+
+
 def process_state(pid: int) -> str:
     """The kernel's one-letter state of a process (``T``: stopped by a signal)."""
     with open(f"/proc/{pid}/stat") as f:

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from conftest import SLOW, Unwalkable, child_env, wait_until
+from conftest import SLOW, Unwalkable, child_env, count_walks, wait_until
 from zcell_test_actors import Counter, Echo, Logger
 
 from bench.directory import host_many
@@ -323,15 +323,7 @@ def test_actors_of_a_type_and_nodes_do_not_walk_the_whole_directory(make_node):
     b = make_node("b", actors=[], peers=[big.endpoints["inbox"]])
     b.wait_for(nodes=2, timeout=10 * SLOW)
     wait_until(lambda: b.directory.count_on(big.id) == 2000, 10, "b sees big's actors")
-    swapped: list[bool] = []
-
-    def swap() -> None:
-        b.directory.actors = Unwalkable(b.directory.actors)
-        swapped.append(True)
-
-    b.call_in_loop(swap)
-    assert swapped
-    Unwalkable.walks = 0
+    count_walks(b, b.directory, "actors")
     echoes = b.actors(Echo)
     assert len(echoes) == 2000 and {p.node_id for p in echoes} == {big.id}
     assert b.actors("no.such.type") == []
@@ -353,15 +345,7 @@ def test_a_scatter_and_actors_gone_elsewhere_do_not_walk_every_actor_hosted_here
     source = a.spawn(Logger, on=a.id)
     doomed = a.spawn(Logger, on=b.id)
     source.add_binding(doomed)
-    swapped: list[bool] = []
-
-    def swap() -> None:
-        a.hosting.actors = Unwalkable(a.hosting.actors)
-        swapped.append(True)
-
-    a.call_in_loop(swap)
-    assert swapped
-    Unwalkable.walks = 0
+    count_walks(a, a.hosting, "actors")
     replies = list(a.lookup(echoes[0].id).scatter.whoami(timeout=5 * SLOW))
     assert sorted(r["id"] for r in replies) == sorted(e.id for e in echoes)
     b.kill(doomed)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import zcell_test_tasks as t
-from conftest import SLOW, MakeNode, Unwalkable, Workers, wait_until
+from conftest import SLOW, MakeNode, Unwalkable, Workers, count_walks, wait_until
 
 from zcell import (
     Actor,
@@ -201,12 +201,7 @@ def test_revoking_a_task_or_a_work_flow_does_not_walk_every_task_here(workers: W
     flow = group(t.add.s(i, 1).set(queue="late") for i in range(5)).apply_async()
     dispatcher = t.app._runtime().dispatcher
     wait_until(lambda: t.app.node.call_in_loop(dispatcher.waiting_count) == 305, 5, "all to wait")
-
-    def swap() -> None:
-        dispatcher.entries = Unwalkable(dispatcher.entries)
-
-    t.app.node.call_in_loop(swap)
-    Unwalkable.walks = 0
+    count_walks(t.app.node, dispatcher, "entries")
     waiting[7].revoke()
     t.app.control.revoke(flow.id)  # the group's id: the root id of its tasks
     with pytest.raises(TaskRevokedError):
