@@ -412,15 +412,21 @@ def test_close_flushes_tasks_to_a_worker_before_stopping_the_node(
     wait_until(lambda: path.exists() and len(path.read_text().splitlines()) == 3, 10, "3 runs")
 
 
-def test_update_state_and_track_started_show_while_the_task_runs(workers: Workers) -> None:
+def test_update_state_and_track_started_show_while_the_task_runs(
+    workers: Workers, tmp_path: Path
+) -> None:
+    # Each task runs until the test has seen its state and creates its gate file
+    # (a fixed sleep let a loaded machine miss the state).
     workers(1)
-    result = t.progress.delay()
+    result = t.progress.delay(str(tmp_path / "seen-progress"))
     wait_until(lambda: result.state == "PROGRESS", 10, "the custom state")
     assert result.result == {"done": 1}
+    (tmp_path / "seen-progress").touch()
     assert result.get(timeout=10 * SLOW) == "ok"
-    started = t.mark.apply_async(("/dev/null", 0.5), track_started=True)
+    started = t.gated.apply_async((str(tmp_path / "seen-started"),), track_started=True)
     wait_until(lambda: started.state == "STARTED", 10, "STARTED")
-    started.get(timeout=10 * SLOW)
+    (tmp_path / "seen-started").touch()
+    assert started.get(timeout=10 * SLOW) == "ok"
 
 
 def test_then_link_and_link_error_follow_the_outcome(workers: Workers) -> None:

@@ -111,10 +111,25 @@ def unserialisable() -> object:
     return object()
 
 
+def _wait_for_file(path: str, limit: float = 10.0) -> None:
+    """Sleep (cooperatively) until ``path`` exists, at most ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+
+
 @app.task(bind=True)
-def progress(self: Any) -> str:
+def progress(self: Any, gate: str) -> str:
+    """Show a custom state until the test creates the file ``gate``."""
     self.update_state(state="PROGRESS", meta={"done": 1})
-    gevent.sleep(0.5)
+    _wait_for_file(gate)
+    return "ok"
+
+
+@app.task
+def gated(gate: str) -> str:
+    """Run until the test creates the file ``gate``."""
+    _wait_for_file(gate)
     return "ok"
 
 
