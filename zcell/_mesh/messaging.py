@@ -113,8 +113,7 @@ class Messaging:
         self._roster = shared.roster
         self._members = shared.roster.members
         self._pending = shared.pending
-        self._table = shared.pending.table  # written on the hot path without a call
-        self._dated = shared.pending.dated  # ... with (deadline, rid) appended here
+        self._table = shared.pending.table  # read here; written by PendingCalls.add
         self._stats, self._sockets, self._life = shared.stats, shared.sockets, shared.life
         self._loop, self._codec, self._directory = shared.loop, shared.codec, shared.directory
         self._make_proxy = make_proxy
@@ -353,8 +352,7 @@ class Messaging:
         if mode == "send":
             return self._direct_result(port.send(node_id, frame, deadline, rid))
         result = AsyncResult(rid, deadline, self._cancel_pending, port, self._roster.label(node_id))
-        self._table[rid] = (result, node_id, deadline)
-        self._dated.append((deadline, rid))
+        self._pending.add(rid, result, node_id, deadline)
         try:
             port.call(node_id, frame, deadline, result)
         except ZcellError as exc:
@@ -432,8 +430,7 @@ class Messaging:
     ) -> AsyncResult:
         """Register a pending reply and send the request frame."""
         result = AsyncResult(rid, deadline, self._cancel_pending, None, self._roster.label(node_id))
-        self._table[rid] = (result, node_id, deadline)
-        self._dated.append((deadline, rid))
+        self._pending.add(rid, result, node_id, deadline)
         try:
             port = None if in_loop else self._own_port(node_id)
             if in_loop:
@@ -516,8 +513,7 @@ class Messaging:
                 box[0] = result
                 if not expected:
                     return
-                self._table[rid] = (result, "", deadline)
-                self._dated.append((deadline, rid))
+                self._pending.add(rid, result, "", deadline)
             nodes = set(expected.values())
             direct = [n for n in nodes if n == self._id or not self._subscribed_member(n)]
             # Sending may wait (a slow subscriber, a peer not connected yet, one

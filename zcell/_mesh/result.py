@@ -434,11 +434,11 @@ class PendingCalls:
         self._roster = roster
         self._stats = stats
         self._loop = loop  # where link callbacks run (None: where the result completes)
-        #: request id -> (result, node asked ("" for a scatter), deadline). Whoever
-        #: adds an entry with a deadline also appends (deadline, rid) to ``dated``.
+        #: request id -> (result, node asked ("" for a scatter), deadline); entries
+        #: are added by ``add`` only (any thread), dropped by whoever completes them.
         self.table: dict[int, tuple[Pending, str, float | None]] = {}
-        #: (deadline, rid) of calls added since the loop last looked (any thread
-        #: appends: a deque's append is atomic); the loop moves them to its heap.
+        #: (deadline, rid) of calls added since the loop last looked (a deque's
+        #: append is atomic); the loop moves them to its heap.
         self.dated: collections.deque[tuple[float, int]] = collections.deque()
         # The loop's own heap of (deadline, rid): ``expire`` looks at the calls due,
         # not at every call pending (a walk of the table five times a second took a
