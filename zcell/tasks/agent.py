@@ -156,6 +156,9 @@ class TaskAgent(Actor):
 
 def attach(app: App, node: Node) -> Runtime:
     """The node's task runtime, made and started (with its agent) on first use."""
+    runtime = runtime_of(node)  # every delay() comes here: no lock once it runs
+    if runtime is not None and runtime.ready.is_set():
+        return runtime
     runtime, fresh = claim_runtime(app, node)
     if not fresh:
         if not runtime.ready.wait(READY_TIMEOUT):

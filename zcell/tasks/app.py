@@ -162,6 +162,9 @@ class App:
     @property
     def node(self) -> Node:
         """The app's node: the worker's, or a client node started on first use."""
+        node = self._node  # read once: every delay() comes here, the lock only to make it
+        if node is not None:
+            return node
         with self._lock:
             if self._node is None:
                 conf = self.conf
@@ -260,10 +263,11 @@ class App:
         redeliver = task.max_redeliveries if task and task.max_redeliveries is not None else None
         entry = Entry(msg, msg["queue"], self._pick(redeliver, "task_max_redeliveries"))
         self._chain(entry, options)
-        publish = _publish_args(msg)
-        send_safely(signals.before_task_publish, name, **publish, **NO_BROKER)
+        before, after = signals.before_task_publish, signals.after_task_publish
+        publish = _publish_args(msg) if before.receivers or after.receivers else {}
+        send_safely(before, name, **publish, **NO_BROKER)
         self._add(runtime.dispatcher, entry)
-        send_safely(signals.after_task_publish, name, **publish)
+        send_safely(after, name, **publish)
         request = current_request()
         parent = TaskResult(request.id, self) if request is not None else None
         if _runtime is not None and _runtime.node is not self._node:

@@ -166,6 +166,8 @@ def send_safely(signal: blinker.Signal, sender: Any, **kwargs: Any) -> list[tupl
         ``(receiver, its return value or the exception it raised)`` for each.
     """
     responses: list[tuple[Any, Any]] = []
+    if not signal.receivers:  # the common case, several times a task: nobody listens
+        return responses
     for receiver in signal.receivers_for(sender):
         try:
             responses.append((receiver, receiver(signal=signal, sender=sender, **kwargs)))
