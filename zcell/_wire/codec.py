@@ -104,7 +104,8 @@ class Codec:
             raise ProtocolError(f"undecodable frame: {exc.__class__.__name__}") from None
         # msgpack decodes its timestamp extension (-1) itself, bypassing
         # ext_hook; only proxies may arrive as extension types.
-        if _TIMESTAMP_HEADER.search(data) is not None and _has_timestamp(msg):
+        # (The byte test first: a search of every frame cost as much as its unpacking.)
+        if b"\xff" in data and _TIMESTAMP_HEADER.search(data) is not None and _has_timestamp(msg):
             raise ProtocolError("msgpack timestamps are not accepted")
         check(msg)
         return msg
