@@ -114,11 +114,24 @@ def test_routing_order_queue_option_then_routes_then_task_queue_then_default() -
 
 def test_a_malformed_task_message_is_a_protocol_error() -> None:
     good = message.make(id="1", name="n", args=[], kwargs={}, queue="q", reply_to=None)
+    missing = {k: v for k, v in good.items() if k != "queue"}
     for bad in (None, [], {**good, "args": "x"}, {**good, "retries": True}, {**good, "id": ""}):
         with pytest.raises(ProtocolError):
             message.check(bad)
+    with pytest.raises(ProtocolError, match="without 'queue'"):
+        message.check(missing)
     with pytest.raises(ProtocolError, match="reply_to"):
         message.check(good)  # no agent to claim at
+
+    class Agent:
+        def send(self) -> None: ...
+
+    class Count(int):
+        pass
+
+    # A subclass of a field's type will do (an in-process push is not decoded).
+    sent = {**good, "reply_to": Agent(), "retries": Count(1)}
+    assert message.check(sent) is sent
 
 
 def test_eta_is_utc_seconds_and_naive_datetimes_are_utc() -> None:
