@@ -31,7 +31,7 @@ from .control import Control
 from .dispatch import Entry
 from .errors import NotRegistered, TaskPendingFull
 from .message import epoch, make, new_id
-from .request import current_request
+from .request import Request, current_request
 from .result import LOOKUP_TIMEOUT, TaskResult
 from .routing import route
 from .runtime import Runtime
@@ -251,15 +251,16 @@ class App:
                 none was handed over within ``task_pending_wait`` seconds.
             TypeError: an unknown option.
         """
-        unknown = sorted(set(options) - SEND_OPTIONS)
-        if unknown:
+        if options and not SEND_OPTIONS.issuperset(options):
+            unknown = sorted(set(options) - SEND_OPTIONS)
             raise TypeError(f"unknown apply_async option(s) {unknown}; see docs/tasks.md")
         runtime = _runtime or self._runtime()
         args = list(args or ())
         kwargs = dict(kwargs or {})
         runtime.encodable([args, kwargs])
-        msg = self._message(name, args, kwargs, _task, options, runtime)
         task = _task or self.tasks.get(name)
+        request = current_request()
+        msg = self._message(name, args, kwargs, task, options, runtime, request)
         redeliver = task.max_redeliveries if task and task.max_redeliveries is not None else None
         entry = Entry(msg, msg["queue"], self._pick(redeliver, "task_max_redeliveries"))
         self._chain(entry, options)
@@ -268,7 +269,6 @@ class App:
         send_safely(before, name, **publish, **NO_BROKER)
         self._add(runtime.dispatcher, entry)
         send_safely(after, name, **publish)
-        request = current_request()
         parent = TaskResult(request.id, self) if request is not None else None
         if _runtime is not None and _runtime.node is not self._node:
             return TaskResult(entry.id, self, None, parent=parent)  # followed there, not here
@@ -285,18 +285,19 @@ class App:
         task: Task | None,
         options: dict[str, Any],
         runtime: Runtime,
+        parent: Request | None,
     ) -> dict[str, Any]:
+        """The task message: each option from ``options``, else the task's own,
+        else the app's setting (``parent``: the task this one is sent from)."""
         conf = self.conf
-        task = task or self.tasks.get(name)
-        task_id = str(options.get("task_id") or new_id())
-        parent = current_request()
-
-        def opt(key: str, setting: str | None) -> Any:
-            value = options.get(key)
+        get = options.get
+        task_id = str(get("task_id") or new_id())
+        chosen: dict[str, Any] = {}
+        for key, setting in _TASK_OPTIONS:
+            value = get(key)
             if value is None and task is not None:
                 value = getattr(task, key)
-            return value if value is not None or setting is None else conf[setting]
-
+            chosen[key] = conf[setting] if value is None else value
         return make(
             id=task_id,
             name=name,
@@ -304,25 +305,25 @@ class App:
             kwargs=kwargs,
             queue=route(
                 name,
-                queue=options.get("queue"),
+                queue=get("queue"),
                 routes=conf.task_routes,
                 task_queue=task.queue if task is not None else None,
                 default=conf.task_default_queue,
             ),
-            eta=epoch(options.get("eta"), relative=options.get("countdown")),
-            expires=_expires(options.get("expires")),
-            retries=int(options.get("retries") or 0),
-            root_id=options.get("root_id") or (parent.root_id if parent is not None else task_id),
-            parent_id=options.get("parent_id") or (parent.id if parent is not None else None),
-            acks_late=bool(opt("acks_late", "task_acks_late")),
-            ignore_result=bool(opt("ignore_result", "task_ignore_result")),
-            track_started=bool(opt("track_started", "task_track_started")),
-            time_limit=opt("time_limit", "task_time_limit"),
-            soft_time_limit=opt("soft_time_limit", "task_soft_time_limit"),
-            headers=options.get("headers"),
-            chain=[dict(s) for s in options["chain"]] if options.get("chain") else None,
-            chord=options.get("chord"),
-            watchers=options.get("watchers"),
+            eta=epoch(get("eta"), relative=get("countdown")),
+            expires=_expires(get("expires")),
+            retries=int(get("retries") or 0),
+            root_id=get("root_id") or (parent.root_id if parent is not None else task_id),
+            parent_id=get("parent_id") or (parent.id if parent is not None else None),
+            acks_late=bool(chosen["acks_late"]),
+            ignore_result=bool(chosen["ignore_result"]),
+            track_started=bool(chosen["track_started"]),
+            time_limit=chosen["time_limit"],
+            soft_time_limit=chosen["soft_time_limit"],
+            headers=get("headers"),
+            chain=[dict(s) for s in options["chain"]] if get("chain") else None,
+            chord=get("chord"),
+            watchers=get("watchers"),
             reply_to=runtime.agent,
         )
 
@@ -453,6 +454,17 @@ def _close_at_exit(ref: weakref.ref[App]) -> None:
     app = ref()
     if app is not None:
         app.close()
+
+
+#: The options a task's message takes from ``apply_async``, else from the task,
+#: else from the app's setting.
+_TASK_OPTIONS = (
+    ("acks_late", "task_acks_late"),
+    ("ignore_result", "task_ignore_result"),
+    ("track_started", "task_track_started"),
+    ("time_limit", "task_time_limit"),
+    ("soft_time_limit", "task_soft_time_limit"),
+)
 
 
 def _publish_args(msg: dict[str, Any]) -> dict[str, Any]:
