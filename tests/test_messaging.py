@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
 from conftest import SLOW
+from greenlet import getcurrent
 from zcell_test_actors import Counter, Echo, Fallback
 
 from zcell import (
@@ -75,6 +77,43 @@ def test_async_result_link_is_called_once_ready(pair):
     assert seen == [7]
     late = []
     result.link(late.append)  # already ready: called at once
+    assert late == [result]
+
+
+def test_async_result_rawlink_runs_where_the_reply_is_read_with_no_greenlet_of_its_own(
+    pair, caplog
+):
+    """rawlink: for callbacks that never block (the task dispatcher's). They run in
+    the node's loop as the result completes, before the link callbacks, which get
+    a greenlet of their own; one that raises is logged and the others still run."""
+    a, b, ref = pair
+    seen = []
+
+    def note(kind):
+        return lambda r: seen.append((kind, r.get(), threading.get_ident(), getcurrent()))
+
+    def bad(r):
+        raise RuntimeError("a broken callback")
+
+    def in_loop():
+        result = ref.call.echo(value=7)
+        result.rawlink(bad)
+        result.rawlink(note("raw"))
+        result.link(note("link"))
+        return result
+
+    result = a.call_in_loop(in_loop)
+    assert result.get() == 7
+    end = time.monotonic() + 2 * SLOW
+    while len(seen) < 2 and time.monotonic() < end:
+        time.sleep(0.01)
+    (raw, value, raw_thread, raw_greenlet), (link, _, link_thread, link_greenlet) = seen
+    assert (raw, value, link) == ("raw", 7, "link")
+    assert raw_thread == link_thread != threading.get_ident()  # the node's loop
+    assert raw_greenlet is not link_greenlet
+    assert "a broken callback" in caplog.text
+    late = []
+    result.rawlink(late.append)  # already ready: called at once, here
     assert late == [result]
 
 

@@ -68,6 +68,7 @@ class AsyncResult:
         "_value",
         "_error",
         "_callbacks",
+        "_raw",
         "_cancel",
         "_port",
         "_to",
@@ -88,6 +89,7 @@ class AsyncResult:
         self._value: Any = _UNSET
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[AsyncResult], None]] | None = None
+        self._raw: list[Callable[[AsyncResult], None]] | None = None  # rawlink's
         self._cancel = cancel
         self._port = port  # the ThreadPort its reply comes to, if any
 
@@ -114,6 +116,12 @@ class AsyncResult:
             waiters, flag._waiters = flag._waiters, None
         for wake in waiters or ():
             wake()
+        raw, self._raw = self._raw, None
+        if raw:
+            if defer is not None:
+                defer(self._run_callbacks, raw)
+            else:
+                self._run_callbacks(raw)
         callbacks, self._callbacks = self._callbacks, None
         if callbacks:
             if defer is not None:
@@ -232,19 +240,36 @@ class AsyncResult:
         e.g. on a ``send``: it parks only itself. An exception it raises is
         logged, never propagated.
         """
+        if not self._keep(callback, raw=False):
+            callback(self)
+
+    def rawlink(self, callback: Callable[[AsyncResult], None]) -> None:
+        """Call ``callback(self)`` once ready, where the result completes (at once
+        if already ready), with no greenlet of its own: for a callback that never
+        blocks (no send, no sleep, no wait), which then costs no greenlet per call.
+
+        A result completes in its node's loop thread (the socket reader, a hub
+        callback), or hands its callbacks to that thread when it completes
+        elsewhere. An exception the callback raises is logged, never propagated.
+        """
+        if not self._keep(callback, raw=True):
+            self._run_callbacks([callback])
+
+    def _keep(self, callback: Callable[[AsyncResult], None], raw: bool) -> bool:
+        """Keep ``callback`` for the outcome; False when the outcome is in already."""
         self._observe()
         with self._flag._mutex:
-            if not self._flag._is_set:
-                if self._callbacks is None:
-                    self._callbacks = []
-                self._callbacks.append(callback)
-                pending = True
+            if self._flag._is_set:
+                return False
+            if raw:
+                self._raw = [*(self._raw or ()), callback]
+            elif self._callbacks is None:
+                self._callbacks = [callback]
             else:
-                pending = False
-        if not pending:
-            callback(self)
-        elif self._port is not None:
+                self._callbacks.append(callback)
+        if self._port is not None:
             self._port.ask_loop()  # nobody may read the reply on the calling thread
+        return True
 
     def _remaining(self) -> float | None:
         if self._deadline is None:

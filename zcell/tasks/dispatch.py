@@ -455,7 +455,8 @@ class Dispatcher:
             self._unhold(entry)
             self.finish(entry, FAILURE, exc)
             return
-        result.link(lambda r: self._on_reply(entry, attempt, consumer.id, r))
+        # _on_reply never blocks (what may is spawned): it needs no greenlet a reply.
+        result.rawlink(lambda r: self._on_reply(entry, attempt, consumer.id, r))
 
     # -- following (loop thread) ----------------------------------------------
 
