@@ -117,17 +117,11 @@ class AsyncResult:
         for wake in waiters or ():
             wake()
         raw, self._raw = self._raw, None
-        if raw:
-            if defer is not None:
-                defer(self._run_callbacks, raw)
-            else:
-                self._run_callbacks(raw)
+        if raw:  # rawlink's: here, with no greenlet of their own
+            _run_here_or(defer, self._run_callbacks, raw)
         callbacks, self._callbacks = self._callbacks, None
         if callbacks:
-            if defer is not None:
-                defer(self._start_callbacks, callbacks)
-            else:
-                self._start_callbacks(callbacks)
+            _run_here_or(defer, self._start_callbacks, callbacks)
         return True
 
     def _start_callbacks(self, callbacks: list[Callable[[AsyncResult], None]]) -> None:
@@ -443,6 +437,18 @@ def error_from_reply(status: int, value: Any) -> ZcellError:
 
 
 Pending = AsyncResult | ScatterResult
+
+
+def _run_here_or(
+    defer: Callable[..., None] | None,
+    run: Callable[[list[Callable[[AsyncResult], None]]], None],
+    callbacks: list[Callable[[AsyncResult], None]],
+) -> None:
+    """``run(callbacks)`` now, or through ``defer`` (to the node's loop thread)."""
+    if defer is not None:
+        defer(run, callbacks)
+    else:
+        run(callbacks)
 
 
 class PendingCalls:
