@@ -73,7 +73,9 @@ def test_revoke_from_the_page_revokes_a_running_task(
     result = app.send_task(SLEEPY, [30])
     browser.get(dash.url + "tasks")
     row = f'tr[data-task="{result.id}"]'
-    wait_until(lambda: cell(browser, row + ' [data-col="state"]') == "STARTED", 5, "started")
+    # As in the test above: a new client node joins first, and the dashboard enables
+    # events on it once a second; under load the row took longer than 5 s.
+    wait_until(lambda: cell(browser, row + ' [data-col="state"]') == "STARTED", 15, "started")
     click(browser, row + ' button[data-action="terminate"]')
     wait_until(lambda: cell(browser, row + ' [data-col="state"]') == "REVOKED", 5, "revoked")
     wait_until(lambda: result.state == "REVOKED", 5, "the task revoked in the mesh")
