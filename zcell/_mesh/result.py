@@ -255,12 +255,13 @@ class AsyncResult:
         with self._flag._mutex:
             if self._flag._is_set:
                 return False
-            if raw:
-                self._raw = [*(self._raw or ()), callback]
-            elif self._callbacks is None:
-                self._callbacks = [callback]
+            kept = self._raw if raw else self._callbacks
+            if kept is not None:
+                kept.append(callback)
+            elif raw:
+                self._raw = [callback]
             else:
-                self._callbacks.append(callback)
+                self._callbacks = [callback]
         if self._port is not None:
             self._port.ask_loop()  # nobody may read the reply on the calling thread
         return True
