@@ -117,12 +117,13 @@ def test_two_workers_take_consecutive_tasks_in_turn(workers: Workers) -> None:
     assert all(a != b for a, b in zip(names, names[1:], strict=False))
 
 
-def test_tasks_wait_at_the_submitter_for_a_free_slot_and_eta_ones_at_the_worker(
+def test_a_worker_is_pushed_up_to_its_places_and_a_task_waiting_there_is_claimed(
     workers: Workers, tmp_path: Path
 ) -> None:
-    """A submitter pushes a worker what its free slots start at once; the rest wait at
-    the submitter, so no worker hoards tasks another could run. Tasks held for their
-    ETA take no slot, only places, up to concurrency x prefetch."""
+    """A submitter pushes a worker up to concurrency x prefetch tasks (Celery's
+    prefetch); the rest wait at the submitter. A task that waits at the worker for a
+    slot longer than 20 ms is told held and claimed before it starts. Tasks held for
+    their ETA take places too."""
     (w,) = workers(1, concurrency=1, prefetch=2)
     assert t.add.delay(1, 1).get(timeout=10 * SLOW) == 2  # the submitter learns its room
     dispatcher = t.app._runtime().dispatcher
@@ -131,14 +132,38 @@ def test_tasks_wait_at_the_submitter_for_a_free_slot_and_eta_ones_at_the_worker(
         return int(t.app.node.call_in_loop(dispatcher.waiting_count))
 
     path = str(tmp_path / "runs")
+    claimed = w.claimed
     results = [t.mark.delay(path, 0.3, i) for i in range(5)]
-    wait_until(lambda: w.held == 1 and waiting() == 4, 10, "1 to run, 4 to wait here")
+    wait_until(lambda: w.held == 2 and waiting() == 3, 10, "1 to run, 1 to wait at w, 3 here")
     assert [r.get(timeout=20 * SLOW) for r in results] == [0, 1, 2, 3, 4]
     assert len(Path(path).read_text().splitlines()) == 5
+    # Every task but the first waited at w about 0.3 s for the slot: held, then claimed.
+    assert w.claimed - claimed >= 3
     later = [t.add.apply_async((i, 1), countdown=60) for i in range(3)]
     wait_until(lambda: w.held == 2 and waiting() == 1, 10, "w to hold 2 ETA tasks")
     for result in later:
         result.revoke()
+
+
+def test_a_task_pushed_ahead_that_gets_a_slot_soon_starts_under_the_grant_unclaimed(
+    workers: Workers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prefetched tasks wait at the worker for its one slot and start there under
+    their submitter's grant, with no notice and no claim (``HELD_AFTER`` raised so
+    that a loaded machine cannot make one wait past it)."""
+    monkeypatch.setattr(worker_module, "HELD_AFTER", 30.0)
+    (w,) = workers(1, concurrency=1, prefetch=4)
+    assert t.add.delay(1, 1).get(timeout=10 * SLOW) == 2
+    granted, claimed = w.granted, w.claimed
+    path = str(tmp_path / "runs")
+    results = [t.mark.delay(path, 0.01, i) for i in range(20)]
+    most, deadline = 0, time.monotonic() + 20 * SLOW
+    while not all(r.ready() for r in results) and time.monotonic() < deadline:
+        most = max(most, w.held)
+        time.sleep(0.001)
+    assert [r.get(timeout=10 * SLOW) for r in results] == list(range(20))
+    assert most == 4, "the worker held its capacity: tasks waited there for the slot"
+    assert (w.granted - granted, w.claimed - claimed) == (20, 0)
 
 
 def test_a_task_sent_before_any_consumer_runs_when_one_joins(

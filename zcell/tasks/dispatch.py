@@ -98,7 +98,6 @@ class Entry:
         self.granted = False
         self.consumer: str | None = None  # the consumer actor it was pushed to
         self.lent = False  # it waits in get() there: its place is lent out
-        self.waits_there = False  # held there, not started: it takes no slot
         self.waiting = False  # in its queue's deque here (not pushed yet)
         self.pushed_at = 0.0  # time.monotonic() of the last push
         self.redeliveries = 0
@@ -150,18 +149,14 @@ class Dispatcher:
         # consumer actor id -> tasks of ours in flight there that wait in get() and
         # so lend their place at the worker out: they do not count against its room
         self.lent: collections.Counter[str] = collections.Counter()
-        # consumer actor id -> tasks of ours its worker holds and has not started
-        # (waiting for a slot, their ETA or their rate): they take no slot there
-        self.holding: collections.Counter[str] = collections.Counter()
         self.capacity: dict[str, int] = {}  # consumer actor id -> its worker's capacity
-        self.slots: dict[str, int] = {}  # consumer actor id -> its worker's concurrency
-        # A consumer's capacity and slots before its worker told them (its first
-        # notice or "full"): those of a worker of this app's settings. Pushing
-        # without a bound let a burst go out whole, to be refused whole and pushed
-        # again.
+        # A consumer's capacity before its worker told it (its first notice or
+        # "full"): that of a worker of this app's settings. Pushing without a bound
+        # let a burst go out whole, to be refused whole and pushed again.
         conf = runtime.app.conf
-        self.first_slots = max(1, int(conf.worker_concurrency))
-        self.first_guess = max(1, self.first_slots * int(conf.worker_prefetch_multiplier))
+        self.first_guess = max(
+            1, int(conf.worker_concurrency) * int(conf.worker_prefetch_multiplier)
+        )
         # queue -> its round-robin turn, kept while the queue is idle (a queue that
         # gets one task at a time must still go round), the least recently used
         # first out beyond TURNS_KEPT (queue names may be made per tenant).
@@ -296,7 +291,6 @@ class Dispatcher:
         self.finish(watched, done.state, done.result)
 
     def _enqueue(self, entry: Entry, front: bool = False) -> None:
-        self._unhold(entry)
         entry.held = entry.claimed = entry.granted = False
         entry.consumer = None
         queue = self.waiting.setdefault(entry.queue, collections.deque())
@@ -330,21 +324,14 @@ class Dispatcher:
                 self.expiring.pop(queue, None)
                 continue
             candidates = self.node.actors(queue_actor_name(queue))
-            consumers: list[ActorProxy] = []
-            kind: bool | None = None  # the kind (for a later ETA or not) they have room for
-            while tasks and candidates:
-                later = _later(tasks[0], now)
-                if later is not kind:  # an ETA task may go where a task for now may not
-                    consumers = [p for p in candidates if self._has_room(p.id, later)]
-                    kind = later
-                if not consumers:
-                    break
+            consumers = [p for p in candidates if self._has_room(p.id)]
+            while tasks and consumers:
                 index = self._next_turn(queue) % len(consumers)
                 consumer = consumers[index]
                 entry = tasks.popleft()
                 entry.waiting = False
-                self._push(entry, consumer, later)
-                if not self._has_room(consumer.id, later):
+                self._push(entry, consumer, _later(entry, now))
+                if not self._has_room(consumer.id):
                     consumers.remove(consumer)
                 self._drop_stale(queue, tasks)
 
@@ -394,25 +381,18 @@ class Dispatcher:
             if self.stale[queue] <= 0:
                 del self.stale[queue]
 
-    def _has_room(self, consumer: str, later: bool = False) -> bool:
-        """Whether to push a task to ``consumer`` now (``later``: one to be held
-        there until a later ETA).
+    def _has_room(self, consumer: str) -> bool:
+        """Whether to push a task to ``consumer`` now: while our tasks there take
+        fewer places than its worker's capacity (``concurrency x prefetch``).
 
-        A task goes out while the consumer's worker has a slot free of our tasks,
-        so that it starts at once under the grant. One that would wait there for
-        a slot waits here instead: either way the slot that frees costs a round
-        trip to this node before it starts (the outcome and the next push, or a
-        held task's claim), and here it costs no ``held`` notice and no claim,
-        and no worker hoards tasks that another, idle, could run. Tasks the
-        worker holds without a slot (for their ETA or their rate) take none in
-        this count, only places up to its capacity.
+        A task that finds no slot free there waits for one under its grant and
+        starts with no round trip to this node when one frees (or, after
+        ``worker.HELD_AFTER``, is told held and claimed): a burst keeps every
+        slot busy while outcomes travel back and new tasks come in.
         """
         taking = self._taking(consumer)
         if consumer not in self.full and taking < self.capacity.get(consumer, self.first_guess):
-            if later:
-                return True
-            slots = self.slots.get(consumer, self.first_slots)
-            return taking - self.holding[consumer] < slots
+            return True
         # Full, or at its capacity by our count. A "room" notice can be lost (and our
         # count can lag the worker's), so after RECHECK with nothing heard from it,
         # one push asks again; a worker still full refuses it and sends "room" later.
@@ -424,7 +404,7 @@ class Dispatcher:
         tables must not grow with every consumer ever seen)."""
         self._forgot_at = time.monotonic()
         live = self.node.directory.actors
-        for table in (self.heard_at, self.room_at, self.capacity, self.slots):
+        for table in (self.heard_at, self.room_at, self.capacity):
             for consumer in [c for c in table if c not in live and not self.inflight[c]]:
                 del table[consumer]
         self.full.intersection_update(live)
@@ -445,14 +425,10 @@ class Dispatcher:
         entry.consumer = consumer.id
         entry.pushed_at = self.heard_at[consumer.id] = time.monotonic()
         self.inflight[consumer.id] += 1
-        if later:  # its worker will hold it, without a slot (its "held" comes later)
-            entry.waits_there = True
-            self.holding[consumer.id] += 1
         try:
             result = consumer.call("run", {"msg": msg}, timeout=NO_DEADLINE)
         except ZcellError as exc:
             self.inflight[consumer.id] -= 1
-            self._unhold(entry)
             self.finish(entry, FAILURE, exc)
             return
         # _on_reply never blocks (what may is spawned): it needs no greenlet a reply.
@@ -461,8 +437,6 @@ class Dispatcher:
     # -- following (loop thread) ----------------------------------------------
 
     def _on_reply(self, entry: Entry, attempt: int, consumer: str, result: Any) -> None:
-        if entry.msg["attempt"] == attempt:
-            self._unhold(entry)
         self.heard_at[consumer] = time.monotonic()
         self.inflight[consumer] -= 1
         if self.inflight[consumer] <= 0:
@@ -530,14 +504,12 @@ class Dispatcher:
             self.finish(entry, FAILURE, ProtocolError(f"bad task reply status {status!r}"))
 
     def _learn(self, consumer: str, value: dict[str, Any], always: bool = False) -> None:
-        """A worker's reply may say its capacity and slots (``full``, and the
-        outcome of a task started under the grant): learn them (``always``:
-        even when known, a ``full`` says how many it holds now)."""
-        cap, slots = positive(value.get("cap")), positive(value.get("slots"))
+        """A worker's reply may say its capacity (``full``, and the outcome of a
+        task started under the grant): learn it (``always``: even when known, a
+        ``full`` says how many it holds now)."""
+        cap = positive(value.get("cap"))
         if cap is not None and (always or consumer not in self.capacity):
             self.capacity[consumer] = cap
-        if slots is not None and self.slots.get(consumer) != slots:
-            self.slots[consumer] = slots
 
     def settle(self, entry: Entry, value: dict[str, Any]) -> None:
         """Finish the entry with a worker's final outcome record."""
@@ -571,7 +543,6 @@ class Dispatcher:
         """Set the outcome once, wake every waiter, run ``then`` callbacks."""
         if entry.ready:
             return
-        self._unhold(entry)
         if self.entries.pop(entry.id, None) is not None:
             family = self.by_root.get(entry.msg["root_id"])
             if family is not None:
@@ -593,23 +564,16 @@ class Dispatcher:
 
     # -- the agent's side (loop thread, called by TaskAgent handlers) ----------
 
-    def held(
-        self, task_id: str, attempt: int, cap: int | None = None, slots: int | None = None
-    ) -> None:
+    def held(self, task_id: str, attempt: int, cap: int | None = None) -> None:
         """A worker holds the task (waiting for a slot, its ETA or its rate); ``cap``:
-        the most it holds, ``slots``: the most it runs at once (learnt here)."""
+        the most it holds (learnt here)."""
         entry = self.entries.get(task_id)
         if entry is not None and entry.msg["attempt"] == attempt:
-            self._notice(entry, cap, slots)
-            consumer = entry.consumer
-            if consumer is not None and not entry.claimed and not entry.waits_there:
-                entry.waits_there = True  # it takes no slot there until it starts
-                self.holding[consumer] += 1
-                self.wake()
+            self._notice(entry, cap)
             if entry.state == PENDING:  # a retry stays RETRY until it ends, as in Celery
                 entry.state = RECEIVED
 
-    def _notice(self, entry: Entry, cap: int | None, slots: int | None) -> None:
+    def _notice(self, entry: Entry, cap: int | None) -> None:
         """Its worker holds or runs the entry: what it says of its room."""
         entry.held = True
         consumer = entry.consumer
@@ -618,34 +582,14 @@ class Dispatcher:
             if cap is not None and consumer not in self.capacity:
                 self.capacity[consumer] = cap
                 self.wake()
-            if slots is not None and self.slots.get(consumer) != slots:
-                self.slots[consumer] = slots
-                self.wake()
 
-    def _unhold(self, entry: Entry) -> None:
-        """The entry no longer waits at its worker without a slot."""
-        if entry.waits_there:
-            entry.waits_there = False
-            consumer = entry.consumer
-            if consumer is not None:
-                self.holding[consumer] -= 1
-                if self.holding[consumer] <= 0:
-                    del self.holding[consumer]
-
-    def started(
-        self,
-        task_id: str,
-        attempt: int,
-        worker: str,
-        cap: int | None = None,
-        slots: int | None = None,
-    ) -> None:
-        """A worker started the task under its grant (no claim); ``cap`` and
-        ``slots`` as for ``held``."""
+    def started(self, task_id: str, attempt: int, worker: str, cap: int | None = None) -> None:
+        """A worker started the task under its grant (no claim); ``cap`` as for
+        ``held``."""
         entry = self.entries.get(task_id)
         if entry is None or entry.ready or entry.msg["attempt"] != attempt:
             return
-        self._notice(entry, cap, slots)
+        self._notice(entry, cap)
         self._started(entry, worker)
 
     def claim(self, task_id: str, attempt: int, worker: str) -> bool:
@@ -664,7 +608,6 @@ class Dispatcher:
         return True
 
     def _started(self, entry: Entry, worker: str) -> None:
-        self._unhold(entry)  # it takes a slot there now
         entry.claimed = entry.held = True
         entry.worker = worker
         if entry.msg["track_started"]:
@@ -765,7 +708,7 @@ def _error(value: Any) -> BaseException | None:
 
 
 def positive(value: Any) -> int | None:
-    """A positive int from the wire (a worker's capacity or slots), else None."""
+    """A positive int from the wire (a worker's capacity), else None."""
     return value if type(value) is int and value > 0 else None
 
 

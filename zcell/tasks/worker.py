@@ -9,8 +9,9 @@ once and, when a slot frees, sends each refused submitter's agent "room".
 
 Before a task's code runs the worker claims it at its submitter's agent, so a
 task is never started twice by a re-dispatch (docs/tasks.md, "The claim"),
-unless the submitter granted it (``"go"`` in the message) and it can start at
-once: it then starts and the worker says so ("started").
+unless the submitter granted it (``"go"`` in the message) and it gets a slot at
+once or within ``HELD_AFTER`` (a task pushed ahead, "prefetched"): it then starts
+with no claim, and the worker says so ("started") if it runs a while.
 Each task runs in a greenlet of its own under ``concurrency`` slots; a task
 waiting in ``TaskResult.get()`` lends its slot out meanwhile (and takes one
 back after), so tasks that wait on tasks never deadlock the workers.
@@ -68,6 +69,9 @@ CLAIM_TIMEOUT = 5.0
 #: Seconds a task started under its submitter's grant runs before the worker tells
 #: the submitter so ("started"); one that ends sooner is told by its outcome.
 STARTED_AFTER = 0.02
+#: Seconds a granted task that found no slot free waits for one before the worker
+#: tells its submitter it holds it ("held"; it then starts only after a claim).
+HELD_AFTER = 0.02
 #: Most submitters remembered as refused ("full") at once, for "room" notices.
 MAX_REFUSED = 10_000
 #: Seconds between looks whether a cancelled queue's held tasks have ended.
@@ -229,11 +233,14 @@ class Worker:
         self.held += 1
         self.holding[msg["id"]] = msg
         try:
-            granted = msg.get("go") is True and self._starts_at_once(msg)
-            if not granted:
+            granted = queued = False
+            if msg.get("go") is True:
+                granted = self._starts_at_once(msg)
+                queued = not granted and self._waits_for_a_slot_only(msg)
+            if not (granted or queued):
                 _tell(msg, "held", self._room_of(msg))
             task_events.received(self.node, msg)
-            return self._process(msg, granted)
+            return self._process(msg, granted, queued)
         finally:
             self.held -= 1
             self.holding.pop(msg["id"], None)
@@ -288,14 +295,40 @@ class Worker:
         """Whether the task can start now: a slot is free, and it has no ETA to
         wait for and no rate limit here."""
         assert self._slots is not None
-        if self._slots.locked() or (msg["eta"] is not None and msg["eta"] > time.time()):
+        return not self._slots.locked() and self._waits_for_a_slot_only(msg)
+
+    def _waits_for_a_slot_only(self, msg: dict[str, Any]) -> bool:
+        """Whether nothing but a slot stands between the task and its start: no
+        ETA to wait for, no rate limit here."""
+        if msg["eta"] is not None and msg["eta"] > time.time():
             return False
         task = self.app.tasks.get(msg["name"])
         return task is None or not self._rate_of(task)
 
-    def _process(self, msg: dict[str, Any], granted: bool = False) -> dict[str, Any]:
+    def _slot_under_grant(self, msg: dict[str, Any], request: Request) -> bool:
+        """Wait for a slot for a granted task that found none free (prefetched):
+        True when it got one within ``HELD_AFTER`` (it starts under the grant, no
+        notice); else its submitter was told "held" meanwhile and it needs a claim."""
+        told: list[bool] = []
+
+        def hold() -> None:  # a hub timer: it cannot send itself
+            told.append(True)
+            gevent.spawn(_tell, msg, "held", self._room_of(msg))
+
+        timer = gevent.get_hub().loop.timer(HELD_AFTER)
+        timer.start(hold)
+        try:
+            self._take_slot(request)
+        finally:
+            timer.close()
+        return not told
+
+    def _process(
+        self, msg: dict[str, Any], granted: bool = False, queued: bool = False
+    ) -> dict[str, Any]:
         """Hold, claim and run the task. ``granted``: its submitter let it start
-        without a claim, and it can start at once (docs/tasks.md, "The claim")."""
+        without a claim, and it can start at once; ``queued``: granted, but it
+        waits for a slot first (docs/tasks.md, "The claim")."""
         self._hold_until_eta(msg)
         if self.closing:
             return self._full()  # given back: never started
@@ -309,9 +342,12 @@ class Worker:
                 "the worker with -A on the app that includes its module"
             ))  # fmt: skip
         request = Request(msg, self.node.name, self)
-        if not granted:  # a granted task has no rate limit here (_starts_at_once)
-            self._wait_for_rate(task)
-        self._take_slot(request)
+        if queued:
+            granted = self._slot_under_grant(msg, request)
+        else:
+            if not granted:  # a granted task has no rate limit here (_starts_at_once)
+                self._wait_for_rate(task)
+            self._take_slot(request)
         try:
             if self.closing:
                 return self._full()
