@@ -166,6 +166,25 @@ def test_a_task_pushed_ahead_that_gets_a_slot_soon_starts_under_the_grant_unclai
     assert (w.granted - granted, w.claimed - claimed) == (20, 0)
 
 
+def test_a_task_that_expires_while_waiting_at_its_worker_for_a_slot_never_runs(
+    workers: Workers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prefetched task waits at the worker unclaimed (``HELD_AFTER`` raised: no
+    claim will check it at its submitter); it expires meanwhile: it never starts."""
+    monkeypatch.setattr(worker_module, "HELD_AFTER", 30.0)
+    (w,) = workers(1, concurrency=1, prefetch=2)
+    assert t.add.delay(1, 1).get(timeout=10 * SLOW) == 2
+    busy = t.mark.delay(str(tmp_path / "busy"), 0.6, "busy")
+    wait_until(lambda: w.running, 10, "the first task to run")
+    path = tmp_path / "late"
+    late = t.mark.apply_async((str(path), 0.0, "late"), expires=0.2)
+    wait_until(lambda: w.held == 2, 10, "the second task to wait at w for the slot")
+    assert busy.get(timeout=10 * SLOW) == "busy"
+    with pytest.raises(TaskRevokedError, match="revoked"):
+        late.get(timeout=10 * SLOW)
+    assert late.state == "REVOKED" and not path.exists()
+
+
 def test_a_task_sent_before_any_consumer_runs_when_one_joins(
     workers: Workers, make_node: MakeNode
 ) -> None:

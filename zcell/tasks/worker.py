@@ -351,6 +351,12 @@ class Worker:
         try:
             if self.closing:
                 return self._full()
+            if queued and granted:
+                # It waited for the slot with no claim to check it: it may have
+                # expired, or been revoked, meanwhile.
+                ended = self._ended_before_start(msg)
+                if ended is not None:
+                    return ended
             if not granted and not self._claim(msg):
                 return {"s": "refused"}
             if granted:
