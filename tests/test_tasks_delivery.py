@@ -20,6 +20,7 @@ from zcell import (
     TaskRevokedError,
     TaskTimeout,
 )
+from zcell.errors import NodeDown
 from zcell.tasks import dispatch
 from zcell.tasks import worker as worker_module
 from zcell.tasks.request import current_request
@@ -183,6 +184,40 @@ def test_a_task_that_expires_while_waiting_at_its_worker_for_a_slot_never_runs(
     with pytest.raises(TaskRevokedError, match="revoked"):
         late.get(timeout=10 * SLOW)
     assert late.state == "REVOKED" and not path.exists()
+
+
+def test_a_push_that_cannot_leave_this_node_waits_and_is_retried_not_spun_or_failed(
+    workers: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory may still list a consumer on a node that is no longer a member:
+    a push there fails where it stands (NodeDown, before anything is sent). Such a
+    task never left: it waits for a consumer as before (a granted one too: it did not
+    start), and that consumer is asked again only every ``RECHECK`` seconds. (The
+    pump pushed the same task there again at once, in one round without end: the
+    node's loop spun, and nothing else of it ran.) The gone member is simulated at
+    the one place a send fails so, on real nodes."""
+    from zcell._mesh.messaging import Messaging
+
+    (w,) = workers(1)
+    assert t.add.delay(1, 1).get(timeout=10 * SLOW) == 2
+    send_frame = Messaging.send_frame
+    attempts = [0]
+
+    def gone(self: Any, node_id: str, *args: Any, **kwargs: Any) -> Any:
+        if node_id == w.node.id:
+            attempts[0] += 1
+            raise NodeDown(f"node {node_id} is not (or no longer) in the mesh")
+        return send_frame(self, node_id, *args, **kwargs)
+
+    monkeypatch.setattr(Messaging, "send_frame", gone)
+    now = t.add.delay(1, 2)
+    later = t.add.apply_async((2, 2), countdown=0.3)
+    time.sleep(1.0)
+    assert 2 <= attempts[0] <= 2 * (1.0 / dispatch.RECHECK + 2), attempts[0]
+    assert now.state == "PENDING" and later.state == "PENDING"
+    monkeypatch.setattr(Messaging, "send_frame", send_frame)
+    assert now.get(timeout=10 * SLOW) == 3
+    assert later.get(timeout=10 * SLOW) == 4
 
 
 def test_a_task_sent_before_any_consumer_runs_when_one_joins(

@@ -59,6 +59,8 @@ RECHECK = 0.2
 #: the worker enforces the time limits itself and answers, and a dead worker fails
 #: the call at once (NodeDown), so no shorter bound is needed or right.
 NO_DEADLINE = 10 * 365 * 86400.0
+#: What a push that failed where it stood fails with: the consumer's node is gone.
+UNREACHABLE = (NodeDown, NoSuchActor, ActorStopped)
 #: Seconds between looks for consumers gone from the mesh, whose entries in the
 #: per-consumer tables (capacity, last heard, room, full) are then dropped.
 FORGET_EVERY = 10.0
@@ -428,19 +430,36 @@ class Dispatcher:
         try:
             result = consumer.call("run", {"msg": msg}, timeout=NO_DEADLINE)
         except ZcellError as exc:
-            self.inflight[consumer.id] -= 1
+            self._landed(consumer.id)
             self.finish(entry, FAILURE, exc)
+            return
+        if result.ready() and isinstance(result.get(propagate=False), UNREACHABLE):
+            self._not_sent(entry, consumer.id)
             return
         # _on_reply never blocks (what may is spawned): it needs no greenlet a reply.
         result.rawlink(lambda r: self._on_reply(entry, attempt, consumer.id, r))
+
+    def _not_sent(self, entry: Entry, consumer: str) -> None:
+        """The push failed where it stood: the directory still lists ``consumer`` on
+        a node that is gone (it lags the membership). The task never left, so it
+        waits again, granted or not; the consumer counts as full, so it is asked
+        again once a ``RECHECK`` (pushed there again at once, a round never ended)."""
+        self._landed(consumer)
+        self.full.add(consumer)
+        self.heard_at[consumer] = time.monotonic()
+        self._enqueue(entry, front=True)
+
+    def _landed(self, consumer: str) -> None:
+        """A push to ``consumer`` is no longer in flight there."""
+        self.inflight[consumer] -= 1
+        if self.inflight[consumer] <= 0:
+            del self.inflight[consumer]
 
     # -- following (loop thread) ----------------------------------------------
 
     def _on_reply(self, entry: Entry, attempt: int, consumer: str, result: Any) -> None:
         self.heard_at[consumer] = time.monotonic()
-        self.inflight[consumer] -= 1
-        if self.inflight[consumer] <= 0:
-            del self.inflight[consumer]
+        self._landed(consumer)
         if entry.lent and entry.msg["attempt"] == attempt:
             self._lend(entry, consumer, False)
         if entry.ready or entry.msg["attempt"] != attempt:
@@ -458,7 +477,7 @@ class Dispatcher:
     def _on_error(self, entry: Entry, exc: BaseException) -> None:
         if isinstance(exc, NodeStopped):
             return  # this node stops: nobody waits here any more
-        if isinstance(exc, NodeDown | ActorStopped | NoSuchActor):
+        if isinstance(exc, UNREACHABLE):
             self._lost(entry, exc)
         else:
             self.finish(entry, FAILURE, exc)
