@@ -220,6 +220,62 @@ def test_a_push_that_cannot_leave_this_node_waits_and_is_retried_not_spun_or_fai
     assert later.get(timeout=10 * SLOW) == 4
 
 
+def test_a_worker_with_a_free_slot_takes_over_tasks_held_at_a_busy_one(
+    workers: Workers, tmp_path: Path
+) -> None:
+    """No worker idles while another consumer of the same queue has tasks waiting
+    (TASKS.md): tasks pushed ahead to a worker stuck on a long task, held there and
+    not claimed, are taken back and pushed to the worker with a free slot; the copy
+    left behind is refused at its claim, so each runs once."""
+    w1, w2 = workers(2, concurrency=1, prefetch=4)
+    for _ in range(2):  # the submitter learns both consumers' room
+        assert t.add.delay(1, 1).get(timeout=10 * SLOW) == 2
+    long = t.mark.delay(str(tmp_path / "long"), 2.0, "long")
+    shorts = [t.mark.delay(str(tmp_path / f"short{i}"), 0.1, i) for i in range(7)]
+    assert [r.get(timeout=10 * SLOW) for r in shorts] == list(range(7))
+    assert not long.ready(), "the short tasks waited for the long one"
+    assert long.get(timeout=10 * SLOW) == "long"
+    busy = long.worker
+    assert any(r.worker != busy for r in shorts)
+    # The copies left at the busy worker claimed once it was free, and were refused.
+    wait_until(lambda: not (w1.holding or w2.holding), 10, "the left copies to end")
+    for i in range(7):
+        assert len((tmp_path / f"short{i}").read_text().splitlines()) == 1
+
+
+def test_a_worker_takes_a_later_attempt_from_the_same_submitter_not_as_a_duplicate(
+    workers: Workers, tmp_path: Path
+) -> None:
+    """A submitter that took a task over may push it again to a worker holding an
+    older copy (the attempt moved on): that is no duplicate delivery; the older
+    copy is refused at its claim. The same attempt again stays a duplicate."""
+    from zcell.tasks.message import make
+
+    (w,) = workers(1, concurrency=1)
+    assert t.add.delay(1, 1).get(timeout=10 * SLOW) == 2
+    (consumer,) = t.app.node.actors("zcell.queue.celery")
+    agent = t.app._runtime().agent
+    path = tmp_path / "runs"
+    busy = t.mark.delay(str(tmp_path / "busy"), 0.5, "busy")  # holds the one slot
+    wait_until(lambda: w.running, 10, "the slot to be taken")
+
+    def push(attempt: int) -> Any:
+        msg = make(id="twice", name="zcell_test_tasks.mark", args=[str(path)], kwargs={},
+                   queue="celery", reply_to=agent, attempt=attempt, go=True)  # fmt: skip
+        return consumer.call("run", {"msg": msg}, timeout=10 * SLOW)
+
+    first = push(1)
+    wait_until(lambda: "twice" in w.holding, 10, "the first copy to wait for the slot")
+    assert push(1).get(timeout=10 * SLOW)["s"] == "REVOKED"  # the same attempt: a duplicate
+    later = push(2)
+    assert busy.get(timeout=10 * SLOW) == "busy"
+    # Both copies waited past HELD_AFTER, so each claims; this submitter knows no
+    # task "twice": each claim is refused, and neither runs (no duplicate answer).
+    assert first.get(timeout=10 * SLOW)["s"] == "refused"
+    assert later.get(timeout=10 * SLOW)["s"] == "refused"
+    assert not path.exists()
+
+
 def test_a_task_sent_before_any_consumer_runs_when_one_joins(
     workers: Workers, make_node: MakeNode
 ) -> None:

@@ -51,9 +51,9 @@ class TaskAgent(Actor):
             slots: int | None = None,
         ) -> None:
             """A worker holds task ``id`` (it is RECEIVED); ``cap``: how many tasks
-            that worker holds at most (``slots``, how many it runs at once, is
-            sent too and not needed here)."""
-            self._runtime().dispatcher.held(str(id), int(attempt), positive(cap))
+            that worker holds at most, ``slots``: how many it runs at once."""
+            dispatcher = self._runtime().dispatcher
+            dispatcher.held(str(id), int(attempt), positive(cap), positive(slots))
 
         def started(
             self,
@@ -66,7 +66,8 @@ class TaskAgent(Actor):
             """A worker started task ``id`` under its submitter's grant, without a
             claim (it is RECEIVED, or STARTED with ``track_started``); ``cap`` and
             ``slots`` as for ``held``."""
-            self._runtime().dispatcher.started(str(id), int(attempt), str(worker), positive(cap))
+            dispatcher = self._runtime().dispatcher
+            dispatcher.started(str(id), int(attempt), str(worker), positive(cap), positive(slots))
 
         def lending(self, id: str, attempt: int, lent: bool) -> None:  # noqa: A002
             """Task ``id`` waits in ``get()`` at its worker (``lent``: its place there

@@ -100,6 +100,8 @@ class Entry:
         self.granted = False
         self.consumer: str | None = None  # the consumer actor it was pushed to
         self.lent = False  # it waits in get() there: its place is lent out
+        self.waits_there = False  # held there, not started: it takes no slot
+        self.moved = False  # taken over from where it was held (once at most)
         self.waiting = False  # in its queue's deque here (not pushed yet)
         self.pushed_at = 0.0  # time.monotonic() of the last push
         self.redeliveries = 0
@@ -151,14 +153,22 @@ class Dispatcher:
         # consumer actor id -> tasks of ours in flight there that wait in get() and
         # so lend their place at the worker out: they do not count against its room
         self.lent: collections.Counter[str] = collections.Counter()
+        # consumer actor id -> tasks of ours its worker holds and has not started
+        # (waiting for a slot, their ETA or their rate): they take no slot there
+        self.holding: collections.Counter[str] = collections.Counter()
+        # queue -> the tasks of ours a worker holds, not claimed, that could start
+        # now if a slot were free (no later ETA): a consumer with a free slot and
+        # nothing waiting here takes them over (``_take_over``), the oldest first.
+        self.stealable: dict[str, dict[str, Entry]] = {}
         self.capacity: dict[str, int] = {}  # consumer actor id -> its worker's capacity
-        # A consumer's capacity before its worker told it (its first notice or
-        # "full"): that of a worker of this app's settings. Pushing without a bound
-        # let a burst go out whole, to be refused whole and pushed again.
+        self.slots: dict[str, int] = {}  # consumer actor id -> its worker's concurrency
+        # A consumer's capacity and slots before its worker told them (its first
+        # notice or "full"): those of a worker of this app's settings. Pushing
+        # without a bound let a burst go out whole, to be refused whole and pushed
+        # again.
         conf = runtime.app.conf
-        self.first_guess = max(
-            1, int(conf.worker_concurrency) * int(conf.worker_prefetch_multiplier)
-        )
+        self.first_slots = max(1, int(conf.worker_concurrency))
+        self.first_guess = max(1, self.first_slots * int(conf.worker_prefetch_multiplier))
         # queue -> its round-robin turn, kept while the queue is idle (a queue that
         # gets one task at a time must still go round), the least recently used
         # first out beyond TURNS_KEPT (queue names may be made per tenant).
@@ -293,6 +303,7 @@ class Dispatcher:
         self.finish(watched, done.state, done.result)
 
     def _enqueue(self, entry: Entry, front: bool = False) -> None:
+        self._unhold(entry)
         entry.held = entry.claimed = entry.granted = False
         entry.consumer = None
         queue = self.waiting.setdefault(entry.queue, collections.deque())
@@ -314,7 +325,9 @@ class Dispatcher:
     # -- pushing (loop thread) ------------------------------------------------
 
     def pump(self) -> None:
-        """Push waiting tasks to consumers with room; expire the overdue."""
+        """Push waiting tasks to consumers with room; expire the overdue; where
+        nothing of a queue waits here, let consumers with a free slot take over
+        its tasks held at other workers."""
         now = time.time()
         for queue, tasks in list(self.waiting.items()):
             self._expire(queue, now)
@@ -336,6 +349,38 @@ class Dispatcher:
                 if not self._has_room(consumer.id):
                     consumers.remove(consumer)
                 self._drop_stale(queue, tasks)
+        for queue in [q for q in self.stealable if not self.waiting.get(q)]:
+            self._take_over(queue, self.node.actors(queue_actor_name(queue)))
+
+    def _take_over(self, queue: str, candidates: list[ActorProxy]) -> None:
+        """No worker idles while another holds tasks of this queue that wait there
+        for a slot (TASKS.md): a consumer with a slot free of our tasks takes over
+        held ones, not claimed, from the others. The copy left behind asks its
+        claim and is refused (the attempt moved on): it never runs twice."""
+        held = self.stealable[queue]
+        for consumer in candidates:
+            while held and consumer.id not in self.full and self._has_free_slot(consumer.id):
+                entry = next((e for e in held.values() if _may_go(e, consumer.id)), None)
+                if entry is None:
+                    break
+                self._unsteal(entry)
+                self._unhold(entry)
+                entry.moved = True
+                entry.held = entry.claimed = entry.granted = False
+                self._push(entry, consumer)
+        if not held:
+            del self.stealable[queue]
+
+    def _has_free_slot(self, consumer: str) -> bool:
+        """Whether ``consumer``'s worker has, by our count, a slot free of our tasks."""
+        taking = self._taking(consumer) - self.holding[consumer]
+        return taking < self.slots.get(consumer, self.first_slots)
+
+    def _unsteal(self, entry: Entry) -> None:
+        """The entry can no longer be taken over (it starts, ends or moves)."""
+        held = self.stealable.get(entry.queue)
+        if held is not None and held.pop(entry.id, None) is not None and not held:
+            del self.stealable[entry.queue]
 
     def _next_turn(self, queue: str) -> int:
         """The queue's round-robin turn, then one on."""
@@ -406,7 +451,7 @@ class Dispatcher:
         tables must not grow with every consumer ever seen)."""
         self._forgot_at = time.monotonic()
         live = self.node.directory.actors
-        for table in (self.heard_at, self.room_at, self.capacity):
+        for table in (self.heard_at, self.room_at, self.capacity, self.slots):
             for consumer in [c for c in table if c not in live and not self.inflight[c]]:
                 del table[consumer]
         self.full.intersection_update(live)
@@ -427,10 +472,14 @@ class Dispatcher:
         entry.consumer = consumer.id
         entry.pushed_at = self.heard_at[consumer.id] = time.monotonic()
         self.inflight[consumer.id] += 1
+        if later:  # its worker will hold it, without a slot (its "held" comes later)
+            entry.waits_there = True
+            self.holding[consumer.id] += 1
         try:
             result = consumer.call("run", {"msg": msg}, timeout=NO_DEADLINE)
         except ZcellError as exc:
             self._landed(consumer.id)
+            self._unhold(entry)
             self.finish(entry, FAILURE, exc)
             return
         if result.ready() and isinstance(result.get(propagate=False), UNREACHABLE):
@@ -458,6 +507,8 @@ class Dispatcher:
     # -- following (loop thread) ----------------------------------------------
 
     def _on_reply(self, entry: Entry, attempt: int, consumer: str, result: Any) -> None:
+        if entry.msg["attempt"] == attempt:
+            self._unhold(entry)
         self.heard_at[consumer] = time.monotonic()
         self._landed(consumer)
         if entry.lent and entry.msg["attempt"] == attempt:
@@ -523,12 +574,14 @@ class Dispatcher:
             self.finish(entry, FAILURE, ProtocolError(f"bad task reply status {status!r}"))
 
     def _learn(self, consumer: str, value: dict[str, Any], always: bool = False) -> None:
-        """A worker's reply may say its capacity (``full``, and the outcome of a
-        task started under the grant): learn it (``always``: even when known, a
-        ``full`` says how many it holds now)."""
-        cap = positive(value.get("cap"))
+        """A worker's reply may say its capacity and slots (``full``, and the
+        outcome of a task started under the grant): learn them (``always``: even
+        when known, a ``full`` says how many it holds now)."""
+        cap, slots = positive(value.get("cap")), positive(value.get("slots"))
         if cap is not None and (always or consumer not in self.capacity):
             self.capacity[consumer] = cap
+        if slots is not None:
+            self.slots[consumer] = slots
 
     def settle(self, entry: Entry, value: dict[str, Any]) -> None:
         """Finish the entry with a worker's final outcome record."""
@@ -562,6 +615,8 @@ class Dispatcher:
         """Set the outcome once, wake every waiter, run ``then`` callbacks."""
         if entry.ready:
             return
+        self._unhold(entry)
+        self._unsteal(entry)
         if self.entries.pop(entry.id, None) is not None:
             family = self.by_root.get(entry.msg["root_id"])
             if family is not None:
@@ -583,16 +638,26 @@ class Dispatcher:
 
     # -- the agent's side (loop thread, called by TaskAgent handlers) ----------
 
-    def held(self, task_id: str, attempt: int, cap: int | None = None) -> None:
+    def held(
+        self, task_id: str, attempt: int, cap: int | None = None, slots: int | None = None
+    ) -> None:
         """A worker holds the task (waiting for a slot, its ETA or its rate); ``cap``:
-        the most it holds (learnt here)."""
+        the most it holds, ``slots``: the most it runs at once (learnt here)."""
         entry = self.entries.get(task_id)
         if entry is not None and entry.msg["attempt"] == attempt:
-            self._notice(entry, cap)
+            self._notice(entry, cap, slots)
+            consumer = entry.consumer
+            if consumer is not None and not entry.claimed:
+                if not entry.waits_there:
+                    entry.waits_there = True  # it takes no slot there until it starts
+                    self.holding[consumer] += 1
+                if not _later(entry, time.time()):  # another worker may start it sooner
+                    self.stealable.setdefault(entry.queue, {})[entry.id] = entry
+                self.wake()
             if entry.state == PENDING:  # a retry stays RETRY until it ends, as in Celery
                 entry.state = RECEIVED
 
-    def _notice(self, entry: Entry, cap: int | None) -> None:
+    def _notice(self, entry: Entry, cap: int | None, slots: int | None) -> None:
         """Its worker holds or runs the entry: what it says of its room."""
         entry.held = True
         consumer = entry.consumer
@@ -601,14 +666,34 @@ class Dispatcher:
             if cap is not None and consumer not in self.capacity:
                 self.capacity[consumer] = cap
                 self.wake()
+            if slots is not None and self.slots.get(consumer) != slots:
+                self.slots[consumer] = slots
+                self.wake()
 
-    def started(self, task_id: str, attempt: int, worker: str, cap: int | None = None) -> None:
-        """A worker started the task under its grant (no claim); ``cap`` as for
-        ``held``."""
+    def _unhold(self, entry: Entry) -> None:
+        """The entry no longer waits at its worker without a slot."""
+        if entry.waits_there:
+            entry.waits_there = False
+            consumer = entry.consumer
+            if consumer is not None:
+                self.holding[consumer] -= 1
+                if self.holding[consumer] <= 0:
+                    del self.holding[consumer]
+
+    def started(
+        self,
+        task_id: str,
+        attempt: int,
+        worker: str,
+        cap: int | None = None,
+        slots: int | None = None,
+    ) -> None:
+        """A worker started the task under its grant (no claim); ``cap`` and
+        ``slots`` as for ``held``."""
         entry = self.entries.get(task_id)
         if entry is None or entry.ready or entry.msg["attempt"] != attempt:
             return
-        self._notice(entry, cap)
+        self._notice(entry, cap, slots)
         self._started(entry, worker)
 
     def claim(self, task_id: str, attempt: int, worker: str) -> bool:
@@ -627,6 +712,8 @@ class Dispatcher:
         return True
 
     def _started(self, entry: Entry, worker: str) -> None:
+        self._unhold(entry)  # it takes a slot there now
+        self._unsteal(entry)
         entry.claimed = entry.held = True
         entry.worker = worker
         if entry.msg["track_started"]:
@@ -727,8 +814,15 @@ def _error(value: Any) -> BaseException | None:
 
 
 def positive(value: Any) -> int | None:
-    """A positive int from the wire (a worker's capacity), else None."""
+    """A positive int from the wire (a worker's capacity or slots), else None."""
     return value if type(value) is int and value > 0 else None
+
+
+def _may_go(entry: Entry, consumer: str) -> bool:
+    """Whether a held entry may be taken over by ``consumer``: held elsewhere, and
+    not moved before (a task held at worker after worker would move for ever when
+    others' tasks, which this submitter does not count, fill their slots)."""
+    return entry.consumer != consumer and not entry.moved
 
 
 def _later(entry: Entry, now: float) -> bool:

@@ -151,8 +151,9 @@ class Worker:
         self.records = Expiring(
             lambda: float(conf.result_expires), lambda: int(conf.result_max_records)
         )
-        # Task id -> retries of the tasks taken here: the same delivery twice
-        # (a beat tick sent by two leaders in a hand-over) runs once.
+        # Task id -> (retries, attempt, submitter's agent id) of the tasks taken
+        # here: the same delivery twice (a beat tick sent by two leaders in a
+        # hand-over) runs once.
         self.seen = Expiring(
             lambda: float(conf.result_expires), lambda: int(conf.result_max_records)
         )
@@ -227,9 +228,9 @@ class Worker:
             self.refusals += 1
             self._refuse(msg["reply_to"])
             return self._full()
-        if self.seen.get(msg["id"]) == msg["retries"]:
+        if self._seen_before(msg):
             return self._duplicate(msg)
-        self.seen.put(msg["id"], msg["retries"])
+        self.seen.put(msg["id"], (msg["retries"], msg["attempt"], msg["reply_to"].id))
         self.held += 1
         self.holding[msg["id"]] = msg
         try:
@@ -243,8 +244,21 @@ class Worker:
             return self._process(msg, granted, queued)
         finally:
             self.held -= 1
-            self.holding.pop(msg["id"], None)
+            if self.holding.get(msg["id"]) is msg:  # not a later copy's (taken over)
+                del self.holding[msg["id"]]
             self._room()
+
+    def _seen_before(self, msg: dict[str, Any]) -> bool:
+        """This delivery was taken here already: the same retry, from another
+        submitter (a beat tick sent by two leaders) or not a later attempt.
+
+        A later attempt from the same submitter is it taking over a copy held here
+        unclaimed (and pushed here again): that copy's claim is refused, so the
+        task runs once."""
+        seen: tuple[int, int, str] | None = self.seen.get(msg["id"])
+        if seen is None or seen[0] != msg["retries"]:
+            return False
+        return bool(seen[2] != msg["reply_to"].id or msg["attempt"] <= seen[1])
 
     def _duplicate(self, msg: dict[str, Any]) -> dict[str, Any]:
         """A delivery taken here already: its outcome if known, else REVOKED
