@@ -304,6 +304,7 @@ class Dispatcher:
 
     def _enqueue(self, entry: Entry, front: bool = False) -> None:
         self._unhold(entry)
+        self._unsteal(entry)  # it waits here now: only the pump may push it
         entry.held = entry.claimed = entry.granted = False
         entry.consumer = None
         queue = self.waiting.setdefault(entry.queue, collections.deque())
