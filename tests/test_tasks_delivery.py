@@ -657,7 +657,7 @@ def test_a_stopping_worker_gives_held_tasks_back_to_run_elsewhere(
     path = tmp_path / "runs"
     running = t.mark.delay(str(path), 1.0, "first")
     wait_until(path.exists, 10, "the first task to start")
-    # Held for their ETA (a submitter pushes other tasks only to free slots).
+    # Held for their ETA (told held at once; not to be taken over by another worker).
     held = [t.mark.apply_async((str(path), 0, i), countdown=0.5) for i in range(3)]
     wait_until(lambda: w1.held == 4, 10, "w1 to hold all four")
     (w2,) = workers(1)
@@ -665,6 +665,33 @@ def test_a_stopping_worker_gives_held_tasks_back_to_run_elsewhere(
     assert running.get(timeout=10 * SLOW) == "first"
     assert [r.get(timeout=10 * SLOW) for r in held] == [0, 1, 2]
     assert {r.worker for r in held} == {w2.node.name}
+
+
+def test_held_tasks_a_stopping_worker_gives_back_are_pushed_again_once_each(
+    workers: Workers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks held at a stopping worker come back to their submitter's queue: from
+    there only the pump pushes them again, once each. (Kept among the tasks to take
+    over as well, one in flight at a worker with one slot was pushed a second time
+    to a worker with free slots, and ran twice.) ``HELD_AFTER`` and ``STARTED_AFTER``
+    are raised so that no notice from w2 tells the submitter where they are."""
+    (w1,) = workers(1, concurrency=1, prefetch=4)
+    (w2,) = workers(1, queues=["other"], concurrency=1)
+    (w3,) = workers(1, queues=["other"], concurrency=4)
+    busy = t.mark.delay(str(tmp_path / "busy"), 1.0, "busy")
+    wait_until(lambda: w1.running, 10, "w1 busy")
+    shorts = [t.mark.delay(str(tmp_path / f"short{i}"), 0.3, i) for i in range(3)]
+    wait_until(lambda: w1.held == 4, 10, "w1 to hold the three")
+    assert w1.stop(timeout=10 * SLOW) == 0  # the held three are given back
+    assert busy.get(timeout=10 * SLOW) == "busy"
+    monkeypatch.setattr(worker_module, "HELD_AFTER", 30.0)
+    monkeypatch.setattr(worker_module, "STARTED_AFTER", 30.0)
+    w2.add_consumer("celery")
+    wait_until(lambda: w2.held or w2.running, 10, "w2 to take some")
+    w3.add_consumer("celery")
+    assert [r.get(timeout=10 * SLOW) for r in shorts] == [0, 1, 2]
+    wait_until(lambda: not (w2.holding or w3.holding), 10, "the copies to end")
+    assert [len((tmp_path / f"short{i}").read_text().splitlines()) for i in range(3)] == [1] * 3
 
 
 def test_a_timeout_on_a_task_for_a_queue_nobody_consumes_says_so(workers: Workers) -> None:
