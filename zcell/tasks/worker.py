@@ -27,6 +27,7 @@ import logging
 import time
 import traceback
 from datetime import datetime
+from sys import intern
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -230,7 +231,8 @@ class Worker:
             return self._full()
         if self._seen_before(msg):
             return self._duplicate(msg)
-        self.seen.put(msg["id"], (msg["retries"], msg["attempt"], msg["reply_to"].id))
+        # The agent's id interned: one string per submitter, not one per task.
+        self.seen.put(msg["id"], (msg["retries"], msg["attempt"], intern(msg["reply_to"].id)))
         self.held += 1
         self.holding[msg["id"]] = msg
         try:
