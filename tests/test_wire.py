@@ -331,6 +331,31 @@ def test_a_frame_is_plain_msgpack_that_any_implementation_can_read(name: str) ->
     assert_same(msgpack.unpackb(frame, raw=False), as_sent(msg))
 
 
+def test_the_proxies_a_codec_remembers_are_bounded_and_each_decodes_as_sent() -> None:
+    """Proxies are packed and checked once, then remembered: a stream of distinct
+    ones (a stranger's, or a huge mesh's) must not grow a node's memory, and
+    each must still come out as it went in, across the point where the codec
+    starts over."""
+    from zcell._wire import codec as codec_module
+
+    codec = Codec(make_proxy=Ref)
+    bound = codec_module.PROXY_CACHE
+    for i in range(3 * bound + 7):
+        ref = Ref(f"a{i:x}", TYPE, PEER)
+        msg = codec.decode(codec.encode(req(kwargs={"to": ref, "again": [ref, ref]})))
+        assert msg[wire.R_KWARGS] == {"to": ref, "again": [ref, ref]}
+        assert len(codec._proxies) <= bound
+        assert len(codec_module._packed_proxies) <= bound
+
+
+def test_a_malformed_proxy_is_refused_each_time_it_comes() -> None:
+    codec = Codec(make_proxy=Ref)
+    bad = packb(req(kwargs={"to": msgpack.ExtType(1, packb(["only", "two"]))}))
+    for _ in range(2):
+        with pytest.raises(ProtocolError, match="malformed actor proxy"):
+            codec.decode(bad)
+
+
 def test_str_and_bytes_keep_their_msgpack_types() -> None:
     codec = Codec()
     msg = codec.decode(codec.encode(req(kwargs={"s": "text", "b": b"text"})))

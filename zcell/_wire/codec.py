@@ -28,11 +28,26 @@ EXT_PROXY = 1
 
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 
+#: How many proxies the encoder and each decoder remember (then they start over).
+#: A proxy travels in every request an actor sends (its ``origin``) and in the
+#: arguments of many: packing and checking the same few again is most of the
+#: cost of those requests' codec work.
+PROXY_CACHE = 4096
+
+_packed_proxies: dict[tuple[str, str, str], msgpack.ExtType] = {}
+
 
 def _default(obj: Any) -> Any:
     ref = getattr(obj, "_zcell_ref", None)
     if ref is not None:
-        return msgpack.ExtType(EXT_PROXY, msgpack.packb(list(ref()), use_bin_type=True))
+        triple = ref()
+        ext = _packed_proxies.get(triple)
+        if ext is None:
+            ext = msgpack.ExtType(EXT_PROXY, msgpack.packb(list(triple), use_bin_type=True))
+            if len(_packed_proxies) >= PROXY_CACHE:
+                _packed_proxies.clear()  # threads share it: a dict's own ops are atomic
+            _packed_proxies[triple] = ext
+        return ext
     if isinstance(obj, int):
         raise TypeError(
             f"integer {obj} is outside msgpack's range -2**63..2**64-1; send it as a str"
@@ -53,6 +68,7 @@ class Codec:
         self.max_message_size = max_message_size
         self._make_proxy = make_proxy
         self._packer = msgpack.Packer(default=_default, use_bin_type=True, autoreset=True)
+        self._proxies: dict[bytes, tuple[str, str, str]] = {}  # checked payloads
 
     def encode(self, message: list[Any]) -> bytes:
         """Pack a message; raise SerializationError if it cannot travel or is too big."""
@@ -75,15 +91,14 @@ class Codec:
     def _ext_hook(self, code: int, data: bytes) -> Any:
         if code != EXT_PROXY:
             raise ProtocolError(f"unknown msgpack extension type {code}")
-        triple = msgpack.unpackb(data, raw=False)
-        if (
-            not isinstance(triple, list)
-            or len(triple) != 3
-            or not all(isinstance(x, str) for x in triple)
-        ):
-            raise ProtocolError("malformed actor proxy")
+        triple = self._proxies.get(data)
+        if triple is None:
+            triple = _proxy_triple(data)
+            if len(self._proxies) >= PROXY_CACHE:
+                self._proxies.clear()
+            self._proxies[data] = triple
         if self._make_proxy is None:
-            return tuple(triple)
+            return triple
         return self._make_proxy(*triple)
 
     def decode(self, data: bytes) -> list[Any]:
@@ -109,6 +124,18 @@ class Codec:
             raise ProtocolError("msgpack timestamps are not accepted")
         check(msg)
         return msg
+
+
+def _proxy_triple(data: bytes) -> tuple[str, str, str]:
+    """A proxy's payload, checked: ``(actor_id, type_name, node_id)``."""
+    triple = msgpack.unpackb(data, raw=False)
+    if (
+        not isinstance(triple, list)
+        or len(triple) != 3
+        or not all(isinstance(x, str) for x in triple)
+    ):
+        raise ProtocolError("malformed actor proxy")
+    return (triple[0], triple[1], triple[2])
 
 
 # What the decoder takes back as it was sent: a dict key of another type (a tuple
