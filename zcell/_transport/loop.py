@@ -138,8 +138,11 @@ class Flag:
     def _wait_greenlet(self, hub: Hub, timeout: float | None) -> bool:
         current = getcurrent()
         # set() may come from another thread: run_callback_threadsafe wakes this
-        # hub safely from anywhere (and cheaply from the same thread).
-        run_soon = hub.loop.run_callback_threadsafe
+        # hub safely from anywhere; from its own thread (a reply read by the
+        # node's reader) a plain callback does, without the async watcher's
+        # extra turn of the loop.
+        loop = hub.loop
+        owner = _get_ident()
         waiting = [True]
 
         def resume() -> None:
@@ -149,7 +152,10 @@ class Flag:
                 current.switch(self)
 
         def wake() -> None:
-            run_soon(resume)
+            if _get_ident() == owner:
+                loop.run_callback(resume)
+            else:
+                loop.run_callback_threadsafe(resume)
 
         timer = None
         if timeout is not None:
