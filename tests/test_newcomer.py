@@ -91,6 +91,39 @@ def test_two_zcell_nodes_started_at_once_under_one_name_do_not_both_stay(procs):
     assert all(c in (None, 1) for c in codes), codes
 
 
+def test_a_newer_twin_knocked_on_by_the_older_one_goes_at_once(make_node):
+    """Of two nodes under one name, the newer goes, whichever of them knocks first.
+
+    Here the older knocks (it has the newer's address before the newer runs), so
+    the newer is the side that verifies the knock and finds the clash: it must go
+    itself then, not wait for a refusal that only a knock the other way brings
+    (with mDNS twins both knock at once, and which one verifies first is luck:
+    the refusal came round seconds later, near the end of the newer's window,
+    and past it neither went)."""
+    from test_liveness import free_port
+
+    cluster = unique_cluster()
+    port = free_port()
+    older = make_node("twin", cluster=cluster, peers=[f"tcp://127.0.0.1:{port}"])
+    time.sleep(0.2)
+    newer = Node("twin", cluster=cluster, discovery="static", port=port)
+    started = time.monotonic()
+    try:
+        try:
+            newer.start()
+            wait_until(lambda: newer.failure is not None, 4 * SLOW, "the newer twin to go")
+        except NameTaken:
+            pass
+        took = time.monotonic() - started
+    finally:
+        newer.stop(timeout=0.5)
+    assert isinstance(newer.failure, NameTaken), newer.failure
+    assert "already used" in str(newer.failure) and "name=" in str(newer.failure)
+    assert took < 4 * SLOW  # well within its window (5 s): no knock had to come round
+    assert older.failure is None
+    assert older.nodes()[0]["name"] == "twin"  # the older keeps its name
+
+
 def test_a_refusal_that_does_not_come_from_the_node_knocked_on_is_counted_and_ignored(
     make_node,
 ):

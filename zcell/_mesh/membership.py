@@ -379,6 +379,18 @@ class Membership:
             if (info["name"], info["id"]) not in self._clashes:
                 self._clashes.add((info["name"], info["id"]))
                 log.error("zcell: refused node %s at %s: %s", info["name"], info["inbox"], clash[0])
+            if info["name"] == self._shared.name and not clash[1] and _started(info) is not None:
+                # A twin that started before us, verified: of two twins exactly one
+                # goes, and it is us. Its own refusal would come only with a knock
+                # the other way (mDNS twins knock at once; the first to verify is
+                # luck): seconds later, maybe past our window, and then neither went.
+                self._refused(
+                    f"refused by the node at {info['inbox']}: the name {info['name']!r} is "
+                    f"already used by node {info['name']} at {info['inbox']}, started before "
+                    f"this one, in cluster {self._cluster!r}; give one of them another name "
+                    "(--name / Node(name=...))",
+                    NameTaken,
+                )
             return None
         member = Member.from_info(info)
         member.dealer = self._dealer_for(member.inbox)
@@ -477,9 +489,11 @@ class Membership:
         """
         name = info["name"]
         if name == self._shared.name:
-            mine = (self._shared.life.started_at, self._shared.node_id)
-            theirs = (info.get("started"), info["id"])
-            go = type(theirs[0]) in (int, float) and theirs > mine
+            started = _started(info)
+            go = started is not None and (started, info["id"]) > (
+                self._shared.life.started_at,
+                self._shared.node_id,
+            )
             holder = f"node {self._shared.name} at {self._endpoints['inbox']}"
         else:
             other = next((m for m in self._members.values() if m.name == name), None)
@@ -863,3 +877,9 @@ class Membership:
         if member is None and (ad.inbox in self._seeds or len(self._seeds) < MAX_SEEDS):
             self._seeds[ad.inbox] = max(self._seeds.get(ad.inbox, 0.0), time.monotonic() + 600.0)
             self._hello(ad.inbox)
+
+
+def _started(info: dict[str, Any]) -> float | None:
+    """When a node says it started (wall clock), if it says so as a number."""
+    started = info.get("started")
+    return started if type(started) in (int, float) else None
