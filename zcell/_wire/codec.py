@@ -32,7 +32,7 @@ DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 #: A proxy travels in every request an actor sends (its ``origin``) and in the
 #: arguments of many: packing and checking the same few again is most of the
 #: cost of those requests' codec work.
-PROXY_CACHE = 4096
+PROXY_CACHE = 1024
 
 _packed_proxies: dict[tuple[str, str, str], msgpack.ExtType] = {}
 
