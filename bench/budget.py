@@ -20,6 +20,8 @@ import time
 REFERENCE_MS = 25.0
 #: A slow phase never stretches budgets more than this (a hang must still end).
 MAX_FACTOR = 6.0
+#: What a part's own progress may stretch its budget by, at most (:meth:`Budget.follow`).
+STRETCH_MAX = 2.0
 
 
 class PartTimeout(TimeoutError):
@@ -53,7 +55,28 @@ class Budget:
         self.name = name
         self.total = base_s * scale
         self.scale = scale
-        self.deadline = time.monotonic() + self.total
+        self.started = time.monotonic()
+        self.deadline = self.started + self.total
+        #: The total before :meth:`follow` stretched it (None: never stretched).
+        self.stretched_from: float | None = None
+
+    def follow(self, needed_s: float, at_most: float = STRETCH_MAX) -> float:
+        """Stretch the deadline to *needed_s* seconds from the part's start, when
+        the part's own progress says it needs that long (never more than
+        *at_most* times its budget, never shorter). Returns the total now.
+
+        The calibration times pure-Python work; a phase in which the machine's
+        wake-ups, not its CPU, are slow (a round trip 2-3x its usual) passes it
+        at full speed while every round trip of the part takes longer. The part
+        then measures itself: its first round says what the rest will take."""
+        cap = (self.stretched_from or self.total) * at_most
+        total = min(max(self.total, needed_s), max(self.total, cap))
+        if total > self.total:
+            if self.stretched_from is None:
+                self.stretched_from = self.total
+            self.total = total
+            self.deadline = self.started + total
+        return self.total
 
     def remaining(self) -> float:
         """Seconds left; :class:`PartTimeout` when none are."""
