@@ -40,7 +40,7 @@ _packed_proxies: dict[tuple[str, str, str], msgpack.ExtType] = {}
 def _default(obj: Any) -> Any:
     ref = getattr(obj, "_zcell_ref", None)
     if ref is not None:
-        triple = ref()
+        triple = tuple(ref())  # a key: whatever sequence the object returns
         ext = _packed_proxies.get(triple)
         if ext is None:
             ext = msgpack.ExtType(EXT_PROXY, msgpack.packb(list(triple), use_bin_type=True))
