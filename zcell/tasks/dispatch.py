@@ -361,7 +361,7 @@ class Dispatcher:
         held = self.stealable[queue]
         for consumer in candidates:
             while held and consumer.id not in self.full and self._has_free_slot(consumer.id):
-                entry = next((e for e in held.values() if _may_go(e, consumer.id)), None)
+                entry = next((e for e in held.values() if e.consumer != consumer.id), None)
                 if entry is None:
                     break
                 self._unsteal(entry)
@@ -652,7 +652,11 @@ class Dispatcher:
                 if not entry.waits_there:
                     entry.waits_there = True  # it takes no slot there until it starts
                     self.holding[consumer] += 1
-                if not _later(entry, time.time()):  # another worker may start it sooner
+                # Another worker may start it sooner, unless it is for a later ETA or
+                # was taken over once already (a task held at worker after worker
+                # would move for ever when others' tasks, which this submitter does
+                # not count, fill their slots; kept out, it costs no pump a look).
+                if not entry.moved and not _later(entry, time.time()):
                     self.stealable.setdefault(entry.queue, {})[entry.id] = entry
                 self.wake()
             if entry.state == PENDING:  # a retry stays RETRY until it ends, as in Celery
@@ -817,13 +821,6 @@ def _error(value: Any) -> BaseException | None:
 def positive(value: Any) -> int | None:
     """A positive int from the wire (a worker's capacity or slots), else None."""
     return value if type(value) is int and value > 0 else None
-
-
-def _may_go(entry: Entry, consumer: str) -> bool:
-    """Whether a held entry may be taken over by ``consumer``: held elsewhere, and
-    not moved before (a task held at worker after worker would move for ever when
-    others' tasks, which this submitter does not count, fill their slots)."""
-    return entry.consumer != consumer and not entry.moved
 
 
 def _later(entry: Entry, now: float) -> bool:
