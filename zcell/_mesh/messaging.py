@@ -11,21 +11,23 @@ inbox, where ``PendingCalls.on_reply`` (``result.py``) completes the pending
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import gevent
+from gevent import getcurrent
 from gevent.hub import _get_hub
 
 from .. import _wire as wire
 from .._transport.loop import hub_here, real_lock, thread_ident
-from .._transport.sockets import TransportClosed
+from .._transport.sockets import Socket, TransportClosed
 from .._wire import (
     CTRL,
     F_DIRECT,
@@ -132,14 +134,25 @@ class Messaging:
         self.ports: list[ThreadPort] = []
         self.ports_lock = real_lock()
         self._reap_scheduled = False  # a retry of _reap_ports is due
+        # Frames held to leave together (``corked``, ``reply``): the greenlet
+        # whose sends are held, and the DEALERs holding frames to flush.
+        self._corked: Any = None
+        self._held: list[Socket] = []
 
     def send_frame(
-        self, node_id: str, frame: bytes, deadline: float | None, callback: bool = False
+        self,
+        node_id: str,
+        frame: bytes,
+        deadline: float | None,
+        callback: bool = False,
+        soon: bool = False,
     ) -> bool:
         """Deliver one encoded frame to a node's inbox (in the loop thread).
 
         With ``callback=True`` (inside a hub callback) it never waits: it returns
-        False when the frame must be sent from a greenlet instead.
+        False when the frame must be sent from a greenlet instead. With
+        ``soon=True``, or from a greenlet in ``corked()``, the frame leaves with
+        the others held for that node, before the loop next blocks.
         """
         if node_id == self._id:
             self._stats["messages_out"] += 1
@@ -149,7 +162,12 @@ class Messaging:
         if member is None or member.dealer is None:
             raise NodeDown(f"node {node_id} is not (or no longer) in the mesh")
         try:
-            if callback:
+            if soon or (self._corked is not None and self._corked is getcurrent()):
+                if member.dealer.send_soon(frame, deadline):
+                    if not self._held:  # gone by the time the loop blocks, at the latest
+                        self._loop.hub.loop.run_callback(self._flush_held)
+                    self._held.append(member.dealer)
+            elif callback:
                 if not member.dealer.try_send(frame):
                     return False
             else:
@@ -608,10 +626,37 @@ class Messaging:
         notify.close(linger=0)
 
     def flush_replies(self) -> None:
-        """Send the direct replies coalesced so far (see ``reply``)."""
+        """Send the replies coalesced so far (see ``reply``)."""
         inbox = self._sockets.inbox
         assert inbox is not None  # replies are sent while the node runs
         inbox.flush_coalesced()
+        if self._held:
+            self._flush_held()
+
+    def _flush_held(self) -> None:
+        held, self._held = self._held, []
+        for dealer in held:
+            dealer.flush_soon()
+
+    @contextlib.contextmanager
+    def corked(self) -> Iterator[None]:
+        """(The loop) hold what this greenlet sends to other nodes until the block
+        ends, then send each node's frames as one message (``Socket.send_soon``).
+
+        For a burst of requests (the task dispatcher's pushes of one round): the
+        peer reads them in one wake-up. Nothing waits in the block for a full
+        peer; a frame for a node that leaves meanwhile is lost with it, and its
+        call fails as every call to that node does.
+        """
+        if self._corked is not None:  # already held (or another greenlet's): as usual
+            yield
+            return
+        self._corked = getcurrent()
+        try:
+            yield
+        finally:
+            self._corked = None
+            self._flush_held()
 
     def reply(
         self,
@@ -647,6 +692,8 @@ class Messaging:
             return
         deadline = time.monotonic() + (ttl / 1000 if ttl else 5.0)
         try:
-            self.send_frame(node_id, frame, deadline)
+            # From the loop, coalesced with this iteration's other frames to
+            # that node (the caller's node reads them in one wake-up).
+            self.send_frame(node_id, frame, deadline, soon=self._loop.in_loop())
         except ZcellError as exc:
             log.debug("zcell: reply %s to %s lost: %s", rid, node_id, exc)

@@ -250,6 +250,10 @@ class Node:
         self.reply = messaging.reply
         #: Send the direct replies coalesced so far (``Messaging.flush_replies``).
         self.flush_replies = messaging.flush_replies
+        #: ``with node.corked():`` (the loop) what this greenlet sends to other
+        #: nodes in the block leaves at its end, one message a node
+        #: (``Messaging.corked``).
+        self.corked = messaging.corked
         news = self._news = DirectoryNews(self.id, self.boot, self.directory, messaging.publish)
         links = MeshLinks(
             types=self._types,

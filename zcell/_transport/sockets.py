@@ -60,6 +60,16 @@ _COPY_BELOW = 65_536  # smaller frames are copied into ZeroMQ, larger ones sent 
 RANDOM_PORTS = (20_000, 60_000)
 
 
+def _later(a: float | None, b: float | None) -> float | None:
+    """The later of two deadlines (None: no deadline, the latest of all)."""
+    return None if a is None or b is None else max(a, b)
+
+
+def _earlier(a: float | None, b: float | None) -> float | None:
+    """The earlier of two deadlines (None: no deadline)."""
+    return b if a is None else a if b is None else min(a, b)
+
+
 def _events(raw: zmq.Socket[bytes]) -> int:
     return int(raw.get(_EVENTS))  # an int for EVENTS
 
@@ -186,6 +196,9 @@ class Socket:
         "_closed",
         "_poke_due",
         "_batch",
+        "_soon",
+        "_soon_deadline",
+        "_late_due",
         "undeliverable",
     )
 
@@ -197,6 +210,9 @@ class Socket:
         self._closed = False
         self._poke_due = False
         self._batch: dict[bytes, list[bytes]] | None = None
+        self._soon: list[bytes] | None = None  # DEALER: frames send_soon holds
+        self._soon_deadline: float | None = None  # the latest of theirs (None: none)
+        self._late_due = False  # a greenlet to send held frames is on its way
         # ROUTER (with ROUTER_MANDATORY): frames send_coalesced could not deliver
         # because their peer was gone or full, dropped and counted here.
         self.undeliverable = 0
@@ -273,17 +289,84 @@ class Socket:
 
     def send(self, data: bytes, deadline: float | None = None) -> None:
         """Send one frame; wait (cooperatively, up to ``deadline``) while the peer is full."""
+        if self._soon is not None:
+            self.flush_soon()  # they go first
         if not self._send_now(data, None):
             self._send_slow(data, deadline, None)
 
     def try_send(self, data: bytes) -> bool:
         """Send without ever waiting (safe in a hub callback); False if it would wait."""
+        if self._soon is not None:
+            self.flush_soon()
         return self._send_now(data, None)
 
     def send_multipart(self, frames: list[bytes], deadline: float | None = None) -> None:
         """Send a multipart message (ROUTER/XPUB envelopes); same waiting as send()."""
+        if self._soon is not None:
+            self.flush_soon()
         if not self._send_now(b"", frames):
             self._send_slow(b"", deadline, frames)
+
+    def send_soon(self, frame: bytes, deadline: float | None) -> bool:
+        """DEALER: hold ``frame`` to leave with the next ones; never waits.
+
+        The frames held so leave together at ``flush_soon``, which the caller
+        calls before the loop next blocks (a hub callback will do), as the parts
+        of one message (up to ``_BATCH_FRAMES``; the receiving node takes each
+        part as a frame of its own): one wake-up of each side's I/O thread and
+        of the peer's reader for a burst instead of one a frame. Held frames go
+        before any frame sent after them (``send`` flushes them first).
+
+        Returns:
+            True when ``frame`` began a new batch (the caller then owes a flush).
+        """
+        soon = self._soon
+        if soon is None:
+            self._soon = [frame]
+            self._soon_deadline = deadline
+            return True
+        self._soon_deadline = _later(self._soon_deadline, deadline)
+        soon.append(frame)
+        if len(soon) >= _BATCH_FRAMES:
+            self.flush_soon()
+        return False
+
+    def flush_soon(self) -> None:
+        """Send the frames ``send_soon`` holds (safe in a hub callback: never waits).
+
+        Frames that cannot leave now (the peer is past its high-water mark, or
+        senders wait for room) stay held, in line before any frame sent after
+        them: every sender that waits for room sends what is held first, and a
+        greenlet does when no other sender comes. Held frames that cannot leave
+        by the latest of their deadlines are dropped and counted in
+        ``undeliverable``.
+        """
+        frames = self._soon
+        if not frames or self._closed:
+            return
+        if self._send_lock is None:
+            self._soon = None
+            try:
+                if self._send_now(b"", frames):
+                    return
+            except ZcellError:
+                self.undeliverable += len(frames)  # closed meanwhile
+                return
+            self._soon = frames  # nothing was sent (a multipart message is atomic)
+            # From now on every sender waits in line (and sends these first).
+            self._send_lock = Semaphore()
+        if not self._late_due:
+            self._late_due = True
+            gevent.spawn(self._send_late)
+
+    def _send_late(self) -> None:
+        """Send what is held once the peer takes it, in line with the other senders."""
+        self._late_due = False
+        if self._soon and not self._closed:
+            try:
+                self._send_slow(None, None, None)
+            except ZcellError:
+                pass  # closed meanwhile: counted where the frames were taken
 
     def _send_now(self, data: bytes, frames: list[bytes] | None) -> bool:
         """The one fast path over zmq: send ``data`` (or the parts ``frames``) at
@@ -360,28 +443,70 @@ class Socket:
             _send(raw, frame, _NOBLOCK_MORE)
         _send(raw, frames[-1], _NOBLOCK)
 
-    def _send_slow(self, data: bytes, deadline: float | None, frames: list[bytes] | None) -> None:
-        """Send once the peer takes it, after the senders queued before (up to ``deadline``)."""
+    def _send_slow(
+        self, data: bytes | None, deadline: float | None, frames: list[bytes] | None
+    ) -> None:
+        """Send once the peer takes it, after the senders queued before (up to
+        ``deadline``); what ``send_soon`` holds goes first. ``data`` None and no
+        ``frames``: only what is held."""
         lock = self._send_lock
         if lock is None:
             lock = self._send_lock = Semaphore()
         # Senders queue on the lock so that messages keep their order.
-        with lock:
-            while True:
-                try:
-                    if frames is None:
-                        self.raw.send(data, _NOBLOCK)
-                    else:
-                        self._put_parts(frames)
-                    break
-                except _AGAIN:
-                    if not _events(self.raw) & _POLLOUT:
-                        self._wait_fd(deadline)
-                except zmq.ZMQError as exc:
-                    raise self._error(exc) from exc
+        lock.acquire()
+        try:
+            if self._soon:
+                self._send_held(deadline)
+            if data is not None or frames is not None:
+                self._send_locked(data or b"", deadline, frames)
+        finally:
+            self._release(lock)
+
+    def _send_held(self, deadline: float | None) -> None:
+        """(Lock held) send what ``send_soon`` holds, waiting up to the earlier of
+        ``deadline`` (the sender in line behind them) and their own."""
+        held, self._soon = self._soon, None
+        assert held is not None
+        own = self._soon_deadline
+        try:
+            while held:
+                self._send_locked(b"", _earlier(own, deadline), held[:_BATCH_FRAMES])
+                del held[:_BATCH_FRAMES]
+        except CallTimeout:
+            if own is not None and time.monotonic() >= own:
+                self.undeliverable += len(held)  # their own time is up
+                log.debug("zcell: %d held frames not sent in time", len(held))
+                return
+            # The sender behind them is out of time: they stay held, first.
+            self._soon = held + self._soon if self._soon else held
+            self._soon_deadline = _later(own, self._soon_deadline)
+            raise
+        except ZcellError:
+            self.undeliverable += len(held)
+            raise
+
+    def _send_locked(self, data: bytes, deadline: float | None, frames: list[bytes] | None) -> None:
+        """Send, waiting for room, with the send lock held."""
+        while True:
+            try:
+                if frames is None:
+                    self.raw.send(data, _NOBLOCK)
+                else:
+                    self._put_parts(frames)
+                return
+            except _AGAIN:
+                if not _events(self.raw) & _POLLOUT:
+                    self._wait_fd(deadline)
+            except zmq.ZMQError as exc:
+                raise self._error(exc) from exc
+
+    def _release(self, lock: Semaphore) -> None:
+        lock.release()
         if not lock.locked() and self._send_lock is lock:
             self._send_lock = None
-        self._poke_reader()  # the waits above read EVENTS
+            if self._soon:
+                self.flush_soon()  # held meanwhile, behind the senders now gone
+        self._poke_reader()  # the waits read EVENTS
 
     def _error(self, exc: zmq.ZMQError) -> ZcellError:
         if exc.errno in (zmq.ENOTSOCK, zmq.ETERM) or self._closed:
@@ -468,6 +593,7 @@ class Socket:
         if self._closed:
             return
         self._closed = True
+        self._soon = None  # the node leaves or the peer is gone: nobody waits for these
         try:
             self._watcher.stop()
             self._watcher.close()

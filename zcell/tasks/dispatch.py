@@ -219,7 +219,9 @@ class Dispatcher:
             self._wake.clear()
             try:
                 self.runtime.pull_revoked()
-                self.pump()
+                # A round's pushes to one worker leave as one message.
+                with self.node.corked():
+                    self.pump()
                 if time.monotonic() - self._forgot_at >= FORGET_EVERY:
                     self.forget_gone()
             except NodeStopped:
