@@ -54,6 +54,10 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
 _BATCH_FRAMES = 256  # frames per coalesced multipart message (send_coalesced)
+# send_soon: held frames leave once this many gathered, not only at the flush, so
+# that the peer starts on the first of a long burst while the rest is made (a
+# worker's outcomes: its submitter pushes the next tasks meanwhile).
+_SOON_FRAMES = 8
 _PEEK = 4  # recv_loop: check EVENTS before each of the first frames of a burst
 _COPY_BELOW = 65_536  # smaller frames are copied into ZeroMQ, larger ones sent zero-copy
 #: The range random TCP ports are bound in (every socket of a node, same range).
@@ -311,8 +315,8 @@ class Socket:
         """DEALER: hold ``frame`` to leave with the next ones; never waits.
 
         The frames held so leave together at ``flush_soon``, which the caller
-        calls before the loop next blocks (a hub callback will do), as the parts
-        of one message (up to ``_BATCH_FRAMES``; the receiving node takes each
+        calls before the loop next blocks (a hub callback will do), or when
+        ``_SOON_FRAMES`` have gathered, as the parts of one message (the receiving node takes each
         part as a frame of its own): one wake-up of each side's I/O thread and
         of the peer's reader for a burst instead of one a frame. Held frames go
         before any frame sent after them (``send`` flushes them first).
@@ -327,7 +331,7 @@ class Socket:
             return True
         self._soon_deadline = _later(self._soon_deadline, deadline)
         soon.append(frame)
-        if len(soon) >= _BATCH_FRAMES:
+        if len(soon) >= _SOON_FRAMES:
             self.flush_soon()
         return False
 
