@@ -640,11 +640,12 @@ class Messaging:
 
     @contextlib.contextmanager
     def corked(self) -> Iterator[None]:
-        """(The loop) hold what this greenlet sends to other nodes until the block
-        ends, then send each node's frames as one message (``Socket.send_soon``).
+        """(The loop) hold what this greenlet sends to other nodes to leave
+        together: a few frames a message, the rest when the block ends
+        (``Socket.send_soon``).
 
         For a burst of requests (the task dispatcher's pushes of one round): the
-        peer reads them in one wake-up. Nothing waits in the block for a full
+        peer reads them in few wake-ups. Nothing waits in the block for a full
         peer; a frame for a node that leaves meanwhile is lost with it, and its
         call fails as every call to that node does.
         """

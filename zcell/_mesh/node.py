@@ -251,7 +251,7 @@ class Node:
         #: Send the direct replies coalesced so far (``Messaging.flush_replies``).
         self.flush_replies = messaging.flush_replies
         #: ``with node.corked():`` (the loop) what this greenlet sends to other
-        #: nodes in the block leaves at its end, one message a node
+        #: nodes in the block leaves together, at its end at the latest
         #: (``Messaging.corked``).
         self.corked = messaging.corked
         news = self._news = DirectoryNews(self.id, self.boot, self.directory, messaging.publish)

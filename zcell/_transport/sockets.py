@@ -314,12 +314,13 @@ class Socket:
     def send_soon(self, frame: bytes, deadline: float | None) -> bool:
         """DEALER: hold ``frame`` to leave with the next ones; never waits.
 
-        The frames held so leave together at ``flush_soon``, which the caller
-        calls before the loop next blocks (a hub callback will do), or when
-        ``_SOON_FRAMES`` have gathered, as the parts of one message (the receiving node takes each
-        part as a frame of its own): one wake-up of each side's I/O thread and
-        of the peer's reader for a burst instead of one a frame. Held frames go
-        before any frame sent after them (``send`` flushes them first).
+        The frames held so leave together, as the parts of one message (the
+        receiving node takes each part as a frame of its own), when
+        ``_SOON_FRAMES`` have gathered or at ``flush_soon``, which the caller
+        calls before the loop next blocks (a hub callback will do): one wake-up
+        of each side's I/O thread and of the peer's reader for a burst instead
+        of one a frame. Held frames go before any frame sent after them
+        (``send`` flushes them first).
 
         Returns:
             True when ``frame`` began a new batch (the caller then owes a flush).
@@ -329,7 +330,9 @@ class Socket:
             self._soon = [frame]
             self._soon_deadline = deadline
             return True
-        self._soon_deadline = _later(self._soon_deadline, deadline)
+        latest = self._soon_deadline  # the later one (None: no deadline) stays
+        if latest is not None and (deadline is None or deadline > latest):
+            self._soon_deadline = deadline
         soon.append(frame)
         if len(soon) >= _SOON_FRAMES:
             self.flush_soon()

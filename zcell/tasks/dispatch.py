@@ -219,7 +219,7 @@ class Dispatcher:
             self._wake.clear()
             try:
                 self.runtime.pull_revoked()
-                # A round's pushes to one worker leave as one message.
+                # A round's pushes to one worker leave together (Socket.send_soon).
                 with self.node.corked():
                     self.pump()
                 if time.monotonic() - self._forgot_at >= FORGET_EVERY:
