@@ -77,8 +77,9 @@ def test_calls_sent_in_a_row_uncorked_still_go_one_by_one(
 
 
 def test_held_frames_keep_their_order_and_arrive_whole_past_the_high_water_mark() -> None:
-    """A flush that finds the peer full hands its frames to a greenlet that sends
-    them first in line: later frames, held or sent at once, come after them."""
+    """A flush that finds the peer full keeps its frames, first in line: later
+    frames, held or sent at once, come after them, and while the peer pushes back
+    ``send_soon`` waits as ``send`` does (back-pressure reaches the sender)."""
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.RCVHWM, 1)
@@ -91,30 +92,38 @@ def test_held_frames_keep_their_order_and_arrive_whole_past_the_high_water_mark(
     pad = b"x" * 200_000  # fills the kernel's buffers in a few messages
     expected: list[bytes] = []
     got: list[bytes] = []
-    try:
-        wait_until(lambda: raw.getsockopt(zmq.EVENTS) & zmq.POLLOUT, 5, "the connection")
+    pushed_back: list[int] = []  # the batches after which the peer pushed back
+    held: list[int] = []  # frames held after each batch
+
+    def send() -> None:
         for k in range(12):
             for i in range(3):
                 frame = b"%d-%d " % (k, i) + pad
                 expected.append(frame)
                 dealer.send_soon(frame, None)
             dealer.flush_soon()
-        assert dealer._send_lock is not None, "the peer never got full: the test proves nothing"
+            if dealer._send_lock is not None:
+                pushed_back.append(k)
+            held.append(len(dealer._soon or ()))
+        expected.append(b"last")
+        dealer.send(b"last", None)
 
-        def read() -> None:
-            while not got or got[-1] != b"last":
-                try:
-                    parts = router.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    gevent.sleep(0.001)
-                    continue
-                got.extend(parts[1:])
+    def read() -> None:
+        gevent.sleep(0.3)  # the sender meets a full peer first
+        while not got or got[-1] != b"last":
+            try:
+                parts = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                gevent.sleep(0.001)
+                continue
+            got.extend(parts[1:])
 
+    try:
+        wait_until(lambda: raw.getsockopt(zmq.EVENTS) & zmq.POLLOUT, 5, "the connection")
         with gevent.Timeout(20 * SLOW):
-            reader = gevent.spawn(read)
-            dealer.send(b"last", None)  # in line behind the late senders
-            expected.append(b"last")
-            gevent.joinall([reader], raise_error=True)
+            gevent.joinall([gevent.spawn(send), gevent.spawn(read)], raise_error=True)
+        assert pushed_back, "the peer never got full: the test proves nothing"
+        assert max(held) <= sockets._SOON_FRAMES, held  # the sender waited, not held more
         assert got == expected
         assert dealer.undeliverable == 0
     finally:

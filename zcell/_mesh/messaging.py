@@ -152,7 +152,8 @@ class Messaging:
         With ``callback=True`` (inside a hub callback) it never waits: it returns
         False when the frame must be sent from a greenlet instead. With
         ``soon=True``, or from a greenlet in ``corked()``, the frame leaves with
-        the others held for that node, before the loop next blocks.
+        the others held for that node, before the loop next blocks (while that
+        node pushes back it waits in line instead, as a plain send does).
         """
         if node_id == self._id:
             self._stats["messages_out"] += 1
@@ -389,9 +390,10 @@ class Messaging:
         return port if _get_hub() is None or hub_here() is None else None
 
     def _send_one(self, node_id: str, frame: bytes, deadline: float, in_loop: bool) -> None:
-        """Send a frame from whichever thread we are in (see the module doc)."""
+        """Send a fire-and-forget frame from whichever thread we are in (see the
+        module doc); from the loop, with the others it sends that node soon."""
         if in_loop:
-            self.send_frame(node_id, frame, deadline)
+            self.send_frame(node_id, frame, deadline, soon=True)
             return
         port = self._own_port(node_id)
         if port is not None:

@@ -312,7 +312,7 @@ class Socket:
             self._send_slow(b"", deadline, frames)
 
     def send_soon(self, frame: bytes, deadline: float | None) -> bool:
-        """DEALER: hold ``frame`` to leave with the next ones; never waits.
+        """DEALER: hold ``frame`` to leave with the next ones.
 
         The frames held so leave together, as the parts of one message (the
         receiving node takes each part as a frame of its own), when
@@ -320,11 +320,21 @@ class Socket:
         calls before the loop next blocks (a hub callback will do): one wake-up
         of each side's I/O thread and of the peer's reader for a burst instead
         of one a frame. Held frames go before any frame sent after them
-        (``send`` flushes them first).
+        (``send`` flushes them first). While the peer pushes back (held frames
+        could not leave, or senders wait for room) it waits in line as ``send``
+        does, up to ``deadline``: back-pressure reaches the sender, and what is
+        held stays a few frames.
 
         Returns:
             True when ``frame`` began a new batch (the caller then owes a flush).
+
+        Raises:
+            CallTimeout: the peer took nothing before ``deadline``.
+            TransportClosed: the socket was closed meanwhile.
         """
+        if self._send_lock is not None:
+            self._send_slow(frame, deadline, None)  # what is held goes first
+            return False
         soon = self._soon
         if soon is None:
             self._soon = [frame]
@@ -346,7 +356,8 @@ class Socket:
         them: every sender that waits for room sends what is held first, and a
         greenlet does when no other sender comes. Held frames that cannot leave
         by the latest of their deadlines are dropped and counted in
-        ``undeliverable``.
+        ``undeliverable`` (their senders did not wait: the peer took the frames
+        before theirs).
         """
         frames = self._soon
         if not frames or self._closed:
