@@ -390,10 +390,9 @@ class Messaging:
         return port if _get_hub() is None or hub_here() is None else None
 
     def _send_one(self, node_id: str, frame: bytes, deadline: float, in_loop: bool) -> None:
-        """Send a fire-and-forget frame from whichever thread we are in (see the
-        module doc); from the loop, with the others it sends that node soon."""
+        """Send a frame from whichever thread we are in (see the module doc)."""
         if in_loop:
-            self.send_frame(node_id, frame, deadline, soon=True)
+            self.send_frame(node_id, frame, deadline)
             return
         port = self._own_port(node_id)
         if port is not None:
