@@ -646,9 +646,9 @@ class Messaging:
         (``Socket.send_soon``).
 
         For a burst of requests (the task dispatcher's pushes of one round): the
-        peer reads them in few wake-ups. Nothing waits in the block for a full
-        peer; a frame for a node that leaves meanwhile is lost with it, and its
-        call fails as every call to that node does.
+        peer reads them in few wake-ups. A send to a peer that pushes back waits
+        in line, as a plain send does; a frame for a node that leaves meanwhile
+        is lost with it, and its call fails as every call to that node does.
         """
         if self._corked is not None:  # already held (or another greenlet's): as usual
             yield

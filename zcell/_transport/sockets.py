@@ -293,21 +293,15 @@ class Socket:
 
     def send(self, data: bytes, deadline: float | None = None) -> None:
         """Send one frame; wait (cooperatively, up to ``deadline``) while the peer is full."""
-        if self._soon is not None:
-            self.flush_soon()  # they go first
         if not self._send_now(data, None):
             self._send_slow(data, deadline, None)
 
     def try_send(self, data: bytes) -> bool:
         """Send without ever waiting (safe in a hub callback); False if it would wait."""
-        if self._soon is not None:
-            self.flush_soon()
         return self._send_now(data, None)
 
     def send_multipart(self, frames: list[bytes], deadline: float | None = None) -> None:
         """Send a multipart message (ROUTER/XPUB envelopes); same waiting as send()."""
-        if self._soon is not None:
-            self.flush_soon()
         if not self._send_now(b"", frames):
             self._send_slow(b"", deadline, frames)
 
@@ -320,7 +314,7 @@ class Socket:
         calls before the loop next blocks (a hub callback will do): one wake-up
         of each side's I/O thread and of the peer's reader for a burst instead
         of one a frame. Held frames go before any frame sent after them
-        (``send`` flushes them first). While the peer pushes back (held frames
+        (every send flushes them first). While the peer pushes back (held frames
         could not leave, or senders wait for room) it waits in line as ``send``
         does, up to ``deadline``: back-pressure reaches the sender, and what is
         held stays a few frames.
@@ -389,7 +383,10 @@ class Socket:
     def _send_now(self, data: bytes, frames: list[bytes] | None) -> bool:
         """The one fast path over zmq: send ``data`` (or the parts ``frames``) at
         once, unless senders are queued (they keep their order) or the peer is
-        full; False then, and nothing was sent."""
+        full; False then, and nothing was sent. What ``send_soon`` holds goes
+        first (``flush_soon`` calls this with nothing held)."""
+        if self._soon is not None:
+            self.flush_soon()
         if self._send_lock is not None:
             return False
         try:
