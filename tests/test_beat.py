@@ -166,7 +166,6 @@ def test_with_three_candidates_a_killed_leader_loses_no_tick_and_doubles_none(
     assert _status(observer, "b2")["caught_up"] >= 1  # sent late, not skipped
 
 
-@pytest.mark.xfail(strict=True, reason="a paused leader comes back leading: fixed next")
 def test_a_leader_paused_long_enough_to_be_thought_dead_doubles_no_tick(
     procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path
 ) -> None:

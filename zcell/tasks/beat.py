@@ -12,6 +12,13 @@ Quorum: each candidate remembers the candidates it last knew (``known``); a
 graceful leave (``leave``) removes one, a crash does not. The leader sends only
 while it sees ``beat_quorum`` of them (default: a majority); while it does, the
 dead ones are forgotten. See docs/beat.md.
+
+Leases: the leader sends only while enough of the others (with itself, the
+quorum) have told it, within the last ``LEASE_HEARTBEATS`` heartbeats, that
+they take it for the leader; a candidate that told one leader so says it to no
+other until that lease ends, and does not lead meanwhile. A leader that was
+paused (a long GC, a stalled host) or cut off one way therefore stops before
+another can lead, instead of sending the ticks its successor sent.
 """
 
 from __future__ import annotations
@@ -46,6 +53,10 @@ ROUND = 0.1
 DETECT_HEARTBEATS = 3.0
 #: Seconds a candidate waits for another's answer (its known set, the ran ticks).
 ASK_TIMEOUT = 2.0
+#: Heartbeats a lease lasts: shorter than a crash takes to be noticed
+#: (``DETECT_HEARTBEATS``), so that the others' leases to a dead leader have ended
+#: by the time they see it down.
+LEASE_HEARTBEATS = 2.5
 #: The namespace of the tick ids (uuid5 of app, entry and due time).
 TICK_NAMESPACE = uuid.UUID("6f1d1e3c-8f0a-4a53-9d7e-2b9f4a6c1e15")
 #: The keys of a beat_schedule entry.
@@ -150,6 +161,11 @@ class BeatCandidate(Actor):
             """The candidates this one last knew (the quorum's basis)."""
             return sorted(_beat_of(self.node).known)
 
+        def lease(self, name: str, node: str) -> bool:
+            """Candidate ``name`` (node id ``node``) asks to lead for a lease:
+            True if this one takes it for the leader and leased to no other."""
+            return _beat_of(self.node).grant(str(name), str(node))
+
         def on_stop(self) -> None:
             """The node stops: the beat's greenlet ends now, in the loop's thread
             (one still suspended when that thread ends keeps the node)."""
@@ -214,6 +230,13 @@ class Beat:
         self.handed: dict[str, float] = {}  # entry -> due time the leader last sent
         self.sent = 0
         self.caught_up = 0
+        # Leases (monotonic seconds, each side's own clock): the one this candidate
+        # gave (name, node id, until), and those it holds from others (name -> until,
+        # counted from before it asked, so it ends here first).
+        self.lease_to: tuple[str, str, float] | None = None
+        self.leases: dict[str, float] = {}
+        self._renewing = False
+        self._unleased_since: float | None = None
         self._greenlet: Any = None
 
     # -- lifecycle (any thread) ---------------------------------------------
@@ -245,6 +268,7 @@ class Beat:
             self._greenlet.kill(block=False)
         self.node.control.remove("beat")
         cursors = self._cursors() if self.leading else {}
+        self.leading, self.leases = False, {}
         self._tell("leave", {"name": self.me, "node": self.node.id, "cursors": cursors})
 
     def _tell(self, method: str, kwargs: dict[str, Any]) -> None:
@@ -296,8 +320,13 @@ class Beat:
                 f"it last knew ({', '.join(missing)} unreachable) and needs {need} "
                 "(beat_quorum); the other side of a partition may hold the majority",
             )
-        else:
+        elif self._leased(need):
+            self._unleased_since = None
             self._lead(now)
+        else:  # leases asked; or one this candidate gave has not ended yet
+            since = self._unleased_since = self._unleased_since or now
+            waited = now - since > self.lease_length()
+            self._follow(now, self._no_lease(need) if waited else None)
 
     def _live(self) -> dict[str, ActorProxy | None]:
         """The live candidates by node name (those that left excluded), self included."""
@@ -338,6 +367,81 @@ class Beat:
             for name, ref in self.live.items()
         )
 
+    # -- leases (loop thread) -------------------------------------------------
+
+    def lease_length(self) -> float:
+        """Seconds a lease lasts (``LEASE_HEARTBEATS`` of this node's heartbeats)."""
+        return LEASE_HEARTBEATS * float(self.node.heartbeat)
+
+    def grant(self, name: str, node_id: str) -> bool:
+        """Lease ``name`` the lead if this candidate takes it for the leader and
+        leased to no other now (a lease ends, or its holder leaves, before another
+        is given)."""
+        now = time.monotonic()
+        ref = self.live.get(name)
+        if name == self.me or name != self.leader or ref is None or ref.node_id != node_id:
+            return False
+        given = self.lease_to
+        if given is not None and given[:2] != (name, node_id) and given[2] > now:
+            return False
+        self.lease_to = (name, node_id, now + self.lease_length())
+        if self.leading:  # it leads no more (the next round says so too)
+            self._follow(time.time(), None)
+        return True
+
+    def _leased(self, need: int) -> bool:
+        """Whether this candidate may send now: it leased the lead to no other, and
+        ``need - 1`` of the others hold it for the leader (their leases, unexpired).
+        Asks again for leases with less than two thirds of their length left (one
+        asker at a time), so that a slow answer still comes before they end."""
+        now = time.monotonic()
+        given = self.lease_to
+        if given is not None and given[0] != self.me and given[2] > now:
+            return False
+        others = [n for n in self.live if n != self.me and n in self.known]
+        held = sum(1 for n in others if self.leases.get(n, 0.0) > now)
+        soon = now + self.lease_length() * 2 / 3
+        if not self._renewing and any(self.leases.get(n, 0.0) <= soon for n in others):
+            self._renewing = True
+            gevent.spawn(self._renew, others)
+        return held + 1 >= need
+
+    def _renew(self, names: list[str]) -> None:
+        """Ask ``names`` for a lease, all at once; keep the answers."""
+        try:
+            asked = time.monotonic()
+            ask = {"name": self.me, "node": self.node.id}
+            wait = self.lease_length()  # a later answer would come with its lease over
+            calls = []
+            for name in names:
+                ref = self.live.get(name)
+                if ref is not None:
+                    calls.append((name, ref.call("lease", ask, timeout=wait)))
+            for name, result in calls:
+                try:
+                    ok = result.get(timeout=wait)
+                except ZcellError:
+                    ok = False
+                if ok is True:
+                    self.leases[name] = asked + self.lease_length()
+                else:
+                    self.leases.pop(name, None)
+        finally:
+            self._renewing = False
+
+    def _no_lease(self, need: int) -> str:
+        """Why this candidate, the leader by name, does not send (no lease yet)."""
+        now = time.monotonic()
+        given = self.lease_to
+        if given is not None and given[0] != self.me and given[2] > now:
+            return f"beat paused on {self.me}: it has leased the lead to {given[0]} (until it ends)"
+        holding = sorted(n for n, until in self.leases.items() if until > now)
+        return (
+            f"beat paused on {self.me}: {len(holding)} other candidate(s) hold it for the "
+            f"leader ({', '.join(holding) or 'none'}) and it needs {need - 1} (leases); "
+            "the others may see another leader, or not hear this one"
+        )
+
     def quorum(self) -> int:
         """Candidates needed to send: ``beat_quorum``, default a majority of ``known``."""
         fixed = self.app.conf.beat_quorum
@@ -347,6 +451,9 @@ class Beat:
         """A candidate left: it no longer counts, and no longer leads."""
         self.left[name] = node_id
         self.known.discard(name)
+        self.leases.pop(name, None)
+        if self.lease_to is not None and self.lease_to[:2] == (name, node_id):
+            self.lease_to = None  # it sends no more: the next may lead at once
         log.info("zcell beat: candidate %s left", name)
 
     def _follow(self, now: float, paused: str | None) -> None:
@@ -371,10 +478,10 @@ class Beat:
             for due in entry.schedule.due(entry.cursor, now, tz):
                 if due <= self.settle_until:
                     catch.append((entry, due))
-                else:
-                    self._send(entry, due)
+                elif not self._send(entry, due):
+                    break  # the lease ended: a new lead starts over (_take_over)
             entry.cursor = now
-        if catch:
+        if catch and self.leading:
             self._catch_up(catch)
         if self.sent != sent:
             self._tell("sent", {"cursors": self._cursors()})
@@ -413,8 +520,9 @@ class Beat:
         ran = self._ran(list(ids))
         for tick_id, (entry, due) in ids.items():
             if tick_id not in ran:
+                if not self._send(entry, due):
+                    return  # the lease ended while the mesh was asked
                 self.caught_up += 1
-                self._send(entry, due)
         log.info("zcell beat: caught up on %d tick(s) of %d", len(ids) - len(ran), len(ids))
 
     def _ran(self, ids: list[str]) -> set[str]:
@@ -433,7 +541,12 @@ class Beat:
             log.warning("zcell beat: cannot ask the mesh which ticks ran: %s", exc)
         return found
 
-    def _send(self, entry: BeatEntry, due: float) -> None:
+    def _send(self, entry: BeatEntry, due: float) -> bool:
+        """Send one tick, if this candidate still holds the lead (checked at each
+        tick: a round may outlast a lease); False when it does not."""
+        if not self.leading or not self._leased(self.quorum()):
+            self._follow(time.time(), None)
+            return False
         app = self.app.main or "__main__"
         try:
             self.app.send_task(
@@ -442,9 +555,10 @@ class Beat:
             )  # fmt: skip
         except (ZcellError, TypeError) as exc:
             log.error("zcell beat: cannot send %s (%s): %s", entry.name, entry.task, exc)
-            return
+            return True
         entry.last = due
         self.sent += 1
+        return True
 
     # -- visibility ----------------------------------------------------------
 
@@ -462,6 +576,7 @@ class Beat:
             "quorum": self.quorum(),
             "sent": self.sent,
             "caught_up": self.caught_up,
+            "leases": sorted(n for n, until in self.leases.items() if until > time.monotonic()),
             "entries": [e.describe(tz, now, self.handed.get(e.name)) for e in self.entries],
         }
 
