@@ -233,6 +233,12 @@ def test_status_marks_the_beat_leader_and_the_beat_control_op_shows_the_schedule
 
     _, observer, path = _candidates(procs, make_node, monkeypatch, tmp_path, ["b1", "b2"])
     wait_until(lambda: _status(observer, "b1")["sent"] > 0, 5 * SLOW, "a tick")
+    # b2's arrival grows the quorum to two: b1 leads again once b2 gave it a lease.
+    wait_until(
+        lambda: _leads(observer, "b1") and _status(observer, "b1")["leases"] == ["b2"],
+        5 * SLOW,
+        "b1 to lead with b2's lease",
+    )
     inbox = next(n for n in observer.nodes() if n["name"] == "b1")["endpoints"]["inbox"]
     cluster = observer.cluster
     code, out, _ = run_cli(capsys, "status", "--cluster", cluster, "--no-mdns", "--peer", inbox)

@@ -53,10 +53,11 @@ ROUND = 0.1
 DETECT_HEARTBEATS = 3.0
 #: Seconds a candidate waits for another's answer (its known set, the ran ticks).
 ASK_TIMEOUT = 2.0
-#: Heartbeats a lease lasts: shorter than a crash takes to be noticed
-#: (``DETECT_HEARTBEATS``), so that the others' leases to a dead leader have ended
-#: by the time they see it down.
-LEASE_HEARTBEATS = 2.5
+#: Heartbeats a lease lasts: about what a crash takes to be noticed
+#: (``DETECT_HEARTBEATS``), so that the others' leases to a dead leader end about
+#: when they see it down; renewed every heartbeat, so that a slow answer (two
+#: heartbeats late) does not cost the leader its lead.
+LEASE_HEARTBEATS = 3.0
 #: The namespace of the tick ids (uuid5 of app, entry and due time).
 TICK_NAMESPACE = uuid.UUID("6f1d1e3c-8f0a-4a53-9d7e-2b9f4a6c1e15")
 #: The keys of a beat_schedule entry.
