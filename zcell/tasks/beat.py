@@ -399,6 +399,8 @@ class Beat:
         given = self.lease_to
         if given is not None and given[0] != self.me and given[2] > now:
             return False
+        if need <= 1:
+            return True  # a quorum of one (beat_quorum = 1): no lease asked, none needed
         others = [n for n in self.live if n != self.me and n in self.known]
         held = sum(1 for n in others if self.leases.get(n, 0.0) > now)
         soon = now + self.lease_length() * 2 / 3
