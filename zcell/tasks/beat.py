@@ -162,10 +162,15 @@ class BeatCandidate(Actor):
             """The candidates this one last knew (the quorum's basis)."""
             return sorted(_beat_of(self.node).known)
 
-        def lease(self, name: str, node: str) -> bool:
+        def lease(self, name: str, node: str) -> dict[str, Any]:
             """Candidate ``name`` (node id ``node``) asks to lead for a lease:
-            True if this one takes it for the leader and leased to no other."""
-            return _beat_of(self.node).grant(str(name), str(node))
+            ``ok`` if this one takes it for the leader and leased to no other;
+            with it, ``handed``: how far each entry's ticks were sent, as far as
+            this one knows (it may have heard from a leader the asker never saw)."""
+            beat = _beat_of(self.node)
+            if not beat.grant(str(name), str(node)):
+                return {"ok": False}
+            return {"ok": True, "handed": beat.reported()}
 
         def on_stop(self) -> None:
             """The node stops: the beat's greenlet ends now, in the loop's thread
@@ -283,6 +288,14 @@ class Beat:
 
     def _cursors(self) -> dict[str, float]:
         return {e.name: e.last for e in self.entries if e.last is not None}
+
+    def reported(self) -> dict[str, float]:
+        """How far each entry's ticks were sent, by this candidate or as leaders
+        reported (``sent``, ``leave``) to it."""
+        cursors = dict(self.handed)
+        for name, due in self._cursors().items():
+            cursors[name] = max(due, cursors.get(name, due))
+        return cursors
 
     def progress(self, cursors: Any) -> None:
         """Where the leader is: a successor catches up from there, not earlier."""
@@ -422,11 +435,15 @@ class Beat:
                     calls.append((name, ref.call("lease", ask, timeout=wait)))
             for name, result in calls:
                 try:
-                    ok = result.get(timeout=wait)
+                    answer = result.get(timeout=wait)
                 except ZcellError:
-                    ok = False
-                if ok is True:
+                    answer = None
+                if isinstance(answer, dict) and answer.get("ok") is True:
                     self.leases[name] = asked + self.lease_length()
+                    # A leader this one never heard from (it came back from a
+                    # stall, or joined) may have sent ticks: the candidates that
+                    # leased to that one heard how far, and a quorum overlaps.
+                    self.progress(answer.get("handed"))
                 else:
                     self.leases.pop(name, None)
         finally:
