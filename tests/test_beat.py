@@ -73,6 +73,15 @@ def _status(observer: Any, name: str) -> dict[str, Any]:
     return status
 
 
+def _b2_takes_over(started: dict[str, Any], observer: Any, sig: int) -> None:
+    """Two ticks in, signal the leader b1 with ``sig``; wait for b2 to lead, and
+    for three more ticks."""
+    time.sleep(2 * EVERY)
+    started["b1"].send_signal(sig)
+    wait_until(lambda: _status(observer, "b2")["leading"], 5 * SLOW, "b2 to lead")
+    time.sleep(3 * EVERY)
+
+
 def _leads(observer: Any, name: str) -> bool:
     """Whether candidate ``name`` leads (False while the observer does not list it)."""
     try:
@@ -156,10 +165,7 @@ def test_with_three_candidates_a_killed_leader_loses_no_tick_and_doubles_none(
         procs, make_node, monkeypatch, tmp_path, ["b1", "b2", "b3"]
     )
     since = time.time()
-    time.sleep(2 * EVERY)
-    started["b1"].kill(signal.SIGKILL)
-    wait_until(lambda: _status(observer, "b2")["leading"], 5 * SLOW, "b2 to lead")
-    time.sleep(3 * EVERY)
+    _b2_takes_over(started, observer, signal.SIGKILL)
     until = time.time() - 1.0
     _once_each(path, since, until)
     assert _status(observer, "b3")["leader"] == "b2"
@@ -175,11 +181,8 @@ def test_a_leader_paused_long_enough_to_be_thought_dead_doubles_no_tick(
         procs, make_node, monkeypatch, tmp_path, ["b1", "b2", "b3"]
     )
     since = time.time()
-    time.sleep(2 * EVERY)
-    started["b1"].send_signal(signal.SIGSTOP)
     try:
-        wait_until(lambda: _status(observer, "b2")["leading"], 5 * SLOW, "b2 to lead")
-        time.sleep(3 * EVERY)
+        _b2_takes_over(started, observer, signal.SIGSTOP)
     finally:
         started["b1"].send_signal(signal.SIGCONT)
     wait_until(lambda: _leads(observer, "b1"), 10 * SLOW, "b1 to lead again")
