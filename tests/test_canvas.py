@@ -241,6 +241,16 @@ def test_a_malformed_or_unknown_chord_report_is_a_counted_drop(workers: Workers)
     assert t.add.delay(1, 1).get(timeout=T) == 2  # the worker lives on
 
 
+def test_a_chord_start_with_malformed_member_ids_is_refused(workers: Workers) -> None:
+    (w,) = workers(1)
+    agent = next(a for a in w.node.actors(AGENT_TYPE) if a.node_id == w.node.id)
+    start = {"id": "c1", "n": 2, "body": {"task": "zcell_test_tasks.xsum"}, "root_id": "c1"}
+    for ids in (["only-one"], "ab", [1, 2]):
+        with pytest.raises(RemoteError, match="one task id per member"):
+            agent.send("chord_start", dict(start, ids=ids), timeout=T)
+    assert agent.send("chord_start", dict(start, ids=["a", "b"]), timeout=T) is None
+
+
 # -- groups ---------------------------------------------------------------------------
 
 

@@ -54,7 +54,6 @@ def _worker(mesh: Mesh, i: int, cluster: str, queue: str, peer: str | None) -> t
     return proc, inbox
 
 
-@pytest.mark.xfail(strict=True, reason="the chord hangs: fixed next")
 def test_a_chord_whose_report_was_lost_completes_when_the_coordinator_asks(
     mesh3: Mesh, tmp_path: Path
 ) -> None:

@@ -114,11 +114,26 @@ class TaskAgent(Actor):
                 raise ProtocolError("a task outcome is a map")
             self._runtime().dispatcher.pushed(str(id), record)
 
-        def chord_start(self, id: str, n: int, body: dict[str, Any], root_id: str) -> None:  # noqa: A002
-            """Open chord ``id`` of ``n`` header members here (this node coordinates it)."""
+        def chord_start(
+            self,
+            id: str,  # noqa: A002
+            n: int,
+            body: dict[str, Any],
+            root_id: str,
+            ids: list[str] | None = None,
+        ) -> None:
+            """Open chord ``id`` of ``n`` header members here (this node coordinates
+            it); ``ids``: each member's reporting task id (to ask the mesh for an
+            outcome whose report was lost)."""
             if not isinstance(body, dict) or int(n) < 1:
                 raise ProtocolError("chord_start needs a body map and n >= 1")
-            chords_of(self._runtime()).start(str(id), int(n), body, str(root_id))
+            if ids is not None and (
+                not isinstance(ids, list)
+                or len(ids) != int(n)
+                or not all(isinstance(i, str) for i in ids)
+            ):
+                raise ProtocolError("chord_start's ids must list one task id per member")
+            chords_of(self._runtime()).start(str(id), int(n), body, str(root_id), ids)
 
         def chord_wait(self, id: str) -> dict[str, Any]:  # noqa: A002
             """Return once chord ``id`` completed (held by its submitter, so that the

@@ -9,6 +9,12 @@ the body with the members' results in order. A member that fails (or is
 revoked, or lost with its worker) fails the chord at once: the body fails
 with ``ChordError`` naming the member, and the body's ``link_error`` is sent.
 
+A report can be lost: the member's worker cut off from the coordinator for
+longer than a report waits to be sent (``followup.MEET_WAIT``). So a chord that
+has heard nothing for ``RECHECK`` seconds asks the mesh's task agents for the
+outcomes of the members it misses (the submitter sent their task ids with
+``chord_start``); the worker that ran one keeps its record (``result_expires``).
+
 The submitter also holds one long call, ``chord_wait``, at the coordinator: if
 the coordinator's node dies, the call fails at once (``NodeDown``) and the
 body fails with ``ChordError`` saying so, instead of hanging. Since the
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -30,7 +37,7 @@ from .followup import fail_signature, failure
 from .groupresult import GroupResult
 from .routing import queue_actor_name, route
 from .runtime import AGENT_TYPE
-from .states import FAILURE, SUCCESS
+from .states import FAILURE, READY_STATES, SUCCESS
 
 if TYPE_CHECKING:
     from ..actors.proxy import ActorProxy
@@ -53,6 +60,16 @@ CONSUMER_WAIT = 2.0
 #: Node statistics() counter of chord reports that were dropped (unknown chord,
 #: bad index, malformed).
 DROPPED_PARTS = "chord_parts_dropped"
+#: Seconds an open chord hears no report before it asks the mesh for the outcomes
+#: of the members it misses; and between two such asks.
+RECHECK = 5.0
+#: Seconds to wait for the task agents' answers to one ask.
+ASK_TIMEOUT = 5.0
+#: Member ids asked about in one ``query`` to each agent.
+ASK_BATCH = 500
+#: Node statistics() counter of members a coordinator learnt by asking the mesh
+#: (their reports were lost).
+ASKED_PARTS = "chord_parts_asked"
 
 
 # -- the submitter's side ---------------------------------------------------------
@@ -86,9 +103,10 @@ def start_chord(
     lasts = [member.last() for member in members]  # a group member raises TypeError here
     body_result = body.result(app, runtime)
     coordinator = _coordinator(app, runtime, body.task)
+    ids = [last.freeze() for last in lasts]  # the reporting task of each member
     coordinator.send(
         "chord_start",
-        {"id": gid, "n": len(members), "body": dict(body), "root_id": root},
+        {"id": gid, "n": len(members), "body": dict(body), "root_id": root, "ids": ids},
         timeout=START_TIMEOUT,
     )
     _watch_coordinator(runtime, coordinator, gid, body)
@@ -162,14 +180,18 @@ def _watch_coordinator(
 class _Chord:
     """One open chord: its body and the header results so far."""
 
-    def __init__(self, n: int, body: dict[str, Any], root_id: str) -> None:
+    def __init__(
+        self, n: int, body: dict[str, Any], root_id: str, ids: list[str] | None = None
+    ) -> None:
         self.n = n
         self.body = body
         self.root_id = root_id
+        self.ids = ids  # each member's reporting task id (None: its submitter did not say)
         self.values: list[Any] = [None] * n
         self.got: set[int] = set()
         self.done = Event()
         self.outcome: dict[str, Any] = {"s": SUCCESS}
+        self.heard = time.monotonic()  # the last report, or the last ask
 
 
 class Chords:
@@ -178,9 +200,18 @@ class Chords:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.open: dict[str, _Chord] = {}
+        self._asker: gevent.Greenlet | None = None
 
-    def start(self, chord_id: str, n: int, body: dict[str, Any], root_id: str) -> None:
-        """Open a chord of ``n`` members whose body is ``body``.
+    def start(
+        self,
+        chord_id: str,
+        n: int,
+        body: dict[str, Any],
+        root_id: str,
+        ids: list[str] | None = None,
+    ) -> None:
+        """Open a chord of ``n`` members whose body is ``body`` (``ids``: the
+        members' reporting task ids, to ask the mesh for outcomes not reported).
 
         Raises:
             ChordError: This node already coordinates ``result_max_records``
@@ -192,7 +223,9 @@ class Chords:
                 f"node {self.runtime.node.name} coordinates {len(self.open)} open chords "
                 "(result_max_records): wait for some to complete, or start more workers"
             )
-        self.open.setdefault(chord_id, _Chord(n, body, root_id))
+        self.open.setdefault(chord_id, _Chord(n, body, root_id, ids))
+        if ids is not None and (self._asker is None or self._asker.dead):
+            self._asker = gevent.spawn(self._ask_while_open)
 
     def wait(self, chord_id: str) -> dict[str, Any]:
         """Block until the chord completes: ``{"s": "SUCCESS"}`` once the body
@@ -211,6 +244,7 @@ class Chords:
         if chord is None or not 0 <= index < chord.n or index in chord.got:
             self._drop(f"chord {chord_id} part {index}: unknown chord, bad or repeated index")
             return
+        chord.heard = time.monotonic()
         if state == SUCCESS:
             chord.values[index] = value
             chord.got.add(index)
@@ -226,6 +260,60 @@ class Chords:
                 f"{state}: {reason}; the body {chord.body.get('task')} does not run"
             ),
         )
+
+    def stop(self) -> None:
+        """(Loop thread, the node stopping) end the greenlet that asks about chords."""
+        asker, self._asker = self._asker, None
+        if asker is not None:
+            asker.kill(block=True, timeout=1.0)
+
+    def _ask_while_open(self) -> None:
+        """(A greenlet while chords are open) ask about the chords that have heard
+        nothing for ``RECHECK`` seconds."""
+        while any(chord.ids is not None for chord in self.open.values()):
+            gevent.sleep(RECHECK / 2)
+            now = time.monotonic()
+            for chord_id, chord in list(self.open.items()):
+                if chord.ids is not None and now - chord.heard >= RECHECK:
+                    chord.heard = now
+                    try:
+                        self._ask(chord_id, chord)
+                    except Exception:  # noqa: BLE001 - the next round asks again
+                        log.exception("zcell: could not ask the mesh about chord %s", chord_id)
+
+    def _ask(self, chord_id: str, chord: _Chord) -> None:
+        """Ask every task agent for the outcomes of the members not reported; take
+        the final ones as their reports (a member still running is not one)."""
+        assert chord.ids is not None and self.runtime.agent is not None
+        missing = {chord.ids[i]: i for i in range(chord.n) if i not in chord.got}
+        wanted = list(missing)
+        for start in range(0, len(wanted), ASK_BATCH):
+            replies = self.runtime.agent.scatter(
+                "query", {"ids": wanted[start : start + ASK_BATCH]},
+                timeout=ASK_TIMEOUT, propagate=False,
+            )  # fmt: skip
+            for reply in replies:
+                for task_id, record in reply.items() if isinstance(reply, dict) else ():
+                    index = missing.get(task_id)
+                    if (
+                        index is None
+                        or not isinstance(record, dict)
+                        or record.get("s") not in READY_STATES
+                        or self.open.get(chord_id) is not chord
+                        or index in chord.got
+                    ):
+                        continue
+                    stats = self.runtime.node.stats
+                    stats[ASKED_PARTS] = stats.get(ASKED_PARTS, 0) + 1
+                    log.warning(
+                        "zcell: chord %s: member %d's report never came; its outcome was "
+                        "asked of the mesh",
+                        chord_id, index,
+                    )  # fmt: skip
+                    self.part(
+                        chord_id, index, task_id, str(record["s"]), record.get("v"),
+                        record.get("e"), str(record.get("name")),
+                    )  # fmt: skip
 
     def _drop(self, why: str) -> None:
         stats = self.runtime.node.stats
