@@ -277,6 +277,17 @@ def start_zcell_worker(
     return proc, inbox
 
 
+def in_host(host: Any) -> Callable[[list[str]], Any]:
+    """A ``procs``-like starter for a host of a network-namespace mesh
+    (tests/netns.py): ``zcell ...`` runs there as ``python -m zcell ...`` with the
+    tests' environment, and the mesh kills it at teardown."""
+
+    def start(argv: list[str]) -> Any:
+        return host.popen([sys.executable, "-m", *argv], env=child_env())
+
+    return start
+
+
 def start_beat_worker(
     procs: Callable[..., Any], name: str, cluster: str, peer: str | None = None
 ) -> tuple[Any, str]:

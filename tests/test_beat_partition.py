@@ -4,14 +4,13 @@ side, which held the leader, stops and says why."""
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SLOW, child_env, wait_until
-from netns import Mesh, Proc, mesh_fixture, nft_available
+from conftest import SLOW, in_host, start_zcell_worker, wait_until
+from netns import Mesh, mesh_fixture, nft_available
 
 pytestmark = pytest.mark.netns
 
@@ -25,15 +24,14 @@ def _ran(path: Path) -> list[tuple[str, str]]:
     return [(line.split()[0], line.split()[1]) for line in lines]
 
 
-def _candidate(mesh: Mesh, i: int, cluster: str, peer: str | None) -> tuple[Proc, str]:
+def _candidate(mesh: Mesh, i: int, cluster: str, peer: str | None) -> tuple[Any, str]:
+    """``zcell worker -B -A zcell_test_beat`` on host ``i``: (proc, inbox)."""
     host = mesh.hosts[i]
-    argv = [sys.executable, "-m", "zcell", "worker", "-B", "-A", "zcell_test_beat", "-c", "4"]
-    argv += ["--host", host.address, "--cluster", cluster, "--name", f"b{i}"]
-    argv += ["--heartbeat", str(HB), *(["--peer", peer] if peer else [])]
-    proc = host.popen(argv, env=child_env())
-    inbox = proc.wait_for_line(r"inbox:\s+(\S+)", 30 * SLOW).group(1)
-    proc.wait_for_line("^ready$", 30 * SLOW)
-    return proc, inbox
+    extra = ("-B", "-c", "4", "--host", host.address, "--heartbeat", str(HB))
+    name = f"b{i}"
+    return start_zcell_worker(
+        in_host(host), name, cluster, *extra, peer=peer, app="zcell_test_beat"
+    )
 
 
 def test_a_partition_keeps_the_majority_ticking_and_stops_the_minority(

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SLOW, child_env
-from netns import Mesh, Proc, mesh_fixture, nft_available
+from conftest import SLOW, child_env, in_host, start_zcell_worker
+from netns import Mesh, mesh_fixture, nft_available
 
 from zcell.tasks.followup import MEET_WAIT
 
@@ -43,15 +43,11 @@ t.app.close()
 """
 
 
-def _worker(mesh: Mesh, i: int, cluster: str, queue: str, peer: str | None) -> tuple[Proc, str]:
+def _worker(mesh: Mesh, i: int, cluster: str, queue: str, peer: str | None) -> str:
+    """``zcell worker -Q queue`` on host ``i``; returns its inbox."""
     host = mesh.hosts[i]
-    argv = [sys.executable, "-m", "zcell", "worker", "-A", "zcell_test_tasks", "-Q", queue]
-    argv += ["--host", host.address, "--cluster", cluster, "--name", f"w{i}", "--no-mdns"]
-    argv += ["--heartbeat", str(HB), *(["--peer", peer] if peer else [])]
-    proc = host.popen(argv, env=child_env())
-    inbox = proc.wait_for_line(r"inbox:\s+(\S+)", 30 * SLOW).group(1)
-    proc.wait_for_line("^ready$", 30 * SLOW)
-    return proc, inbox
+    extra = ("-Q", queue, "--host", host.address, "--heartbeat", str(HB))
+    return start_zcell_worker(in_host(host), f"w{i}", cluster, *extra, peer=peer)[1]
 
 
 def test_a_chord_whose_report_was_lost_completes_when_the_coordinator_asks(
@@ -62,7 +58,7 @@ def test_a_chord_whose_report_was_lost_completes_when_the_coordinator_asks(
         pytest.skip(f"nft unavailable: {reason}")
     cluster = f"chord-{time.time_ns() % 10**8}"
     # h1 runs the header (queue "slow"); h2 consumes the body's queue: it coordinates.
-    _, inbox = _worker(mesh3, 2, cluster, "celery", None)
+    inbox = _worker(mesh3, 2, cluster, "celery", None)
     _worker(mesh3, 1, cluster, "slow", inbox)
     script, go = tmp_path / "submit.py", tmp_path / "go"
     timeout = MEET_WAIT + 20 * SLOW
