@@ -61,8 +61,10 @@ CONSUMER_WAIT = 2.0
 #: bad index, malformed).
 DROPPED_PARTS = "chord_parts_dropped"
 #: Seconds an open chord hears no report before it asks the mesh for the outcomes
-#: of the members it misses; and between two such asks.
+#: of the members it misses; an ask that finds none doubles the wait for the next
+#: (members that run long), up to ``RECHECK_MAX``.
 RECHECK = 5.0
+RECHECK_MAX = 60.0
 #: Seconds to wait for the task agents' answers to one ask.
 ASK_TIMEOUT = 5.0
 #: Member ids asked about in one ``query`` to each agent.
@@ -192,6 +194,7 @@ class _Chord:
         self.done = Event()
         self.outcome: dict[str, Any] = {"s": SUCCESS}
         self.heard = time.monotonic()  # the last report, or the last ask
+        self.wait = RECHECK  # seconds from ``heard`` to the next ask
 
 
 class Chords:
@@ -244,7 +247,7 @@ class Chords:
         if chord is None or not 0 <= index < chord.n or index in chord.got:
             self._drop(f"chord {chord_id} part {index}: unknown chord, bad or repeated index")
             return
-        chord.heard = time.monotonic()
+        chord.heard, chord.wait = time.monotonic(), RECHECK
         if state == SUCCESS:
             chord.values[index] = value
             chord.got.add(index)
@@ -269,21 +272,26 @@ class Chords:
 
     def _ask_while_open(self) -> None:
         """(A greenlet while chords are open) ask about the chords that have heard
-        nothing for ``RECHECK`` seconds."""
+        nothing for their wait (``RECHECK``, longer after fruitless asks)."""
         while any(chord.ids is not None for chord in self.open.values()):
             gevent.sleep(RECHECK / 2)
             now = time.monotonic()
             for chord_id, chord in list(self.open.items()):
-                if chord.ids is not None and now - chord.heard >= RECHECK:
-                    chord.heard = now
+                if chord.ids is not None and now - chord.heard >= chord.wait:
+                    chord.heard, wait = now, chord.wait
                     try:
-                        self._ask(chord_id, chord)
+                        found = self._ask(chord_id, chord)
                     except Exception:  # noqa: BLE001 - the next round asks again
                         log.exception("zcell: could not ask the mesh about chord %s", chord_id)
+                        found = 0
+                    if not found and chord.heard == now:  # and no report came meanwhile
+                        chord.wait = min(2 * wait, RECHECK_MAX)
 
-    def _ask(self, chord_id: str, chord: _Chord) -> None:
+    def _ask(self, chord_id: str, chord: _Chord) -> int:
         """Ask every task agent for the outcomes of the members not reported; take
-        the final ones as their reports (a member still running is not one)."""
+        the final ones as their reports (a member still running is not one).
+        Returns how many were found."""
+        found = 0
         assert chord.ids is not None and self.runtime.agent is not None
         missing = {chord.ids[i]: i for i in range(chord.n) if i not in chord.got}
         wanted = list(missing)
@@ -303,6 +311,7 @@ class Chords:
                         or index in chord.got
                     ):
                         continue
+                    found += 1
                     stats = self.runtime.node.stats
                     stats[ASKED_PARTS] = stats.get(ASKED_PARTS, 0) + 1
                     log.warning(
@@ -314,6 +323,7 @@ class Chords:
                         chord_id, index, task_id, str(record["s"]), record.get("v"),
                         record.get("e"), str(record.get("name")),
                     )  # fmt: skip
+        return found
 
     def _drop(self, why: str) -> None:
         stats = self.runtime.node.stats
