@@ -15,6 +15,7 @@ import zcell_test_tasks as t
 from conftest import ROOT, SLOW, child_env, start_zcell_worker, unique_cluster, wait_until
 
 from zcell import WorkerLostError
+from zcell.tasks.runtime import AGENT_TYPE
 
 
 def _runs(path: Path) -> list[str]:
@@ -134,6 +135,29 @@ def test_call_and_result_commands_and_async_result_from_another_program(procs: A
     assert (unknown.returncode, unknown.stdout.strip()) == (0, "PENDING")
     failed = _zcell("call", "zcell_test_tasks.fail", "--args", '["TypeError"]', "--wait", *mesh)
     assert failed.returncode == 1 and "bad type" in failed.stderr
+
+
+def test_a_submitter_answers_query_with_the_outcome_of_a_task_whose_result_it_holds(
+    procs: Any, task_app: Any, make_node: Any
+) -> None:
+    # What a chord's coordinator asks when a member's report was lost with its worker.
+    cluster = unique_cluster()
+    _, inbox = start_zcell_worker(procs, "w1", cluster)
+    app = task_app(cluster=cluster, peers=[inbox])
+    wait_until(lambda: app.node.actors("zcell.queue.celery"), 10 * SLOW, "the consumer")
+    ok, bad = t.add.delay(2, 2), t.fail.delay("TypeError")
+    assert ok.get(timeout=10 * SLOW) == 4
+    with pytest.raises(TypeError):
+        bad.get(timeout=10 * SLOW)
+    observer = make_node("observer", cluster=cluster, peers=[inbox])
+
+    def submitters_agent() -> list[Any]:
+        return [a for a in observer.actors(AGENT_TYPE) if a.node_id == app.node.id]
+
+    wait_until(submitters_agent, 10 * SLOW, "the submitter's task agent")
+    found = submitters_agent()[0].send("query", {"ids": [ok.id, bad.id]}, timeout=10 * SLOW)
+    assert (found[ok.id]["s"], found[ok.id]["v"]) == ("SUCCESS", 4)
+    assert found[bad.id]["s"] == "FAILURE" and "TypeError" in found[bad.id]["e"][0]
 
 
 def test_the_worker_banner_lists_app_mesh_queues_concurrency_and_tasks(procs: Any) -> None:

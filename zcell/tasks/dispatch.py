@@ -35,6 +35,7 @@ from ..errors import (
     ProtocolError,
     ZcellError,
     error_from_wire,
+    error_wire,
 )
 from . import events as task_events
 from .errors import ChordError, TaskRevokedError, WorkerLostError
@@ -769,12 +770,29 @@ class Dispatcher:
             entry.result = meta
 
     def query(self, task_ids: list[str]) -> dict[str, Any]:
-        """What this submitter knows of unfinished tasks among ``task_ids``."""
+        """What this submitter knows of ``task_ids``: the state of those not
+        finished, and the outcome record of those finished whose results a
+        program here still holds (a chord's coordinator asks for these when a
+        member's report was lost and its worker is gone too)."""
         found: dict[str, Any] = {}
         for task_id in task_ids:
-            entry = self.entries.get(task_id)
-            if entry is not None:
+            entry = self.entries.get(task_id) or self.known.get(task_id)
+            if entry is None:
+                continue
+            if not entry.ready:
                 found[task_id] = {"s": entry.state, "name": entry.name, "retries": entry.retries}
+                continue
+            error = entry.result if isinstance(entry.result, BaseException) else None
+            found[task_id] = {
+                "s": entry.state,
+                "v": None if error is not None else entry.result,
+                "e": error_wire(error) if error is not None else None,
+                "tb": entry.traceback,
+                "done": entry.date_done,
+                "name": entry.name,
+                "worker": entry.worker,
+                "retries": entry.retries,
+            }
         return found
 
     def revoke(self, task_ids: list[str]) -> None:
