@@ -334,9 +334,7 @@ class Socket:
             self._soon = [frame]
             self._soon_deadline = deadline
             return True
-        latest = self._soon_deadline  # the later one (None: no deadline) stays
-        if latest is not None and (deadline is None or deadline > latest):
-            self._soon_deadline = deadline
+        self._soon_deadline = _later(self._soon_deadline, deadline)
         soon.append(frame)
         if len(soon) >= _SOON_FRAMES:
             self.flush_soon()
