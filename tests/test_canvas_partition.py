@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import SLOW, child_env, in_host, start_zcell_worker
@@ -43,11 +44,11 @@ t.app.close()
 """
 
 
-def _worker(mesh: Mesh, i: int, cluster: str, queue: str, peer: str | None) -> str:
-    """``zcell worker -Q queue`` on host ``i``; returns its inbox."""
+def _worker(mesh: Mesh, i: int, cluster: str, queue: str, peer: str | None) -> tuple[Any, str]:
+    """``zcell worker -Q queue`` on host ``i``: (proc, inbox)."""
     host = mesh.hosts[i]
     extra = ("-Q", queue, "--host", host.address, "--heartbeat", str(HB))
-    return start_zcell_worker(in_host(host), f"w{i}", cluster, *extra, peer=peer)[1]
+    return start_zcell_worker(in_host(host), f"w{i}", cluster, *extra, peer=peer)
 
 
 def test_a_chord_whose_report_was_lost_completes_when_the_coordinator_asks(
@@ -58,7 +59,7 @@ def test_a_chord_whose_report_was_lost_completes_when_the_coordinator_asks(
         pytest.skip(f"nft unavailable: {reason}")
     cluster = f"chord-{time.time_ns() % 10**8}"
     # h1 runs the header (queue "slow"); h2 consumes the body's queue: it coordinates.
-    inbox = _worker(mesh3, 2, cluster, "celery", None)
+    coordinator, inbox = _worker(mesh3, 2, cluster, "celery", None)
     _worker(mesh3, 1, cluster, "slow", inbox)
     script, go = tmp_path / "submit.py", tmp_path / "go"
     timeout = MEET_WAIT + 20 * SLOW
@@ -81,3 +82,5 @@ def test_a_chord_whose_report_was_lost_completes_when_the_coordinator_asks(
     mesh3.unpartition(1, 2)
     line = submitter.wait_for_line(r"^(result|error) .*", timeout + 10).group(0)
     assert line == "result 42", line
+    # Found by asking the mesh, not by a report that came late after all.
+    coordinator.wait_for_line("report never came; its outcome was asked of the mesh", 5)
