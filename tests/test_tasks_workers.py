@@ -83,6 +83,35 @@ def test_tasks_never_started_on_a_killed_worker_run_elsewhere_exactly_once(
     assert _runs(held) == ["w2", "w2", "w2"] and _runs(blocker) == ["w1"]
 
 
+@pytest.mark.xfail(strict=True, reason="a worker back from a stop runs what it held")
+def test_tasks_held_by_a_worker_paused_until_thought_dead_run_once_elsewhere(
+    procs: Any, task_app: Any, tmp_path: Path
+) -> None:
+    # A stop long enough to be declared down (SIGSTOP: a long GC, a stalled VM) is
+    # a crash to the submitter, which sends the tasks held there to another worker;
+    # back, the paused worker must not run its copies, though its claims cannot
+    # reach the submitter at first (each side dropped the other).
+    cluster = unique_cluster()
+    w1, inbox = start_zcell_worker(procs, "w1", cluster, "-c", "1")
+    app = task_app(cluster=cluster, peers=[inbox])
+    held = tmp_path / "held"
+    waiting = [t.mark.apply_async((str(held), 0, i), countdown=1) for i in range(3)]
+    wait_until(lambda: all(r.state == "RECEIVED" for r in waiting), 10, "w1 to hold them")
+    w1.send_signal(signal.SIGSTOP)
+    try:
+        start_zcell_worker(procs, "w2", cluster, peer=app.node.endpoints["inbox"])
+        assert [r.get(timeout=15 * SLOW) for r in waiting] == [0, 1, 2]
+    finally:
+        w1.send_signal(signal.SIGCONT)
+
+    def w1_holds() -> Any:
+        replies = app.control.inspect(destination=["w1"], timeout=1.0).stats()
+        return replies.get("w1", {}).get("tasks", {}).get("held")
+
+    wait_until(lambda: w1_holds() == 0, 20 * SLOW, "w1 back, holding none of its copies")
+    assert _runs(held) == ["w2", "w2", "w2"]
+
+
 def test_nested_get_fan_out_completes_on_two_workers_with_two_slots_each(
     procs: Any, task_app: Any
 ) -> None:
