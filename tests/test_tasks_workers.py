@@ -83,7 +83,6 @@ def test_tasks_never_started_on_a_killed_worker_run_elsewhere_exactly_once(
     assert _runs(held) == ["w2", "w2", "w2"] and _runs(blocker) == ["w1"]
 
 
-@pytest.mark.xfail(strict=True, reason="a worker back from a stop runs what it held")
 def test_tasks_held_by_a_worker_paused_until_thought_dead_run_once_elsewhere(
     procs: Any, task_app: Any, tmp_path: Path
 ) -> None:

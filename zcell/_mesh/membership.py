@@ -179,6 +179,9 @@ class Membership:
         self._knocks: dict[str, Knock] = {}
         self._clashes: set[tuple[str, str]] = set()  # (name, node id) refused, logged once
         self._subscribed: set[str] = set()  # ids of the members whose SUB reached our XPUB
+        #: ``time.monotonic()`` when this node last woke from a process stop that its
+        #: peers took for a crash (``check_frozen``); 0.0 if it never did.
+        self.woke_at = 0.0
         # Who watches whom, suspicions and probes (monitors.py): when a member is down.
         self._monitors = Monitors(
             shared.node_id, self._members, shared.stats,
@@ -776,6 +779,7 @@ class Membership:
         # the heartbeat thread may hold): a greenlet that reads the inbox
         # meanwhile must find the quiet period on (`quiet`, checked by _admit).
         hb.quiet_until = now + max(0.5, self._heartbeat)
+        self.woke_at = now
         for member in list(self._members.values()):
             self._member_down(member, "this node was stopped")
         log.warning(

@@ -1026,6 +1026,13 @@ class Node:
             )
         return out
 
+    def woke_at(self) -> float:
+        """``time.monotonic()`` when this node last came back from a process stop
+        that its peers took for a crash (SIGSTOP, a paused VM: docs/failure.md,
+        "Process stop"); 0.0 if it never did. Work that waited here then may have
+        been given up on by those who sent it, and sent elsewhere."""
+        return self._membership.woke_at
+
     def statistics(self) -> dict[str, int]:
         """Counters: messages in/out, errors, dropped bad frames, in-flight, actors..."""
         stats = dict(self.stats)

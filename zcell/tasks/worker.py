@@ -67,6 +67,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds a worker waits for a submitter to answer a claim (then runs the task).
 CLAIM_TIMEOUT = 5.0
+#: Seconds (at least; 10 heartbeats if longer) a worker back from a process stop
+#: keeps asking a claim its submitter could not answer: the two dropped each other
+#: and meet again within a few heartbeats (docs/tasks.md, "The claim").
+REJOIN_WAIT = 10.0
 #: Seconds a task started under its submitter's grant runs before the worker tells
 #: the submitter so ("started"); one that ends sooner is told by its outcome.
 STARTED_AFTER = 0.02
@@ -235,6 +239,7 @@ class Worker:
         self.seen.put(msg["id"], (msg["retries"], msg["attempt"], intern(msg["reply_to"].id)))
         self.held += 1
         self.holding[msg["id"]] = msg
+        came = time.monotonic()
         try:
             granted = queued = False
             if msg.get("go") is True:
@@ -243,7 +248,7 @@ class Worker:
             if not (granted or queued):
                 _tell(msg, "held", self._room_of(msg))
             task_events.received(self.node, msg)
-            return self._process(msg, granted, queued)
+            return self._process(msg, came, granted, queued)
         finally:
             self.held -= 1
             if self.holding.get(msg["id"]) is msg:  # not a later copy's (taken over)
@@ -340,11 +345,12 @@ class Worker:
         return not told
 
     def _process(
-        self, msg: dict[str, Any], granted: bool = False, queued: bool = False
+        self, msg: dict[str, Any], came: float, granted: bool = False, queued: bool = False
     ) -> dict[str, Any]:
-        """Hold, claim and run the task. ``granted``: its submitter let it start
-        without a claim, and it can start at once; ``queued``: granted, but it
-        waits for a slot first (docs/tasks.md, "The claim")."""
+        """Hold, claim and run the task that came at ``came`` (``time.monotonic()``).
+        ``granted``: its submitter let it start without a claim, and it can start at
+        once; ``queued``: granted, but it waits for a slot first (docs/tasks.md,
+        "The claim")."""
         self._hold_until_eta(msg)
         if self.closing:
             return self._full()  # given back: never started
@@ -373,7 +379,11 @@ class Worker:
                 ended = self._ended_before_start(msg)
                 if ended is not None:
                     return ended
-            if not granted and not self._claim(msg):
+            if granted and self.node.woke_at() > came:
+                # This node was stopped since the task came, long enough to be
+                # taken for dead: its submitter failed or re-sent the task.
+                granted = False
+            if not granted and not self._claim(msg, came):
                 return {"s": "refused"}
             if granted:
                 self.granted += 1
@@ -451,23 +461,36 @@ class Worker:
             return override["rate_limit"]
         return task.rate_limit or self.app.conf.task_default_rate_limit
 
-    def _claim(self, msg: dict[str, Any]) -> bool:
-        """Ask the submitter whether this attempt may start. An unreachable
-        submitter cannot re-dispatch it: the task runs."""
-        try:
-            answer = msg["reply_to"].send(
-                "claim",
-                {"id": msg["id"], "attempt": msg["attempt"], "worker": self.node.name},
-                timeout=CLAIM_TIMEOUT,
-            )
-            return bool(answer)
-        except NodeStopped:
-            return False  # this node stops: give it back
-        except ZcellError as exc:
-            log.info(
-                "zcell: cannot claim task %s at its submitter (%s): running it", msg["id"], exc
-            )
-            return True
+    def _claim(self, msg: dict[str, Any], came: float) -> bool:
+        """Ask the submitter whether this attempt may start. A submitter out of
+        reach cannot re-dispatch it: the task runs. Unless this node was stopped
+        since the task came (SIGSTOP, a paused VM) long enough to be taken for
+        dead: then the submitter may have sent it elsewhere, and it is out of reach
+        because the two dropped each other; the claim is asked again until they
+        meet again (``REJOIN_WAIT``)."""
+        args = {"id": msg["id"], "attempt": msg["attempt"], "worker": self.node.name}
+        deadline = None
+        pause = 0.05
+        while True:
+            try:
+                return bool(msg["reply_to"].send("claim", args, timeout=CLAIM_TIMEOUT))
+            except NodeStopped:
+                return False  # this node stops: give it back
+            except ZcellError as exc:
+                now = time.monotonic()
+                if self.node.woke_at() > came:
+                    if deadline is None:
+                        deadline = now + max(REJOIN_WAIT, 10 * self.node.heartbeat)
+                    if now < deadline:
+                        gevent.sleep(pause)
+                        pause = min(2 * pause, 0.5)
+                        continue
+                log.info(
+                    "zcell: cannot claim task %s at its submitter (%s): running it",
+                    msg["id"],
+                    exc,
+                )
+                return True
 
     # -- slots (the request's owner: TaskResult.get lends the slot out) ---------
 
