@@ -4,9 +4,11 @@ from another program, nested get() across workers, and the CLI."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,53 @@ def test_tasks_held_by_a_worker_paused_until_thought_dead_run_once_elsewhere(
 
     wait_until(lambda: w1_holds() == 0, 20 * SLOW, "w1 back, holding none of its copies")
     assert _runs(held) == ["w2", "w2", "w2"]
+
+
+_SUBMITTER = """
+import json, sys, time
+import zcell_test_tasks as t
+app = t.app
+app.conf.update(discovery="static", cluster=sys.argv[1], peers=[sys.argv[2]])
+deadline = time.monotonic() + 20
+while len(app.node.actors("zcell.queue.celery")) < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
+out = sys.argv[3]
+running = t.mark.delay(out + "/running", 3.0, "done")
+held = [t.mark.apply_async((out + "/held", 0, i), countdown=2) for i in range(3)]
+print("sent", flush=True)
+outcomes = []
+for result in [running, *held]:
+    try:
+        outcomes.append(result.get(timeout=30))
+    except Exception as exc:
+        outcomes.append(type(exc).__name__)
+print("outcomes", json.dumps(outcomes), flush=True)
+app.close(timeout=1)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="a submitter back from a stop takes its workers for dead")
+def test_a_submitter_paused_until_thought_dead_gets_each_outcome_of_tasks_run_once(
+    procs: Any, tmp_path: Path
+) -> None:
+    # The submitter stopped (SIGSTOP, Ctrl-Z, a stalled VM) long enough that its
+    # workers took it for dead: they ran what they held without its word, and,
+    # back, it dropped them as they dropped it. Its tasks are neither lost with a
+    # worker that did not die nor sent again to run twice.
+    cluster = unique_cluster()
+    _, inbox = start_zcell_worker(procs, "w1", cluster, "-c", "1")
+    start_zcell_worker(procs, "w2", cluster, "-c", "1", peer=inbox)
+    submitter = procs([sys.executable, "-c", _SUBMITTER, cluster, inbox, str(tmp_path)])
+    submitter.wait_for_line("^sent$", 25 * SLOW)
+    time.sleep(0.5)
+    submitter.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(5.0)
+    finally:
+        submitter.send_signal(signal.SIGCONT)
+    line = submitter.wait_for_line(r"^outcomes (.*)$", 40 * SLOW)
+    runs = (len(_runs(tmp_path / "running")), len(_runs(tmp_path / "held")))
+    assert (json.loads(line.group(1)), runs) == (["done", 0, 1, 2], (1, 3))
 
 
 def test_nested_get_fan_out_completes_on_two_workers_with_two_slots_each(
