@@ -38,6 +38,7 @@ from ..errors import (
     error_wire,
 )
 from . import events as task_events
+from .adrift import Adrift
 from .errors import ChordError, TaskRevokedError, WorkerLostError
 from .followup import after, failure, has_followup
 from .message import make
@@ -183,6 +184,8 @@ class Dispatcher:
         self._forgot_at = time.monotonic()  # the last look for consumers gone
         self.loop_ident: int | None = None  # the loop thread's id, once started
         self._pump: gevent.Greenlet | None = None
+        # Pushes that failed because this node was stopped (adrift.py).
+        self.adrift = Adrift(self)
 
     # -- lifecycle (loop thread) ---------------------------------------------
 
@@ -207,6 +210,7 @@ class Dispatcher:
         pump, self._pump = self._pump, None
         if pump is not None:
             pump.kill(block=True, timeout=1.0)
+        self.adrift.stop()
 
     def wake(self) -> None:
         """Have the pump look at the waiting tasks now (loop thread)."""
@@ -533,11 +537,15 @@ class Dispatcher:
         if isinstance(exc, NodeStopped):
             return  # this node stops: nobody waits here any more
         if isinstance(exc, UNREACHABLE):
-            self._lost(entry, exc)
+            if self.adrift.came_back_since(entry):
+                self._unsteal(entry)
+                self.adrift.add(entry, exc)  # this node's stop, maybe not its worker's
+            else:
+                self.lost(entry, exc)
         else:
             self.finish(entry, FAILURE, exc)
 
-    def _lost(self, entry: Entry, exc: BaseException) -> None:
+    def lost(self, entry: Entry, exc: BaseException) -> None:
         """The consumer went away with the task: re-dispatch what provably never
         started; what did is at most once (WorkerLostError) unless acks_late."""
         if not entry.may_have_started:
@@ -570,7 +578,7 @@ class Dispatcher:
         elif status == "refused":
             pass  # its claim was refused: it ended here already (revoked, expired)
         elif status == RETRY:
-            self._retry(entry, value)
+            self.retry(entry, value)
         elif status in READY_STATES:
             self._learn(consumer, value)
             self.settle(entry, value)
@@ -604,7 +612,8 @@ class Dispatcher:
         tb = value.get("tb")
         entry.traceback = tb if isinstance(tb, str) else None
 
-    def _retry(self, entry: Entry, value: dict[str, Any]) -> None:
+    def retry(self, entry: Entry, value: dict[str, Any]) -> None:
+        """The worker's outcome says: retry (``countdown`` seconds from now)."""
         countdown = value.get("countdown")
         entry.retries += 1
         entry.msg["retries"] = entry.retries

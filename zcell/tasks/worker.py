@@ -723,7 +723,8 @@ class Worker:
             runner.throw(_Terminated)
 
     def query(self, task_ids: list[str]) -> dict[str, Any]:
-        """Records of ``task_ids`` known here (running ones as STARTED)."""
+        """Records of ``task_ids`` known here (running ones as STARTED, held
+        ones as RECEIVED)."""
         found: dict[str, Any] = {}
         for task_id in task_ids:
             record = self.records.get(task_id)
@@ -732,8 +733,13 @@ class Worker:
             elif task_id in self.running:
                 request = self.running[task_id][1]
                 found[task_id] = {"s": STARTED, "name": request.task, "worker": self.node.name}
-            elif task_id in self.seen:
-                found[task_id] = {"s": RECEIVED, "worker": self.node.name}
+            elif (seen := self.seen.get(task_id)) is not None:
+                # Held here, or ended with no record kept (ignore_result, a
+                # refused claim, the record evicted): which attempt, and which.
+                found[task_id] = {
+                    "s": RECEIVED, "worker": self.node.name, "attempt": seen[1],
+                    "ended": task_id not in self.holding,
+                }  # fmt: skip
         return found
 
     # -- control (loop thread: the operations in inspect.py) -------------------------

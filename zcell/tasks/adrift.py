@@ -1,0 +1,145 @@
+"""Tasks adrift: pushed before the submitter's own process was stopped.
+
+A submitter stopped long enough for its peers to take it for dead (SIGSTOP,
+Ctrl-Z, a paused VM: docs/failure.md, "Process stop") drops every member when it
+comes back, as they dropped it, so each push still in flight fails with
+``NodeDown``. That says nothing of the workers: they went on, and ran what they
+held without the submitter's word (a claim that finds nobody runs). Taking them
+for dead would fail tasks that ran (``WorkerLostError``) and send again those
+that were never claimed here, to run twice.
+
+So such a task is *adrift*: it keeps its place and attempt, and :class:`Adrift`
+asks the mesh's task agents (``query``) what became of it, once the members are
+met again: a final record settles it, a retry is retried, a task still held or
+running there is asked about again, later and later. A task nobody knows of
+once ``REJOIN_WAIT`` has passed since the stop is lost with its worker, as
+before (``Dispatcher.lost``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import gevent
+
+from .errors import WorkerLostError
+from .states import FAILURE, READY_STATES, RETRY, SUCCESS
+
+if TYPE_CHECKING:
+    from .dispatch import Dispatcher, Entry
+
+__all__ = ["REJOIN_WAIT", "Adrift"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds (at least; 10 heartbeats if longer) after a stop within which the
+#: members are expected back: a task nobody knows of by then is lost.
+REJOIN_WAIT = 10.0
+#: Seconds before the first question, and the longest wait between two.
+FIRST_ASK = 0.2
+LAST_ASK = 2.0
+#: Task ids per ``query`` scatter, and how long one waits for the answers.
+ASK_BATCH = 500
+ASK_TIMEOUT = 2.0
+#: ``statistics()`` counter: tasks found again after a stop of this node.
+FOUND = "tasks_found_after_stop"
+
+
+class Adrift:
+    """The dispatcher's tasks adrift after a stop of this node (module doc)."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.node = dispatcher.node
+        # task id -> (entry, its attempt then, the error its push failed with)
+        self.entries: dict[str, tuple[Entry, int, BaseException]] = {}
+        self._finder: gevent.Greenlet | None = None
+
+    def came_back_since(self, entry: Entry) -> bool:
+        """Whether this node came back from a stop since ``entry`` was pushed."""
+        return self.node.woke_at() > entry.pushed_at
+
+    def add(self, entry: Entry, exc: BaseException) -> None:
+        """(Loop) ``entry``'s push failed with ``exc`` because of a stop here."""
+        self.entries[entry.id] = (entry, entry.msg["attempt"], exc)
+        if self._finder is None or self._finder.dead:
+            self._finder = gevent.spawn(self._find)
+
+    def stop(self) -> None:
+        finder, self._finder = self._finder, None
+        if finder is not None:
+            finder.kill(block=False)
+
+    def _find(self) -> None:
+        give_up = self.node.woke_at() + max(REJOIN_WAIT, 10 * self.node.heartbeat)
+        pause = FIRST_ASK
+        while self.entries:
+            gevent.sleep(pause)
+            pause = min(2 * pause, LAST_ASK)
+            try:
+                self._ask(time.monotonic() >= give_up)
+            except Exception:
+                log.exception("zcell: asking the mesh for tasks adrift failed (asked again)")
+
+    def _ask(self, late: bool) -> None:
+        entries = self.entries
+        for task_id in [i for i, (e, a, _) in entries.items() if e.ready or e.msg["attempt"] != a]:
+            del entries[task_id]  # settled or pushed again meanwhile
+        wanted = list(entries)
+        known: dict[str, list[dict[str, Any]]] = {}
+        agent = self.dispatcher.runtime.agent
+        assert agent is not None
+        for start in range(0, len(wanted), ASK_BATCH):
+            replies = agent.scatter(
+                "query", {"ids": wanted[start : start + ASK_BATCH]},
+                timeout=ASK_TIMEOUT, propagate=False,
+            )  # fmt: skip
+            for reply in replies:
+                for task_id, record in reply.items() if isinstance(reply, dict) else ():
+                    # Workers' answers name the worker; a submitter's do not.
+                    if isinstance(record, dict) and isinstance(record.get("worker"), str):
+                        known.setdefault(task_id, []).append(record)
+        for task_id in wanted:
+            got = entries.get(task_id)
+            if got is None:
+                continue
+            entry, attempt, exc = got
+            if entry.ready or entry.msg["attempt"] != attempt:
+                del entries[task_id]
+            elif self._settled(entry, attempt, known.get(task_id, [])):
+                del entries[task_id]
+                self._count()
+            elif late and task_id not in known:
+                del entries[task_id]
+                self.dispatcher.lost(entry, exc)
+
+    def _settled(self, entry: Entry, attempt: int, records: list[dict[str, Any]]) -> bool:
+        """Settle ``entry`` from its workers' ``records`` if they tell its end."""
+        dispatcher = self.dispatcher
+        for record in records:
+            status = record.get("s")
+            if status in READY_STATES:
+                dispatcher.settle(entry, record)
+                return True
+            if status == RETRY and record.get("retries") == entry.retries:
+                dispatcher.retry(entry, record)
+                return True
+        ended = [r for r in records if r.get("ended") and r.get("attempt") == attempt]
+        if not ended or len(ended) < len(records):
+            return False  # held or running somewhere: asked again later
+        worker = ended[0]["worker"]
+        if entry.msg["ignore_result"]:
+            entry.worker = worker
+            dispatcher.finish(entry, SUCCESS, None)
+        else:
+            dispatcher.finish(entry, FAILURE, WorkerLostError(
+                f"task {entry.id} ended on worker {worker} while this node was stopped, "
+                "and its outcome was not kept there (result_max_records, result_expires)"
+            ))  # fmt: skip
+        return True
+
+    def _count(self) -> None:
+        stats = self.node.stats
+        stats[FOUND] = stats.get(FOUND, 0) + 1
