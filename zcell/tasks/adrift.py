@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
+from ..errors import NodeStopped
 from .errors import WorkerLostError
 from .states import FAILURE, READY_STATES, RETRY, SUCCESS
 
@@ -65,6 +66,11 @@ class Adrift:
         """(Loop) ``entry``'s push failed with ``exc`` because of a stop here."""
         self.entries[entry.id] = (entry, entry.msg["attempt"], exc)
         if self._finder is None or self._finder.dead:
+            log.warning(
+                "zcell: node %s was stopped with tasks in flight at workers: it asks "
+                "the mesh what became of them once it meets the workers again",
+                self.node.name,
+            )
             self._finder = gevent.spawn(self._find)
 
     def stop(self) -> None:
@@ -73,13 +79,16 @@ class Adrift:
             finder.kill(block=False)
 
     def _find(self) -> None:
-        give_up = self.node.woke_at() + max(REJOIN_WAIT, 10 * self.node.heartbeat)
+        wait = max(REJOIN_WAIT, 10 * self.node.heartbeat)
         pause = FIRST_ASK
         while self.entries:
             gevent.sleep(pause)
             pause = min(2 * pause, LAST_ASK)
             try:
-                self._ask(time.monotonic() >= give_up)
+                # From the latest stop: another one may have come meanwhile.
+                self._ask(time.monotonic() >= self.node.woke_at() + wait)
+            except NodeStopped:
+                return
             except Exception:
                 log.exception("zcell: asking the mesh for tasks adrift failed (asked again)")
 
