@@ -87,3 +87,26 @@ def test_a_chord_whose_coordinator_dies_fails_with_chord_error_instead_of_hangin
     w1.kill(signal.SIGKILL)
     with pytest.raises(ChordError, match="coordinator"):
         res.get(timeout=T)
+
+
+@pytest.mark.xfail(strict=True, reason="ChordError, and the body runs when w1 is back")
+def test_a_chord_whose_coordinator_was_paused_until_thought_dead_completes(
+    procs: Any, task_app: Any
+) -> None:
+    # Stopped a while (SIGSTOP, a long GC, a stalled VM), the coordinator is taken
+    # for dead, but comes back with the chord open: the chord completes.
+    cluster = unique_cluster()
+    w1, inbox = start_zcell_worker(procs, "w1", cluster)  # the body's queue: coordinates
+    start_zcell_worker(procs, "w2", cluster, "-Q", "slow", "-c", "4", peer=inbox)
+    app = task_app(cluster=cluster, peers=[inbox])
+    wait_until(lambda: app.node.actors("zcell.queue.slow"), T, "the slow queue's consumer")
+    header = [t.slow_add.s(i, i, seconds=1).set(queue="slow") for i in range(4)]
+    res = chord(header, t.xsum.s())()
+    w1.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(
+            lambda: "w1" not in {n["name"] for n in app.node.nodes()}, T, "w1 taken for dead"
+        )
+    finally:
+        w1.send_signal(signal.SIGCONT)
+    assert res.get(timeout=2 * T) == 12
