@@ -113,6 +113,30 @@ def test_tasks_held_by_a_worker_paused_until_thought_dead_run_once_elsewhere(
     assert _runs(held) == ["w2", "w2", "w2"]
 
 
+@pytest.mark.xfail(strict=True, reason="w1 asked the submitter's agent once, before the pause")
+def test_a_worker_back_from_a_pause_learns_the_revokes_made_meanwhile(
+    procs: Any, task_app: Any
+) -> None:
+    cluster = unique_cluster()
+    w1, inbox = start_zcell_worker(procs, "w1", cluster)
+    app = task_app(cluster=cluster, peers=[inbox])
+    wait_until(lambda: app.node.actors("zcell.queue.celery"), 10 * SLOW, "w1's consumer")
+    app.control.revoke("before")
+    time.sleep(1.0)  # w1 asks the submitter's agent for its revokes (every 0.2 s)
+    w1.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: not app.node.actors("zcell.queue.celery"), 10 * SLOW, "w1 down")
+        app.control.revoke("meanwhile")  # w1 is not a member: it does not hear it
+    finally:
+        w1.send_signal(signal.SIGCONT)
+
+    def revoked_at_w1() -> set[str]:
+        return set(app.control.inspect(destination=["w1"], timeout=1.0).revoked().get("w1", []))
+
+    wait_until(lambda: "meanwhile" in revoked_at_w1(), 10 * SLOW, "w1 to learn the revoke")
+    assert {"before", "meanwhile"} <= revoked_at_w1()
+
+
 _SUBMITTER = """
 import json, sys, time
 import zcell_test_tasks as t
