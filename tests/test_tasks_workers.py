@@ -113,7 +113,6 @@ def test_tasks_held_by_a_worker_paused_until_thought_dead_run_once_elsewhere(
     assert _runs(held) == ["w2", "w2", "w2"]
 
 
-@pytest.mark.xfail(strict=True, reason="w1 asked the submitter's agent once, before the pause")
 def test_a_worker_back_from_a_pause_learns_the_revokes_made_meanwhile(
     procs: Any, task_app: Any
 ) -> None:

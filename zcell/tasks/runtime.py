@@ -90,7 +90,12 @@ class Runtime:
         node that joins later learns them, and so does one a partition healed."""
         own = self.agent.id if self.agent is not None else None
         # The directory's index, not proxies: this runs every dispatcher round.
-        for agent_id in list(self.node.directory.of_type(AGENT_TYPE)):
+        listed = list(self.node.directory.of_type(AGENT_TYPE))
+        # An agent gone from the mesh (its node down, cut off, or this node
+        # stopped a while) is asked again when it is back: revokes made meanwhile
+        # did not reach the other side.
+        self.pulled.intersection_update(listed)
+        for agent_id in listed:
             if agent_id != own and agent_id not in self.pulled:
                 self.pulled.add(agent_id)
                 gevent.spawn(self._pull_from, self.node.lookup(agent_id))
