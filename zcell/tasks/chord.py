@@ -16,9 +16,11 @@ outcomes of the members it misses (the submitter sent their task ids with
 ``chord_start``); the worker that ran one keeps its record (``result_expires``).
 
 The submitter also holds one long call, ``chord_wait``, at the coordinator: if
-the coordinator's node dies, the call fails at once (``NodeDown``) and the
-body fails with ``ChordError`` saying so, instead of hanging. Since the
-coordinator is a worker, a chord completes after its submitter has exited.
+the coordinator's node goes down, the call fails at once (``NodeDown``); unless
+it comes back within ``COME_BACK_WAIT`` (it was only stopped a while) and the
+call is made again, the body fails with ``ChordError`` saying so, instead of
+hanging, and is revoked. Since the coordinator is a worker, a chord completes
+after its submitter has exited.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent.event import Event
 
-from ..errors import CallTimeout, ZcellError, error_from_wire
+from ..errors import CallTimeout, NodeDown, NodeStopped, ZcellError, error_from_wire
 from .errors import ChordError
 from .followup import fail_signature, failure
 from .groupresult import GroupResult
@@ -55,6 +57,10 @@ START_TIMEOUT = 10.0
 #: The deadline of the ``chord_wait`` call: none to speak of (a dead
 #: coordinator fails it at once).
 WAIT_DEADLINE = 10 * 365 * 86400.0
+#: Seconds (at least; 10 heartbeats if longer) the submitter gives a coordinator
+#: gone down to come back before the chord fails, and between two looks.
+COME_BACK_WAIT = 10.0
+COME_BACK_POLL = 0.25
 #: Seconds the submitter waits to learn of a consumer of the body's queue.
 CONSUMER_WAIT = 2.0
 #: Node statistics() counter of chord reports that were dropped (unknown chord,
@@ -156,22 +162,44 @@ def _coordinator(app: App, runtime: Runtime, body_task: str) -> ActorProxy:
 
 
 def _watch_coordinator(
-    runtime: Runtime, coordinator: ActorProxy, gid: str, body: Signature
+    runtime: Runtime,
+    coordinator: ActorProxy,
+    gid: str,
+    body: Signature,
+    until: float | None = None,
 ) -> None:
-    """Fail the body at once if the coordinator's node dies (or forgets it)."""
+    """Fail the body if the coordinator's node dies (or forgets the chord).
+
+    A node taken for dead may only have been stopped a while (SIGSTOP, a long
+    GC, a stalled VM): it comes back with the chord still open, and completes
+    it. So a coordinator gone down is given ``COME_BACK_WAIT`` to come back
+    (``until``); past it the body fails with ``ChordError`` and is revoked, so
+    that a coordinator that comes back later does not run it after all (unless
+    it sends the body before it learns the revoke, as it meets this node again).
+    """
     if coordinator == runtime.agent:
         return
     waiting = coordinator.call("chord_wait", {"id": gid}, timeout=WAIT_DEADLINE)
 
-    def done(result: Any) -> None:
+    def done(result: Any) -> None:  # a link callback: a greenlet of its own
         value = result.get(propagate=False)
+        if result.failed() and isinstance(value, NodeDown):
+            now = time.monotonic()
+            wait = max(COME_BACK_WAIT, 10 * runtime.node.heartbeat)
+            deadline = now + wait if until is None else until
+            if now < deadline:
+                gevent.sleep(COME_BACK_POLL)
+                _watch_coordinator(runtime, coordinator, gid, body, deadline)
+                return
         if result.failed() or not isinstance(value, dict) or value.get("s") == "unknown":
             why = value if result.failed() else "it does not know the chord"
             error = ChordError(
                 f"chord {gid}: its coordinator {coordinator} was lost ({why}); the body "
-                f"{body.task}[{body.id}] does not run: apply the chord again"
+                f"{body.task}[{body.id}] does not run (it is revoked): apply the chord again"
             )
             fail_signature(runtime, body, failure(error, runtime, body.task))
+            if not isinstance(value, NodeStopped):
+                runtime.app.control.revoke([leaf.freeze() for leaf in body.leaves()])
 
     waiting.link(done)
 
