@@ -148,9 +148,11 @@ out = sys.argv[3]
 running = t.mark.delay(out + "/running", 3.0, "done")
 held = [t.mark.apply_async((out + "/held", 0, i), countdown=2) for i in range(3)]
 ignored = t.mark.apply_async((out + "/ignored", 0, 9), countdown=2, ignore_result=True)
+# A work-flow whose last step's outcome a worker pushes here while this is stopped.
+flows = [(t.slow_add.si(1, 1, seconds=1) | t.add.s(1))()] if sys.argv[5:] == ["flow"] else []
 print("sent", app.node.endpoints["inbox"], flush=True)
 outcomes = []
-for result in [running, *held, ignored]:
+for result in [running, *held, ignored, *flows]:
     try:
         outcomes.append(result.get(timeout=30))
     except Exception as exc:
@@ -160,6 +162,7 @@ app.close(timeout=1)
 """
 
 
+@pytest.mark.xfail(strict=True, reason="the work-flow's outcome pushed meanwhile is dropped")
 def test_a_submitter_paused_until_thought_dead_gets_each_outcome_of_tasks_run_once(
     procs: Any, tmp_path: Path
 ) -> None:
@@ -170,13 +173,14 @@ def test_a_submitter_paused_until_thought_dead_gets_each_outcome_of_tasks_run_on
     cluster = unique_cluster()
     _, inbox = start_zcell_worker(procs, "w1", cluster, "-c", "1")
     start_zcell_worker(procs, "w2", cluster, "-c", "1", peer=inbox)
-    submitter, _ = _submit_then_pause(procs, cluster, inbox, tmp_path)
+    submitter, _ = _submit_then_pause(procs, cluster, inbox, tmp_path, "flow")
     try:
         time.sleep(5.0)
     finally:
         submitter.send_signal(signal.SIGCONT)
     line = submitter.wait_for_line(r"^outcomes (.*)$", 40 * SLOW)
-    assert (json.loads(line.group(1)), _counts(tmp_path)) == (["done", 0, 1, 2, None], (1, 3, 1))
+    outcomes = ["done", 0, 1, 2, None, 3]  # the last: the work-flow's
+    assert (json.loads(line.group(1)), _counts(tmp_path)) == (outcomes, (1, 3, 1))
 
 
 def test_tasks_of_a_paused_submitter_whose_worker_died_meanwhile_are_lost_with_it(
@@ -186,7 +190,7 @@ def test_tasks_of_a_paused_submitter_whose_worker_died_meanwhile_are_lost_with_i
     # of those tasks, and they are lost with their worker as after any death.
     cluster = unique_cluster()
     w1, inbox = start_zcell_worker(procs, "w1", cluster, "-c", "1")
-    submitter, its_inbox = _submit_then_pause(procs, cluster, inbox, tmp_path, workers=1)
+    submitter, its_inbox = _submit_then_pause(procs, cluster, inbox, tmp_path, "", workers=1)
     try:
         w1.kill(signal.SIGKILL)  # before the held tasks' ETA: none of them ran
         start_zcell_worker(procs, "w2", cluster, "-c", "1", peer=its_inbox)
@@ -200,11 +204,12 @@ def test_tasks_of_a_paused_submitter_whose_worker_died_meanwhile_are_lost_with_i
 
 
 def _submit_then_pause(
-    procs: Any, cluster: str, inbox: str, out: Path, workers: int = 2
+    procs: Any, cluster: str, inbox: str, out: Path, flow: str, workers: int = 2
 ) -> tuple[Any, str]:
-    """The submitter of _SUBMITTER, stopped (SIGSTOP) half a second after it sent;
-    and its inbox."""
-    submitter = procs([sys.executable, "-c", _SUBMITTER, cluster, inbox, str(out), str(workers)])
+    """The submitter of _SUBMITTER (``flow``: "flow" to apply its work-flow too),
+    stopped (SIGSTOP) half a second after it sent; and its inbox."""
+    argv = [sys.executable, "-c", _SUBMITTER, cluster, inbox, str(out), str(workers), flow]
+    submitter = procs(argv)
     its_inbox = submitter.wait_for_line(r"^sent (\S+)$", 25 * SLOW).group(1)
     time.sleep(0.5)
     submitter.send_signal(signal.SIGSTOP)
