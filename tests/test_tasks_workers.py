@@ -162,7 +162,6 @@ app.close(timeout=1)
 """
 
 
-@pytest.mark.xfail(strict=True, reason="the work-flow's outcome pushed meanwhile is dropped")
 def test_a_submitter_paused_until_thought_dead_gets_each_outcome_of_tasks_run_once(
     procs: Any, tmp_path: Path
 ) -> None:

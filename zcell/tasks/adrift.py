@@ -14,6 +14,14 @@ met again: a final record settles it, a retry is retried, a task still held or
 running there is asked about again, later and later. A task nobody knows of
 once ``REJOIN_WAIT`` has passed since the stop is lost with its worker, as
 before (``Dispatcher.lost``).
+
+The stop also cost the outcomes pushed here meanwhile: the steps of work-flows
+that workers send (a chain's next task, a chord's body) report to their
+submitter, fire and forget, and what reached the stopped node's sockets was
+dropped with the stale backlog when it woke (docs/failure.md, "Process stop").
+So after a stop the work-flow tasks watched here are asked about too, a few
+times while the members come back (``SWEEP_AFTER``); an outcome that comes
+later is pushed as usual.
 """
 
 from __future__ import annotations
@@ -46,6 +54,9 @@ ASK_BATCH = 500
 ASK_TIMEOUT = 2.0
 #: ``statistics()`` counter: tasks found again after a stop of this node.
 FOUND = "tasks_found_after_stop"
+#: Seconds after a stop at which the watched work-flow tasks are asked about
+#: (past the 10 s a worker's report waits to meet this node: ``followup.MEET_WAIT``).
+SWEEP_AFTER = (1.0, 2.0, 4.0, 8.0, 12.0)
 
 
 class Adrift:
@@ -57,6 +68,8 @@ class Adrift:
         # task id -> (entry, its attempt then, the error its push failed with)
         self.entries: dict[str, tuple[Entry, int, BaseException]] = {}
         self._finder: gevent.Greenlet | None = None
+        self._sweeper: gevent.Greenlet | None = None
+        self._swept = 0.0  # the stop (``Node.woke_at``) last swept for
 
     def came_back_since(self, entry: Entry) -> bool:
         """Whether this node came back from a stop since ``entry`` was pushed."""
@@ -73,10 +86,46 @@ class Adrift:
             )
             self._finder = gevent.spawn(self._find)
 
+    def look(self) -> None:
+        """(Loop, each dispatcher round) after a stop of this node, ask for the
+        outcomes of the work-flow tasks watched here (module doc)."""
+        woke = self.node.woke_at()
+        if woke > self._swept:
+            self._swept = woke
+            if self._sweeper is not None:
+                self._sweeper.kill(block=False)
+            self._sweeper = gevent.spawn(self._sweep, woke)
+
     def stop(self) -> None:
-        finder, self._finder = self._finder, None
-        if finder is not None:
-            finder.kill(block=False)
+        for greenlet in (self._finder, self._sweeper):
+            if greenlet is not None:
+                greenlet.kill(block=False)
+        self._finder = self._sweeper = None
+
+    def _sweep(self, woke: float) -> None:
+        dispatcher = self.dispatcher
+        # Weakly, as the dispatcher keeps them: one nobody holds is nobody's concern.
+        ids = {i for i, e in list(dispatcher.known.items()) if not e.ready} - set(
+            dispatcher.entries
+        )
+        for after in SWEEP_AFTER:
+            gevent.sleep(max(0.0, woke + after - time.monotonic()))
+            watched = {i: e for i in ids if (e := dispatcher.known.get(i)) and not e.ready}
+            if not watched:
+                return
+            try:
+                known = self._query(list(watched))
+            except NodeStopped:
+                return
+            except Exception:
+                log.exception("zcell: asking the mesh for watched tasks failed")
+                continue
+            for task_id, records in known.items():
+                entry = watched.get(task_id)
+                final = [r for r in records if r.get("s") in READY_STATES]
+                if entry is not None and not entry.ready and final:
+                    dispatcher.settle(entry, final[0])
+                    self._count()
 
     def _find(self) -> None:
         wait = max(REJOIN_WAIT, 10 * self.node.heartbeat)
@@ -97,19 +146,7 @@ class Adrift:
         for task_id in [i for i, (e, a, _) in entries.items() if e.ready or e.msg["attempt"] != a]:
             del entries[task_id]  # settled or pushed again meanwhile
         wanted = list(entries)
-        known: dict[str, list[dict[str, Any]]] = {}
-        agent = self.dispatcher.runtime.agent
-        assert agent is not None
-        for start in range(0, len(wanted), ASK_BATCH):
-            replies = agent.scatter(
-                "query", {"ids": wanted[start : start + ASK_BATCH]},
-                timeout=ASK_TIMEOUT, propagate=False,
-            )  # fmt: skip
-            for reply in replies:
-                for task_id, record in reply.items() if isinstance(reply, dict) else ():
-                    # Workers' answers name the worker; a submitter's do not.
-                    if isinstance(record, dict) and isinstance(record.get("worker"), str):
-                        known.setdefault(task_id, []).append(record)
+        known = self._query(wanted)
         for task_id in wanted:
             got = entries.get(task_id)
             if got is None:
@@ -123,6 +160,23 @@ class Adrift:
             elif late and task_id not in known:
                 del entries[task_id]
                 self.dispatcher.lost(entry, exc)
+
+    def _query(self, wanted: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """What the mesh's workers say of the tasks ``wanted``: their records by id."""
+        known: dict[str, list[dict[str, Any]]] = {}
+        agent = self.dispatcher.runtime.agent
+        assert agent is not None
+        for start in range(0, len(wanted), ASK_BATCH):
+            replies = agent.scatter(
+                "query", {"ids": wanted[start : start + ASK_BATCH]},
+                timeout=ASK_TIMEOUT, propagate=False,
+            )  # fmt: skip
+            for reply in replies:
+                for task_id, record in reply.items() if isinstance(reply, dict) else ():
+                    # Workers' answers name the worker; a submitter's do not.
+                    if isinstance(record, dict) and isinstance(record.get("worker"), str):
+                        known.setdefault(task_id, []).append(record)
+        return known
 
     def _settled(self, entry: Entry, attempt: int, records: list[dict[str, Any]]) -> bool:
         """Settle ``entry`` from its workers' ``records`` if they tell its end."""

@@ -224,6 +224,7 @@ class Dispatcher:
             self._wake.clear()
             try:
                 self.runtime.pull_revoked()
+                self.adrift.look()
                 # A round's pushes to one worker leave together (Socket.send_soon).
                 with self.node.corked():
                     self.pump()
