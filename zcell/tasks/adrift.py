@@ -39,12 +39,13 @@ from .states import FAILURE, READY_STATES, RETRY, SUCCESS
 if TYPE_CHECKING:
     from .dispatch import Dispatcher, Entry
 
-__all__ = ["REJOIN_WAIT", "Adrift"]
+__all__ = ["REJOIN_WAIT", "Adrift", "rejoin_wait"]
 
 log = logging.getLogger(__name__)
 
-#: Seconds (at least; 10 heartbeats if longer) after a stop within which the
-#: members are expected back: a task nobody knows of by then is lost.
+#: Seconds (at least; 10 heartbeats if longer: ``rejoin_wait``) within which
+#: members that dropped each other are expected to meet again: a node stopped a
+#: while comes back within a few heartbeats (docs/failure.md, "Process stop").
 REJOIN_WAIT = 10.0
 #: Seconds before the first question, and the longest wait between two.
 FIRST_ASK = 0.2
@@ -57,6 +58,12 @@ FOUND = "tasks_found_after_stop"
 #: Seconds after a stop at which the watched work-flow tasks are asked about
 #: (past the 10 s a worker's report waits to meet this node: ``followup.MEET_WAIT``).
 SWEEP_AFTER = (1.0, 2.0, 4.0, 8.0, 12.0)
+
+
+def rejoin_wait(node: Any) -> float:
+    """Seconds ``node`` gives members that dropped it, or that it dropped, to meet
+    again before it takes them for gone (``REJOIN_WAIT``)."""
+    return max(REJOIN_WAIT, 10 * float(node.heartbeat))
 
 
 class Adrift:
@@ -128,7 +135,7 @@ class Adrift:
                     self._count()
 
     def _find(self) -> None:
-        wait = max(REJOIN_WAIT, 10 * self.node.heartbeat)
+        wait = rejoin_wait(self.node)
         pause = FIRST_ASK
         while self.entries:
             gevent.sleep(pause)

@@ -17,7 +17,7 @@ outcomes of the members it misses (the submitter sent their task ids with
 
 The submitter also holds one long call, ``chord_wait``, at the coordinator: if
 the coordinator's node goes down, the call fails at once (``NodeDown``); unless
-it comes back within ``COME_BACK_WAIT`` (it was only stopped a while) and the
+it comes back within ``adrift.rejoin_wait`` (it was only stopped a while) and the
 call is made again, the body fails with ``ChordError`` saying so, instead of
 hanging, and is revoked. Since the coordinator is a worker, a chord completes
 after its submitter has exited.
@@ -34,6 +34,7 @@ import gevent
 from gevent.event import Event
 
 from ..errors import CallTimeout, NodeDown, NodeStopped, ZcellError, error_from_wire
+from .adrift import rejoin_wait
 from .errors import ChordError
 from .followup import fail_signature, failure
 from .groupresult import GroupResult
@@ -57,9 +58,8 @@ START_TIMEOUT = 10.0
 #: The deadline of the ``chord_wait`` call: none to speak of (a dead
 #: coordinator fails it at once).
 WAIT_DEADLINE = 10 * 365 * 86400.0
-#: Seconds (at least; 10 heartbeats if longer) the submitter gives a coordinator
-#: gone down to come back before the chord fails, and between two looks.
-COME_BACK_WAIT = 10.0
+#: Seconds between two looks whether a coordinator gone down came back (it is
+#: given ``adrift.rejoin_wait``: it may only have been stopped a while).
 COME_BACK_POLL = 0.25
 #: Seconds the submitter waits to learn of a consumer of the body's queue.
 CONSUMER_WAIT = 2.0
@@ -172,8 +172,8 @@ def _watch_coordinator(
 
     A node taken for dead may only have been stopped a while (SIGSTOP, a long
     GC, a stalled VM): it comes back with the chord still open, and completes
-    it. So a coordinator gone down is given ``COME_BACK_WAIT`` to come back
-    (``until``); past it the body fails with ``ChordError`` and is revoked, so
+    it. So a coordinator gone down is given ``adrift.rejoin_wait`` to come
+    back (``until``); past it the body fails with ``ChordError`` and is revoked, so
     that a coordinator that comes back later does not run it after all (unless
     it sends the body before it learns the revoke, as it meets this node again).
     """
@@ -185,8 +185,7 @@ def _watch_coordinator(
         value = result.get(propagate=False)
         if result.failed() and isinstance(value, NodeDown):
             now = time.monotonic()
-            wait = max(COME_BACK_WAIT, 10 * runtime.node.heartbeat)
-            deadline = now + wait if until is None else until
+            deadline = now + rejoin_wait(runtime.node) if until is None else until
             if now < deadline:
                 gevent.sleep(COME_BACK_POLL)
                 _watch_coordinator(runtime, coordinator, gid, body, deadline)

@@ -41,6 +41,7 @@ from ..actors.hosting import HandlerKilled
 from ..errors import NodeStopped, ProtocolError, ZcellError, error_wire
 from . import events as task_events
 from . import signals
+from .adrift import rejoin_wait
 from .agent import attach
 from .builtins import builtin
 from .errors import NotRegistered, Retry, TaskRevokedError
@@ -67,10 +68,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds a worker waits for a submitter to answer a claim (then runs the task).
 CLAIM_TIMEOUT = 5.0
-#: Seconds (at least; 10 heartbeats if longer) a worker back from a process stop
-#: keeps asking a claim its submitter could not answer: the two dropped each other
-#: and meet again within a few heartbeats (docs/tasks.md, "The claim").
-REJOIN_WAIT = 10.0
 #: Seconds a task started under its submitter's grant runs before the worker tells
 #: the submitter so ("started"); one that ends sooner is told by its outcome.
 STARTED_AFTER = 0.02
@@ -467,7 +464,7 @@ class Worker:
         since the task came (SIGSTOP, a paused VM) long enough to be taken for
         dead: then the submitter may have sent it elsewhere, and it is out of reach
         because the two dropped each other; the claim is asked again until they
-        meet again (``REJOIN_WAIT``)."""
+        meet again (``adrift.rejoin_wait``)."""
         args = {"id": msg["id"], "attempt": msg["attempt"], "worker": self.node.name}
         deadline = None
         pause = 0.05
@@ -480,7 +477,7 @@ class Worker:
                 now = time.monotonic()
                 if self.node.woke_at() > came:
                     if deadline is None:
-                        deadline = now + max(REJOIN_WAIT, 10 * self.node.heartbeat)
+                        deadline = now + rejoin_wait(self.node)
                     if now < deadline:
                         gevent.sleep(pause)
                         pause = min(2 * pause, 0.5)
