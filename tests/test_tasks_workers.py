@@ -136,6 +136,27 @@ def test_a_worker_back_from_a_pause_learns_the_revokes_made_meanwhile(
     assert {"before", "meanwhile"} <= revoked_at_w1()
 
 
+@pytest.mark.xfail(strict=True, reason="the stuck node waits for replies its peers dropped")
+def test_a_submitter_whose_loop_was_stuck_until_thought_dead_gets_each_outcome(
+    procs: Any, task_app: Any, tmp_path: Path
+) -> None:
+    # A loop blocked on something gevent does not see (an unpatched sleep, a lock)
+    # stops its node's heartbeats (the watchdog): the peers drop the node, as they
+    # drop a stopped process, and what they send it meanwhile is lost.
+    cluster = unique_cluster()
+    _, inbox = start_zcell_worker(procs, "w1", cluster, "-c", "1")
+    app = task_app(cluster=cluster, peers=[inbox])
+    wait_until(lambda: app.node.actors("zcell.queue.celery"), 10 * SLOW, "w1's consumer")
+    running, held = tmp_path / "running", tmp_path / "held"
+    first = t.mark.delay(str(running), 2.0, "done")
+    second = t.mark.apply_async((str(held), 0, 1), countdown=1)
+    wait_until(lambda: _runs(running), 10 * SLOW, "the first task to start")
+    app.node.submit(time.sleep, 9.0)  # the loop thread waits on nothing gevent sees
+    time.sleep(0.5)
+    assert [first.get(timeout=30 * SLOW), second.get(timeout=30 * SLOW)] == ["done", 1]
+    assert (_runs(running), _runs(held)) == (["w1"], ["w1"])
+
+
 _SUBMITTER = """
 import json, sys, time
 import zcell_test_tasks as t
