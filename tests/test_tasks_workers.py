@@ -136,7 +136,6 @@ def test_a_worker_back_from_a_pause_learns_the_revokes_made_meanwhile(
     assert {"before", "meanwhile"} <= revoked_at_w1()
 
 
-@pytest.mark.xfail(strict=True, reason="the stuck node waits for replies its peers dropped")
 def test_a_submitter_whose_loop_was_stuck_until_thought_dead_gets_each_outcome(
     procs: Any, task_app: Any, tmp_path: Path
 ) -> None:

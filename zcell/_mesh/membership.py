@@ -760,7 +760,8 @@ class Membership:
         self._hosting.forget_binding_target(actor_id)
 
     def check_frozen(self, now: float) -> bool:
-        """After a process stop as long as peers wait, drop every member.
+        """After a process stop (or a stuck loop's paused heartbeats) as long as
+        peers wait, drop every member.
 
         Every peer has declared us down meanwhile (see
         ``HeartbeatThread.stopped_since``), and what reached our sockets while we
@@ -783,8 +784,9 @@ class Membership:
         for member in list(self._members.values()):
             self._member_down(member, "this node was stopped")
         log.warning(
-            "zcell: node %s was stopped for %.1fs (heartbeats too): its peers "
-            "have declared it down; dropped them, rejoining in %.1fs",
+            "zcell: node %s sent no heartbeat for %.1fs (its process was stopped, or "
+            "its loop stuck): its peers have declared it down; dropped them, "
+            "rejoining in %.1fs",
             self._shared.name,
             now - since,
             hb.quiet_until - now,

@@ -9,7 +9,8 @@ It is also the loop's watchdog: a loop that has not ticked for
 ``STUCK_HEARTBEATS`` heartbeats *and* used almost no CPU meanwhile is stuck (a
 handler waits on a lock or a sleep that gevent does not see), not busy. Then it
 stops beating, so peers declare the node down and stop routing to it, until the
-loop ticks again (peers' knocks then bring it back).
+loop ticks again; then the node drops its peers as they dropped it (as after a
+process stop: ``stopped_since``), and their knocks bring it back.
 """
 
 from __future__ import annotations
@@ -67,10 +68,11 @@ class HeartbeatThread:
         self.endpoint = ""
         self._ready: list[str] = []
         self._stop_sock: zmq.Socket[bytes] | None = None
-        # Process-stop detection (see stopped_since). Written by this thread only:
+        # Silence detection (see stopped_since). Written by this thread only:
         self.stall_after = 2.6 * interval  # = how long peers wait before "down"
-        self.last_beat = time.monotonic()
-        self.stalled_since = 0.0  # last beat before a gap longer than stall_after
+        self.last_beat = time.monotonic()  # this thread's last turn
+        self.last_sent = self.last_beat  # the last heartbeat it sent
+        self.stalled_since = 0.0  # last one sent before a silence longer than stall_after
         # Written by the node's loop thread only:
         self.stall_handled = 0.0
         self.quiet_until = 0.0  # the node re-admits no peer before this time
@@ -84,15 +86,16 @@ class HeartbeatThread:
         self._cpu_samples: collections.deque[tuple[float, float]] = collections.deque()
 
     def stopped_since(self, now: float) -> float | None:
-        """When a process stop not yet reported began, else None (loop thread only).
+        """When a silence of our heartbeats not yet reported began, long enough
+        for every peer to have declared us down, else None (loop thread only).
 
-        This thread keeps beating while a handler hogs the node's loop, so its own
-        silence for ``stall_after`` seconds means the whole process was stopped
-        (SIGSTOP, a paused VM) and every peer has stopped hearing us. It shows as
-        a recorded gap, or, before this thread has run again, as an overdue beat.
-        Each stop is reported once.
+        This thread keeps beating while a handler hogs the node's loop, so a
+        silence of ``stall_after`` seconds means the whole process was stopped
+        (SIGSTOP, a paused VM), or the watchdog paused the heartbeats of a stuck
+        loop. It shows as a recorded gap, or, before this thread has sent again,
+        as an overdue beat. Each silence is reported once.
         """
-        last = self.last_beat
+        last = self.last_sent
         since = last if now - last > self.stall_after else self.stalled_since
         if since <= self.stall_handled:
             return None
@@ -123,14 +126,16 @@ class HeartbeatThread:
             while True:
                 now = time.monotonic()
                 if now - self.last_beat > self.stall_after:
-                    # Record the gap before moving last_beat (the node reads them
-                    # in the other order, without a lock).
-                    self.stalled_since = self.last_beat
                     self._woke_at = now  # the loop was stopped too, not stuck
                 self.last_beat = now
                 try:
                     if self._loop_alive(now):
+                        if now - self.last_sent > self.stall_after:
+                            # Record the silence before moving last_sent (the node
+                            # reads them in the other order, without a lock).
+                            self.stalled_since = self.last_sent
                         pub.send(self._make_frame(), zmq.NOBLOCK)
+                        self.last_sent = now
                 except zmq.Again:
                     pass
                 except Exception:  # never let a bad frame kill liveness silently
