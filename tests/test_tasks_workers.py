@@ -64,17 +64,24 @@ def test_with_acks_late_a_task_whose_worker_died_runs_again_on_the_other(
     assert result.worker == other
 
 
-def test_tasks_never_started_on_a_killed_worker_run_elsewhere_exactly_once(
-    procs: Any, task_app: Any, tmp_path: Path
-) -> None:
+def _w1_holding_three(procs: Any, task_app: Any, held: Path) -> tuple[Any, Any, str, list[Any]]:
+    """A worker w1 (``-c 1``) holding three ``mark`` tasks (writing to ``held``)
+    for their ETA; returns w1, the app, the cluster and the three results."""
     cluster = unique_cluster()
     w1, inbox = start_zcell_worker(procs, "w1", cluster, "-c", "1")
     app = task_app(cluster=cluster, peers=[inbox])
-    blocker, held = tmp_path / "blocker", tmp_path / "held"
-    running = t.mark.delay(str(blocker), 30)
     # Held for their ETA (a submitter pushes other tasks only to free slots).
     waiting = [t.mark.apply_async((str(held), 0, i), countdown=1) for i in range(3)]
     wait_until(lambda: all(r.state == "RECEIVED" for r in waiting), 10, "w1 to hold them")
+    return w1, app, cluster, waiting
+
+
+def test_tasks_never_started_on_a_killed_worker_run_elsewhere_exactly_once(
+    procs: Any, task_app: Any, tmp_path: Path
+) -> None:
+    blocker, held = tmp_path / "blocker", tmp_path / "held"
+    w1, app, cluster, waiting = _w1_holding_three(procs, task_app, held)
+    running = t.mark.delay(str(blocker), 30)
     # Started is not enough: its mark (the proof it ran on w1) must be written.
     wait_until(lambda: _runs(blocker) == ["w1"], 10, "the blocker to run on w1")
     w1.kill(signal.SIGKILL)
@@ -92,12 +99,8 @@ def test_tasks_held_by_a_worker_paused_until_thought_dead_run_once_elsewhere(
     # a crash to the submitter, which sends the tasks held there to another worker;
     # back, the paused worker must not run its copies, though its claims cannot
     # reach the submitter at first (each side dropped the other).
-    cluster = unique_cluster()
-    w1, inbox = start_zcell_worker(procs, "w1", cluster, "-c", "1")
-    app = task_app(cluster=cluster, peers=[inbox])
     held = tmp_path / "held"
-    waiting = [t.mark.apply_async((str(held), 0, i), countdown=1) for i in range(3)]
-    wait_until(lambda: all(r.state == "RECEIVED" for r in waiting), 10, "w1 to hold them")
+    w1, app, cluster, waiting = _w1_holding_three(procs, task_app, held)
     w1.send_signal(signal.SIGSTOP)
     try:
         start_zcell_worker(procs, "w2", cluster, peer=app.node.endpoints["inbox"])
