@@ -172,7 +172,10 @@ running = t.mark.delay(out + "/running", 3.0, "done")
 held = [t.mark.apply_async((out + "/held", 0, i), countdown=2) for i in range(3)]
 ignored = t.mark.apply_async((out + "/ignored", 0, 9), countdown=2, ignore_result=True)
 # A work-flow whose last step's outcome a worker pushes here while this is stopped.
-flows = [(t.slow_add.si(1, 1, seconds=1) | t.add.s(1))()] if sys.argv[5:] == ["flow"] else []
+# And a task whose worker asks for its retry while this is stopped.
+flows = [
+    (t.slow_add.si(1, 1, seconds=1) | t.add.s(1))(), t.slow_retry.delay(out + "/retried", 1.0)
+] if sys.argv[5:] == ["flow"] else []
 print("sent", app.node.endpoints["inbox"], flush=True)
 outcomes = []
 for result in [running, *held, ignored, *flows]:
@@ -201,8 +204,9 @@ def test_a_submitter_paused_until_thought_dead_gets_each_outcome_of_tasks_run_on
     finally:
         submitter.send_signal(signal.SIGCONT)
     line = submitter.wait_for_line(r"^outcomes (.*)$", 40 * SLOW)
-    outcomes = ["done", 0, 1, 2, None, 3]  # the last: the work-flow's
+    outcomes = ["done", 0, 1, 2, None, 3, 1]  # the work-flow's, the retried task's
     assert (json.loads(line.group(1)), _counts(tmp_path)) == (outcomes, (1, 3, 1))
+    assert len(_runs(tmp_path / "retried")) == 2
 
 
 def test_tasks_of_a_paused_submitter_whose_worker_died_meanwhile_are_lost_with_it(

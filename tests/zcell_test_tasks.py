@@ -184,6 +184,16 @@ def retry_later(self: Any, path: str, countdown: float) -> int:
     return int(self.request.retries)
 
 
+@app.task(bind=True, max_retries=1)
+def slow_retry(self: Any, path: str, seconds: float) -> int:
+    """Sleeps ``seconds``, then retries once at once; returns its retry count."""
+    _stamp(path, self.request.hostname)
+    if self.request.retries == 0:
+        gevent.sleep(seconds)
+        raise self.retry(countdown=0)
+    return int(self.request.retries)
+
+
 @app.task(
     bind=True,
     autoretry_for=(ConnectionError,),
