@@ -50,8 +50,7 @@ REJOIN_WAIT = 10.0
 #: Seconds before the first question, and the longest wait between two.
 FIRST_ASK = 0.2
 LAST_ASK = 2.0
-#: Task ids per ``query`` scatter, and how long one waits for the answers.
-ASK_BATCH = 500
+#: Seconds one ``query`` scatter waits for the answers.
 ASK_TIMEOUT = 2.0
 #: ``statistics()`` counter: tasks found again after a stop of this node.
 FOUND = "tasks_found_after_stop"
@@ -169,20 +168,13 @@ class Adrift:
                 self.dispatcher.lost(entry, exc)
 
     def _query(self, wanted: list[str]) -> dict[str, list[dict[str, Any]]]:
-        """What the mesh's workers say of the tasks ``wanted``: their records by id."""
+        """What the mesh's workers say of the tasks ``wanted``: their records by id
+        (workers' answers name the worker; a submitter's do not)."""
         known: dict[str, list[dict[str, Any]]] = {}
-        agent = self.dispatcher.runtime.agent
-        assert agent is not None
-        for start in range(0, len(wanted), ASK_BATCH):
-            replies = agent.scatter(
-                "query", {"ids": wanted[start : start + ASK_BATCH]},
-                timeout=ASK_TIMEOUT, propagate=False,
-            )  # fmt: skip
-            for reply in replies:
-                for task_id, record in reply.items() if isinstance(reply, dict) else ():
-                    # Workers' answers name the worker; a submitter's do not.
-                    if isinstance(record, dict) and isinstance(record.get("worker"), str):
-                        known.setdefault(task_id, []).append(record)
+        for task_id, records in self.dispatcher.runtime.query_mesh(wanted, ASK_TIMEOUT).items():
+            named = [r for r in records if isinstance(r.get("worker"), str)]
+            if named:
+                known[task_id] = named
         return known
 
     def _settled(self, entry: Entry, attempt: int, records: list[dict[str, Any]]) -> bool:

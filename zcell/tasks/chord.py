@@ -319,34 +319,28 @@ class Chords:
         the final ones as their reports (a member still running is not one).
         Returns how many were found."""
         found = 0
-        assert chord.ids is not None and self.runtime.agent is not None
+        assert chord.ids is not None
         missing = {chord.ids[i]: i for i in range(chord.n) if i not in chord.got}
-        wanted = list(missing)
-        for start in range(0, len(wanted), ASK_BATCH):
-            replies = self.runtime.agent.scatter(
-                "query", {"ids": wanted[start : start + ASK_BATCH]},
-                timeout=ASK_TIMEOUT, propagate=False,
-            )  # fmt: skip
-            for reply in replies:
-                for task_id, record in reply.items() if isinstance(reply, dict) else ():
-                    index = missing.get(task_id)
-                    if (
-                        index is None
-                        or not isinstance(record, dict)
-                        or record.get("s") not in READY_STATES
-                        or self.open.get(chord_id) is not chord
-                        or index in chord.got
-                    ):
-                        continue
-                    found += 1
-                    stats = self.runtime.node.stats
-                    stats[ASKED_PARTS] = stats.get(ASKED_PARTS, 0) + 1
-                    log.warning(
+        known = self.runtime.query_mesh(list(missing), ASK_TIMEOUT, ASK_BATCH)
+        for task_id, records in known.items():
+            for record in records:
+                index = missing.get(task_id)
+                if (
+                    index is None
+                    or record.get("s") not in READY_STATES
+                    or self.open.get(chord_id) is not chord
+                    or index in chord.got
+                ):
+                    continue
+                found += 1
+                stats = self.runtime.node.stats
+                stats[ASKED_PARTS] = stats.get(ASKED_PARTS, 0) + 1
+                log.warning(
                         "zcell: chord %s: member %d's report never came; its outcome was "
                         "asked of the mesh",
                         chord_id, index,
                     )  # fmt: skip
-                    self.part(
+                self.part(
                         chord_id, index, task_id, str(record["s"]), record.get("v"),
                         record.get("e"), str(record.get("name")),
                     )  # fmt: skip

@@ -84,6 +84,25 @@ class Runtime:
         self.dispatcher.start()
         self.ready.set()
 
+    def query_mesh(
+        self, task_ids: list[str], timeout: float, batch: int = 500
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Ask every task agent of the mesh what it knows of ``task_ids``
+        (``query``, ``batch`` ids a scatter, each waiting at most ``timeout``):
+        the records by id, as many as answered (a greenlet of the loop)."""
+        assert self.agent is not None
+        known: dict[str, list[dict[str, Any]]] = {}
+        for start in range(0, len(task_ids), batch):
+            replies = self.agent.scatter(
+                "query", {"ids": task_ids[start : start + batch]},
+                timeout=timeout, propagate=False,
+            )  # fmt: skip
+            for reply in replies:
+                for task_id, record in reply.items() if isinstance(reply, dict) else ():
+                    if isinstance(record, dict):
+                        known.setdefault(task_id, []).append(record)
+        return known
+
     def pull_revoked(self) -> None:
         """Ask each task agent this node has not asked yet for the revokes it
         remembers (loop thread; the dispatcher calls it each round), so that a
