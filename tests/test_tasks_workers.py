@@ -184,6 +184,7 @@ for result in [running, *held, ignored, *flows]:
     except Exception as exc:
         outcomes.append(type(exc).__name__)
 print("outcomes", json.dumps(outcomes), flush=True)
+print("found", app.node.statistics().get("tasks_found_after_stop", 0), flush=True)
 app.close(timeout=1)
 """
 
@@ -207,6 +208,9 @@ def test_a_submitter_paused_until_thought_dead_gets_each_outcome_of_tasks_run_on
     outcomes = ["done", 0, 1, 2, None, 3, 1]  # the work-flow's, the retried task's
     assert (json.loads(line.group(1)), _counts(tmp_path)) == (outcomes, (1, 3, 1))
     assert len(_runs(tmp_path / "retried")) == 2
+    # Found by asking the mesh: at least the five in flight through the pause
+    # (the running task, the three held and the ignored one).
+    assert int(submitter.wait_for_line(r"^found (\d+)$", 5 * SLOW).group(1)) >= 5
 
 
 def test_tasks_of_a_paused_submitter_whose_worker_died_meanwhile_are_lost_with_it(
