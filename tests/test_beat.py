@@ -15,9 +15,10 @@ import pytest
 import zcell_test_tasks as t
 from conftest import SLOW, start_beat_worker, start_zcell_worker, unique_cluster, wait_until
 
+from zcell import App
 from zcell.errors import ZcellError
 from zcell.schedules import crontab
-from zcell.tasks.beat import CANDIDATE_TYPE, BeatEntry
+from zcell.tasks.beat import CANDIDATE_TYPE, Beat, BeatEntry
 
 EVERY = 0.5
 
@@ -44,10 +45,16 @@ def _once_each(path: Path, since: float, until: float) -> None:
 
 
 def _candidates(
-    procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path, names: list[str], **env: str
+    procs: Any,
+    make_node: Any,
+    monkeypatch: Any,
+    tmp_path: Path,
+    names: list[str],
+    observer_name: str = "observer",
+    **env: str,
 ) -> tuple[dict[str, Any], Any, Path]:
     """Start `zcell worker -B` candidates named ``names``; returns (procs by name,
-    an observer node in the mesh, the ticks file)."""
+    an observer node in the mesh, named ``observer_name``, the ticks file)."""
     path = tmp_path / "ticks"
     monkeypatch.setenv("ZCELL_TEST_BEAT_FILE", str(path))
     monkeypatch.setenv("ZCELL_TEST_BEAT_EVERY", str(EVERY))
@@ -59,7 +66,7 @@ def _candidates(
     for name in names:
         started[name], first = start_beat_worker(procs, name, cluster, peer=inbox)
         inbox = inbox or first
-    observer = make_node("observer", cluster=cluster, peers=[inbox], heartbeat=0.3)
+    observer = make_node(observer_name, cluster=cluster, peers=[inbox], heartbeat=0.3)
     wait_until(
         lambda: len(observer.actors(CANDIDATE_TYPE)) == len(names), 10 * SLOW, "the candidates"
     )
@@ -186,6 +193,35 @@ def test_a_leader_paused_long_enough_to_be_thought_dead_doubles_no_tick(
     finally:
         started["b1"].send_signal(signal.SIGCONT)
     wait_until(lambda: _leads(observer, "b1"), 10 * SLOW, "b1 to lead again")
+    time.sleep(3 * EVERY)
+    until = time.time() - 1.0
+    _once_each(path, since, until)
+
+
+@pytest.mark.xfail(strict=True, reason="a live node's stopped beat keeps the lead")
+def test_a_leader_whose_beat_stopped_while_its_node_lives_is_replaced(
+    procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    # The leader is this process's node a1 (the lowest name). Its beat stops but
+    # its node lives and heartbeats, so the directory lists it for ever: the others
+    # take the next candidate for the leader once the leases they gave a1 end
+    # unrenewed, not when (if ever) its node is declared down.
+    started, a1, path = _candidates(
+        procs, make_node, monkeypatch, tmp_path, ["b2", "b3"], observer_name="a1"
+    )
+    app = App("zcell_test_beat", discovery="static")
+    app.conf.beat_schedule = {
+        "tick": {"task": "zcell_test_beat.tick", "schedule": EVERY, "args": [str(path)]}
+    }
+    app.use_node(a1)
+    beat = Beat(app, a1).start()
+    since = time.time()
+    wait_until(lambda: _leads(a1, "a1"), 5 * SLOW, "a1 to lead")
+    time.sleep(2 * EVERY)
+    a1.call_in_loop(beat.end)
+    wait_until(lambda: _leads(a1, "b2"), 5 * SLOW, "b2 to lead")
+    status = _status(a1, "b2")
+    assert "a1" in status["candidates"] and status["passed"] == ["a1"]
     time.sleep(3 * EVERY)
     until = time.time() - 1.0
     _once_each(path, since, until)
