@@ -269,6 +269,27 @@ def test_crowd_quick_run_measures_each_scenario_at_both_sizes_and_reaps_its_work
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
+def test_beat_run_times_the_takeover_of_a_killed_leader_and_reaps_its_candidates() -> None:
+    """``python -m bench.beat --reps 1 --json``: one takeover timed, in seconds and in
+    heartbeats; its three candidates are gone. How long it took is not asserted."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.beat", "--reps", "1", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    (took,) = report["takeover_s"]
+    assert positive(took) and report["median_s"] == took
+    assert report["takeover_heartbeats"] == [pytest.approx(took / 0.3, abs=0.01)]
+    assert len(report["pids"]) == 3
+    assert not [pid for pid in report["pids"] if Path(f"/proc/{pid}").exists()]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
 def test_soak_smoke_run_reaps_its_children_and_writes_a_well_formed_report(
     tmp_path: Path,
 ) -> None:

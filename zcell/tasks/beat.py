@@ -19,6 +19,12 @@ they take it for the leader; a candidate that told one leader so says it to no
 other until that lease ends, and does not lead meanwhile. A leader that was
 paused (a long GC, a stalled host) or cut off one way therefore stops before
 another can lead, instead of sending the ticks its successor sent.
+
+Passing over: a lease that ends unrenewed is how a candidate learns that its
+leader stopped leading (it died, stalled, or its beat stopped while its node
+lives), sooner than the membership declares a node down: the candidate then
+takes the next name for the leader, until the one passed over asks it for a
+lease again.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import gevent
+import gevent.event
 
 from ..actors.actor import Actor
 from ..errors import ZcellError
@@ -53,11 +60,11 @@ ROUND = 0.1
 DETECT_HEARTBEATS = 3.0
 #: Seconds a candidate waits for another's answer (its known set, the ran ticks).
 ASK_TIMEOUT = 2.0
-#: Heartbeats a lease lasts: about what a crash takes to be noticed
-#: (``DETECT_HEARTBEATS``), so that the others' leases to a dead leader end about
-#: when they see it down; renewed every heartbeat, so that a slow answer (two
-#: heartbeats late) does not cost the leader its lead.
-LEASE_HEARTBEATS = 3.0
+#: Heartbeats a lease lasts. One that ends unrenewed passes its leader over, so a
+#: dead leader is replaced within about this many heartbeats (less than the
+#: membership's 2.6 to declare a node down); renewed with a third of it gone, so
+#: that an answer may come more than a heartbeat late without costing the lead.
+LEASE_HEARTBEATS = 2.0
 #: The namespace of the tick ids (uuid5 of app, entry and due time).
 TICK_NAMESPACE = uuid.UUID("6f1d1e3c-8f0a-4a53-9d7e-2b9f4a6c1e15")
 #: The keys of a beat_schedule entry.
@@ -241,9 +248,11 @@ class Beat:
         # counted from before it asked, so it ends here first).
         self.lease_to: tuple[str, str, float] | None = None
         self.leases: dict[str, float] = {}
+        self.passed: dict[str, str] = {}  # name -> node id: leases to it ended unrenewed
         self._renewing = False
         self._unleased_since: float | None = None
         self._greenlet: Any = None
+        self._wake: gevent.event.Event | None = None  # made in the loop's thread (_run)
 
     # -- lifecycle (any thread) ---------------------------------------------
 
@@ -308,12 +317,22 @@ class Beat:
     # -- the loop (loop thread) ---------------------------------------------
 
     def _run(self) -> None:
+        self._wake = wake = gevent.event.Event()
         while True:
             try:
                 self._round(time.time())
             except Exception:  # noqa: BLE001 - the beat must outlive one bad round
                 log.exception("zcell beat: a round failed; trying again")
-            gevent.sleep(ROUND)
+            wake.wait(self._pause())
+            wake.clear()
+
+    def _pause(self) -> float:
+        """Seconds to the next round: ``ROUND``, or less when the lease this
+        candidate gave ends sooner (a lease ended unrenewed is acted on at once)."""
+        given = self.lease_to
+        if given is None:
+            return ROUND
+        return min(ROUND, max(0.0, given[2] - time.monotonic()) + 0.001)
 
     def _round(self, now: float) -> None:
         self.live = self._live()
@@ -323,7 +342,8 @@ class Beat:
         have = len(self.known & set(self.live))
         if have >= need:
             self.known = set(self.live)  # the dead ones no longer count
-        self.leader = min(self.live)
+        self._pass_over()
+        self.leader = self._leader()
         if self.leader != self.me or not self._learnt():
             self._follow(now, None)
         elif have < need:
@@ -354,6 +374,28 @@ class Beat:
             live[name] = ref
         live.setdefault(self.me, None)  # before the directory lists it
         return live
+
+    def _pass_over(self) -> None:
+        """A lease this candidate gave that ended unrenewed, its holder still
+        listed, passes that holder over (see the module doc); one no longer
+        listed (it left, or a new node took its name) is forgotten."""
+        given = self.lease_to
+        if given is not None and given[2] <= time.monotonic():
+            self.lease_to = None
+            ref = self.live.get(given[0])
+            if given[0] != self.me and ref is not None and ref.node_id == given[1]:
+                self.passed[given[0]] = given[1]
+                log.warning(
+                    "zcell beat: %s passes over %s (its lease ended unrenewed)", self.me, given[0]
+                )
+        for name, node_id in list(self.passed.items()):
+            ref = self.live.get(name)
+            if ref is None or ref.node_id != node_id:
+                del self.passed[name]
+
+    def _leader(self) -> str:
+        """The lowest live name not passed over (self is never passed over)."""
+        return min(n for n, ref in self.live.items() if ref is None or n not in self.passed)
 
     def _learn(self) -> None:
         """Ask each newly seen candidate whom it knows (a newcomer on a minority
@@ -391,8 +433,13 @@ class Beat:
         """Lease ``name`` the lead if this candidate takes it for the leader and
         leased to no other now (a lease ends, or its holder leaves, before another
         is given)."""
+        self._pass_over()  # a lease to another that just ended: pass it over now
+        self.leader = self._leader()
         now = time.monotonic()
         ref = self.live.get(name)
+        if ref is not None and self.passed.get(name) == node_id:
+            del self.passed[name]  # it asks again: it lives and would lead
+            self.leader = self._leader()
         if name == self.me or name != self.leader or ref is None or ref.node_id != node_id:
             return False
         given = self.lease_to
@@ -414,7 +461,9 @@ class Beat:
             return False
         if need <= 1:
             return True  # a quorum of one (beat_quorum = 1): no lease asked, none needed
-        others = [n for n in self.live if n != self.me and n in self.known]
+        # One passed over is not asked: dead, it would hold the renewal up; alive,
+        # it takes itself for the leader (it asks us, and is no longer passed over).
+        others = [n for n in self.live if n != self.me and n in self.known and n not in self.passed]
         held = sum(1 for n in others if self.leases.get(n, 0.0) > now)
         soon = now + self.lease_length() * 2 / 3
         if not self._renewing and any(self.leases.get(n, 0.0) <= soon for n in others):
@@ -423,29 +472,35 @@ class Beat:
         return held + 1 >= need
 
     def _renew(self, names: list[str]) -> None:
-        """Ask ``names`` for a lease, all at once; keep the answers."""
+        """Ask ``names`` for a lease, all at once; keep each answer as it comes
+        (one that does not answer holds up none of the others)."""
+        asked = time.monotonic()
+        ask = {"name": self.me, "node": self.node.id}
+        wait = self.lease_length()  # a later answer would come with its lease over
+
+        def one(name: str, ref: ActorProxy) -> None:
+            try:
+                answer = ref.send("lease", ask, timeout=wait)
+            except ZcellError:
+                answer = None
+            if isinstance(answer, dict) and answer.get("ok") is True:
+                self.leases[name] = asked + self.lease_length()
+                if self._wake is not None:
+                    self._wake.set()  # the next round now: it may lead with this lease
+                # A leader this one never heard from (it came back from a stall,
+                # or joined) may have sent ticks: the candidates that leased to
+                # that one heard how far, and a quorum overlaps.
+                self.progress(answer.get("handed"))
+            else:
+                self.leases.pop(name, None)
+
         try:
-            asked = time.monotonic()
-            ask = {"name": self.me, "node": self.node.id}
-            wait = self.lease_length()  # a later answer would come with its lease over
-            calls = []
-            for name in names:
-                ref = self.live.get(name)
-                if ref is not None:
-                    calls.append((name, ref.call("lease", ask, timeout=wait)))
-            for name, result in calls:
-                try:
-                    answer = result.get(timeout=wait)
-                except ZcellError:
-                    answer = None
-                if isinstance(answer, dict) and answer.get("ok") is True:
-                    self.leases[name] = asked + self.lease_length()
-                    # A leader this one never heard from (it came back from a
-                    # stall, or joined) may have sent ticks: the candidates that
-                    # leased to that one heard how far, and a quorum overlaps.
-                    self.progress(answer.get("handed"))
-                else:
-                    self.leases.pop(name, None)
+            asks = [
+                gevent.spawn(one, name, ref)
+                for name in names
+                if (ref := self.live.get(name)) is not None
+            ]
+            gevent.joinall(asks, timeout=wait + 1.0)
         finally:
             self._renewing = False
 
@@ -597,6 +652,7 @@ class Beat:
             "sent": self.sent,
             "caught_up": self.caught_up,
             "leases": sorted(n for n, until in self.leases.items() if until > time.monotonic()),
+            "passed": sorted(self.passed),
             "entries": [e.describe(tz, now, self.handed.get(e.name)) for e in self.entries],
         }
 
