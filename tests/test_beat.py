@@ -226,6 +226,34 @@ def test_a_leader_whose_beat_stopped_while_its_node_lives_is_replaced(
     _once_each(path, since, until)
 
 
+@pytest.mark.xfail(strict=True, reason="a follower's shorter lease passes over a live leader")
+def test_a_leader_with_slower_heartbeats_than_the_others_keeps_the_lead(
+    procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    # Each candidate counts a lease in its own heartbeats: a1 (1 s) would take a
+    # lease to last longer than b2 and b3 (0.3 s) give it, renew it too late, and
+    # find itself passed over while it still sends.
+    started, observer, path = _candidates(procs, make_node, monkeypatch, tmp_path, ["b2", "b3"])
+    a1 = make_node("a1", cluster=observer.cluster, peers=[observer.endpoints["inbox"]])
+    app = App("zcell_test_beat", discovery="static")
+    app.conf.beat_schedule = {
+        "tick": {"task": "zcell_test_beat.tick", "schedule": EVERY, "args": [str(path)]}
+    }
+    app.use_node(a1)
+    Beat(app, a1).start()
+    since = time.time()
+    wait_until(lambda: _leads(observer, "a1"), 5 * SLOW, "a1 to lead")
+    views = []
+    for _ in range(40):  # about 4 s: six of a1's lease renewals
+        views.append((_status(observer, "b2"), _status(observer, "b3")))
+        time.sleep(0.1)
+    assert _leads(observer, "a1")
+    strays = [(v["node"], v["leading"], v["passed"]) for pair in views for v in pair]
+    assert not [s for s in strays if s[1] or s[2]], strays
+    until = time.time() - 1.0
+    _once_each(path, since, until)
+
+
 def test_with_two_candidates_a_graceful_stop_hands_over_at_once(
     procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path
 ) -> None:
