@@ -173,11 +173,12 @@ class BeatCandidate(Actor):
             """Candidate ``name`` (node id ``node``) asks to lead for a lease:
             ``ok`` if this one takes it for the leader and leased to no other;
             with it, ``handed``: how far each entry's ticks were sent, as far as
-            this one knows (it may have heard from a leader the asker never saw)."""
+            this one knows (it may have heard from a leader the asker never saw),
+            and ``length``: the lease's seconds here (the asker counts no more)."""
             beat = _beat_of(self.node)
             if not beat.grant(str(name), str(node)):
                 return {"ok": False}
-            return {"ok": True, "handed": beat.reported()}
+            return {"ok": True, "handed": beat.reported(), "length": beat.lease_length()}
 
         def on_stop(self) -> None:
             """The node stops: the beat's greenlet ends now, in the loop's thread
@@ -248,6 +249,7 @@ class Beat:
         # counted from before it asked, so it ends here first).
         self.lease_to: tuple[str, str, float] | None = None
         self.leases: dict[str, float] = {}
+        self.spans: dict[str, float] = {}  # name -> seconds of the lease it last gave
         self.passed: dict[str, str] = {}  # name -> node id: leases to it ended unrenewed
         self._renewing = False
         self._unleased_since: float | None = None
@@ -465,8 +467,9 @@ class Beat:
         # it takes itself for the leader (it asks us, and is no longer passed over).
         others = [n for n in self.live if n != self.me and n in self.known and n not in self.passed]
         held = sum(1 for n in others if self.leases.get(n, 0.0) > now)
-        soon = now + self.lease_length() * 2 / 3
-        if not self._renewing and any(self.leases.get(n, 0.0) <= soon for n in others):
+        length = self.lease_length()
+        soon = [self.leases.get(n, 0.0) - now <= self.spans.get(n, length) * 2 / 3 for n in others]
+        if not self._renewing and any(soon):
             self._renewing = True
             gevent.spawn(self._renew, others)
         return held + 1 >= need
@@ -484,7 +487,12 @@ class Beat:
             except ZcellError:
                 answer = None
             if isinstance(answer, dict) and answer.get("ok") is True:
-                self.leases[name] = asked + self.lease_length()
+                # As long as it lasts there, if shorter (its heartbeats are faster).
+                span = self.lease_length()
+                given = answer.get("length")
+                if isinstance(given, int | float) and not isinstance(given, bool) and given > 0:
+                    span = min(span, float(given))
+                self.leases[name], self.spans[name] = asked + span, span
                 if self._wake is not None:
                     self._wake.set()  # the next round now: it may lead with this lease
                 # A leader this one never heard from (it came back from a stall,
