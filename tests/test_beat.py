@@ -254,6 +254,31 @@ def test_a_leader_with_slower_heartbeats_than_the_others_keeps_the_lead(
     _once_each(path, since, until)
 
 
+@pytest.mark.xfail(strict=True, reason="a newcomer leads alone until it meets the others")
+def test_a_candidate_joining_a_mesh_with_a_leader_never_leads_alone_meanwhile(
+    procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    # A candidate that sees no other yet is a quorum of one: leading then, it would
+    # send the ticks the leader sends, until the directory shows it the others.
+    started, observer, path = _candidates(procs, make_node, monkeypatch, tmp_path, ["b1"])
+    wait_until(lambda: _leads(observer, "b1"), 5 * SLOW, "b1 to lead")
+    b2 = make_node(
+        "b2", cluster=observer.cluster, peers=[observer.endpoints["inbox"]], heartbeat=0.3
+    )
+    app = App("zcell_test_beat", discovery="static")
+    app.conf.beat_schedule = {
+        "tick": {"task": "zcell_test_beat.tick", "schedule": EVERY, "args": [str(path)]}
+    }
+    app.use_node(b2)
+    beat = Beat(app, b2).start()
+    views = []
+    for _ in range(150):  # 1.5 s: five of b2's heartbeats
+        views.append(b2.call_in_loop(beat.status))
+        time.sleep(0.01)
+    assert not [v for v in views if v["leading"]], [v["candidates"] for v in views][:5]
+    assert views[-1]["candidates"] == ["b1", "b2"] and _leads(observer, "b1")
+
+
 def test_with_two_candidates_a_graceful_stop_hands_over_at_once(
     procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path
 ) -> None:
