@@ -254,7 +254,6 @@ def test_a_leader_with_slower_heartbeats_than_the_others_keeps_the_lead(
     _once_each(path, since, until)
 
 
-@pytest.mark.xfail(strict=True, reason="a newcomer leads alone until it meets the others")
 def test_a_candidate_joining_a_mesh_with_a_leader_never_leads_alone_meanwhile(
     procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path
 ) -> None:

@@ -58,6 +58,10 @@ CANDIDATE_TYPE = "zcell.beat.candidate"
 ROUND = 0.1
 #: Heartbeats a dead leader may have been silent before it is declared down.
 DETECT_HEARTBEATS = 3.0
+#: Heartbeats a new candidate waits before it may lead: time to meet the mesh (one
+#: that sees no other candidate yet is a quorum of one, and would send the ticks
+#: the leader it has not met sends).
+JOIN_HEARTBEATS = 3.0
 #: Seconds a candidate waits for another's answer (its known set, the ran ticks).
 ASK_TIMEOUT = 2.0
 #: Heartbeats a lease lasts. One that ends unrenewed passes its leader over, so a
@@ -231,6 +235,7 @@ class Beat:
         self.entries = entries_of(app)
         self.me = node.name
         self.started = time.time()
+        self._joined_at = time.monotonic() + JOIN_HEARTBEATS * float(node.heartbeat)
         self.known: set[str] = {self.me}
         self.left: dict[str, str] = {}  # name -> node id of candidates that left
         self.asked: set[str] = set()  # node ids asked for their known set
@@ -346,7 +351,7 @@ class Beat:
             self.known = set(self.live)  # the dead ones no longer count
         self._pass_over()
         self.leader = self._leader()
-        if self.leader != self.me or not self._learnt():
+        if self.leader != self.me or not self._learnt() or time.monotonic() < self._joined_at:
             self._follow(now, None)
         elif have < need:
             missing = sorted(self.known - set(self.live))
@@ -571,8 +576,9 @@ class Beat:
 
     def _take_over(self, now: float) -> None:
         self.leading, self.paused = True, None
-        first = self.following_until <= self.started
-        self.settle_until = now if first else now + self.node.heartbeat
+        # A candidate followed (or waited to join) until now: ticks another sent
+        # may still be in flight.
+        self.settle_until = now + self.node.heartbeat
         for entry in self.entries:
             entry.cursor = None
         log.info(
@@ -590,9 +596,7 @@ class Beat:
         bound = now - float(self.app.conf.beat_max_catchup)
         if entry.name in self.handed:
             return max(self.handed[entry.name], bound)
-        since = self.following_until
-        if since > self.started:
-            since -= DETECT_HEARTBEATS * self.node.heartbeat
+        since = self.following_until - DETECT_HEARTBEATS * self.node.heartbeat
         return max(self.started, since, bound)
 
     def _catch_up(self, ticks: list[tuple[BeatEntry, float]]) -> None:
