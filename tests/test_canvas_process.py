@@ -45,6 +45,26 @@ def test_a_chain_of_acks_late_tasks_finishes_when_its_worker_is_killed(
     assert _runs(path) == [first, "w2" if first == "w1" else "w1"]
 
 
+@pytest.mark.xfail(strict=True, reason="the lost step is nobody's: the chain's get() hangs")
+def test_a_chain_whose_next_task_died_with_the_worker_that_sent_it_fails_instead_of_hanging(
+    procs: Any, task_app: Any, tmp_path: Path
+) -> None:
+    # A chain's next task is sent by the worker that ran the one before: waiting
+    # there for a worker of its queue (none yet), it dies with that worker, and no
+    # submitter is left to say so.
+    workers = _two_workers(procs, task_app)
+    path = tmp_path / "runs"
+    res = (t.mark.si(str(path)) | t.add.si(1, 1).set(queue="later") | t.add.s(1))()
+    second = res.parent
+    assert second is not None and second.parent is not None
+    wait_until(second.parent.ready, T, "the chain's first task to end")
+    (ran_on,) = _runs(path)
+    workers[ran_on].kill(signal.SIGKILL)
+    with pytest.raises(WorkerLostError, match=f"{second.id}.*{ran_on}"):
+        res.get(timeout=T)
+    assert second.state == "FAILURE"
+
+
 SUBMIT_AND_EXIT = """
 import zcell_test_tasks as t
 from zcell import chord
