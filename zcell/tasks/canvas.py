@@ -451,8 +451,25 @@ class chain(_Composite):  # noqa: N801 - Celery's name
         head = first.apply(app, runtime, args, kwargs, {**options, "chain": list(rest)})
         if later:
             _root_of(later[0]).parent = head
+            _follows(runtime, later[-1])
             return later[-1]
         return head
+
+
+def _follows(runtime: Runtime, last: Result) -> None:
+    """Tell the dispatcher which watched step follows which (one task after one
+    task), so that a step lost with the worker that was to send it fails instead
+    of being waited for (strays.py)."""
+    from .result import TaskResult
+
+    pairs: list[tuple[str, str]] = []
+    step: Any = last
+    while step is not None and step.parent is not None:
+        if isinstance(step, TaskResult) and isinstance(step.parent, TaskResult):
+            pairs.append((step.id, step.parent.id))
+        step = step.parent
+    if pairs:
+        runtime.node.call_in_loop(runtime.dispatcher.strays.follows, pairs)
 
 
 def _root_of(result: Result) -> Any:

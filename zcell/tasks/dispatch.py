@@ -44,6 +44,7 @@ from .followup import after, failure, has_followup
 from .message import make
 from .routing import queue_actor_name
 from .states import FAILURE, PENDING, READY_STATES, RECEIVED, RETRY, REVOKED, STARTED, SUCCESS
+from .strays import Strays
 
 if TYPE_CHECKING:
     from ..actors.proxy import ActorProxy
@@ -186,6 +187,8 @@ class Dispatcher:
         self._pump: gevent.Greenlet | None = None
         # Pushes that failed because this node was stopped (adrift.py).
         self.adrift = Adrift(self)
+        # Watched steps of work-flows lost with the node to send them (strays.py).
+        self.strays = Strays(self)
 
     # -- lifecycle (loop thread) ---------------------------------------------
 
@@ -211,6 +214,7 @@ class Dispatcher:
         if pump is not None:
             pump.kill(block=True, timeout=1.0)
         self.adrift.stop()
+        self.strays.stop()
 
     def wake(self) -> None:
         """Have the pump look at the waiting tasks now (loop thread)."""
@@ -225,6 +229,7 @@ class Dispatcher:
             try:
                 self.runtime.pull_revoked()
                 self.adrift.look()
+                self.strays.look()
                 # A round's pushes to one worker leave together (Socket.send_soon).
                 with self.node.corked():
                     self.pump()
@@ -780,15 +785,16 @@ class Dispatcher:
             entry.result = meta
 
     def query(self, task_ids: list[str]) -> dict[str, Any]:
-        """What this submitter knows of ``task_ids``: the state of those not
-        finished, and the outcome record of those finished whose results a
-        program here still holds (a chord's coordinator asks for these when a
+        """What this submitter knows of ``task_ids``: the state of those it sent
+        not finished, and the outcome record of those finished whose results a
+        program here still holds (a watched step another node sends is not
+        named before it ends) (a chord's coordinator asks for these when a
         member's report was lost and its worker is gone too)."""
         found: dict[str, Any] = {}
         for task_id in task_ids:
             entry = self.entries.get(task_id) or self.known.get(task_id)
-            if entry is None:
-                continue
+            if entry is None or (not entry.ready and task_id not in self.entries):
+                continue  # (a watched step not ended: another node sends it)
             if not entry.ready:
                 found[task_id] = {"s": entry.state, "name": entry.name, "retries": entry.retries}
                 continue

@@ -69,6 +69,7 @@ class Runtime:
         self.dispatcher: Dispatcher = Dispatcher(self)
         self.agent: ActorProxy | None = None
         self.pulled: set[str] = set()  # agents asked for their remembered revokes
+        self.departures = 0  # times an agent asked was no longer listed
         self.ready = Flag()  # set once started (attach() from another thread waits)
         self._parts: dict[str, Any] = {}  # made on first use (``part``)
         node.stats.setdefault(DROPPED, 0)
@@ -113,7 +114,10 @@ class Runtime:
         # An agent gone from the mesh (its node down, cut off, or this node
         # stopped a while) is asked again when it is back: revokes made meanwhile
         # did not reach the other side.
+        before = len(self.pulled)
         self.pulled.intersection_update(listed)
+        if len(self.pulled) < before:
+            self.departures += 1  # work-flow steps may have gone with it (strays.py)
         for agent_id in listed:
             if agent_id != own and agent_id not in self.pulled:
                 self.pulled.add(agent_id)
