@@ -402,3 +402,32 @@ def test_calls_to_a_killed_peer_fail_fast_once_it_is_declared_down(make_node, pr
             ref.send.echo(value=1, timeout=10)
         assert time.monotonic() - start < 0.5 * SLOW
     assert parent.actors(Echo) == []
+
+
+@pytest.mark.xfail(strict=True, reason="a send parked on a socket closed under it waits on")
+def test_a_send_waiting_for_room_at_a_peer_declared_down_fails_with_node_down(make_node, procs):
+    # A send from the node's loop (a handler's, the task dispatcher's push) waits
+    # while the peer is past its high-water mark. The peer declared down, its
+    # socket is closed: the wait must end then with NodeDown, not at its deadline
+    # (never, for the dispatcher's pushes, which have none).
+    parent = make_node("parent")
+    child, child_id = start_child(procs, parent, "full", 1.0)
+    ref = parent.spawn(Echo, on="full")
+    assert ref.send.echo(value=1) == 1
+    child.send_signal(signal.SIGSTOP)
+    blob, sent, out = b"x" * 16384, [0], []
+
+    def flood():
+        try:
+            while True:
+                ref.send.echo(value=blob, nowait=True, timeout=60)
+                sent[0] += 1
+        except Exception as exc:  # noqa: BLE001 - what ended the wait is the point
+            out.append(exc)
+
+    parent.call_in_loop(gevent.spawn, flood)
+    wait_until(lambda: child_id not in ids(parent), 10, "the frozen child is declared down")
+    before = sent[0]
+    wait_until(lambda: out, 5, "the waiting send to end")
+    assert isinstance(out[0], NodeDown), repr(out[0])
+    assert sent[0] == before  # it had stopped on the full peer, not sent on
