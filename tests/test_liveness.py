@@ -404,7 +404,6 @@ def test_calls_to_a_killed_peer_fail_fast_once_it_is_declared_down(make_node, pr
     assert parent.actors(Echo) == []
 
 
-@pytest.mark.xfail(strict=True, reason="a send parked on a socket closed under it waits on")
 def test_a_send_waiting_for_room_at_a_peer_declared_down_fails_with_node_down(make_node, procs):
     # A send from the node's loop (a handler's, the task dispatcher's push) waits
     # while the peer is past its high-water mark. The peer declared down, its

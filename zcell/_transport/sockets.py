@@ -199,6 +199,7 @@ class Socket:
         "_send_lock",
         "_closed",
         "_poke_due",
+        "_parked",
         "_batch",
         "_soon",
         "_soon_deadline",
@@ -213,6 +214,7 @@ class Socket:
         self._send_lock: Semaphore | None = None
         self._closed = False
         self._poke_due = False
+        self._parked = False  # a greenlet waits in _wait_fd on the watcher
         self._batch: dict[bytes, list[bytes]] | None = None
         self._soon: list[bytes] | None = None  # DEALER: frames send_soon holds
         self._soon_deadline: float | None = None  # the latest of theirs (None: none)
@@ -278,7 +280,11 @@ class Socket:
                 # The socket's reader (XPUB) holds the watcher: poll instead.
                 gevent.sleep(0.001)
             else:
-                self.hub.wait(self._watcher)
+                self._parked = True
+                try:
+                    self.hub.wait(self._watcher)
+                finally:
+                    self._parked = False
         except CallTimeout:
             raise CallTimeout(
                 "timed out waiting to send: the peer is not taking messages"
@@ -607,9 +613,15 @@ class Socket:
             return
         self._closed = True
         self._soon = None  # the node leaves or the peer is gone: nobody waits for these
+        watcher = self._watcher
+        # A greenlet parked in _wait_fd would never be woken by a closed watcher:
+        # wake it (it then raises TransportClosed).
+        wake = (watcher.callback, watcher.args) if self._parked and watcher.active else None
         try:
-            self._watcher.stop()
-            self._watcher.close()
+            watcher.stop()
+            watcher.close()
         except Exception:  # pragma: no cover
             pass
+        if wake is not None and wake[0] is not None:
+            self.hub.loop.run_callback_threadsafe(wake[0], *wake[1])
         self.raw.close(linger=0)
