@@ -14,6 +14,7 @@ from conftest import SLOW, run_script, start_zcell_worker, unique_cluster, wait_
 from test_tasks_workers import _runs, _two_workers
 
 from zcell import ChordError, WorkerLostError, chord
+from zcell.tasks.runtime import AGENT_TYPE
 
 T = 10 * SLOW
 
@@ -63,6 +64,28 @@ def test_a_chain_whose_next_task_died_with_the_worker_that_sent_it_fails_instead
         res.get(timeout=T)
     assert second.state == "FAILURE"
     assert t.app.node.statistics()["canvas_steps_lost"] == 2  # the lost task and the last
+
+
+def test_a_chord_applied_while_its_coordinator_is_dead_but_listed_goes_to_another(
+    procs: Any, task_app: Any, tmp_path: Path
+) -> None:
+    # The only worker of the body's queue was killed and is not declared down yet:
+    # opening the chord there fails with NodeDown. Nothing was opened or sent, so
+    # the chord goes to another coordinator (none left: this program) instead.
+    cluster = unique_cluster()
+    w1, inbox = start_zcell_worker(procs, "w1", cluster, "-Q", "bodies")
+    _, w2_inbox = start_zcell_worker(procs, "w2", cluster, peer=inbox)
+    app = task_app(cluster=cluster, peers=[inbox])
+    for queue in ("celery", "bodies"):
+        name = f"zcell.queue.{queue}"
+        wait_until(lambda n=name: len(app.node.actors(n)) == 1, T, f"a {queue} consumer")
+    (body_worker,) = {ref.node_id for ref in app.node.actors("zcell.queue.bodies")}
+    listed = lambda: body_worker in {a.node_id for a in app.node.actors(AGENT_TYPE)}  # noqa: E731
+    wait_until(listed, T, "w1's task agent")
+    w1.kill(signal.SIGKILL)
+    res = chord([t.add.s(i, i) for i in range(3)], t.xsum.s().set(queue="bodies"))()
+    start_zcell_worker(procs, "w3", cluster, "-Q", "bodies", peer=w2_inbox)
+    assert res.get(timeout=T) == 6
 
 
 SUBMIT_AND_EXIT = """

@@ -1,7 +1,8 @@
 """Chords: the header's results are pushed to a coordinator on a worker.
 
 ``start_chord`` (the submitter's side) picks a worker that consumes the body's
-queue, opens the chord at that worker's task agent (``chord_start``), then
+queue, opens the chord at that worker's task agent (``chord_start``; another
+worker's if that node is declared down before it answers), then
 sends the header members with a ``chord`` report address in their messages.
 Each member's worker pushes its outcome there as soon as it has one
 (``followup.py``); no one polls. With every member in, the coordinator sends
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds the submitter waits for the coordinator to open the chord.
 START_TIMEOUT = 10.0
+#: Coordinators tried for one chord whose nodes went down before they answered.
+OPEN_TRIES = 3
 #: The deadline of the ``chord_wait`` call: none to speak of (a dead
 #: coordinator fails it at once).
 WAIT_DEADLINE = 10 * 365 * 86400.0
@@ -110,13 +113,9 @@ def start_chord(
         return body.apply(app, runtime, ([],), {}, {"root_id": root})
     lasts = [member.last() for member in members]  # a group member raises TypeError here
     body_result = body.result(app, runtime)
-    coordinator = _coordinator(app, runtime, body.task)
     ids = [last.freeze() for last in lasts]  # the reporting task of each member
-    coordinator.send(
-        "chord_start",
-        {"id": gid, "n": len(members), "body": dict(body), "root_id": root, "ids": ids},
-        timeout=START_TIMEOUT,
-    )
+    start = {"id": gid, "n": len(members), "body": dict(body), "root_id": root, "ids": ids}
+    coordinator = _open(app, runtime, body, start)
     _watch_coordinator(runtime, coordinator, gid, body)
     results: list[TaskResult | GroupResult] = []
     for i, (member, last) in enumerate(zip(members, lasts, strict=True)):
@@ -128,15 +127,39 @@ def start_chord(
     return body_result
 
 
-def _coordinator(app: App, runtime: Runtime, body_task: str) -> ActorProxy:
+def _open(app: App, runtime: Runtime, body: Signature, start: dict[str, Any]) -> ActorProxy:
+    """Open the chord at a coordinator (``chord_start``); returns it. One whose node
+    is declared down before it answered (the directory still listed it: it died
+    a moment ago) opened nothing that can go on, so another is tried (at most
+    ``OPEN_TRIES``; then ``NodeDown`` is raised: apply the chord again)."""
+    gone: set[str] = set()
+    while True:
+        coordinator = _coordinator(app, runtime, body, gone)
+        try:
+            coordinator.send("chord_start", start, timeout=START_TIMEOUT)
+            return coordinator
+        except NodeDown:
+            if coordinator.node_id == runtime.node.id or len(gone) + 1 >= OPEN_TRIES:
+                raise
+            gone.add(coordinator.node_id)
+            log.warning(
+                "zcell: chord %s: its coordinator's node went down before it answered; "
+                "opening it at another", start["id"],
+            )  # fmt: skip
+
+
+def _coordinator(
+    app: App, runtime: Runtime, body: Signature, gone: set[str] | frozenset[str] = frozenset()
+) -> ActorProxy:
     """The task agent of a worker consuming the body's queue (this node's when
-    it is one); with none in the mesh, this node's (the chord then completes
-    only while this program runs)."""
+    it is one), not on the nodes ``gone``; with none in the mesh, this node's
+    (the chord then completes only while this program runs)."""
     conf = app.conf
+    body_task = body.task
     task = app.tasks.get(body_task)
     queue = route(
         body_task,
-        queue=None,
+        queue=body.options.get("queue"),
         routes=conf.task_routes,
         task_queue=task.queue if task is not None else None,
         default=conf.task_default_queue,
@@ -146,7 +169,7 @@ def _coordinator(app: App, runtime: Runtime, body_task: str) -> ActorProxy:
         node.wait_for(type=queue_actor_name(queue), timeout=CONSUMER_WAIT)
     except CallTimeout:
         pass
-    consumers = {p.node_id for p in node.actors(queue_actor_name(queue))}
+    consumers = {p.node_id for p in node.actors(queue_actor_name(queue))} - gone
     assert runtime.agent is not None
     if runtime.worker is not None and node.id in consumers:
         return runtime.agent
