@@ -44,6 +44,18 @@ def test_the_guides_chains_give_64(workers: Workers) -> None:
     assert (add.s(4, 4) | mul.s(8))().get(timeout=T) == 64
 
 
+def test_the_chain_steps_a_program_watches_for_strays_are_bounded(workers: Workers) -> None:
+    # Each chain applied here is remembered (strays.py) until its steps end; the
+    # ended ones are dropped as they pile up, not only when a node leaves.
+    workers(1)
+    results = [(t.add.s(i, 1) | t.add.s(1))() for i in range(2100)]
+    assert [r.get(timeout=T) for r in results] == [i + 2 for i in range(2100)]
+    node = t.app.node
+    runtime = runtime_of(node)
+    assert runtime is not None
+    wait_until(lambda: len(runtime.dispatcher.strays.before) < 1024, T, "ended steps dropped")
+
+
 def test_a_chain_may_repeat_one_signature_object(workers: Workers) -> None:
     """``chain(*[add.s(1)] * 9)`` holds one object nine times: each step must get its
     own id and options, as in Celery (which clones the steps)."""

@@ -45,6 +45,8 @@ ASK_TIMEOUT = 2.0
 #: Seconds of clock difference allowed between hosts when telling whether the
 #: worker of the step before was restarted since that step ended.
 CLOCK_SLACK = 1.0
+#: Watched steps kept before those ended (or no longer held) are dropped.
+PRUNE_AT = 1024
 #: ``statistics()`` counter: work-flow steps failed here as lost with their sender.
 LOST = "canvas_steps_lost"
 
@@ -59,6 +61,7 @@ class Strays:
         self._seen = 0  # the runtime's departures last looked at
         self._checker: gevent.Greenlet | None = None
         self._again = False
+        self._prune_at = PRUNE_AT  # len(before) at which the ended steps are dropped
 
     def follows(self, pairs: list[tuple[str, str]]) -> None:
         """(Loop) each ``(step, before)``: the watched ``step`` is sent when the
@@ -67,6 +70,9 @@ class Strays:
 
     def look(self) -> None:
         """(Loop, each dispatcher round) after an agent left, check the steps."""
+        if len(self.before) >= self._prune_at:
+            self._current()  # drops the steps ended, or no longer held by a result
+            self._prune_at = max(PRUNE_AT, 2 * len(self.before))
         departures = self.dispatcher.runtime.departures
         if departures == self._seen:
             return
