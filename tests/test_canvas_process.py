@@ -5,6 +5,7 @@ submitter exits before it completes, a chord whose coordinator dies."""
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,34 @@ def test_a_chord_applied_while_its_coordinator_is_dead_but_listed_goes_to_anothe
     res = chord([t.add.s(i, i) for i in range(3)], t.xsum.s().set(queue="bodies"))()
     start_zcell_worker(procs, "w3", cluster, "-Q", "bodies", peer=w2_inbox)
     assert res.get(timeout=T) == 6
+
+
+@pytest.mark.xfail(strict=True, reason="a body lost with its coordinator after the chord completed")
+def test_a_chord_body_lost_with_its_coordinator_after_the_chord_completed_fails(
+    procs: Any, task_app: Any, tmp_path: Path
+) -> None:
+    # The coordinator completed the chord and sent the body (which waits there for
+    # its ETA), then died: no worker ever held the body, so it fails instead of
+    # being waited for.
+    cluster = unique_cluster()
+    w1, inbox = start_zcell_worker(procs, "w1", cluster, "-Q", "bodies")
+    start_zcell_worker(procs, "w2", cluster, peer=inbox)
+    app = task_app(cluster=cluster, peers=[inbox])
+    for queue in ("celery", "bodies"):
+        name = f"zcell.queue.{queue}"
+        wait_until(lambda n=name: len(app.node.actors(n)) == 1, T, f"a {queue} consumer")
+    (body_worker,) = {ref.node_id for ref in app.node.actors("zcell.queue.bodies")}
+    listed = lambda: body_worker in {a.node_id for a in app.node.actors(AGENT_TYPE)}  # noqa: E731
+    wait_until(listed, T, "w1's task agent")
+    body = t.xsum.s().set(queue="bodies", countdown=60)
+    res = chord([t.add.s(i, i) for i in range(3)], body)()
+    header = res.parent
+    assert header is not None
+    wait_until(header.ready, T, "the header")
+    time.sleep(0.5)  # the coordinator sends the body, and says the chord completed
+    w1.kill(signal.SIGKILL)
+    with pytest.raises(WorkerLostError, match=res.id):
+        res.get(timeout=T)
 
 
 SUBMIT_AND_EXIT = """
