@@ -89,7 +89,6 @@ def test_a_chord_applied_while_its_coordinator_is_dead_but_listed_goes_to_anothe
     assert res.get(timeout=T) == 6
 
 
-@pytest.mark.xfail(strict=True, reason="a body lost with its coordinator after the chord completed")
 def test_a_chord_body_lost_with_its_coordinator_after_the_chord_completed_fails(
     procs: Any, task_app: Any, tmp_path: Path
 ) -> None:

@@ -116,7 +116,7 @@ def start_chord(
     ids = [last.freeze() for last in lasts]  # the reporting task of each member
     start = {"id": gid, "n": len(members), "body": dict(body), "root_id": root, "ids": ids}
     coordinator = _open(app, runtime, body, start)
-    _watch_coordinator(runtime, coordinator, gid, body)
+    _watch_coordinator(runtime, coordinator, gid, body, ids[-1] if ids else None)
     results: list[TaskResult | GroupResult] = []
     for i, (member, last) in enumerate(zip(members, lasts, strict=True)):
         last.options["chord"] = {"id": gid, "i": i, "to": coordinator}
@@ -189,6 +189,7 @@ def _watch_coordinator(
     coordinator: ActorProxy,
     gid: str,
     body: Signature,
+    member: str | None = None,
     until: float | None = None,
 ) -> None:
     """Fail the body if the coordinator's node dies (or forgets the chord).
@@ -199,6 +200,8 @@ def _watch_coordinator(
     back (``until``); past it the body fails with ``ChordError`` and is revoked, so
     that a coordinator that comes back later does not run it after all (unless
     it sends the body before it learns the revoke, as it meets this node again).
+    Once the chord completed, the body (a single task) is left to ``strays``:
+    the coordinator sent it, and may die before a worker held it.
     """
     if coordinator == runtime.agent:
         return
@@ -211,7 +214,7 @@ def _watch_coordinator(
             deadline = now + rejoin_wait(runtime.node) if until is None else until
             if now < deadline:
                 gevent.sleep(COME_BACK_POLL)
-                _watch_coordinator(runtime, coordinator, gid, body, deadline)
+                _watch_coordinator(runtime, coordinator, gid, body, member, deadline)
                 return
         if result.failed() or not isinstance(value, dict) or value.get("s") == "unknown":
             why = value if result.failed() else "it does not know the chord"
@@ -222,6 +225,9 @@ def _watch_coordinator(
             fail_signature(runtime, body, failure(error, runtime, body.task))
             if not isinstance(value, NodeStopped):
                 runtime.app.control.revoke([leaf.freeze() for leaf in body.leaves()])
+        elif member is not None and body.leaves() == [body]:
+            pair = (body.freeze(), member)
+            runtime.dispatcher.strays.follows([pair], sender=coordinator.node_id)
 
     waiting.link(done)
 

@@ -8,11 +8,16 @@ worker of its queue, a free slot, its ETA), the task is lost with it, and no
 submitter is left to say so: the program that applied the chain, which watches
 every step, would wait for ever.
 
+A chord's body is sent by its coordinator once every member is in: a
+coordinator that dies after that, before any worker held the body, loses it
+the same way.
+
 So that program's dispatcher keeps, for each watched step, the step before it
-(``follows``). After a task agent leaves the mesh, it asks the mesh (``query``)
+(``follows``), and for a chord's body its coordinator's node. After a task agent leaves the mesh, it asks the mesh (``query``)
 about each watched step not ended whose step before has ended: one that no agent
-sends, holds or has run, asked ``LOOKS`` apart, and whose step before ended on a
-worker no longer in the mesh (or since restarted), is lost: it fails with
+sends, holds or has run, asked ``LOOKS`` apart, and whose sender (the worker the
+step before ended on, or the body's coordinator) is no longer in the mesh (or was
+restarted since), is lost: it fails with
 ``WorkerLostError``, and so do the steps after it (counted in ``statistics()``
 as ``canvas_steps_lost``).
 """
@@ -58,15 +63,18 @@ class Strays:
         self.dispatcher = dispatcher
         self.node = dispatcher.node
         self.before: dict[str, str] = {}  # watched step id -> the id of the step before
+        self.senders: dict[str, str] = {}  # watched step id -> the node id sending it
         self._seen = 0  # the runtime's departures last looked at
         self._checker: gevent.Greenlet | None = None
         self._again = False
         self._prune_at = PRUNE_AT  # len(before) at which the ended steps are dropped
 
-    def follows(self, pairs: list[tuple[str, str]]) -> None:
+    def follows(self, pairs: list[tuple[str, str]], sender: str | None = None) -> None:
         """(Loop) each ``(step, before)``: the watched ``step`` is sent when the
-        task ``before`` ends, by its worker."""
+        task ``before`` ends, by its worker, or by the node ``sender``."""
         self.before.update(pairs)
+        if sender is not None:
+            self.senders.update((step, sender) for step, _ in pairs)
 
     def look(self) -> None:
         """(Loop, each dispatcher round) after an agent left, check the steps."""
@@ -115,6 +123,7 @@ class Strays:
             entry = known.get(step)
             if entry is None or entry.ready:
                 del self.before[step]
+                self.senders.pop(step, None)
                 continue
             prior = known.get(before)
             if prior is not None and prior.ready:
@@ -131,14 +140,25 @@ class Strays:
     def _lose(self, step: str) -> None:
         known = self.dispatcher.known
         entry, prior = known.get(step), known.get(self.before.get(step, ""))
-        if entry is None or entry.ready or prior is None or self._sender_lives(prior):
+        if entry is None or entry.ready or prior is None:
             return
-        error = WorkerLostError(
-            f"task {step} was lost: the worker that was to send it when task {prior.id} "
-            f"ended there ({prior.worker}) left the mesh before any worker held it "
-            "(a work-flow's next step is sent by the worker of the step before); "
-            "apply the work-flow again"
-        )
+        sender = self.senders.get(step)
+        if sender is not None:
+            if any(n["id"] == sender for n in self.node.nodes()):
+                return
+            error = WorkerLostError(
+                f"task {step} was lost: the chord's coordinator (node {sender}) that was "
+                "to send it left the mesh before any worker held it; apply the chord again"
+            )
+        elif self._sender_lives(prior):
+            return
+        else:
+            error = WorkerLostError(
+                f"task {step} was lost: the worker that was to send it when task {prior.id} "
+                f"ended there ({prior.worker}) left the mesh before any worker held it "
+                "(a work-flow's next step is sent by the worker of the step before); "
+                "apply the work-flow again"
+            )
         log.warning("zcell: %s", error)
         stats = self.node.stats
         for lost in self._and_after(entry):
