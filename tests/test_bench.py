@@ -289,6 +289,32 @@ def test_beat_run_times_the_takeover_of_a_killed_leader_and_reaps_its_candidates
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_chaos_run_counts_every_outcome_while_workers_are_killed() -> None:
+    """``python -m bench.chaos --seconds 6 --json``: work-flows applied while a worker
+    is killed and started again; every outcome counted by kind. Which ones come
+    is what the run shows, not what this test asserts."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.chaos", "--seconds", "6", "--get-timeout", "30", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["kills"] >= 1 and report["seconds"] == 6
+    kinds = {key.split()[0] for key in report["outcomes"]}
+    assert kinds == {"chord", "chain", "plain"}, report["outcomes"]
+    assert all(isinstance(n, int) and n > 0 for n in report["outcomes"].values())
+    defects = sum(
+        n for k, n in report["outcomes"].items() if k.split()[1] in ("WRONG", "TaskTimeout")
+    )
+    assert report["defects"] == defects and proc.returncode == (1 if defects else 0)
+    assert not [pid for pid in report["pids"] if Path(f"/proc/{pid}").exists()]
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_soak_smoke_run_reaps_its_children_and_writes_a_well_formed_report(
     tmp_path: Path,
