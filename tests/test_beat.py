@@ -80,6 +80,17 @@ def _status(observer: Any, name: str) -> dict[str, Any]:
     return status
 
 
+def _candidate_here(node: Any, path: Path) -> Beat:
+    """A beat candidate of the tests' schedule on ``node``, a node of this process
+    (so that a test can stop its beat, or give it other heartbeats)."""
+    app = App("zcell_test_beat", discovery="static")
+    app.conf.beat_schedule = {
+        "tick": {"task": "zcell_test_beat.tick", "schedule": EVERY, "args": [str(path)]}
+    }
+    app.use_node(node)
+    return Beat(app, node).start()
+
+
 def _b2_takes_over(started: dict[str, Any], observer: Any, sig: int) -> None:
     """Two ticks in, signal the leader b1 with ``sig``; wait for b2 to lead, and
     for three more ticks."""
@@ -208,12 +219,7 @@ def test_a_leader_whose_beat_stopped_while_its_node_lives_is_replaced(
     started, a1, path = _candidates(
         procs, make_node, monkeypatch, tmp_path, ["b2", "b3"], observer_name="a1"
     )
-    app = App("zcell_test_beat", discovery="static")
-    app.conf.beat_schedule = {
-        "tick": {"task": "zcell_test_beat.tick", "schedule": EVERY, "args": [str(path)]}
-    }
-    app.use_node(a1)
-    beat = Beat(app, a1).start()
+    beat = _candidate_here(a1, path)
     since = time.time()
     wait_until(lambda: _leads(a1, "a1"), 5 * SLOW, "a1 to lead")
     time.sleep(2 * EVERY)
@@ -234,12 +240,7 @@ def test_a_leader_with_slower_heartbeats_than_the_others_keeps_the_lead(
     # find itself passed over while it still sends.
     started, observer, path = _candidates(procs, make_node, monkeypatch, tmp_path, ["b2", "b3"])
     a1 = make_node("a1", cluster=observer.cluster, peers=[observer.endpoints["inbox"]])
-    app = App("zcell_test_beat", discovery="static")
-    app.conf.beat_schedule = {
-        "tick": {"task": "zcell_test_beat.tick", "schedule": EVERY, "args": [str(path)]}
-    }
-    app.use_node(a1)
-    Beat(app, a1).start()
+    _candidate_here(a1, path)
     since = time.time()
     handed = lambda: _leads(observer, "a1") and not _leads(observer, "b2")  # noqa: E731
     wait_until(handed, 5 * SLOW, "a1 to lead in b2's place")
@@ -264,12 +265,7 @@ def test_a_candidate_joining_a_mesh_with_a_leader_never_leads_alone_meanwhile(
     b2 = make_node(
         "b2", cluster=observer.cluster, peers=[observer.endpoints["inbox"]], heartbeat=0.3
     )
-    app = App("zcell_test_beat", discovery="static")
-    app.conf.beat_schedule = {
-        "tick": {"task": "zcell_test_beat.tick", "schedule": EVERY, "args": [str(path)]}
-    }
-    app.use_node(b2)
-    beat = Beat(app, b2).start()
+    beat = _candidate_here(b2, path)
     views = []
     for _ in range(150):  # 1.5 s: five of b2's heartbeats
         views.append(b2.call_in_loop(beat.status))

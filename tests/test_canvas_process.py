@@ -67,12 +67,10 @@ def test_a_chain_whose_next_task_died_with_the_worker_that_sent_it_fails_instead
     assert t.app.node.statistics()["canvas_steps_lost"] == 2  # the lost task and the last
 
 
-def test_a_chord_applied_while_its_coordinator_is_dead_but_listed_goes_to_another(
-    procs: Any, task_app: Any, tmp_path: Path
-) -> None:
-    # The only worker of the body's queue was killed and is not declared down yet:
-    # opening the chord there fails with NodeDown. Nothing was opened or sent, so
-    # the chord goes to another coordinator (none left: this program) instead.
+def _w1_for_bodies(procs: Any, task_app: Any) -> tuple[str, Any, str]:
+    """w1 consuming queue ``bodies`` only, w2 the default queue, the tests' app
+    meshed with them and seeing w1's task agent (a chord of a ``bodies`` body is
+    coordinated there); returns (cluster, w1, w2's inbox)."""
     cluster = unique_cluster()
     w1, inbox = start_zcell_worker(procs, "w1", cluster, "-Q", "bodies")
     _, w2_inbox = start_zcell_worker(procs, "w2", cluster, peer=inbox)
@@ -83,6 +81,16 @@ def test_a_chord_applied_while_its_coordinator_is_dead_but_listed_goes_to_anothe
     (body_worker,) = {ref.node_id for ref in app.node.actors("zcell.queue.bodies")}
     listed = lambda: body_worker in {a.node_id for a in app.node.actors(AGENT_TYPE)}  # noqa: E731
     wait_until(listed, T, "w1's task agent")
+    return cluster, w1, w2_inbox
+
+
+def test_a_chord_applied_while_its_coordinator_is_dead_but_listed_goes_to_another(
+    procs: Any, task_app: Any, tmp_path: Path
+) -> None:
+    # The only worker of the body's queue was killed and is not declared down yet:
+    # opening the chord there fails with NodeDown. Nothing was opened or sent, so
+    # the chord goes to another coordinator (none left: this program) instead.
+    cluster, w1, w2_inbox = _w1_for_bodies(procs, task_app)
     w1.kill(signal.SIGKILL)
     res = chord([t.add.s(i, i) for i in range(3)], t.xsum.s().set(queue="bodies"))()
     start_zcell_worker(procs, "w3", cluster, "-Q", "bodies", peer=w2_inbox)
@@ -95,16 +103,7 @@ def test_a_chord_body_lost_with_its_coordinator_after_the_chord_completed_fails(
     # The coordinator completed the chord and sent the body (which waits there for
     # its ETA), then died: no worker ever held the body, so it fails instead of
     # being waited for.
-    cluster = unique_cluster()
-    w1, inbox = start_zcell_worker(procs, "w1", cluster, "-Q", "bodies")
-    start_zcell_worker(procs, "w2", cluster, peer=inbox)
-    app = task_app(cluster=cluster, peers=[inbox])
-    for queue in ("celery", "bodies"):
-        name = f"zcell.queue.{queue}"
-        wait_until(lambda n=name: len(app.node.actors(n)) == 1, T, f"a {queue} consumer")
-    (body_worker,) = {ref.node_id for ref in app.node.actors("zcell.queue.bodies")}
-    listed = lambda: body_worker in {a.node_id for a in app.node.actors(AGENT_TYPE)}  # noqa: E731
-    wait_until(listed, T, "w1's task agent")
+    _, w1, _ = _w1_for_bodies(procs, task_app)
     body = t.xsum.s().set(queue="bodies", countdown=60)
     res = chord([t.add.s(i, i) for i in range(3)], body)()
     header = res.parent
