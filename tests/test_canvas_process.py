@@ -15,7 +15,7 @@ from conftest import SLOW, run_script, start_zcell_worker, unique_cluster, wait_
 from test_tasks_workers import _runs, _two_workers
 
 from zcell import ChordError, WorkerLostError, chord
-from zcell.tasks.runtime import AGENT_TYPE
+from zcell.tasks.runtime import AGENT_TYPE, runtime_of
 
 T = 10 * SLOW
 
@@ -92,9 +92,15 @@ def test_a_chord_applied_while_its_coordinator_is_dead_but_listed_goes_to_anothe
     # the chord goes to another coordinator (none left: this program) instead.
     cluster, w1, w2_inbox = _w1_for_bodies(procs, task_app)
     w1.kill(signal.SIGKILL)
-    res = chord([t.add.s(i, i) for i in range(3)], t.xsum.s().set(queue="bodies"))()
+    body = t.xsum.s().set(queue="bodies")
+    first_id = body.freeze()
+    res = chord([t.add.s(i, i) for i in range(3)], body)()
     start_zcell_worker(procs, "w3", cluster, "-Q", "bodies", peer=w2_inbox)
     assert res.get(timeout=T) == 6
+    # w1 may only have been stopped with the chord open: the body it would send, under
+    # its first id, is revoked; the body that ran had another.
+    runtime = runtime_of(t.app.node)
+    assert runtime is not None and res.id != first_id and first_id in runtime.revoked
 
 
 def test_a_chord_body_lost_with_its_coordinator_after_the_chord_completed_fails(

@@ -39,6 +39,7 @@ from .adrift import rejoin_wait
 from .errors import ChordError
 from .followup import fail_signature, failure
 from .groupresult import GroupResult
+from .message import new_id
 from .routing import queue_actor_name, route
 from .runtime import AGENT_TYPE
 from .states import FAILURE, READY_STATES, SUCCESS
@@ -112,10 +113,10 @@ def start_chord(
     if not members:  # Celery: the body gets the empty list at once
         return body.apply(app, runtime, ([],), {}, {"root_id": root})
     lasts = [member.last() for member in members]  # a group member raises TypeError here
-    body_result = body.result(app, runtime)
     ids = [last.freeze() for last in lasts]  # the reporting task of each member
     start = {"id": gid, "n": len(members), "body": dict(body), "root_id": root, "ids": ids}
     coordinator = _open(app, runtime, body, start)
+    body_result = body.result(app, runtime)  # after _open, which may give it a new id
     _watch_coordinator(runtime, coordinator, gid, body, ids[-1] if ids else None)
     results: list[TaskResult | GroupResult] = []
     for i, (member, last) in enumerate(zip(members, lasts, strict=True)):
@@ -128,10 +129,15 @@ def start_chord(
 
 
 def _open(app: App, runtime: Runtime, body: Signature, start: dict[str, Any]) -> ActorProxy:
-    """Open the chord at a coordinator (``chord_start``); returns it. One whose node
-    is declared down before it answered (the directory still listed it: it died
-    a moment ago) opened nothing that can go on, so another is tried (at most
-    ``OPEN_TRIES``; then ``NodeDown`` is raised: apply the chord again)."""
+    """Open the chord at a coordinator (``chord_start``); returns it.
+
+    One whose node is declared down before it answered (the directory still
+    listed it: it died a moment ago) is replaced by another (at most
+    ``OPEN_TRIES``; then ``NodeDown`` is raised: apply the chord again). It may
+    have opened the chord and been stopped a while rather than killed: back, it
+    would find the members' outcomes in the mesh and send the body. So the body
+    (a single task; a work-flow body is not retried) gets a new id, and the old
+    one is revoked: a body sent by that coordinator does not run."""
     gone: set[str] = set()
     while True:
         coordinator = _coordinator(app, runtime, body, gone)
@@ -139,9 +145,17 @@ def _open(app: App, runtime: Runtime, body: Signature, start: dict[str, Any]) ->
             coordinator.send("chord_start", start, timeout=START_TIMEOUT)
             return coordinator
         except NodeDown:
-            if coordinator.node_id == runtime.node.id or len(gone) + 1 >= OPEN_TRIES:
+            if (
+                coordinator.node_id == runtime.node.id
+                or len(gone) + 1 >= OPEN_TRIES
+                or body.leaves() != [body]
+            ):
                 raise
             gone.add(coordinator.node_id)
+            old = body.freeze()
+            body.options["task_id"] = new_id()
+            start["body"] = dict(body)
+            app.control.revoke([old])
             log.warning(
                 "zcell: chord %s: its coordinator's node went down before it answered; "
                 "opening it at another", start["id"],
