@@ -104,7 +104,8 @@ class Strays:
                 suspects = self._current()
                 for after in LOOKS:
                     gevent.sleep(max(0.0, start + after - time.monotonic()))
-                    suspects = self._unknown([s for s in suspects if s in self._current()])
+                    current = set(self._current())
+                    suspects = self._unknown([s for s in suspects if s in current])
                     if not suspects:
                         break
                 for step in suspects:
