@@ -39,7 +39,7 @@ import gevent
 import gevent.event
 
 from ..actors.actor import Actor
-from ..errors import ZcellError
+from ..errors import NodeStopped, ZcellError
 from .schedules import Schedule, to_schedule
 from .task import Task
 
@@ -115,6 +115,10 @@ class BeatEntry:
             "last_run": last,
             "next_run": self.schedule.next_after(now, tz),
         }
+
+
+def _due(tick: tuple[BeatEntry, float]) -> float:
+    return tick[1]
 
 
 def entries_of(app: App) -> list[BeatEntry]:
@@ -328,6 +332,8 @@ class Beat:
         while True:
             try:
                 self._round(time.time())
+            except NodeStopped:
+                return  # the node stops: so does its beat
             except Exception:  # noqa: BLE001 - the beat must outlive one bad round
                 log.exception("zcell beat: a round failed; trying again")
             wake.wait(self._pause())
@@ -559,18 +565,24 @@ class Beat:
         if now < self.settle_until:
             return  # ticks in flight from the old leader land meanwhile
         catch: list[tuple[BeatEntry, float]] = []
+        fresh: list[tuple[BeatEntry, float]] = []
         sent = self.sent
         for entry in self.entries:
             if entry.cursor is None:
                 entry.cursor = self._catch_up_from(entry, now)
             for due in entry.schedule.due(entry.cursor, now, tz):
-                if due <= self.settle_until:
-                    catch.append((entry, due))
-                elif not self._send(entry, due):
+                (catch if due <= self.settle_until else fresh).append((entry, due))
+        # The late ticks first: a leader reports how far it sent (``last``), and a
+        # successor starts after that, so a later tick sent before an earlier one
+        # that then could not go (the lease ended meanwhile) would lose it.
+        if self._catch_up(catch):
+            for entry, due in fresh:
+                if not self._send(entry, due):
                     break  # the lease ended: a new lead starts over (_take_over)
-            entry.cursor = now
-        if catch and self.leading:
-            self._catch_up(catch)
+                entry.cursor = due
+            else:
+                for entry in self.entries:
+                    entry.cursor = now
         if self.sent != sent:
             self._tell("sent", {"cursors": self._cursors()})
 
@@ -599,18 +611,24 @@ class Beat:
         since = self.following_until - DETECT_HEARTBEATS * self.node.heartbeat
         return max(self.started, since, bound)
 
-    def _catch_up(self, ticks: list[tuple[BeatEntry, float]]) -> None:
+    def _catch_up(self, ticks: list[tuple[BeatEntry, float]]) -> bool:
         """Send the ticks that fell due before this leader took over, but only
-        those the mesh has no trace of (the old leader may have sent them)."""
+        those the mesh has no trace of (the old leader may have sent them), in
+        order; False when the lead was lost before the last (the next lead
+        starts over from where this one got)."""
+        if not ticks:
+            return True
         app = self.app.main or "__main__"
-        ids = {entry.tick_id(app, due): (entry, due) for entry, due in ticks}
+        ids = {entry.tick_id(app, due): (entry, due) for entry, due in sorted(ticks, key=_due)}
         ran = self._ran(list(ids))
         for tick_id, (entry, due) in ids.items():
             if tick_id not in ran:
                 if not self._send(entry, due):
-                    return  # the lease ended while the mesh was asked
+                    return False  # the lease ended while the mesh was asked
                 self.caught_up += 1
+            entry.cursor = max(due, entry.cursor or due)
         log.info("zcell beat: caught up on %d tick(s) of %d", len(ids) - len(ran), len(ids))
+        return True
 
     def _ran(self, ids: list[str]) -> set[str]:
         """The ids among ``ids`` that any task agent of the mesh knows."""
