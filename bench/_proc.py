@@ -140,6 +140,19 @@ def _kill_all() -> None:
         _kill(proc)
 
 
+def spawn_zcell(args: Sequence[str]) -> subprocess.Popen[str]:
+    """``python -m zcell *args`` from the directory holding bench/ (its zcell), its
+    output and errors on one text pipe, in a session of its own, killed when this
+    process dies however it ends. The caller reads the pipe and kills the group."""
+    parent = os.getpid()
+    return subprocess.Popen(
+        [sys.executable, "-m", "zcell", *args], cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True, preexec_fn=lambda: die_with_parent(parent),
+    )  # fmt: skip
+
+
 def die_with_parent(parent_pid: int | None) -> None:
     """Child side: get SIGKILLed when the parent dies; exit now if it already has."""
     if parent_pid is None:

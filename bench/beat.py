@@ -26,7 +26,7 @@ import time
 import uuid
 from typing import Any
 
-from bench._proc import ROOT, die_with_parent
+from bench._proc import spawn_zcell
 from zcell import App
 from zcell.tasks.beat import CANDIDATE_TYPE
 
@@ -49,16 +49,9 @@ app.add_periodic_task(0.5, tick, name="tick")
 
 def _start(name: str, cluster: str, heartbeat: float, peer: str | None) -> tuple[Any, str]:
     """``zcell worker -B -A bench.beat``; the process and its inbox."""
-    argv = [sys.executable, "-m", "zcell", "worker", "-B", "-A", "bench.beat", "-c", "1"]
-    argv += ["--no-mdns", "--cluster", cluster, "--name", name, "--heartbeat", str(heartbeat)]
-    argv += ["--peer", peer] if peer else []
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    parent = os.getpid()
-    proc = subprocess.Popen(
-        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-        preexec_fn=lambda: die_with_parent(parent),  # killed with us, however we end
-    )  # fmt: skip
+    args = ["worker", "-B", "-A", "bench.beat", "-c", "1", "--no-mdns", "--cluster", cluster]
+    args += ["--name", name, "--heartbeat", str(heartbeat)]
+    proc = spawn_zcell(args + (["--peer", peer] if peer else []))
     assert proc.stdout is not None
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:

@@ -31,7 +31,7 @@ import time
 import uuid
 from typing import Any
 
-from bench._proc import ROOT, die_with_parent
+from bench._proc import spawn_zcell
 
 #: Seconds to wait for a worker to say it is ready.
 READY_TIMEOUT = 30.0
@@ -50,15 +50,9 @@ class Workers:
 
     def start(self, name: str, peer: str | None) -> str:
         """Start ``name``; its inbox once it says it is ready."""
-        argv = [sys.executable, "-m", "zcell", "worker", "-A", "bench.taskapp", "--no-mdns"]
-        argv += ["--name", name, "--cluster", self.cluster, "-c", "4"]
-        argv += ["--peer", peer] if peer else []
-        parent = os.getpid()
-        proc = subprocess.Popen(
-            argv, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1"),
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            start_new_session=True, preexec_fn=lambda: die_with_parent(parent),
-        )  # fmt: skip
+        args = ["worker", "-A", "bench.taskapp", "--no-mdns", "--name", name]
+        args += ["--cluster", self.cluster, "-c", "4"]
+        proc = spawn_zcell(args + (["--peer", peer] if peer else []))
         self.procs[name] = proc
         self.pids.append(proc.pid)
         assert proc.stdout is not None

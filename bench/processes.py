@@ -25,7 +25,7 @@ import time
 import uuid
 from typing import Any
 
-from bench._proc import ROOT, die_with_parent
+from bench._proc import spawn_zcell
 
 TASK = "bench.cpu_tasks.spin"
 #: Seconds to wait for a worker's children to be ready and seen by the client.
@@ -45,15 +45,8 @@ def calibrate(ms: float) -> int:
 
 def start_worker(processes: int, cluster: str) -> tuple[subprocess.Popen[str], list[str]]:
     """``zcell worker -A bench.cpu_tasks --processes P``; its children's inboxes."""
-    argv = [sys.executable, "-m", "zcell", "worker", "-A", "bench.cpu_tasks", "--no-mdns"]
-    argv += ["--cluster", cluster, "--name", "cpu", "--processes", str(processes), "-c", "1"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    parent = os.getpid()
-    proc = subprocess.Popen(
-        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-        preexec_fn=lambda: die_with_parent(parent),  # killed with us, however we end
-    )  # fmt: skip
+    args = ["worker", "-A", "bench.cpu_tasks", "--no-mdns", "--cluster", cluster]
+    proc = spawn_zcell(args + ["--name", "cpu", "--processes", str(processes), "-c", "1"])
     inboxes: list[str] = []
     deadline = time.monotonic() + READY_TIMEOUT
     assert proc.stdout is not None
