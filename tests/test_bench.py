@@ -89,6 +89,16 @@ def run_bench(
     return proc, files
 
 
+def run_json(argv: list[str], timeout: float, codes: tuple[int, ...] = (0,)) -> tuple[int, Any]:
+    """``python -m *argv`` (a bench module run with ``--json``) as a child; its exit
+    code (one of ``codes``) and the JSON report it printed."""
+    proc = subprocess.run(
+        [sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode in codes, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.returncode, json.loads(proc.stdout)
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, str]:
     out = tmp_path_factory.mktemp("bench")
@@ -237,15 +247,7 @@ def test_crowd_quick_run_measures_each_scenario_at_both_sizes_and_reaps_its_work
     """``python -m bench.crowd --quick --json``: every scenario at its small and
     large size, with figures; its worker child is gone. How the figures compare
     is what the benchmark shows, not what this test asserts."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.crowd", "--quick", "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=80,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
+    _, report = run_json(["bench.crowd", "--quick", "--json"], timeout=80)
     counts = report["counts"]
     sizes = {
         "directory": {"none", str(counts["actors"])},
@@ -272,15 +274,7 @@ def test_crowd_quick_run_measures_each_scenario_at_both_sizes_and_reaps_its_work
 def test_beat_run_times_the_takeover_of_a_killed_leader_and_reaps_its_candidates() -> None:
     """``python -m bench.beat --reps 1 --json``: one takeover timed, in seconds and in
     heartbeats; its three candidates are gone. How long it took is not asserted."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.beat", "--reps", "1", "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=80,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
+    _, report = run_json(["bench.beat", "--reps", "1", "--json"], timeout=80)
     (took,) = report["takeover_s"]
     assert positive(took) and report["median_s"] == took
     assert report["takeover_heartbeats"] == [pytest.approx(took / 0.3, abs=0.01)]
@@ -294,15 +288,8 @@ def test_chaos_run_counts_every_outcome_while_workers_are_killed() -> None:
     """``python -m bench.chaos --seconds 6 --json``: work-flows applied while a worker
     is killed and started again; every outcome counted by kind. Which ones come
     is what the run shows, not what this test asserts."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.chaos", "--seconds", "6", "--get-timeout", "30", "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
-    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
+    argv = ["bench.chaos", "--seconds", "6", "--get-timeout", "30", "--json"]
+    code, report = run_json(argv, timeout=110, codes=(0, 1))
     assert report["kills"] >= 1 and report["seconds"] == 6
     kinds = {key.split()[0] for key in report["outcomes"]}
     assert kinds == {"chord", "chain", "plain"}, report["outcomes"]
@@ -310,7 +297,7 @@ def test_chaos_run_counts_every_outcome_while_workers_are_killed() -> None:
     defects = sum(
         n for k, n in report["outcomes"].items() if k.split()[1] in ("WRONG", "TaskTimeout")
     )
-    assert report["defects"] == defects and proc.returncode == (1 if defects else 0)
+    assert report["defects"] == defects and code == (1 if defects else 0)
     assert not [pid for pid in report["pids"] if Path(f"/proc/{pid}").exists()]
 
 
