@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import msgpack
 import pytest
 import zcell_test_tasks as t
 from conftest import unique_cluster
@@ -142,8 +143,28 @@ def test_eta_is_utc_seconds_and_naive_datetimes_are_utc() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [object(), 2**64, -(2**63) - 1, "\udc80", ["ok", b"x", {"k": object()}], {1: {2: set()}}],
-    ids=["object", "uint64-overflow", "int64-underflow", "lone-surrogate", "nested", "set"],
+    [
+        object(),
+        2**64,
+        -(2**63) - 1,
+        "\udc80",
+        ["ok", b"x", {"k": object()}],
+        {1: {2: set()}},
+        {(1, 2): "tuple key"},
+        [msgpack.Timestamp(1)],
+        {"k": [msgpack.ExtType(5, b"")]},
+    ],
+    ids=[
+        "object",
+        "uint64-overflow",
+        "int64-underflow",
+        "lone-surrogate",
+        "nested",
+        "set",
+        "tuple-key",
+        "timestamp",
+        "ext-type",
+    ],
 )
 def test_arguments_that_do_not_serialise_raise_at_once(task_app: Any, bad: Any) -> None:
     """Plain arguments are passed without encoding them twice: the shortcut must
@@ -154,6 +175,20 @@ def test_arguments_that_do_not_serialise_raise_at_once(task_app: Any, bad: Any) 
     with pytest.raises(SerializationError):
         t.add.apply_async((1,), {"y": bad})
     assert app.node.statistics()["members"] == 1
+
+
+def test_a_sent_task_message_has_every_field_of_message_make_in_its_order(task_app: Any) -> None:
+    """``send_task`` builds its message as one literal (for speed): it must stay
+    the message ``message.make`` defines, which the worker checks."""
+    task_app(cluster=unique_cluster(), peers=[])
+    sent = t.add.apply_async((1, 2), queue="nobody_here")._entry.msg
+    made = message.make(
+        id=sent["id"], name=sent["name"], args=[1, 2], kwargs={}, queue="nobody_here",
+        root_id=sent["id"], reply_to=sent["reply_to"],
+    )  # fmt: skip
+    assert list(sent) == list(made)
+    assert sent == made
+    message.check(dict(sent))
 
 
 def test_task_ids_are_random_uuids_unique_across_a_fork() -> None:

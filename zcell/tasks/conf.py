@@ -93,6 +93,13 @@ class Settings:
             raise self._unknown(name)
         return values[name]
 
+    def live(self) -> Mapping[str, Any]:
+        """Every setting by name: the hot paths read this (a method call a
+        setting was a share of ``delay()``). The same dict for the app's life,
+        changed in place by ``update``: keep it, read it, never write it."""
+        values: dict[str, Any] = self._values
+        return values
+
     def __contains__(self, name: object) -> bool:
         return name in self._values
 

@@ -170,6 +170,7 @@ class Dispatcher:
         # without a bound let a burst go out whole, to be refused whole and pushed
         # again.
         conf = runtime.app.conf
+        self._settings = conf.live()  # read on every delay(): no method call a read
         self.first_slots = max(1, int(conf.worker_concurrency))
         self.first_guess = max(1, self.first_slots * int(conf.worker_prefetch_multiplier))
         # queue -> its round-robin turn, kept while the queue is idle (a queue that
@@ -250,7 +251,7 @@ class Dispatcher:
     def has_room(self) -> bool:
         """Fewer than ``task_pending_max`` tasks wait or are being handed over (any thread)."""
         waiting = self.waiting_count() + len(self.incoming)
-        return waiting < int(self.runtime.app.conf.task_pending_max)
+        return waiting < int(self._settings["task_pending_max"])
 
     def can_hand_over(self) -> bool:
         """True in a program thread (not the loop's) while there is room."""

@@ -20,11 +20,21 @@ QUEUE_ACTOR_PREFIX = "zcell.queue."
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,200}$")
 
+#: Queue names found valid lately (every task's queue is checked: a set lookup
+#: costs a tenth of the match). Cleared when full: names may be made per tenant.
+_checked: set[str] = set()
+_CHECKED_MAX = 1024
+
 
 def check_queue(name: object) -> str:
     """A valid queue name, or ``ValueError`` saying what a queue name may hold."""
+    if type(name) is str and name in _checked:
+        return name
     if not isinstance(name, str) or not _QUEUE_NAME.match(name):
         raise ValueError(f"bad queue name {name!r}: use 1-200 letters, digits and _ . : @ -")
+    if len(_checked) >= _CHECKED_MAX:
+        _checked.clear()  # threads share it: a set's own ops are atomic
+    _checked.add(name)
     return name
 
 
