@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 import zcell_test_tasks as t
 from conftest import SLOW, MakeNode, Unwalkable, Workers, count_walks, wait_until
@@ -17,6 +18,7 @@ from zcell import (
     Actor,
     NotRegistered,
     RemoteError,
+    SerializationError,
     TaskRevokedError,
     TaskTimeout,
 )
@@ -96,6 +98,24 @@ def test_a_result_that_does_not_serialise_fails_the_task(workers: Workers) -> No
     workers(1)
     with pytest.raises(RemoteError, match="SerializationError"):
         t.unserialisable.delay().get(timeout=10 * SLOW)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"headers": {"h": {(1, 2): "tuple key"}}}, {"time_limit": msgpack.Timestamp(5)}],
+    ids=["headers", "time-limit"],
+)
+def test_a_task_whose_options_cannot_travel_fails_with_serialization_error(
+    workers: Workers, options: dict[str, Any]
+) -> None:
+    """Pushes of plain messages skip the codec's walk (``codec.Checked``): a
+    message holding what the worker's decoder would refuse must still fail here,
+    typed, not leave to be dropped there while ``get()`` waits."""
+    (w,) = workers(1)
+    with pytest.raises(SerializationError):
+        t.add.apply_async((1, 1), **options).get(timeout=10 * SLOW)
+    assert w.node.statistics()["dropped_bad_frames"] == 0
+    assert t.add.delay(1, 2).get(timeout=10 * SLOW) == 3
 
 
 def test_routing_sends_each_task_to_a_consumer_of_its_queue(workers: Workers) -> None:

@@ -61,6 +61,15 @@ SEND_OPTIONS = frozenset(
 )  # fmt: skip
 
 
+#: The options whose values a task message holds only as zcell made them (a str,
+#: a float, a bool...): a message sent with no others needs no walk for what
+#: the receiver would refuse (``codec.Checked``); its arguments were checked.
+_MADE_OPTIONS = SEND_OPTIONS - {
+    "headers", "chain", "chord", "watchers", "time_limit", "soft_time_limit", "root_id",
+    "parent_id",
+}  # fmt: skip
+_LIMIT_TYPES = (int, float, type(None))
+
 #: ``before_task_publish`` arguments that only mean something with a broker.
 NO_BROKER: dict[str, Any] = {"properties": {}, "declare": [], "retry_policy": {}}
 
@@ -263,6 +272,11 @@ class App:
         msg = self._message(name, args, kwargs, task, options, runtime, request)
         redeliver = task.max_redeliveries if task and task.max_redeliveries is not None else None
         entry = Entry(msg, msg["queue"], self._pick(redeliver, "task_max_redeliveries"))
+        entry.checked = (
+            _MADE_OPTIONS.issuperset(options)
+            and type(msg["time_limit"]) in _LIMIT_TYPES
+            and type(msg["soft_time_limit"]) in _LIMIT_TYPES
+        )
         self._chain(entry, options)
         before, after = signals.before_task_publish, signals.after_task_publish
         publish = _publish_args(msg) if before.receivers or after.receivers else {}

@@ -27,6 +27,7 @@ import gevent
 from gevent.event import Event
 
 from .._transport.loop import Flag
+from .._wire.codec import Checked
 from ..errors import (
     ActorStopped,
     NodeDown,
@@ -112,6 +113,8 @@ class Entry:
         self.done = Flag()
         self.callbacks: list[Callable[[Entry], None]] = []
         self.reported = False  # its outcome came from a worker (which did the follow-up)
+        # Nothing in its message needs the codec's walk (app.send_task decides).
+        self.checked = False
 
     @property
     def ready(self) -> bool:
@@ -491,7 +494,8 @@ class Dispatcher:
             entry.waits_there = True
             self.holding[consumer.id] += 1
         try:
-            result = consumer.call("run", {"msg": msg}, timeout=NO_DEADLINE)
+            kwargs = Checked(msg=msg) if entry.checked else {"msg": msg}
+            result = consumer.call("run", kwargs, timeout=NO_DEADLINE)
         except ZcellError as exc:
             self._landed(consumer.id)
             self._unhold(entry)
