@@ -126,6 +126,7 @@ class Worker:
         prefetch: int | None = None,
     ) -> None:
         conf = app.conf
+        self._settings = conf.live()  # read a task: no method call a read
         self.app = app
         self.node = node
         self.queues = [check_queue(q) for q in (queues or [conf.task_default_queue])]
@@ -456,7 +457,7 @@ class Worker:
         override = self.overrides.get(task.name, {})
         if "rate_limit" in override:  # control rate_limit: this node's rate wins
             return override["rate_limit"]
-        return task.rate_limit or self.app.conf.task_default_rate_limit
+        return task.rate_limit or self._settings["task_default_rate_limit"]
 
     def _claim(self, msg: dict[str, Any], came: float) -> bool:
         """Ask the submitter whether this attempt may start. A submitter out of
