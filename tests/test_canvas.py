@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zcell_test_tasks as t
@@ -23,6 +24,7 @@ from zcell import (
     signature,
 )
 from zcell.tasks import followup
+from zcell.tasks.agent import TaskAgent
 from zcell.tasks.chord import DROPPED_PARTS
 from zcell.tasks.followup import UNDELIVERED
 from zcell.tasks.runtime import AGENT_TYPE, runtime_of
@@ -251,6 +253,53 @@ def test_a_malformed_or_unknown_chord_report_is_a_counted_drop(workers: Workers)
     agent.send("chord_part", {"id": "nope", "i": "zero", "task_id": "x", "s": "SUCCESS"})
     assert w.node.statistics()[DROPPED_PARTS] == 2
     assert t.add.delay(1, 1).get(timeout=T) == 2  # the worker lives on
+
+
+def test_the_members_a_worker_ends_in_one_turn_report_to_the_coordinator_together(
+    workers: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # followup.Parts: one chord_parts message for the members that ended in one
+    # turn of the worker's loop, not one chord_part each.
+    together: list[int] = []
+    alone: list[int] = []
+    real_parts, real_part = TaskAgent.state.chord_parts, TaskAgent.state.chord_part
+
+    def counting_parts(self: Any, parts: list[Any]) -> None:
+        together.append(len(parts))
+        real_parts(self, parts)
+
+    def counting_part(self: Any, **report: Any) -> None:
+        alone.append(1)
+        real_part(self, **report)
+
+    monkeypatch.setattr(TaskAgent.state, "chord_parts", counting_parts)
+    monkeypatch.setattr(TaskAgent.state, "chord_part", counting_part)
+    workers(2, concurrency=8)
+    members = [t.add.s(i, i) for i in range(64)]
+    assert chord(members)(t.xsum.s()).get(timeout=T) == sum(range(64)) * 2
+    assert sum(together) + len(alone) == 64
+    assert max(together) > 1
+
+
+def test_chord_reports_too_big_together_go_one_by_one(workers: Workers) -> None:
+    w1, w2 = workers(2)
+    agent = next(a for a in w2.node.actors(AGENT_TYPE) if a.node_id == w1.node.id)
+    runtime = runtime_of(w2.node)
+    assert runtime is not None
+    w2.node._codec.max_message_size = 100_000  # four of these parts in one message: too big
+    reports = [
+        {"id": "nope", "i": i, "task_id": f"t{i}", "s": "SUCCESS", "v": "x" * 30_000}
+        for i in range(4)
+    ]
+
+    def report() -> None:
+        for r in reports:
+            followup.parts_of(runtime).add(agent, r)
+
+    w2.node.call_in_loop(report)
+    # Each reached the coordinator alone (and was dropped there: no such chord).
+    wait_until(lambda: w1.node.statistics().get(DROPPED_PARTS) == 4, T, "four reports")
+    assert w2.node.statistics().get(UNDELIVERED, 0) == 0
 
 
 def test_a_chord_start_with_malformed_member_ids_is_refused(workers: Workers) -> None:

@@ -157,6 +157,26 @@ class TaskAgent(Actor):
                 return
             chords.part(str(id), i, str(task_id), s, v, e, str(name))
 
+        def chord_parts(self, parts: list[Any]) -> None:
+            """Header members' outcomes, those a worker had in one turn of its
+            loop (each as ``chord_part`` takes it)."""
+            chords = chords_of(self._runtime())
+            if not isinstance(parts, list):
+                chords._drop("malformed chord reports")
+                return
+            for part in parts:
+                if not isinstance(part, dict) or not isinstance(part.get("i"), int):
+                    chords._drop("malformed report for a chord")
+                    continue
+                s = part.get("s")
+                if not isinstance(s, str):
+                    chords._drop(f"malformed report for chord {part.get('id')!r}")
+                    continue
+                chords.part(
+                    str(part.get("id")), part["i"], str(part.get("task_id")), s,
+                    part.get("v"), part.get("e"), str(part.get("name")),
+                )  # fmt: skip
+
         def now(self) -> float:
             """This node's clock (POSIX seconds), to compare hosts' clocks."""
             return time.time()

@@ -21,12 +21,13 @@ and counted, never dropped silently.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from ..errors import NodeDown, NodeStopped, ZcellError, error_wire
+from ..errors import NodeDown, NodeStopped, SerializationError, ZcellError, error_wire
 from .states import SUCCESS
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ MEET_WAIT = 10.0
 MEET_RETRY = 0.05
 #: Reports waiting at once for nodes not met yet; more are not kept.
 MAX_UNMET = 10_000
+#: Chord reports in one message, at most (a turn of the loop rarely ends more).
+PARTS_MAX = 64
 #: Node statistics() counter of reports (outcomes, chord parts) that could not be sent.
 UNDELIVERED = "canvas_reports_undelivered"
 
@@ -54,9 +57,13 @@ def has_followup(msg: dict[str, Any]) -> bool:
 
 
 def after(runtime: Runtime, msg: dict[str, Any], outcome: dict[str, Any]) -> None:
-    """Act on a final outcome (in a greenlet of its own: the reply goes first)."""
-    if has_followup(msg):
+    """Act on a final outcome (in a greenlet of its own: the reply goes first).
+    A chord member's report alone needs none: it joins the reports leaving this
+    node in this turn of the loop (``Parts``)."""
+    if msg.get("watchers") or msg.get("chain"):
         gevent.spawn(_after, runtime, msg, outcome)
+    elif msg.get("chord"):
+        _report(runtime, msg["id"], msg["chord"], outcome)
 
 
 def _after(runtime: Runtime, msg: dict[str, Any], outcome: dict[str, Any]) -> None:
@@ -81,20 +88,24 @@ def push(
     for watcher in watchers if isinstance(watchers, list) else []:
         _tell(runtime, watcher, "outcome", {"id": task_id, "record": outcome})
     if isinstance(report, dict):
-        _tell(
-            runtime,
-            report.get("to"),
-            "chord_part",
-            {
-                "id": report.get("id"),
-                "i": report.get("i"),
-                "task_id": task_id,
-                "s": outcome.get("s"),
-                "v": outcome.get("v"),
-                "e": outcome.get("e"),
-                "name": outcome.get("name"),
-            },
-        )
+        _report(runtime, task_id, report, outcome)
+
+
+def _report(runtime: Runtime, task_id: str, report: Any, outcome: dict[str, Any]) -> None:
+    """A chord member's outcome, for its coordinator (``report["to"]``)."""
+    agent = report.get("to") if isinstance(report, dict) else None
+    if not hasattr(agent, "send"):
+        return  # malformed: skipped, as _tell skips it
+    part = {
+        "id": report.get("id"),
+        "i": report.get("i"),
+        "task_id": task_id,
+        "s": outcome.get("s"),
+        "v": outcome.get("v"),
+        "e": outcome.get("e"),
+        "name": outcome.get("name"),
+    }
+    parts_of(runtime).add(agent, part)
 
 
 def _tell(runtime: Runtime, agent: Any, method: str, kwargs: dict[str, Any]) -> None:
@@ -179,6 +190,68 @@ class Unmet:
 def unmet_of(runtime: Runtime) -> Unmet:
     """The node's reports waiting for nodes not met (made on first use)."""
     return runtime.part("unmet", Unmet)
+
+
+class Parts:
+    """Chord reports leaving this node, gathered by coordinator: the members that
+    end in one turn of the loop report in one message (``chord_parts``), sent by
+    one greenlet, not in one message and one greenlet each. Each message cost the
+    coordinator's node a request, a greenlet and a handler, beside its own tasks
+    (loop thread)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.waiting: dict[str, tuple[Any, list[dict[str, Any]]]] = {}  # agent id ->
+        self._sending: gevent.Greenlet | None = None
+
+    def add(self, agent: Any, part: dict[str, Any]) -> None:
+        if threading.get_ident() != self.runtime.dispatcher.loop_ident:
+            _tell(self.runtime, agent, "chord_part", part)  # no loop here to gather in
+            return
+        gathered = self.waiting.get(agent.id)
+        if gathered is None:
+            self.waiting[agent.id] = (agent, [part])
+        else:
+            gathered[1].append(part)
+        if self._sending is None:
+            self._sending = gevent.spawn(self._send)
+
+    def stop(self) -> None:
+        """The node stops: nobody is told anything more (loop thread)."""
+        self.waiting.clear()
+        sending = self._sending
+        if sending is not None:
+            sending.kill(block=True, timeout=1.0)
+
+    def _send(self) -> None:
+        try:
+            while self.waiting:  # what was added while a send waited goes next
+                waiting, self.waiting = self.waiting, {}
+                for agent, parts in waiting.values():
+                    for start in range(0, len(parts), PARTS_MAX):
+                        self._send_parts(agent, parts[start : start + PARTS_MAX])
+        finally:
+            self._sending = None
+
+    def _send_parts(self, agent: Any, parts: list[dict[str, Any]]) -> None:
+        runtime = self.runtime
+        if len(parts) == 1:
+            _tell(runtime, agent, "chord_part", parts[0])
+            return
+        try:
+            agent.send("chord_parts", {"parts": parts}, nowait=True)
+        except SerializationError:  # too big together: each goes alone
+            for part in parts:
+                _tell(runtime, agent, "chord_part", part)
+        except NodeDown:
+            unmet_of(runtime).add(agent, "chord_parts", {"parts": parts})
+        except ZcellError as exc:
+            undelivered(runtime, agent, "chord_parts", exc)
+
+
+def parts_of(runtime: Runtime) -> Parts:
+    """The node's chord reports on their way out (made on first use)."""
+    return runtime.part("parts", Parts)
 
 
 def _advance(runtime: Runtime, msg: dict[str, Any], value: Any, rest: list[Any]) -> None:
