@@ -259,7 +259,9 @@ class Signature(dict[str, Any]):
     ) -> Result:
         """Send it through ``runtime`` (the submitter's, or a worker's that
         carries a work-flow on); the canvas's own options win over the call's."""
-        sig = self.clone(args, kwargs)
+        # Nothing to merge: no copy (send_task copies the arguments, and the
+        # options are merged into a new dict below).
+        sig = self.clone(args, kwargs) if args or kwargs else self
         opts = {**_inherited(options), **sig.options}
         if options.get("root_id"):
             opts.setdefault("root_id", options["root_id"])
@@ -271,12 +273,19 @@ class Signature(dict[str, Any]):
 
 
 def _copy(value: Any) -> Any:
-    """A copy of the data's maps and lists; other values (actor proxies) shared."""
+    """A copy of the data's maps and lists; other values (actor proxies) shared.
+
+    Plain values are taken as they are, without a call each: a group's members
+    are copied a few times on their way out, and the calls were most of it."""
     if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
+        return {k: v if type(v) in _SHARED else _copy(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_copy(v) for v in value]
+        return [v if type(v) in _SHARED else _copy(v) for v in value]
     return value
+
+
+#: Values a copy shares (immutable, never a map or list).
+_SHARED = frozenset({str, int, float, bool, bytes, type(None)})
 
 
 def _inherited(options: dict[str, Any]) -> dict[str, Any]:
