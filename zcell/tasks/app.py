@@ -61,14 +61,39 @@ SEND_OPTIONS = frozenset(
 )  # fmt: skip
 
 
-#: The options whose values a task message holds only as zcell made them (a str,
-#: a float, a bool...): a message sent with no others needs no walk for what
-#: the receiver would refuse (``codec.Checked``); its arguments were checked.
-_MADE_OPTIONS = SEND_OPTIONS - {
-    "headers", "chain", "chord", "watchers", "time_limit", "soft_time_limit", "root_id",
-    "parent_id",
-}  # fmt: skip
-_LIMIT_TYPES = (int, float, type(None))
+#: The options whose values a task message may hold as the caller gave them,
+#: beyond its arguments (which ``send_task`` checks): a message with any of these
+#: is walked for what the receiver would refuse at each push, unless
+#: ``_plain_message`` finds them plain (``codec.Checked``).
+_FREE_OPTIONS = frozenset({"headers", "chain"})
+_NUMBERS = (int, float, type(None))
+_IDS = (str, type(None))
+
+
+def _plain_message(msg: dict[str, Any], options: dict[str, Any]) -> bool:
+    """Whether ``msg`` holds nothing the receiver would refuse that packing lets
+    through: its arguments were checked, its other fields zcell made or found
+    plain (a number, an id, agents, a chord report address)."""
+    if not _FREE_OPTIONS.isdisjoint(options):
+        return False
+    if type(msg["time_limit"]) not in _NUMBERS or type(msg["soft_time_limit"]) not in _NUMBERS:
+        return False
+    if type(msg["root_id"]) is not str or type(msg["parent_id"]) not in _IDS:
+        return False
+    watchers = msg["watchers"]
+    if watchers is not None and (
+        type(watchers) is not list or not all(hasattr(w, "_zcell_ref") for w in watchers)
+    ):
+        return False
+    report = msg["chord"]
+    return report is None or (
+        type(report) is dict
+        and len(report) == 3
+        and type(report.get("id")) is str
+        and type(report.get("i")) is int
+        and hasattr(report.get("to"), "_zcell_ref")
+    )
+
 
 #: ``before_task_publish`` arguments that only mean something with a broker.
 NO_BROKER: dict[str, Any] = {"properties": {}, "declare": [], "retry_policy": {}}
@@ -272,11 +297,7 @@ class App:
         msg = self._message(name, args, kwargs, task, options, runtime, request)
         redeliver = task.max_redeliveries if task and task.max_redeliveries is not None else None
         entry = Entry(msg, msg["queue"], self._pick(redeliver, "task_max_redeliveries"))
-        entry.checked = (
-            _MADE_OPTIONS.issuperset(options)
-            and type(msg["time_limit"]) in _LIMIT_TYPES
-            and type(msg["soft_time_limit"]) in _LIMIT_TYPES
-        )
+        entry.checked = _plain_message(msg, options)
         self._chain(entry, options)
         before, after = signals.before_task_publish, signals.after_task_publish
         publish = _publish_args(msg) if before.receivers or after.receivers else {}
