@@ -191,6 +191,32 @@ def test_a_sent_task_message_has_every_field_of_message_make_in_its_order(task_a
     message.check(dict(sent))
 
 
+def test_only_a_message_of_plain_fields_skips_the_codecs_walk(task_app: Any) -> None:
+    """What ``send_task`` lets a push leave unwalked (``codec.Checked``): fields
+    zcell made or of plain types; anything else the codec walks at each push."""
+    from zcell.tasks.app import _plain_message
+
+    task_app(cluster=unique_cluster(), peers=[])
+    msg = t.add.apply_async((1, 2), queue="nobody_here")._entry.msg
+    agent = msg["reply_to"]
+    report = {"id": "c", "i": 0, "to": agent}
+    assert _plain_message(msg, {})
+    assert _plain_message({**msg, "chord": report, "watchers": [agent]}, {"chord": report})
+    refused = [
+        ({}, {"headers": {}}),
+        ({}, {"chain": []}),
+        ({"time_limit": "5"}, {}),
+        ({"root_id": ("a", "b")}, {}),
+        ({"parent_id": 3}, {}),
+        ({"watchers": [agent, {"x": 1}]}, {}),
+        ({"chord": {**report, (1, 2): 3}}, {}),
+        ({"chord": {"id": "c", "i": "0", "to": agent}}, {}),
+        ({"chord": {"id": "c", "i": 0, "to": "agent"}}, {}),
+    ]
+    for fields, options in refused:
+        assert not _plain_message({**msg, **fields}, options), (fields, options)
+
+
 def test_task_ids_are_random_uuids_unique_across_a_fork() -> None:
     ids = {message.new_id() for _ in range(10_000)}
     assert len(ids) == 10_000
