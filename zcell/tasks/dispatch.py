@@ -305,7 +305,11 @@ class Dispatcher:
         return True
 
     def _take(self, entry: Entry) -> None:
-        watched = self.known.get(entry.id)
+        # The weak dict's own get() raises and catches a KeyError for a new id
+        # (the usual case): a twentieth of the loop's time a task. Its table
+        # holds weak references; a dead one is no entry.
+        ref = self.known.data.get(entry.id)  # type: ignore[attr-defined]
+        watched = ref() if ref is not None else None
         if watched is not None and watched is not entry and not watched.ready:
             # A work-flow's task this node watched and now sends itself.
             entry.callbacks.append(lambda done: self._mirror(done, watched))
