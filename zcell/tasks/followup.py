@@ -128,7 +128,21 @@ def undelivered(runtime: Runtime, agent: Any, method: str, why: Any) -> None:
     log.warning("zcell: could not tell %s %s: %s", agent, method, why)
 
 
-class Unmet:
+class _Outbox:
+    """Reports that one greenlet sends while any wait (loop thread)."""
+
+    waiting: list[Any] | dict[str, Any]
+    _greenlet: gevent.Greenlet | None = None
+
+    def stop(self) -> None:
+        """The node stops: nobody is told anything more (loop thread)."""
+        self.waiting.clear()
+        greenlet = self._greenlet
+        if greenlet is not None:
+            greenlet.kill(block=True, timeout=1.0)
+
+
+class Unmet(_Outbox):
     """Reports for agents on nodes this node has not met (yet), tried again until
     the node joins or ``MEET_WAIT`` passes (loop thread; one greenlet while any
     wait)."""
@@ -137,22 +151,15 @@ class Unmet:
         self.runtime = runtime
         # (give up at, agent, method, kwargs), oldest first
         self.waiting: list[tuple[float, Any, str, dict[str, Any]]] = []
-        self._retrying: gevent.Greenlet | None = None
+        self._greenlet: gevent.Greenlet | None = None
 
     def add(self, agent: Any, method: str, kwargs: dict[str, Any]) -> None:
         if len(self.waiting) >= MAX_UNMET:
             undelivered(self.runtime, agent, method, f"{MAX_UNMET} reports wait already")
             return
         self.waiting.append((time.monotonic() + MEET_WAIT, agent, method, kwargs))
-        if self._retrying is None:
-            self._retrying = gevent.spawn(self._retry)
-
-    def stop(self) -> None:
-        """The node stops: nobody is told anything more (loop thread)."""
-        self.waiting.clear()
-        retrying = self._retrying
-        if retrying is not None:
-            retrying.kill(block=True, timeout=1.0)
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._retry)
 
     def _retry(self) -> None:
         try:
@@ -162,7 +169,7 @@ class Unmet:
         except NodeStopped:
             self.waiting.clear()  # this node stops: nobody is told anything more
         finally:
-            self._retrying = None
+            self._greenlet = None
 
     def _try_all(self) -> None:
         now = time.monotonic()
@@ -192,7 +199,7 @@ def unmet_of(runtime: Runtime) -> Unmet:
     return runtime.part("unmet", Unmet)
 
 
-class Parts:
+class Parts(_Outbox):
     """Chord reports leaving this node, gathered by coordinator: the members that
     end in one turn of the loop report in one message (``chord_parts``), sent by
     one greenlet, not in one message and one greenlet each. Each message cost the
@@ -202,7 +209,7 @@ class Parts:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.waiting: dict[str, tuple[Any, list[dict[str, Any]]]] = {}  # agent id ->
-        self._sending: gevent.Greenlet | None = None
+        self._greenlet: gevent.Greenlet | None = None
 
     def add(self, agent: Any, part: dict[str, Any]) -> None:
         if threading.get_ident() != self.runtime.dispatcher.loop_ident:
@@ -213,15 +220,8 @@ class Parts:
             self.waiting[agent.id] = (agent, [part])
         else:
             gathered[1].append(part)
-        if self._sending is None:
-            self._sending = gevent.spawn(self._send)
-
-    def stop(self) -> None:
-        """The node stops: nobody is told anything more (loop thread)."""
-        self.waiting.clear()
-        sending = self._sending
-        if sending is not None:
-            sending.kill(block=True, timeout=1.0)
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._send)
 
     def _send(self) -> None:
         try:
@@ -231,7 +231,7 @@ class Parts:
                     for start in range(0, len(parts), PARTS_MAX):
                         self._send_parts(agent, parts[start : start + PARTS_MAX])
         finally:
-            self._sending = None
+            self._greenlet = None
 
     def _send_parts(self, agent: Any, parts: list[dict[str, Any]]) -> None:
         runtime = self.runtime
