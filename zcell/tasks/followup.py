@@ -63,7 +63,10 @@ def after(runtime: Runtime, msg: dict[str, Any], outcome: dict[str, Any]) -> Non
     if msg.get("watchers") or msg.get("chain"):
         gevent.spawn(_after, runtime, msg, outcome)
     elif msg.get("chord"):
-        _report(runtime, msg["id"], msg["chord"], outcome)
+        try:
+            _report(runtime, msg["id"], msg["chord"], outcome)
+        except Exception:  # as in _after: a report's bug never fails the task here
+            _followup_failed(runtime, msg)
 
 
 def _after(runtime: Runtime, msg: dict[str, Any], outcome: dict[str, Any]) -> None:
@@ -75,10 +78,14 @@ def _after(runtime: Runtime, msg: dict[str, Any], outcome: dict[str, Any]) -> No
         elif rest:
             fail_rest(runtime, rest, outcome)
     except Exception:
-        runtime.node.stats["canvas_followup_errors"] = (
-            runtime.node.stats.get("canvas_followup_errors", 0) + 1
-        )
-        log.exception("zcell: the work-flow after task %s could not go on", msg.get("id"))
+        _followup_failed(runtime, msg)
+
+
+def _followup_failed(runtime: Runtime, msg: dict[str, Any]) -> None:
+    runtime.node.stats["canvas_followup_errors"] = (
+        runtime.node.stats.get("canvas_followup_errors", 0) + 1
+    )
+    log.exception("zcell: the work-flow after task %s could not go on", msg.get("id"))
 
 
 def push(
