@@ -283,7 +283,12 @@ def test_the_members_a_worker_ends_in_one_turn_report_to_the_coordinator_togethe
 
 def test_chord_reports_too_big_together_go_one_by_one(workers: Workers) -> None:
     w1, w2 = workers(2)
-    agent = next(a for a in w2.node.actors(AGENT_TYPE) if a.node_id == w1.node.id)
+
+    def w1_agent() -> Any:
+        return next((a for a in w2.node.actors(AGENT_TYPE) if a.node_id == w1.node.id), None)
+
+    wait_until(lambda: w1_agent() is not None, T, "w2 to know w1's task agent")
+    agent = w1_agent()
     runtime = runtime_of(w2.node)
     assert runtime is not None
     w2.node._codec.max_message_size = 100_000  # four of these parts in one message: too big
