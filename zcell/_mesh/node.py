@@ -14,6 +14,7 @@ actors, themselves included, without deadlock.
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import logging
 import os
@@ -857,7 +858,9 @@ class Node:
             on: Node name or id to place it on. Default: the least-loaded node
                 that registered the type; only when none did, this node (when the
                 program has the class).
-            nowait: Return the proxy without waiting for the actor to start.
+            nowait: Return the proxy without waiting for the actor to start. A
+                failure is logged (an error); no answer within ``timeout`` is
+                logged as a warning: the actor may still have started.
             timeout: Bound on the wait (default ``Actor.default_timeout``).
 
         Raises:
@@ -880,7 +883,7 @@ class Node:
             started = self._messaging.ctrl_async(
                 node_id, "spawn", {"type": name, "kwargs": args, "id": actor_id}, timeout
             )
-            started.link(_log_failed_spawn)
+            started.link(functools.partial(_log_failed_spawn, name, self._node_label(node_id)))
             return proxy
         self._ctrl(node_id, "spawn", {"type": name, "kwargs": args, "id": actor_id}, timeout)
         self._run(self.directory.add, actor_id, name, node_id)
@@ -1153,6 +1156,18 @@ atexit.register(_stop_at_exit)
 os.register_at_fork(after_in_child=_disown_after_fork)
 
 
-def _log_failed_spawn(result: AsyncResult) -> None:
-    if result.failed():
-        log.error("zcell: a nowait spawn failed: %s", result.get(propagate=False))
+def _log_failed_spawn(type_name: str, node: str, result: AsyncResult) -> None:
+    if not result.failed():
+        return
+    error = result.get(propagate=False)
+    if isinstance(error, CallTimeout):
+        # No answer is not a failure: a node working through many spawns may
+        # have started it after the caller stopped waiting (or dropped it, late).
+        log.warning(
+            "zcell: a nowait spawn of %s on node %s got no answer in time; it may have "
+            "started: spawn with a longer timeout=, or without nowait to know",
+            type_name,
+            node,
+        )
+    else:
+        log.error("zcell: a nowait spawn of %s on node %s failed: %s", type_name, node, error)
