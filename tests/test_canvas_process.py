@@ -15,7 +15,7 @@ from conftest import SLOW, run_script, start_zcell_worker, unique_cluster, wait_
 from test_tasks_workers import _runs, _two_workers
 
 from zcell import ChordError, WorkerLostError, chord
-from zcell.tasks.runtime import AGENT_TYPE, runtime_of
+from zcell.tasks.runtime import AGENT_TYPE, Runtime, runtime_of
 
 T = 10 * SLOW
 
@@ -65,6 +65,29 @@ def test_a_chain_whose_next_task_died_with_the_worker_that_sent_it_fails_instead
         res.get(timeout=T)
     assert second.state == "FAILURE"
     assert t.app.node.statistics()["canvas_steps_lost"] == 2  # the lost task and the last
+
+
+def test_a_chain_step_lost_with_a_worker_whose_revokes_were_not_pulled_still_fails(
+    procs: Any, task_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker's leaving was counted only if this program had pulled the revokes
+    # its agent remembers: a pull that failed, or was on its way when the worker
+    # died, hid the departure, and the chain's lost step was waited for for ever
+    # (seen under load). Here every pull fails.
+    def failed_pull(self: Runtime, agent: Any) -> None:
+        self.pulled.discard(agent.id)  # what a pull that fails does
+
+    monkeypatch.setattr(Runtime, "_pull_from", failed_pull)
+    workers = _two_workers(procs, task_app)
+    path = tmp_path / "runs"
+    res = (t.mark.si(str(path)) | t.add.si(1, 1).set(queue="later") | t.add.s(1))()
+    second = res.parent
+    assert second is not None and second.parent is not None
+    wait_until(second.parent.ready, T, "the chain's first task to end")
+    (ran_on,) = _runs(path)
+    workers[ran_on].kill(signal.SIGKILL)
+    with pytest.raises(WorkerLostError, match=f"{second.id}.*{ran_on}"):
+        res.get(timeout=T)
 
 
 def _w1_for_bodies(procs: Any, task_app: Any) -> tuple[str, Any, str]:

@@ -69,7 +69,8 @@ class Runtime:
         self.dispatcher: Dispatcher = Dispatcher(self)
         self.agent: ActorProxy | None = None
         self.pulled: set[str] = set()  # agents asked for their remembered revokes
-        self.departures = 0  # times an agent asked was no longer listed
+        self.departures = 0  # times an agent listed before was no longer listed
+        self._listed: set[str] = set()  # the task agents listed at the last round
         self.ready = Flag()  # set once started (attach() from another thread waits)
         self._parts: dict[str, Any] = {}  # made on first use (``part``)
         node.stats.setdefault(DROPPED, 0)
@@ -114,10 +115,15 @@ class Runtime:
         # An agent gone from the mesh (its node down, cut off, or this node
         # stopped a while) is asked again when it is back: revokes made meanwhile
         # did not reach the other side.
-        before = len(self.pulled)
         self.pulled.intersection_update(listed)
-        if len(self.pulled) < before:
-            self.departures += 1  # work-flow steps may have gone with it (strays.py)
+        now_listed = set(listed)
+        if not self._listed <= now_listed:
+            # Work-flow steps may have gone with it (strays.py). Counted from the
+            # listing, not from ``pulled``: an agent whose pull failed or was still
+            # on its way when it went is not in ``pulled``, and its departure was
+            # missed (a chain's step lost with it then hung, seen under load).
+            self.departures += 1
+        self._listed = now_listed
         for agent_id in listed:
             if agent_id != own and agent_id not in self.pulled:
                 self.pulled.add(agent_id)
