@@ -53,16 +53,7 @@ def test_a_chain_whose_next_task_died_with_the_worker_that_sent_it_fails_instead
     # A chain's next task is sent by the worker that ran the one before: waiting
     # there for a worker of its queue (none yet), it dies with that worker, and no
     # submitter is left to say so.
-    workers = _two_workers(procs, task_app)
-    path = tmp_path / "runs"
-    res = (t.mark.si(str(path)) | t.add.si(1, 1).set(queue="later") | t.add.s(1))()
-    second = res.parent
-    assert second is not None and second.parent is not None
-    wait_until(second.parent.ready, T, "the chain's first task to end")
-    (ran_on,) = _runs(path)
-    workers[ran_on].kill(signal.SIGKILL)
-    with pytest.raises(WorkerLostError, match=f"{second.id}.*{ran_on}"):
-        res.get(timeout=T)
+    second = _lose_the_chains_next_step(procs, task_app, tmp_path)
     assert second.state == "FAILURE"
     assert t.app.node.statistics()["canvas_steps_lost"] == 2  # the lost task and the last
 
@@ -78,6 +69,14 @@ def test_a_chain_step_lost_with_a_worker_whose_revokes_were_not_pulled_still_fai
         self.pulled.discard(agent.id)  # what a pull that fails does
 
     monkeypatch.setattr(Runtime, "_pull_from", failed_pull)
+    _lose_the_chains_next_step(procs, task_app, tmp_path)
+
+
+def _lose_the_chains_next_step(procs: Any, task_app: Any, tmp_path: Path) -> Any:
+    """A chain of three on two workers whose second step waits, at the worker of
+    the first, for a worker of its queue; that worker is killed: the chain must
+    fail with ``WorkerLostError`` naming the step and the worker. Returns the
+    second step's result."""
     workers = _two_workers(procs, task_app)
     path = tmp_path / "runs"
     res = (t.mark.si(str(path)) | t.add.si(1, 1).set(queue="later") | t.add.s(1))()
@@ -88,6 +87,7 @@ def test_a_chain_step_lost_with_a_worker_whose_revokes_were_not_pulled_still_fai
     workers[ran_on].kill(signal.SIGKILL)
     with pytest.raises(WorkerLostError, match=f"{second.id}.*{ran_on}"):
         res.get(timeout=T)
+    return second
 
 
 def _w1_for_bodies(procs: Any, task_app: Any) -> tuple[str, Any, str]:
