@@ -111,19 +111,18 @@ class Runtime:
         node that joins later learns them, and so does one a partition healed."""
         own = self.agent.id if self.agent is not None else None
         # The directory's index, not proxies: this runs every dispatcher round.
-        listed = list(self.node.directory.of_type(AGENT_TYPE))
+        listed = set(self.node.directory.of_type(AGENT_TYPE))
         # An agent gone from the mesh (its node down, cut off, or this node
         # stopped a while) is asked again when it is back: revokes made meanwhile
         # did not reach the other side.
         self.pulled.intersection_update(listed)
-        now_listed = set(listed)
-        if not self._listed <= now_listed:
+        if not self._listed <= listed:
             # Work-flow steps may have gone with it (strays.py). Counted from the
             # listing, not from ``pulled``: an agent whose pull failed or was still
             # on its way when it went is not in ``pulled``, and its departure was
             # missed (a chain's step lost with it then hung, seen under load).
             self.departures += 1
-        self._listed = now_listed
+        self._listed = listed
         for agent_id in listed:
             if agent_id != own and agent_id not in self.pulled:
                 self.pulled.add(agent_id)
