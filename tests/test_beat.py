@@ -80,10 +80,12 @@ def _status(observer: Any, name: str) -> dict[str, Any]:
     return status
 
 
-def _candidate_here(node: Any, path: Path) -> Beat:
+def _candidate_here(node: Any, path: Path, quorum: int | None = None) -> Beat:
     """A beat candidate of the tests' schedule on ``node``, a node of this process
-    (so that a test can stop its beat, or give it other heartbeats)."""
+    (so that a test can stop its beat, or give it other heartbeats, or a fixed
+    ``beat_quorum``)."""
     app = App("zcell_test_beat", discovery="static")
+    app.conf.beat_quorum = quorum
     app.conf.beat_schedule = {
         "tick": {"task": "zcell_test_beat.tick", "schedule": EVERY, "args": [str(path)]}
     }
@@ -253,6 +255,33 @@ def test_a_leader_with_slower_heartbeats_than_the_others_keeps_the_lead(
     assert not [s for s in strays if s[1] or s[2]], strays
     until = time.time() - 1.0
     _once_each(path, since, until)
+
+
+def test_the_first_leader_sends_every_tick_due_since_it_became_a_candidate(
+    procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    # No leader yet, so no word of a tick: the first one to lead sends all those
+    # that fell due while it waited (here for a quorum), not only the last few
+    # heartbeats' (a candidate that joins just before a tick and leads a little
+    # later than its join wait lost that tick so).
+    path = tmp_path / "ticks"
+    monkeypatch.setenv("ZCELL_TEST_BEAT_FILE", str(path))
+    monkeypatch.setenv("ZCELL_TEST_BEAT_EVERY", str(EVERY))
+    cluster = unique_cluster()
+    _, inbox = start_zcell_worker(procs, "w1", cluster, app="zcell_test_beat")
+    a1 = make_node("a1", cluster=cluster, peers=[inbox], heartbeat=0.3)
+    first = _candidate_here(a1, path, quorum=2)
+    since = time.time()
+    time.sleep(4 * EVERY)  # a1 alone: paused, the quorum is 2
+    assert not _ticks(path)
+    assert "needs 2 (beat_quorum); start more" in a1.call_in_loop(first.status)["paused"]
+    a2 = make_node("a2", cluster=cluster, peers=[inbox], heartbeat=0.3)
+    _candidate_here(a2, path, quorum=2)
+    wait_until(lambda: a1.call_in_loop(first.status)["leading"], 5 * SLOW, "a1 to lead")
+    time.sleep(2 * EVERY)
+    until = time.time() - 1.0
+    _once_each(path, since, until)
+    assert a1.call_in_loop(first.status)["caught_up"] >= 4
 
 
 def test_a_candidate_joining_a_mesh_with_a_leader_never_leads_alone_meanwhile(

@@ -56,8 +56,6 @@ log = logging.getLogger(__name__)
 CANDIDATE_TYPE = "zcell.beat.candidate"
 #: Seconds between two looks at the candidates and the schedule.
 ROUND = 0.1
-#: Heartbeats a dead leader may have been silent before it is declared down.
-DETECT_HEARTBEATS = 3.0
 #: Heartbeats a new candidate waits before it may lead: time to meet the mesh (one
 #: that sees no other candidate yet is a quorum of one, and would send the ticks
 #: the leader it has not met sends).
@@ -248,7 +246,6 @@ class Beat:
         self.leader: str | None = None
         self.leading = False
         self.paused: str | None = None
-        self.following_until = self.started  # last time another side was responsible
         self.settle_until = 0.0
         self.handed: dict[str, float] = {}  # entry -> due time the leader last sent
         self.sent = 0
@@ -358,22 +355,30 @@ class Beat:
         self._pass_over()
         self.leader = self._leader()
         if self.leader != self.me or not self._learnt() or time.monotonic() < self._joined_at:
-            self._follow(now, None)
+            self._follow(None)
         elif have < need:
-            missing = sorted(self.known - set(self.live))
-            self._follow(
-                now,
-                f"beat paused on {self.me}: it sees {have} of the {len(self.known)} candidates "
-                f"it last knew ({', '.join(missing)} unreachable) and needs {need} "
-                "(beat_quorum); the other side of a partition may hold the majority",
-            )
+            self._follow(self._no_quorum(have, need))
         elif self._leased(need):
             self._unleased_since = None
             self._lead(now)
         else:  # leases asked; or one this candidate gave has not ended yet
             since = self._unleased_since = self._unleased_since or now
             waited = now - since > self.lease_length()
-            self._follow(now, self._no_lease(need) if waited else None)
+            self._follow(self._no_lease(need) if waited else None)
+
+    def _no_quorum(self, have: int, need: int) -> str:
+        """Why this candidate, the leader by name, does not send (too few seen)."""
+        missing = sorted(self.known - set(self.live))
+        if not missing:  # a beat_quorum larger than the candidates there are
+            return (
+                f"beat paused on {self.me}: it sees {have} candidate(s) and needs {need} "
+                "(beat_quorum); start more candidates, or lower beat_quorum"
+            )
+        return (
+            f"beat paused on {self.me}: it sees {have} of the {len(self.known)} candidates "
+            f"it last knew ({', '.join(missing)} unreachable) and needs {need} "
+            "(beat_quorum); the other side of a partition may hold the majority"
+        )
 
     def _live(self) -> dict[str, ActorProxy | None]:
         """The live candidates by node name (those that left excluded), self included."""
@@ -460,7 +465,7 @@ class Beat:
             return False
         self.lease_to = (name, node_id, now + self.lease_length())
         if self.leading:  # it leads no more (the next round says so too)
-            self._follow(time.time(), None)
+            self._follow(None)
         return True
 
     def _leased(self, need: int) -> bool:
@@ -550,13 +555,12 @@ class Beat:
             self.lease_to = None  # it sends no more: the next may lead at once
         log.info("zcell beat: candidate %s left", name)
 
-    def _follow(self, now: float, paused: str | None) -> None:
+    def _follow(self, paused: str | None) -> None:
         if paused is not None and paused != self.paused:
             log.warning("zcell %s", paused)
         if self.leading:
             log.info("zcell beat: %s no longer leads (leader: %s)", self.me, self.leader)
         self.leading, self.paused = False, paused
-        self.following_until = now
 
     def _lead(self, now: float) -> None:
         tz = str(self.app.conf.timezone or "UTC")
@@ -599,17 +603,15 @@ class Beat:
         )  # fmt: skip
 
     def _catch_up_from(self, entry: BeatEntry, now: float) -> float:
-        """Where this leader starts: after the last tick the old leader said it
-        sent; without word from it, where it may have stopped (it was declared
-        down up to ``DETECT_HEARTBEATS`` after its last tick). Bounded by
-        ``beat_max_catchup``; an entry with ``catch_up=False`` starts now."""
+        """Where this leader starts: after the last tick it knows was sent (by a
+        leader's report, or by itself); with no word of one, from when it became
+        a candidate (no leader it knows of sent any since; the mesh is asked
+        which ran). Bounded by ``beat_max_catchup``; an entry with
+        ``catch_up=False`` starts now."""
         if not entry.catch_up:
             return self.settle_until
         bound = now - float(self.app.conf.beat_max_catchup)
-        if entry.name in self.handed:
-            return max(self.handed[entry.name], bound)
-        since = self.following_until - DETECT_HEARTBEATS * self.node.heartbeat
-        return max(self.started, since, bound)
+        return max(self.reported().get(entry.name, self.started), bound)
 
     def _catch_up(self, ticks: list[tuple[BeatEntry, float]]) -> bool:
         """Send the ticks that fell due before this leader took over, but only
@@ -650,7 +652,7 @@ class Beat:
         """Send one tick, if this candidate still holds the lead (checked at each
         tick: a round may outlast a lease); False when it does not."""
         if not self.leading or not self._leased(self.quorum()):
-            self._follow(time.time(), None)
+            self._follow(None)
             return False
         app = self.app.main or "__main__"
         try:
