@@ -4,13 +4,16 @@ revoking a work-flow by its root id, bad chord reports, a chord of 1000."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zcell_test_tasks as t
-from conftest import SLOW, Workers, wait_until
+from conftest import SLOW, Workers, child_env, unique_cluster, wait_until
 
 from zcell import (
     ChordError,
@@ -279,6 +282,61 @@ def test_the_members_a_worker_ends_in_one_turn_report_to_the_coordinator_togethe
     assert chord(members)(t.xsum.s()).get(timeout=T) == sum(range(64)) * 2
     assert sum(together) + len(alone) == 64
     assert max(together) > 1
+
+
+# A gevent-monkey-patched process (``zcell worker`` is one): threading.get_ident()
+# there is the running greenlet's, not the loop thread's.
+_PATCHED_CHORD = """
+from gevent import monkey
+
+monkey.patch_all()
+import json, sys
+import gevent
+import zcell_test_tasks as t
+from zcell import Node, chord
+from zcell.tasks import Worker
+from zcell.tasks.agent import TaskAgent
+from zcell.tasks.runtime import runtime_of
+
+together, alone = [], []
+real_parts, real_part = TaskAgent.state.chord_parts, TaskAgent.state.chord_part
+def counting_parts(self, parts):
+    together.append(len(parts))
+    real_parts(self, parts)
+def counting_part(self, **report):
+    alone.append(1)
+    real_part(self, **report)
+TaskAgent.state.chord_parts, TaskAgent.state.chord_part = counting_parts, counting_part
+cluster = sys.argv[1]
+w1 = Node("w1", cluster=cluster, discovery="static").start()
+inbox = w1.endpoints["inbox"]
+w2 = Node("w2", cluster=cluster, discovery="static", peers=[inbox]).start()
+t.app.conf.update(cluster=cluster, peers=[inbox], discovery="static")
+workers = [Worker(t.app, node, None, concurrency=8).start() for node in (w1, w2)]
+total = chord([t.add.s(i, i) for i in range(64)])(t.xsum.s()).get(timeout=30)
+dispatcher = runtime_of(w1).dispatcher
+in_loop = w1.call_in_loop(lambda: gevent.spawn(dispatcher.can_hand_over).get())
+print(json.dumps({"total": total, "together": together, "alone": len(alone), "in_loop": in_loop}))
+t.app.close(timeout=0)
+for worker in workers:
+    worker.stop(timeout=0.5)
+"""
+
+
+def test_in_a_monkey_patched_worker_the_loop_is_told_by_its_thread_not_its_greenlet() -> None:
+    # A task's greenlet in the loop thread took itself for a program thread there:
+    # the chord reports of a ``zcell worker`` never went together, and its tasks'
+    # delay() handed over to the loop from the loop.
+    run = subprocess.run(
+        [sys.executable, "-c", _PATCHED_CHORD, unique_cluster()],
+        env=child_env(), capture_output=True, text=True, timeout=60 * SLOW,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["total"] == sum(range(64)) * 2
+    assert sum(seen["together"]) + seen["alone"] == 64
+    assert seen["together"] and max(seen["together"]) > 1, seen
+    assert seen["in_loop"] is False
 
 
 def test_chord_reports_too_big_together_go_one_by_one(workers: Workers) -> None:
