@@ -73,6 +73,18 @@ def _candidates(
     return started, observer, path
 
 
+def _worker_of_ticks(procs: Any, monkeypatch: Any, tmp_path: Path) -> tuple[Path, str, str]:
+    """The tests' schedule in the environment and a worker ``w1`` that runs its
+    ticks (no beat of its own), in a cluster of its own: (the ticks file, the
+    cluster, w1's inbox)."""
+    path = tmp_path / "ticks"
+    monkeypatch.setenv("ZCELL_TEST_BEAT_FILE", str(path))
+    monkeypatch.setenv("ZCELL_TEST_BEAT_EVERY", str(EVERY))
+    cluster = unique_cluster()
+    _, inbox = start_zcell_worker(procs, "w1", cluster, app="zcell_test_beat")
+    return path, cluster, inbox
+
+
 def _status(observer: Any, name: str) -> dict[str, Any]:
     ids = {n["name"]: n["id"] for n in observer.nodes()}
     (ref,) = [r for r in observer.actors(CANDIDATE_TYPE) if r.node_id == ids.get(name)]
@@ -264,11 +276,7 @@ def test_the_first_leader_sends_every_tick_due_since_it_became_a_candidate(
     # that fell due while it waited (here for a quorum), not only the last few
     # heartbeats' (a candidate that joins just before a tick and leads a little
     # later than its join wait lost that tick so).
-    path = tmp_path / "ticks"
-    monkeypatch.setenv("ZCELL_TEST_BEAT_FILE", str(path))
-    monkeypatch.setenv("ZCELL_TEST_BEAT_EVERY", str(EVERY))
-    cluster = unique_cluster()
-    _, inbox = start_zcell_worker(procs, "w1", cluster, app="zcell_test_beat")
+    path, cluster, inbox = _worker_of_ticks(procs, monkeypatch, tmp_path)
     a1 = make_node("a1", cluster=cluster, peers=[inbox], heartbeat=0.3)
     first = _candidate_here(a1, path, quorum=2)
     since = time.time()
@@ -380,11 +388,7 @@ def test_status_marks_the_beat_leader_and_the_beat_control_op_shows_the_schedule
 def test_zcell_beat_is_a_candidate_that_only_sends(
     procs: Any, monkeypatch: Any, tmp_path: Path
 ) -> None:
-    path = tmp_path / "ticks"
-    monkeypatch.setenv("ZCELL_TEST_BEAT_FILE", str(path))
-    monkeypatch.setenv("ZCELL_TEST_BEAT_EVERY", str(EVERY))
-    cluster = unique_cluster()
-    _, inbox = start_zcell_worker(procs, "w1", cluster, app="zcell_test_beat")
+    path, cluster, inbox = _worker_of_ticks(procs, monkeypatch, tmp_path)
     argv = ["zcell", "beat", "-A", "zcell_test_beat", "--no-mdns", "--name", "a-beat"]
     beat = procs([*argv, "--cluster", cluster, "--heartbeat", "0.3", "--peer", inbox])
     beat.wait_for_line(r"^\s+\. tick: zcell_test_beat.tick <schedule every 0.5s>$", 15 * SLOW)
