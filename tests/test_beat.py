@@ -269,6 +269,40 @@ def test_a_leader_with_slower_heartbeats_than_the_others_keeps_the_lead(
     _once_each(path, since, until)
 
 
+@pytest.mark.parametrize("when", ["catching-up", "sending"])
+def test_a_follower_that_stalls_costs_the_leader_no_other_lease(
+    procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path, when: str
+) -> None:
+    # b2 stops a while. The leader asks each candidate for its lease on its own,
+    # and renews them beside its rounds: b2's ask, or the leader's question to the
+    # mesh which ticks ran (caught up right after taking the lead, and waiting for
+    # b2's agent), holds up no renewal of b3's lease, which would end meanwhile
+    # and pass the leader over.
+    started, observer, path = _candidates(procs, make_node, monkeypatch, tmp_path, ["b2", "b3"])
+    a1 = make_node("a1", cluster=observer.cluster, peers=[observer.endpoints["inbox"]])
+    beat = _candidate_here(a1, path)
+    handed = lambda: _leads(observer, "a1") and not _leads(observer, "b2")  # noqa: E731
+    wait_until(handed, 5 * SLOW, "a1 to lead in b2's place")
+    if when == "sending":
+        sending = lambda: a1.call_in_loop(beat.status)["sent"] > 0  # noqa: E731
+        wait_until(sending, 5 * SLOW, "a1 to send")
+    sent = a1.call_in_loop(beat.status)["sent"]
+    started["b2"].send_signal(signal.SIGSTOP)
+    views = []
+    try:
+        for _ in range(25):  # 2.5 s: four lease lengths at b3, one of a1's asks' waits
+            views.append(_status(observer, "b3"))
+            time.sleep(0.1)
+        leading = a1.call_in_loop(beat.status)
+    finally:
+        started["b2"].send_signal(signal.SIGCONT)
+    strays = [(v["leading"], v["passed"]) for v in views if v["leading"] or v["passed"]]
+    assert not strays, strays
+    assert leading["leading"], leading
+    if when == "sending":  # and it went on sending (a tick every 0.5 s)
+        assert leading["sent"] >= sent + 3, leading
+
+
 def test_the_first_leader_sends_every_tick_due_since_it_became_a_candidate(
     procs: Any, make_node: Any, monkeypatch: Any, tmp_path: Path
 ) -> None:

@@ -257,7 +257,7 @@ class Beat:
         self.leases: dict[str, float] = {}
         self.spans: dict[str, float] = {}  # name -> seconds of the lease it last gave
         self.passed: dict[str, str] = {}  # name -> node id: leases to it ended unrenewed
-        self._renewing = False
+        self._asking: set[str] = set()  # candidates asked for a lease, no answer yet
         self._unleased_since: float | None = None
         self._greenlet: Any = None
         self._wake: gevent.event.Event | None = None  # made in the loop's thread (_run)
@@ -326,15 +326,33 @@ class Beat:
 
     def _run(self) -> None:
         self._wake = wake = gevent.event.Event()
+        keeper = gevent.spawn(self._keep_leases)
+        try:
+            while True:
+                try:
+                    self._round(time.time())
+                except NodeStopped:
+                    return  # the node stops: so does its beat
+                except Exception:  # noqa: BLE001 - the beat must outlive one bad round
+                    log.exception("zcell beat: a round failed; trying again")
+                wake.wait(self._pause())
+                wake.clear()
+        finally:
+            keeper.kill(block=False)
+
+    def _keep_leases(self) -> None:
+        """(A greenlet beside the rounds) renew the leases while this candidate
+        leads. A round can be held up longer than a lease lasts: asking the mesh
+        which ticks ran waits up to ``ASK_TIMEOUT`` for an agent that does not
+        answer (its node stopped a while), and the leases the others gave would
+        end meanwhile, passing this leader over."""
         while True:
+            gevent.sleep(ROUND)
             try:
-                self._round(time.time())
-            except NodeStopped:
-                return  # the node stops: so does its beat
-            except Exception:  # noqa: BLE001 - the beat must outlive one bad round
-                log.exception("zcell beat: a round failed; trying again")
-            wake.wait(self._pause())
-            wake.clear()
+                if self.leading and self.quorum() > 1:
+                    self._renew_due(self._lease_givers(), time.monotonic())
+            except Exception:  # noqa: BLE001 - the keeper must outlive one bad turn
+                log.exception("zcell beat: renewing the leases failed; trying again")
 
     def _pause(self) -> float:
         """Seconds to the next round: ``ROUND``, or less when the lease this
@@ -471,33 +489,46 @@ class Beat:
     def _leased(self, need: int) -> bool:
         """Whether this candidate may send now: it leased the lead to no other, and
         ``need - 1`` of the others hold it for the leader (their leases, unexpired).
-        Asks again for leases with less than two thirds of their length left (one
-        asker at a time), so that a slow answer still comes before they end."""
+        Asks each again for its lease with less than two thirds of it left (one ask
+        in flight to each), so that a slow answer still comes before it ends."""
         now = time.monotonic()
         given = self.lease_to
         if given is not None and given[0] != self.me and given[2] > now:
             return False
         if need <= 1:
             return True  # a quorum of one (beat_quorum = 1): no lease asked, none needed
-        # One passed over is not asked: dead, it would hold the renewal up; alive,
-        # it takes itself for the leader (it asks us, and is no longer passed over).
-        others = [n for n in self.live if n != self.me and n in self.known and n not in self.passed]
+        others = self._lease_givers()
         held = sum(1 for n in others if self.leases.get(n, 0.0) > now)
-        length = self.lease_length()
-        soon = [self.leases.get(n, 0.0) - now <= self.spans.get(n, length) * 2 / 3 for n in others]
-        if not self._renewing and any(soon):
-            self._renewing = True
-            gevent.spawn(self._renew, others)
+        self._renew_due(others, now)
         return held + 1 >= need
 
-    def _renew(self, names: list[str]) -> None:
-        """Ask ``names`` for a lease, all at once; keep each answer as it comes
-        (one that does not answer holds up none of the others)."""
+    def _lease_givers(self) -> list[str]:
+        """The candidates asked for a lease. One passed over is not asked: dead,
+        it would hold the renewal up; alive, it takes itself for the leader (it
+        asks us, and is no longer passed over)."""
+        return [n for n in self.live if n != self.me and n in self.known and n not in self.passed]
+
+    def _renew_due(self, names: list[str], now: float) -> None:
+        """Ask each of ``names`` whose lease has less than two thirds of it left
+        (one ask in flight to each)."""
+        length = self.lease_length()
+        for name in names:
+            ref = self.live.get(name)
+            left = self.leases.get(name, 0.0) - now
+            if ref is not None and name not in self._asking:
+                if left <= self.spans.get(name, length) * 2 / 3:
+                    self._asking.add(name)
+                    gevent.spawn(self._ask_lease, name, ref)
+
+    def _ask_lease(self, name: str, ref: ActorProxy) -> None:
+        """Ask ``name`` for a lease and keep it as it comes. Each candidate is asked
+        on its own: one that does not answer (stopped, cut off) holds up the
+        renewal of none of the others, whose leases would end meanwhile."""
         asked = time.monotonic()
         ask = {"name": self.me, "node": self.node.id}
-        wait = self.lease_length()  # a later answer would come with its lease over
-
-        def one(name: str, ref: ActorProxy) -> None:
+        # A later answer would come with its lease over.
+        wait = self.spans.get(name, self.lease_length())
+        try:
             try:
                 answer = ref.send("lease", ask, timeout=wait)
             except ZcellError:
@@ -517,16 +548,8 @@ class Beat:
                 self.progress(answer.get("handed"))
             else:
                 self.leases.pop(name, None)
-
-        try:
-            asks = [
-                gevent.spawn(one, name, ref)
-                for name in names
-                if (ref := self.live.get(name)) is not None
-            ]
-            gevent.joinall(asks, timeout=wait + 1.0)
         finally:
-            self._renewing = False
+            self._asking.discard(name)
 
     def _no_lease(self, need: int) -> str:
         """Why this candidate, the leader by name, does not send (no lease yet)."""
