@@ -1090,6 +1090,16 @@ class Node:
                 )
             Flag().wait(0.01)
 
+    def in_loop(self) -> bool:
+        """True when called from this node's loop thread (any greenlet there).
+
+        For layers above the mesh that act differently there (the task layer
+        hands work over from other threads). The loop thread's own id, not
+        ``threading.get_ident()``: under gevent's monkey-patching (``zcell
+        worker``) that is the running greenlet's.
+        """
+        return self._loop.in_loop()
+
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` soon in this node's loop thread; returns at once.
 

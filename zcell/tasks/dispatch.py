@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent.event import Event
 
-from .._transport.loop import Flag, thread_ident
+from .._transport.loop import Flag
 from .._wire.codec import Checked
 from ..errors import (
     ActorStopped,
@@ -187,7 +187,6 @@ class Dispatcher:
         self._wake: Event | None = None
         self._recheck: Any = None  # the hub timer that wakes the pump every RECHECK
         self._forgot_at = time.monotonic()  # the last look for consumers gone
-        self.loop_ident: int | None = None  # the loop thread's id, once started
         self._pump: gevent.Greenlet | None = None
         # Pushes that failed because this node was stopped (adrift.py).
         self.adrift = Adrift(self)
@@ -201,7 +200,6 @@ class Dispatcher:
         self.node.call_in_loop(self._start)
 
     def _start(self) -> None:
-        self.loop_ident = thread_ident()  # the OS thread's: a greenlet's under monkey-patching
         self._wake = Event()
         # A repeating timer wakes the pump, not a timeout on each wait: one
         # gevent Timeout made and cancelled per round was a share of every task.
@@ -258,7 +256,7 @@ class Dispatcher:
 
     def can_hand_over(self) -> bool:
         """True in a program thread (not the loop's) while there is room."""
-        return thread_ident() != self.loop_ident and self.has_room()
+        return not self.node.in_loop() and self.has_room()
 
     def hand_over(self, entry: Entry) -> None:
         """From a program thread: queue *entry* for the loop and return at once,

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from .._transport.loop import thread_ident
 from ..errors import NodeDown, NodeStopped, SerializationError, ZcellError, error_wire
 from .states import SUCCESS
 
@@ -219,7 +218,7 @@ class Parts(_Outbox):
         self._greenlet: gevent.Greenlet | None = None
 
     def add(self, agent: Any, part: dict[str, Any]) -> None:
-        if thread_ident() != self.runtime.dispatcher.loop_ident:
+        if not self.runtime.node.in_loop():
             _tell(self.runtime, agent, "chord_part", part)  # no loop here to gather in
             return
         gathered = self.waiting.get(agent.id)
