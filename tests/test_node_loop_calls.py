@@ -1,9 +1,10 @@
-"""Node.submit / Node.call_in_loop: work handed to the node's loop thread."""
+"""Node.submit / Node.call_in_loop / Node.in_loop: work handed to the node's loop thread."""
 
 from __future__ import annotations
 
 import threading
 
+import gevent
 import pytest
 from conftest import MakeNode, wait_until
 
@@ -38,3 +39,16 @@ def test_submit_on_a_stopped_node_raises_node_stopped(make_node: MakeNode) -> No
         node.submit(print)
     with pytest.raises(NodeStopped):
         node.call_in_loop(print)
+
+
+def test_in_loop_is_true_in_any_greenlet_of_the_loop_thread_only(make_node: MakeNode) -> None:
+    node, other = make_node(), make_node()
+    assert not node.in_loop()
+    assert node.call_in_loop(node.in_loop)
+    assert node.call_in_loop(lambda: gevent.spawn(node.in_loop).get(timeout=5))
+    assert not other.call_in_loop(node.in_loop)  # another node's loop thread
+    seen: list[bool] = []
+    thread = threading.Thread(target=lambda: seen.append(node.in_loop()))
+    thread.start()
+    thread.join(5)
+    assert seen == [False]
