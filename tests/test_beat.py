@@ -264,7 +264,9 @@ def test_a_leader_with_slower_heartbeats_than_the_others_keeps_the_lead(
         time.sleep(0.1)
     assert _leads(observer, "a1")
     strays = [(v["node"], v["leading"], v["passed"]) for pair in views for v in pair]
-    assert not [s for s in strays if s[1] or s[2]], strays
+    # a1 is never passed over. b2 may be: when it led before a1 joined, the lease
+    # b3 gave it ends unrenewed once it follows a1 (a CI run saw b3 pass b2 over).
+    assert not [s for s in strays if s[1] or "a1" in s[2]], strays
     until = time.time() - 1.0
     _once_each(path, since, until)
 
@@ -447,6 +449,10 @@ def test_an_entry_without_catch_up_skips_the_ticks_missed_in_a_hand_over(
     env = {"ZCELL_TEST_BEAT_SKIP": "1"}
     started, observer, path = _candidates(procs, make_node, monkeypatch, tmp_path, names, **env)
     time.sleep(2 * EVERY)
+    # Killed just before a tick is due, so that one falls in the hand-over (which
+    # can take less than EVERY: a window with none due would show nothing).
+    now = time.time()
+    time.sleep((-now) % EVERY - 0.05 if (-now) % EVERY > 0.1 else (-now) % EVERY + EVERY - 0.05)
     killed = time.time()
     started["b1"].kill(signal.SIGKILL)
     wait_until(lambda: _status(observer, "b2")["leading"], 5 * SLOW, "b2 to lead")
