@@ -50,7 +50,7 @@ from ..errors import (
 )
 from .context import DEFAULT_TIMEOUT, current_context
 from .outbound import Outbound
-from .result import AsyncResult, ScatterResult, error_from_reply
+from .result import AsyncResult, ScatterResult, Then, error_from_reply
 from .threadport import NOTIFY_DOWN, NOTIFY_STOP, NodeLinks, ThreadPort, free_closed_subscribers
 
 if TYPE_CHECKING:
@@ -588,6 +588,40 @@ class Messaging:
             [PROTOCOL, CTRL, rid, self._id, self._boot, int(timeout * 1000), op, args]
         )
         return self._request(node_id, frame, deadline, rid, self._loop.in_loop())
+
+    def call_then(
+        self,
+        ref: ActorProxy,
+        method: str,
+        kwargs: dict[str, Any],
+        then: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        """(The loop) call ``ref.method(**kwargs)`` with no deadline; its outcome
+        runs ``then(value, error)`` in the loop, once (``Then``).
+
+        For the loop's own bookkeeping of many calls (the task dispatcher's
+        pushes): no ``AsyncResult``, no message context (a chain of its own).
+
+        Raises:
+            NodeStopped: this node does not run.
+            NodeDown: the actor's node is not (or no longer) a member; nothing was sent.
+            SerializationError: ``kwargs`` cannot travel.
+        """
+        if self._life.state != "running":
+            self._check_running(True)
+        rid = next(self._req_ids)
+        frame = self.encode(
+            [PROTOCOL, REQ, rid, self._id, self._boot, next(self._chains), None,
+             ref.id, method, kwargs, 0, None, None]
+        )  # fmt: skip
+        node_id = ref.node_id
+        # Awaited before it leaves: a frame for this node itself is answered at once.
+        self._pending.add(rid, Then(rid, then), node_id, None)
+        try:
+            self.send_frame(node_id, frame, None)
+        except BaseException:
+            self._pending.forget(rid)
+            raise
 
     def node_down(self, node_id: str, error: ZcellError) -> None:
         """A member went down: fail what was being sent or awaited from it."""

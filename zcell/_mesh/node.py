@@ -247,6 +247,9 @@ class Node:
         #: Start a control call to a member: ``ctrl_async(node_id, op, args,
         #: timeout)`` -> ``AsyncResult`` (the monitor fans out with it).
         self.ctrl_async = messaging.ctrl_async
+        #: (The loop) call an actor, its outcome handed to a function:
+        #: ``call_then(ref, method, kwargs, then)`` (``Messaging.call_then``).
+        self.call_then = messaging.call_then
         #: Send a reply (``Messaging.reply``); what hosting answers requests with.
         self.reply = messaging.reply
         #: Send the direct replies coalesced so far (``Messaging.flush_replies``).

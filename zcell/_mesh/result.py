@@ -1,5 +1,6 @@
-"""Results of calls: ``AsyncResult`` (one reply) and ``ScatterResult`` (a stream),
-and ``PendingCalls``, the node's table of them, where each reply is matched.
+"""Results of calls: ``AsyncResult`` (one reply), ``ScatterResult`` (a stream)
+and ``Then`` (one reply handed to a function), and ``PendingCalls``, the node's
+table of them, where each reply is matched.
 
 Both may be waited on from any thread or greenlet; every wait is bounded by the
 call's own deadline. They are completed by the node's loop thread, except the
@@ -43,6 +44,7 @@ __all__ = [
     "AsyncResult",
     "PendingCalls",
     "ScatterResult",
+    "Then",
     "error_from_reply",
     "first_reply",
     "zcell_error",
@@ -437,7 +439,44 @@ def error_from_reply(status: int, value: Any) -> ZcellError:
     return ZcellError(f"malformed error reply: {value!r}")
 
 
-Pending = AsyncResult | ScatterResult
+class Then:
+    """A call made in the node's loop whose outcome is handed to a function,
+    ``then(value, error)``, once: the reply's value (``error`` None), or the
+    error (the handler's, ``NodeDown`` when the node asked goes, ``NodeStopped``
+    when this one stops).
+
+    ``AsyncResult`` without its flag, waiters, links and deadline: for the
+    loop's own bookkeeping of many calls (the task dispatcher's pushes), where
+    those were a tenth of the loop's time a task (bench/README.md). ``then``
+    runs in the loop thread and must not block (spawn what may).
+    """
+
+    __slots__ = ("id", "_then", "_port")
+
+    def __init__(self, request_id: int, then: Callable[[Any, BaseException | None], None]) -> None:
+        self.id = request_id
+        self._then: Callable[[Any, BaseException | None], None] | None = then
+        self._port = None  # its reply comes to the node's inbox, never to a port
+
+    def _complete(
+        self,
+        value: Any = None,
+        error: BaseException | None = None,
+        defer: Callable[..., None] | None = None,
+    ) -> bool:
+        """Hand the outcome over once; False if it was already (``defer``: unused,
+        the reply of a loop's call is matched in the loop)."""
+        then, self._then = self._then, None
+        if then is None:
+            return False
+        try:
+            then(value, error)
+        except BaseException:  # noqa: BLE001 - nothing may escape into the hub
+            log.exception("zcell: the function %r given a call's outcome failed", then)
+        return True
+
+
+Pending = AsyncResult | ScatterResult | Then
 
 
 def _run_here_or(

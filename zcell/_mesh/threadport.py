@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from .._transport.sockets import Context
     from .._wire import Codec
     from .directory import Member
-    from .result import AsyncResult, ScatterResult
+    from .result import AsyncResult, Pending
 
 __all__ = ["ThreadPort", "free_closed_subscribers"]
 
@@ -120,7 +120,7 @@ class NodeLinks:
     ctx: Context
     notify_endpoint: str  # the inproc PUB of news from the loop (nodes down, stop)
     members: Mapping[str, Member]
-    pending: dict[int, tuple[AsyncResult | ScatterResult, str, float | None]]
+    pending: dict[int, tuple[Pending, str, float | None]]
     stats: dict[str, int]
     loop: LoopThread
     codec: Codec  # the loop thread's

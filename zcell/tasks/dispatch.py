@@ -3,12 +3,13 @@ until the outcome arrives (docs/tasks.md, "Delivery").
 
 Every piece of its state is touched only in the node's loop thread: program
 threads hand work over with ``node.call_in_loop``/``node.submit``; the agent's
-handlers and the link callbacks of dispatch calls already run there.
+handlers and the outcomes of dispatch calls already run there.
 
 A task waits here until a consumer of its queue (an actor of type
 ``zcell.queue.<Q>``, hosted by a worker) has room; it is then pushed to it as
-a ``call("run")`` whose reply is the outcome. A consumer that answers "full"
-is skipped until its worker sends "room". Consumers with room take turns.
+a call of ``run`` (``node.call_then``) whose reply is the outcome. A consumer
+that answers "full" is skipped until its worker sends "room". Consumers with
+room take turns.
 """
 
 from __future__ import annotations
@@ -58,11 +59,6 @@ log = logging.getLogger(__name__)
 #: Seconds between re-checks of waiting tasks when nothing else wakes the pump
 #: (a safety net: consumers joining and "room" notices wake it at once).
 RECHECK = 0.2
-#: The deadline of a dispatch call: about ten years. The outcome may take as long
-#: as the task waits at the worker (for its ETA, a slot, its rate limit) and runs;
-#: the worker enforces the time limits itself and answers, and a dead worker fails
-#: the call at once (NodeDown), so no shorter bound is needed or right.
-NO_DEADLINE = 10 * 365 * 86400.0
 #: What a push that failed where it stood fails with: the consumer's node is gone.
 UNREACHABLE = (NodeDown, NoSuchActor, ActorStopped)
 #: Seconds between looks for consumers gone from the mesh, whose entries in the
@@ -495,19 +491,23 @@ class Dispatcher:
         if later:  # its worker will hold it, without a slot (its "held" comes later)
             entry.waits_there = True
             self.holding[consumer.id] += 1
+        cid = consumer.id
+        kwargs = Checked(msg=msg) if entry.checked else {"msg": msg}
         try:
-            kwargs = Checked(msg=msg) if entry.checked else {"msg": msg}
-            result = consumer.call("run", kwargs, timeout=NO_DEADLINE)
+            # The outcome comes as the reply, with no deadline: it may take as long
+            # as the task waits at the worker (for its ETA, a slot, its rate) and
+            # runs; the worker enforces the time limits and answers, and a dead
+            # worker fails the call at once (NodeDown). _on_reply never blocks
+            # (what may is spawned): it runs as the reply is read (Node.call_then).
+            self.node.call_then(
+                consumer, "run", kwargs, lambda v, e: self._on_reply(entry, attempt, cid, v, e)
+            )
+        except UNREACHABLE:
+            self._not_sent(entry, cid)
         except ZcellError as exc:
-            self._landed(consumer.id)
+            self._landed(cid)
             self._unhold(entry)
             self.finish(entry, FAILURE, exc)
-            return
-        if result.ready() and isinstance(result.get(propagate=False), UNREACHABLE):
-            self._not_sent(entry, consumer.id)
-            return
-        # _on_reply never blocks (what may is spawned): it needs no greenlet a reply.
-        result.rawlink(lambda r: self._on_reply(entry, attempt, consumer.id, r))
 
     def _not_sent(self, entry: Entry, consumer: str) -> None:
         """The push failed where it stood: the directory still lists ``consumer`` on
@@ -527,7 +527,9 @@ class Dispatcher:
 
     # -- following (loop thread) ----------------------------------------------
 
-    def _on_reply(self, entry: Entry, attempt: int, consumer: str, result: Any) -> None:
+    def _on_reply(
+        self, entry: Entry, attempt: int, consumer: str, value: Any, error: BaseException | None
+    ) -> None:
         if entry.msg["attempt"] == attempt:
             self._unhold(entry)
         self.heard_at[consumer] = time.monotonic()
@@ -536,9 +538,8 @@ class Dispatcher:
             self._lend(entry, consumer, False)
         if entry.ready or entry.msg["attempt"] != attempt:
             return  # finished meanwhile (revoked, expired) or pushed again
-        value = result.get(propagate=False)
-        if result.failed():
-            self._on_error(entry, value)
+        if error is not None:
+            self._on_error(entry, error)
         elif not isinstance(value, dict):
             self.finish(entry, FAILURE, ProtocolError(f"bad task reply {value!r}"))
         else:
