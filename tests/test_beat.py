@@ -298,7 +298,10 @@ def test_a_follower_that_stalls_costs_the_leader_no_other_lease(
         leading = a1.call_in_loop(beat.status)
     finally:
         started["b2"].send_signal(signal.SIGCONT)
-    strays = [(v["leading"], v["passed"]) for v in views if v["leading"] or v["passed"]]
+    # a1 is never passed over, and b3 never leads. b2 may be passed over: the lease
+    # b3 gave it when it led before a1 ends unrenewed (a CI run saw it, as in the
+    # test above).
+    strays = [(v["leading"], v["passed"]) for v in views if v["leading"] or "a1" in v["passed"]]
     assert not strays, strays
     assert leading["leading"], leading
     if when == "sending":  # and it went on sending (a tick every 0.5 s)
