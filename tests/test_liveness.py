@@ -21,7 +21,7 @@ from zcell_test_actors import Echo
 
 from zcell import Node, NodeDown, ProtocolError
 from zcell import _wire as wire
-from zcell._mesh.membership import PING_EVERY
+from zcell._transport.sockets import PING_EVERY
 
 FAST_HB = 0.3
 
@@ -355,39 +355,41 @@ def socket_options(raw) -> tuple[int, dict[str, int]]:
 
 
 def test_zeromq_failure_detection_options_are_set_on_every_socket(make_node):
-    a = make_node("a", heartbeat=0.5)
+    a = make_node("a", heartbeat=0.5, actors=[Echo])
     b = make_node("b", heartbeat=0.5, peers=[a.endpoints["inbox"]])
     b.wait_for(nodes=2, timeout=10 * SLOW)
 
     # The node's live sockets, read in its own loop thread.
     found = b._run(lambda: [socket_options(sock.raw) for sock in b._sockets.ctx.sockets])
     assert {zmq.ROUTER, zmq.XPUB, zmq.SUB, zmq.DEALER} <= {kind for kind, _ in found}
-    # A program thread's own DEALER (its port to a peer) comes from the same factory.
-    port_dealer = b._sockets.ctx.raw_socket(zmq.DEALER)
-    try:
-        found.append(socket_options(port_dealer))
-    finally:
-        port_dealer.close(linger=0)
+    # This (program) thread's own DEALER to a: its port, made by a call from here.
+    assert b.spawn(Echo, on="a").send.echo(value=1) == 1
+    (port,) = b._messaging.ports
+    found += [socket_options(sock) for _, sock in port._sockets.values()]
     sparse = 0
     for kind, opts in found:
         assert opts["LINGER"] == 0, (kind, opts)
         # The heartbeat interval; sockets that bind send no pings of their own
         # (libzmq's abort on a stopped connection: docs/failure.md). A member's
-        # connections (our DEALER to its inbox, our SUB to its PUBs) ping every
-        # PING_EVERY heartbeats: liveness is the heartbeats' (monitors.py).
+        # connections (our DEALERs to its inbox, the loop's and a program thread's,
+        # and our SUB to its PUBs) ping every PING_EVERY heartbeats: liveness is the
+        # heartbeats' (monitors.py). Their pongs may wait as long as the TTL: a
+        # member working through a backlog reads no ping meanwhile, and a shorter
+        # wait closed a live connection with what it carried (bench/README.md).
         if opts["HEARTBEAT_IVL"] == 500 * PING_EVERY and kind in (zmq.DEALER, zmq.SUB):
             sparse += 1
             assert opts["HEARTBEAT_TTL"] == 3 * 500 * PING_EVERY, (kind, opts)  # the peer's
+            assert opts["HEARTBEAT_TIMEOUT"] == 3 * 500 * PING_EVERY, (kind, opts)
         else:
             expected = 0 if kind in (zmq.ROUTER, zmq.XPUB) else 500
             assert opts["HEARTBEAT_IVL"] == expected, (kind, opts)
             assert opts["HEARTBEAT_TTL"] == 1500, (kind, opts)  # what the peer is told
-        assert opts["HEARTBEAT_TIMEOUT"] == 1500, (kind, opts)
+            assert opts["HEARTBEAT_TIMEOUT"] == 1500, (kind, opts)
         assert 0 < opts["CONNECT_TIMEOUT"] <= 5000, (kind, opts)
         assert 0 < opts["RECONNECT_IVL_MAX"] <= 5000, (kind, opts)
         if kind == zmq.DEALER:
             assert opts["IMMEDIATE"] == 1, opts
-    assert sparse == 2  # b's DEALER to a's inbox and its SUB of a
+    assert sparse == 3  # b's DEALERs to a's inbox (the loop's, this thread's) and its SUB of a
 
 
 def test_calls_to_a_killed_peer_fail_fast_once_it_is_declared_down(make_node, procs):

@@ -66,7 +66,6 @@ log = logging.getLogger(__name__)
 PROTOCOL = PROTOCOL_VERSION
 INF = float("inf")
 
-PING_EVERY = 120  # heartbeats between ZMTP pings on a member's connections
 MAX_KNOCKS = 32  # unverified addresses being knocked on at once; a knock of our
 # own (not answering another's) only while fewer than half are: the rest is room
 # to answer the knocks of others, so that nodes busy knocking still meet.
@@ -210,13 +209,10 @@ class Membership:
         return dealer
 
     def _sparse_pings(self, sock: Socket) -> None:
-        """ZMTP pings every ``PING_EVERY`` heartbeats on a member's connections (the
-        peer's timeout, TTL, follows): they only close a dead TCP connection that
-        we keep meanwhile, and liveness is decided by heartbeats (``Monitors``);
-        at every heartbeat, libzmq's pings would cost an idle node work per member."""
-        every_ms = int(PING_EVERY * self._heartbeat * 1000)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, every_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TTL, 3 * every_ms)
+        """A member's connection pings sparsely (``Context.sparse_pings``)."""
+        ctx = self._shared.sockets.ctx
+        assert ctx is not None  # the node runs
+        ctx.sparse_pings(sock.raw)
 
     def _close_dealer(self, endpoint: str) -> None:
         """Close our DEALER to ``endpoint`` (a peer gone, a knock unanswered)."""

@@ -205,6 +205,7 @@ class ThreadPort:
             sock = self._ctx.raw_socket(zmq.DEALER)
         except zmq.ZMQError as exc:
             raise _no_socket(exc) from exc
+        self._ctx.sparse_pings(sock)  # a member's connection, as the loop's DEALER
         # The peer knows our connections by their routing id (membership.py).
         sock.setsockopt(zmq.ROUTING_ID, self.links.routing_id(member.inbox))
         sock.connect(member.inbox)

@@ -98,6 +98,10 @@ class TransportClosed(NodeStopped):
     """The socket was closed while a greenlet was using it."""
 
 
+#: Heartbeats between ZMTP pings on a connection to a member (``Context.sparse_pings``).
+PING_EVERY = 120
+
+
 class Context:
     """A node's own ZeroMQ context (never the process-wide instance)."""
 
@@ -116,6 +120,24 @@ class Context:
         sock = Socket(self.raw_socket(kind), hub)
         self.sockets.append(sock)
         return sock
+
+    def sparse_pings(self, raw: zmq.Socket[bytes]) -> None:
+        """ZMTP pings every ``PING_EVERY`` heartbeats on a connection to a member
+        (our DEALERs to its inbox, the loop's and each program thread's, and our
+        SUB of its PUBs): they only close a dead TCP connection we keep meanwhile;
+        liveness is decided by heartbeats (``Monitors``), and at every heartbeat
+        libzmq's pings would cost an idle node work per member.
+
+        A pong may take as long as the TTL the peer is told: a member working
+        through a backlog stops reading the connection (its pipe to the socket is
+        full), pings included, and a wait of a few heartbeats closed live
+        connections with the frames they carried (bench/README.md, "Pushes without
+        an AsyncResult").
+        """
+        every_ms = int(PING_EVERY * self.heartbeat * 1000)
+        raw.setsockopt(zmq.HEARTBEAT_IVL, every_ms)
+        raw.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * every_ms)
+        raw.setsockopt(zmq.HEARTBEAT_TTL, 3 * every_ms)
 
     def raw_socket(self, kind: int) -> zmq.Socket[bytes]:
         """A plain pyzmq socket with the node's options (for a program thread's port)."""
