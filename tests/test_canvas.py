@@ -339,6 +339,21 @@ def test_in_a_monkey_patched_worker_the_loop_is_told_by_its_thread_not_its_green
     assert seen["in_loop"] is False
 
 
+def test_a_coordinator_asked_after_its_chord_completed_gives_the_outcome(
+    workers: Workers,
+) -> None:
+    # The submitter watches the coordinator (chord_wait) and asks again when the
+    # coordinator's node comes back after it was taken for dead. Asked after the
+    # chord completed, it answered "unknown", and the submitter failed and revoked
+    # the body it had sent (a CI run of the paused-coordinator test saw it).
+    (w,) = workers(1)
+    res = chord((t.add.s(i, i) for i in range(3)), t.xsum.s())()
+    assert res.get(timeout=T) == 6
+    agent = next(a for a in w.node.actors(AGENT_TYPE) if a.node_id == w.node.id)
+    assert agent.send.chord_wait(id=res.parent.id, timeout=T)["s"] == "SUCCESS"
+    assert agent.send.chord_wait(id="never-opened", timeout=T)["s"] == "unknown"
+
+
 def test_chord_reports_too_big_together_go_one_by_one(workers: Workers) -> None:
     w1, w2 = workers(2)
 

@@ -26,6 +26,7 @@ after its submitter has exited.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import time
@@ -70,6 +71,10 @@ CONSUMER_WAIT = 2.0
 #: Node statistics() counter of chord reports that were dropped (unknown chord,
 #: bad index, malformed).
 DROPPED_PARTS = "chord_parts_dropped"
+#: Completed chords a coordinator still answers ``chord_wait`` for (the oldest
+#: forgotten first): a submitter that took the coordinator for dead asks again
+#: when it comes back, maybe just after the chord completed.
+CLOSED_KEPT = 256
 #: Seconds an open chord hears no report before it asks the mesh for the outcomes
 #: of the members it misses; an ask that finds none doubles the wait for the next
 #: (members that run long), up to ``RECHECK_MAX``.
@@ -273,6 +278,7 @@ class Chords:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.open: dict[str, _Chord] = {}
+        self.closed: collections.OrderedDict[str, _Chord] = collections.OrderedDict()
         self._asker: gevent.Greenlet | None = None
 
     def start(
@@ -302,8 +308,9 @@ class Chords:
 
     def wait(self, chord_id: str) -> dict[str, Any]:
         """Block until the chord completes: ``{"s": "SUCCESS"}`` once the body
-        was sent, or its failure record."""
-        chord = self.open.get(chord_id)
+        was sent, or its failure record (at once for one of the last
+        ``CLOSED_KEPT`` completed here); ``{"s": "unknown"}`` for another."""
+        chord = self.open.get(chord_id) or self.closed.get(chord_id)
         if chord is None:
             return {"s": "unknown"}
         chord.done.wait()
@@ -398,6 +405,9 @@ class Chords:
         from .canvas import Signature
 
         self.open.pop(chord_id, None)
+        self.closed[chord_id] = chord
+        if len(self.closed) > CLOSED_KEPT:
+            self.closed.popitem(last=False)
         chord.done.set()
         return Signature.from_dict(chord.body, self.runtime.app)
 
