@@ -2,8 +2,9 @@
 and ``Then`` (one reply handed to a function), and ``PendingCalls``, the node's
 table of them, where each reply is matched.
 
-Both may be waited on from any thread or greenlet; every wait is bounded by the
-call's own deadline. They are completed by the node's loop thread, except the
+The first two may be waited on from any thread or greenlet; every wait is bounded
+by the call's own deadline (a ``Then`` is never waited on: the loop hands its
+outcome over). They are completed by the node's loop thread, except the
 results of ``call`` made in a plain program thread, whose replies come to that
 thread's port (``threadport.py``): that thread completes them as it reads
 them, and the loop does so for it when it will not (see ``_observe``).
