@@ -54,6 +54,8 @@ FULL: dict[str, Any] = {
     "reps": 3,  # repetitions of send, call and nowait: the median is reported
     "budget_s": {"mesh": 150.0, "memory": 60.0},  # per phase, times the run's scale
 }
+#: Seconds of a phase's budget kept for the client to stop its node and report.
+REPORT_S = 4.0
 QUICK: dict[str, Any] = {
     "send": (200, 2000),
     "actor_send": (200, 2000),
@@ -137,10 +139,17 @@ def node_main(name: str, cluster: str, peer: str | None, cpu: int | None, parent
 class _Client:
     """The client program: one ``Node`` in a plain thread, scenarios in sequence."""
 
-    def __init__(self, cluster: str, peer: str, counts: dict[str, Any]) -> None:
+    def __init__(
+        self, cluster: str, peer: str, counts: dict[str, Any], within: float | None = None
+    ) -> None:
         from zcell import Node
 
         self.counts = counts
+        # The phase's budget, less time to stop and report: no wait goes past it, so
+        # a scenario that cannot finish fails with what it reached and the rest of
+        # the phase is still reported (a 120 s poll in a 60 s phase was killed
+        # with nothing printed).
+        self.deadline = None if within is None else time.monotonic() + within
         self.node = Node("bench-client", cluster=cluster, discovery="static", peers=[peer])
         self.node.start()
 
@@ -167,8 +176,17 @@ class _Client:
 
     # -- helpers -----------------------------------------------------------
 
+    def left(self, cap: float) -> float:
+        """A wait's timeout: *cap* seconds, or what the phase's budget leaves (at
+        least a moment, so that a scenario past the budget fails at once)."""
+        if self.deadline is None:
+            return cap
+        return max(0.1, min(cap, self.deadline - time.monotonic()))
+
     def poll(self, check: Callable[[], bool], timeout: float, what: str) -> None:
-        """Call *check* until it is true; a few ms between calls; RuntimeError at timeout."""
+        """Call *check* until it is true; a few ms between calls; RuntimeError at
+        *timeout* or at the end of the phase's budget, whichever is first."""
+        timeout = self.left(timeout)
         deadline = time.monotonic() + timeout
         while not check():
             if time.monotonic() >= deadline:
@@ -177,9 +195,14 @@ class _Client:
 
 
 def client_main(
-    mode: str, cluster: str, peer: str, counts: dict[str, Any], mem_pid: int | None
+    mode: str,
+    cluster: str,
+    peer: str,
+    counts: dict[str, Any],
+    mem_pid: int | None,
+    within: float | None = None,
 ) -> dict[str, Any]:
-    c = _Client(cluster, peer, counts)
+    c = _Client(cluster, peer, counts, within)
     try:
         if mode == "mesh":
             return _mesh_scenarios(c)
@@ -215,7 +238,7 @@ def _mesh_scenarios(c: _Client) -> dict[str, Any]:
 
     def actor_send_rtt() -> dict[str, Any]:
         warm, n = counts["actor_send"]
-        res = pinger.send.rtt(target=ping, warm=warm, n=n, timeout=120)
+        res = pinger.send.rtt(target=ping, warm=warm, n=n, timeout=c.left(120))
         out = _percentiles(res["sorted_ns"])
         out["caller"] = "Pinger handler on node c1"
         return out
@@ -255,7 +278,7 @@ def _mesh_scenarios(c: _Client) -> dict[str, Any]:
             got = [0]
 
             def arrived(count: int = count, got: list[int] = got) -> bool:
-                got[0] = sink.send.count(timeout=30)
+                got[0] = sink.send.count(timeout=c.left(30))
                 return got[0] >= count
 
             c.poll(arrived, 60, f"nowait: {count} sent, {got[0]} counted")
@@ -286,7 +309,7 @@ def _mesh_scenarios(c: _Client) -> dict[str, Any]:
             total = [0]
 
             def arrived(count: int = count, total: list[int] = total) -> bool:
-                per_actor[:] = [wk.send.count(timeout=30) for wk in workers]
+                per_actor[:] = [wk.send.count(timeout=c.left(30)) for wk in workers]
                 total[0] = sum(r["n"] for r in per_actor)
                 return total[0] >= count
 
@@ -393,7 +416,7 @@ def _memory_scenarios(c: _Client, mem_pid: int | None) -> dict[str, Any]:
             # phase longer than one call's timeout. Asked again until the poll's
             # own deadline (a run of 3 full runs lost spawn_memory to it).
             try:
-                hosted[0] = spawner.send.hosted(timeout=30)
+                hosted[0] = spawner.send.hosted(timeout=c.left(30))
             except CallTimeout:
                 return False
             return hosted[0] >= n
@@ -439,7 +462,7 @@ def _memory_scenarios(c: _Client, mem_pid: int | None) -> dict[str, Any]:
 
     def spawn_local() -> dict[str, Any]:
         n = counts["spawn_local"]
-        seconds = spawner.send.spawn_idle(n=n, timeout=120)
+        seconds = spawner.send.spawn_idle(n=n, timeout=c.left(120))
         return {"actors_per_s": round(n / seconds), "n": n}
 
     def node_stats() -> dict[str, Any]:
@@ -532,6 +555,8 @@ def run_mesh(
     def run_client(mode: str, cluster: str, peer: str, mem_pid: int | None) -> dict[str, Any]:
         args = ["--client", mode, "--cluster", cluster, "--peer", peer]
         args += ["--counts", json.dumps(cfg)] + cpu_args(client_cpu)
+        # The child stops its waits this long before the phase's end, to report.
+        args += ["--within", f"{max(1.0, remaining() - REPORT_S):.1f}"]
         if mem_pid is not None:
             args += ["--mem-pid", str(mem_pid)]
         child = Child(f"client[{mode}]", "bench.mesh", args)
@@ -621,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peer", help=argparse.SUPPRESS)
     p.add_argument("--counts", help=argparse.SUPPRESS)
     p.add_argument("--mem-pid", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--within", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--cpu", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -634,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
         die_with_parent(a.parent)
         pin_to(a.cpu)
         counts = json.loads(a.counts)
-        result = client_main(a.client, a.cluster, a.peer, counts, a.mem_pid)
+        result = client_main(a.client, a.cluster, a.peer, counts, a.mem_pid, a.within)
         result["affinity"] = sorted(os.sched_getaffinity(0))
         print("RESULT " + json.dumps(result), flush=True)
         return 0

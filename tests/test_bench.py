@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -378,3 +379,43 @@ def test_parts_that_run_out_of_their_budget_are_reported_and_the_table_still_pri
     result = json.loads(report.read_text())
     assert result["budget_scale"] == 0.02
     assert any("not finished" in e for e in result["errors"]), result["errors"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_memory_client_past_its_budget_reports_every_scenario_before_it_is_killed() -> None:
+    """The memory phase's client gets what its phase's budget leaves (``--within``):
+    its waits stop there, so the spawns it cannot see hosted in time fail with the
+    count reached, the scenarios after them are still reported, and the client
+    prints its result before the phase would kill it. (Its poll once waited 120 s
+    in a 60 s phase, and the whole phase was reported as "not finished".)"""
+    import time
+
+    from bench._proc import Child
+    from bench.mesh import QUICK
+
+    cluster = f"budget-{uuid.uuid4().hex[:8]}"
+    node = Child("node[m1]", "bench.mesh", ["--node", "m1", "--cluster", cluster])
+    client = None
+    try:
+        info = json.loads(node.readline(timeout=30))
+        # 60 000 nowait spawns: a few seconds to send, far more than 2 s to host.
+        counts = {**QUICK, "idle_actors": 60000}
+        args = ["--client", "memory", "--cluster", cluster, "--peer", info["endpoints"]["inbox"]]
+        args += ["--counts", json.dumps(counts), "--mem-pid", str(info["pid"]), "--within", "2"]
+        started = time.monotonic()
+        client = Child("client[memory]", "bench.mesh", args)
+        line = client.readline(timeout=60)
+        while line.startswith("PROGRESS "):
+            line = client.readline(timeout=60)
+        took = time.monotonic() - started
+        assert line.startswith("RESULT "), line
+        result = json.loads(line[len("RESULT ") :])
+        assert set(result) >= {"spawn_memory", "spawn_sync", "spawn_local", "node_stats_memory"}
+        assert "not reached within" in result["spawn_memory"]["error"], result["spawn_memory"]
+        assert "hosted" in result["spawn_memory"]["error"]
+        assert took < 45, took  # not the 120 s poll
+    finally:
+        for child in (client, node):
+            if child is not None:
+                child.kill()
