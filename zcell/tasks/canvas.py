@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
+from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard, cast
 
 from .apps import app_for
 from .message import new_id
@@ -88,10 +88,14 @@ class Signature(dict[str, Any]):
         **ex: Any,
     ) -> None:
         if isinstance(task, dict):  # a signature as data (from the wire, or a copy)
-            data = _copy(dict(task))
+            data = _copy(task)  # a new map (a Signature's items copied as a dict's)
             app = app or getattr(task, "_app", None)
         else:
-            name = task.name if _is_task(task) else task
+            if _is_task(task):
+                name: str | None = task.name
+                app = app or task.app
+            else:  # a task name (or None)
+                name = cast("str | None", task)
             data = {
                 "task": name,
                 "args": list(args or ()),
@@ -100,7 +104,6 @@ class Signature(dict[str, Any]):
                 "subtask_type": subtask_type or self.subtask,
                 "immutable": bool(immutable),
             }
-            app = app or (task.app if _is_task(task) else None)
         super().__init__(data)
         self._app = app
 
@@ -161,7 +164,8 @@ class Signature(dict[str, Any]):
     ) -> Signature:
         """A copy, with partial ``args`` prepended, ``kwargs`` and options merged."""
         new = Signature.from_dict(self, self._app)
-        new._merge_into(tuple(args or ()), dict(kwargs or {}), opts)
+        if args or kwargs or opts:  # else the copy is the clone (a group's members)
+            new._merge_into(tuple(args or ()), dict(kwargs or {}), opts)
         return new
 
     def _merge_into(

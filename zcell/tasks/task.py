@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from .canvas import Signature, chunks, xmap, xstarmap
 from .errors import Retry
 from .limits import parse_rate
 from .request import Request, current_request
@@ -18,7 +19,6 @@ from .retry import backoff_factor, exhausted, retry_countdown, should_retry
 
 if TYPE_CHECKING:
     from .app import App
-    from .canvas import Signature, chunks, xmap, xstarmap
     from .result import TaskResult
 
 __all__ = ["OPTIONS", "Task"]
@@ -118,8 +118,6 @@ class Task:
         self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Signature:
         """A signature of this task: ``add.signature((2, 2), countdown=10)``."""
-        from .canvas import Signature
-
         return Signature(self, args, kwargs, options)
 
     subtask = signature
@@ -134,20 +132,14 @@ class Task:
 
     def map(self, it: Any) -> xmap:
         """One task that runs this task on each item of ``it``."""
-        from .canvas import xmap
-
         return xmap(self.s(), it)
 
     def starmap(self, it: Any) -> xstarmap:
         """One task that runs this task with each argument tuple of ``it``."""
-        from .canvas import xstarmap
-
         return xstarmap(self.s(), it)
 
     def chunks(self, it: Any, n: int) -> chunks:
         """The argument tuples of ``it`` split into tasks of ``n`` calls each."""
-        from .canvas import chunks
-
         return chunks(self.s(), it, n)
 
     @property
