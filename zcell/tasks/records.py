@@ -68,7 +68,8 @@ class Expiring:
         return entry[1]
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.get(key) is not None
+        # Nothing kept (revoked ids, mostly): no look-up; a worker asks per task.
+        return bool(self._items) and isinstance(key, str) and self.get(key) is not None
 
     def __len__(self) -> int:
         return len(self._items)
