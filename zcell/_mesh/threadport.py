@@ -61,7 +61,8 @@ __all__ = ["ThreadPort", "free_closed_subscribers"]
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 # The option as its enum member, not an int: pyzmq looks every option up as a
-# SocketOption, and a member is found at once (0.6 of 2.6 us an EVENTS read).
+# SocketOption, and a member is found at once (bench/README.md, "Why the code
+# is shaped this way").
 _EVENTS = zmq.SocketOption.EVENTS
 _AGAIN = zmq.Again
 # The backend's own send and recv: pyzmq's Python layer above them is a cost on

@@ -51,7 +51,8 @@ _send: Callable[..., Any] = zmq.backend.Socket.send
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 # The option as its enum member, not an int: pyzmq looks every option up as a
-# SocketOption, and a member is found at once (0.6 of 2.6 us an EVENTS read).
+# SocketOption, and a member is found at once (bench/README.md, "Why the code
+# is shaped this way").
 _EVENTS = zmq.SocketOption.EVENTS
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)

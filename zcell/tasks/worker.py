@@ -23,6 +23,7 @@ Hooks for cross-cutting behaviour (retries, limits, signals): ``_before_start``,
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 import traceback
@@ -571,7 +572,7 @@ class Worker:
         override = self.overrides.get(task.name, {})
         soft = override.get("soft_time_limit", msg["soft_time_limit"])
         hard = override.get("time_limit", msg["time_limit"])
-        with TimeLimits(soft, hard):
+        with TimeLimits(soft, hard) if soft or hard else _NO_LIMITS:
             try:
                 return task(*msg["args"], **msg["kwargs"])
             except Retry:
@@ -800,6 +801,10 @@ class Worker:
         stats[DROPPED] = self.node.stats.get(DROPPED, 0)
         stats[DUPLICATES] = self.node.stats.get(DUPLICATES, 0)
         return stats
+
+
+#: A task with no time limit runs in this (no timers, nothing made a task).
+_NO_LIMITS = contextlib.nullcontext()
 
 
 def _tell(msg: dict[str, Any], method: str, kwargs: dict[str, Any]) -> None:
