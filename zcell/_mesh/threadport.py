@@ -60,10 +60,7 @@ __all__ = ["ThreadPort", "free_closed_subscribers"]
 
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
-# The option as its enum member, not an int: pyzmq looks every option up as a
-# SocketOption, and a member is found at once (bench/README.md, "Why the code
-# is shaped this way").
-_EVENTS = zmq.SocketOption.EVENTS
+_EVENTS = int(zmq.EVENTS)
 _AGAIN = zmq.Again
 # The backend's own send and recv: pyzmq's Python layer above them is a cost on
 # every message (bench/README.md, "Why the code is shaped this way").

@@ -50,10 +50,7 @@ _send: Callable[..., Any] = zmq.backend.Socket.send
 # Plain ints: pyzmq's enum flags make every `&` and `|` a slow Python call.
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
-# The option as its enum member, not an int: pyzmq looks every option up as a
-# SocketOption, and a member is found at once (bench/README.md, "Why the code
-# is shaped this way").
-_EVENTS = zmq.SocketOption.EVENTS
+_EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
 _BATCH_FRAMES = 256  # frames per coalesced multipart message (send_coalesced)
