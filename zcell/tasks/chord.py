@@ -271,6 +271,13 @@ class _Chord:
         self.heard = time.monotonic()  # the last report, or the last ask
         self.wait = RECHECK  # seconds from ``heard`` to the next ask
 
+    def settled(self) -> None:
+        """Its outcome is final: let go of the members' results and ids (it is
+        kept among the ``CLOSED_KEPT`` closed chords for its outcome only)."""
+        self.values = []
+        self.ids = None
+        self.got = set()
+
 
 class Chords:
     """The chords a node coordinates (see the module doc)."""
@@ -420,11 +427,14 @@ class Chords:
             error = ChordError(f"chord {chord_id}: its body could not be sent: {exc}")
             chord.outcome = failure(error, self.runtime, body.task)
             fail_signature(self.runtime, body, chord.outcome)
+        finally:
+            chord.settled()
 
     def _fail(self, chord_id: str, chord: _Chord, error: ChordError) -> None:
         body = self._close(chord_id, chord)
         log.error("zcell: %s", error)
         chord.outcome = failure(error, self.runtime, body.task, FAILURE)
+        chord.settled()
         fail_signature(self.runtime, body, chord.outcome)
         for errback in body.options.get("link_error") or []:
             gevent.spawn(self._errback, errback, body)
