@@ -25,6 +25,7 @@ from zcell import (
 from zcell.errors import NodeDown
 from zcell.tasks import dispatch
 from zcell.tasks import worker as worker_module
+from zcell.tasks.message import WIRE, make, new_id, pack
 from zcell.tasks.request import current_request
 from zcell.tasks.routing import queue_actor_name
 from zcell.tasks.runtime import DROPPED
@@ -88,10 +89,31 @@ def test_a_malformed_task_message_from_the_wire_is_a_counted_drop(workers: Worke
     consumer = t.app.node.actors("zcell.queue.celery")
     wait_until(lambda: t.app.node.actors("zcell.queue.celery"), 10, "the consumer")
     consumer = t.app.node.actors("zcell.queue.celery")
-    for bad in ({"id": 1}, "junk", {"id": "x", "name": "n"}):
+    # Maps, and arrays (the form a submitter pushes, message.WIRE): too short,
+    # and of the right length with values of the wrong types.
+    for bad in ({"id": 1}, "junk", {"id": "x", "name": "n"}, [1, 2, 3], ["x"] * len(WIRE)):
         assert consumer[0].send("run", {"msg": bad}) == {"s": "dropped"}
-    assert w.node.statistics()[DROPPED] == 3
+    assert w.node.statistics()[DROPPED] == 5
     assert t.add.delay(1, 1).get(timeout=10 * SLOW) == 2
+
+
+def test_a_task_message_is_taken_as_a_map_or_as_the_array_a_submitter_pushes(
+    workers: Workers,
+) -> None:
+    (w,) = workers(1)
+    wait_until(lambda: t.app.node.actors("zcell.queue.celery"), 10, "the consumer")
+    (consumer,) = t.app.node.actors("zcell.queue.celery")
+    runtime = t.app._runtime()  # the submitter's side: its agent answers the worker
+    for n, form in enumerate(("map", "array")):
+        msg = make(
+            id=new_id(), name="zcell_test_tasks.add", args=[n, 3], kwargs={}, queue="celery",
+            reply_to=runtime.agent, go=True,
+        )  # fmt: skip
+        wire = msg if form == "map" else pack(msg)
+        assert isinstance(wire, dict if form == "map" else list)
+        reply = consumer.send("run", {"msg": wire})
+        assert (reply["s"], reply["v"], reply["worker"]) == ("SUCCESS", n + 3, w.node.name)
+    assert w.node.statistics()[DROPPED] == 0
 
 
 def test_a_result_that_does_not_serialise_fails_the_task(workers: Workers) -> None:

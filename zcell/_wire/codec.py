@@ -58,10 +58,11 @@ def _default(obj: Any) -> Any:
 
 
 class Checked(dict):  # type: ignore[type-arg]
-    """A request's keyword arguments whose values their sender checked as it made
-    them: :meth:`Codec.encode` does not walk them again for what the receiver
-    would refuse. The task layer's pushes: a task's message is checked once, as
-    it is made, and the walk of its some 25 fields cost more than packing them."""
+    """A request's keyword arguments, or a reply's value, whose values their sender
+    checked as it made them: :meth:`Codec.encode` does not walk them again for
+    what the receiver would refuse. The task layer's pushes (a task's message is
+    checked once, as it is made, and the walk of its some 25 fields cost more than
+    packing them) and a worker's outcomes (the task's value checked as it returned)."""
 
     __slots__ = ()
 
@@ -184,7 +185,7 @@ def _check_payload(message: list[Any]) -> None:
         reason = _refused(kwargs)
     elif kind == REP:
         value = message[5] if len(message) > 5 else None
-        if type(value) in _SCALARS:
+        if type(value) in _SCALARS or type(value) is Checked:
             return
         reason = _refused(value)
     elif kind is None:

@@ -43,7 +43,7 @@ from . import events as task_events
 from .adrift import Adrift
 from .errors import ChordError, TaskRevokedError, WorkerLostError
 from .followup import after, failure, has_followup
-from .message import make
+from .message import make, pack
 from .routing import queue_actor_name
 from .states import FAILURE, PENDING, READY_STATES, RECEIVED, RETRY, REVOKED, STARTED, SUCCESS
 from .strays import Strays
@@ -492,7 +492,8 @@ class Dispatcher:
             entry.waits_there = True
             self.holding[consumer.id] += 1
         cid = consumer.id
-        kwargs = Checked(msg=msg) if entry.checked else {"msg": msg}
+        packed = pack(msg)
+        kwargs = Checked(msg=packed) if entry.checked else {"msg": packed}
         try:
             # The outcome comes as the reply, with no deadline: it may take as long
             # as the task waits at the worker (for its ETA, a slot, its rate) and

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import ProtocolError
 
-__all__ = ["FIELDS", "check", "epoch", "make", "new_id"]
+__all__ = ["FIELDS", "WIRE", "check", "epoch", "make", "new_id", "pack"]
 
 # The version (4) and variant (RFC 4122) bits of a random UUID.
 _UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
@@ -52,7 +52,29 @@ FIELDS: dict[str, tuple[type, ...]] = {
 _MAX_ID = 200
 #: (field, the exact types it may hold): what ``check`` tests first.
 _EXACT = tuple((field, frozenset(types)) for field, types in FIELDS.items())
-_MISSING = object()
+
+
+class _Absent:
+    """A field not in the message (a type of its own: no value has it)."""
+
+
+_MISSING = _Absent()
+#: The fields in the order of a pushed message's array (``pack``): ``FIELDS``, then
+#: the submitter's agent and its grant; the order ``App._message`` builds them in.
+WIRE: tuple[str, ...] = (
+    "retries", "attempt", "eta", "expires", "parent_id", "acks_late", "ignore_result",
+    "track_started", "time_limit", "soft_time_limit", "link", "link_error", "headers",
+    "chain", "chord", "watchers", "id", "name", "args", "kwargs", "queue", "root_id",
+    "reply_to", "go",
+)  # fmt: skip
+_WIRE_LEN = len(WIRE)
+_WIRE_KEYS = frozenset(WIRE)
+#: The fields whose types ``check`` tests, and what ``msg.get`` gives for each absent.
+_TYPED = (*FIELDS, "go")
+_ABSENT = (_MISSING,) * len(_TYPED)
+#: Type tuples (of ``_TYPED``'s values) that passed ``_check_types``.
+_PASSED: set[tuple[type, ...]] = set()
+_PASSED_MAX = 256
 
 
 def epoch(when: float | datetime | None, *, relative: float | None = None) -> float | None:
@@ -106,28 +128,60 @@ def make(**fields: Any) -> dict[str, Any]:
     return msg
 
 
+def pack(msg: dict[str, Any]) -> list[Any] | dict[str, Any]:
+    """The message as a submitter pushes it: its values in the order of ``WIRE``
+    (an array: no field names to pack, decode and hash at either end), when it
+    has exactly those fields; else the map itself (``check`` takes both)."""
+    if len(msg) == _WIRE_LEN:
+        if tuple(msg) == WIRE:  # built in that order (App._message): a copy of its values
+            return list(msg.values())
+        if msg.keys() == _WIRE_KEYS:
+            return list(map(msg.__getitem__, WIRE))
+    return msg
+
+
 def check(msg: object) -> dict[str, Any]:
     """The message, if it is a well-formed task message (from the wire: trust
-    nothing); else ``ProtocolError`` saying what is wrong."""
-    if not isinstance(msg, dict):
+    nothing), as a map; else ``ProtocolError`` saying what is wrong. Takes the
+    map, or the array ``pack`` makes of it."""
+    if type(msg) is list:
+        if len(msg) != _WIRE_LEN:
+            raise ProtocolError(
+                f"a task message array has {_WIRE_LEN} values (protocol.md, Tasks), not {len(msg)}"
+            )
+        msg = dict(zip(WIRE, msg, strict=True))
+    elif not isinstance(msg, dict):
         raise ProtocolError(f"a task message is a map, not {type(msg).__name__}")
-    get = msg.get
-    for field, exact in _EXACT:
-        if type(get(field, _MISSING)) not in exact:  # one set lookup a field, the usual case
-            _check_field(msg, field)
-    if not msg["id"] or len(msg["id"]) > _MAX_ID or len(msg["name"]) > _MAX_ID:
+    # What the fields' types allow depends on their types alone: a message whose
+    # types passed once passes (the set is small: the types of the same few
+    # shapes of message, again and again).
+    types = tuple(map(type, map(msg.get, _TYPED, _ABSENT)))
+    if types not in _PASSED:
+        _check_types(msg)
+        if len(_PASSED) < _PASSED_MAX:
+            _PASSED.add(types)
+    task_id, kwargs, chain = msg["id"], msg["kwargs"], msg["chain"]
+    if not task_id or len(task_id) > _MAX_ID or len(msg["name"]) > _MAX_ID:
         raise ProtocolError("task id and name must be 1-200 characters")
-    if not all(isinstance(k, str) for k in msg["kwargs"]):
+    if kwargs and not all(isinstance(k, str) for k in kwargs):
         raise ProtocolError("task kwargs must have string keys")
-    if not isinstance(msg.get("go", False), bool):
-        raise ProtocolError("task message field 'go' (the submitter's grant) must be a bool")
     if msg["retries"] < 0 or msg["attempt"] < 0:
         raise ProtocolError("task retries and attempt must not be negative")
-    if not all(isinstance(s, dict) for s in msg["chain"] or ()):
+    if chain and not all(isinstance(s, dict) for s in chain):
         raise ProtocolError("task message field 'chain' must list signatures (maps)")
     if not hasattr(msg.get("reply_to"), "send"):
         raise ProtocolError("task message without its submitter's agent (reply_to)")
     return msg
+
+
+def _check_types(msg: dict[str, Any]) -> None:
+    """Every field there with one of its types; ``go``, if there, a bool."""
+    get = msg.get
+    for field, exact in _EXACT:
+        if type(get(field, _MISSING)) not in exact:  # one set lookup a field, the usual case
+            _check_field(msg, field)
+    if not isinstance(msg.get("go", False), bool):
+        raise ProtocolError("task message field 'go' (the submitter's grant) must be a bool")
 
 
 def _check_field(msg: dict[str, Any], field: str) -> None:

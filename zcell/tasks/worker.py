@@ -37,6 +37,7 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 from greenlet import getcurrent
 
+from .._wire.codec import Checked
 from ..actors.actor import Actor
 from ..actors.hosting import HandlerKilled
 from ..errors import NodeStopped, ProtocolError, ZcellError, error_wire
@@ -49,7 +50,7 @@ from .errors import NotRegistered, Retry, TaskRevokedError
 from .followup import after
 from .inspect import install as install_control_ops
 from .limits import RateLimiter, TimeLimits, parse_rate
-from .message import check
+from .message import WIRE, check
 from .records import Expiring
 from .request import Request
 from .routing import check_queue, queue_actor_name
@@ -402,8 +403,9 @@ class Worker:
             finally:
                 notice.close()
             # The reply teaches the submitter this worker's room (it may have had
-            # no notice): not kept in the record.
-            return {**outcome, "cap": self.capacity, "slots": self.concurrency}
+            # no notice): not kept in the record. Its value was checked as the
+            # task returned it (``Runtime.encodable``); the rest is ours.
+            return Checked(outcome, cap=self.capacity, slots=self.concurrency)
         finally:
             self._give_slot(request)
 
@@ -822,7 +824,10 @@ def _lent(msg: dict[str, Any], lent: bool) -> dict[str, Any]:
 
 def _raw_id(raw: Any) -> str | None:
     """The id of a malformed task message, when it has a readable one."""
-    task_id = raw.get("id") if isinstance(raw, dict) else None
+    if isinstance(raw, list) and len(raw) == len(WIRE):
+        task_id = raw[WIRE.index("id")]
+    else:
+        task_id = raw.get("id") if isinstance(raw, dict) else None
     return task_id if isinstance(task_id, str) else None
 
 
