@@ -72,7 +72,8 @@ _WIRE_KEYS = frozenset(WIRE)
 #: The fields whose types ``check`` tests, and what ``msg.get`` gives for each absent.
 _TYPED = (*FIELDS, "go")
 _ABSENT = (_MISSING,) * len(_TYPED)
-#: Type tuples (of ``_TYPED``'s values) that passed ``_check_types``.
+#: Type tuples that passed ``_check_types``: of a map's ``_TYPED`` values, or of an
+#: array's values (one more: ``reply_to``).
 _PASSED: set[tuple[type, ...]] = set()
 _PASSED_MAX = 256
 
@@ -149,13 +150,16 @@ def check(msg: object) -> dict[str, Any]:
             raise ProtocolError(
                 f"a task message array has {_WIRE_LEN} values (protocol.md, Tasks), not {len(msg)}"
             )
-        msg = dict(zip(WIRE, msg, strict=True))
-    elif not isinstance(msg, dict):
+        types = tuple(map(type, msg))
+        msg = dict(zip(WIRE, msg, strict=False))  # its length is checked above
+    elif isinstance(msg, dict):
+        types = tuple(map(type, map(msg.get, _TYPED, _ABSENT)))
+    else:
         raise ProtocolError(f"a task message is a map, not {type(msg).__name__}")
     # What the fields' types allow depends on their types alone: a message whose
     # types passed once passes (the set is small: the types of the same few
-    # shapes of message, again and again).
-    types = tuple(map(type, map(msg.get, _TYPED, _ABSENT)))
+    # shapes of message, again and again; an array's and a map's never equal,
+    # their lengths differ).
     if types not in _PASSED:
         _check_types(msg)
         if len(_PASSED) < _PASSED_MAX:
@@ -169,7 +173,8 @@ def check(msg: object) -> dict[str, Any]:
         raise ProtocolError("task retries and attempt must not be negative")
     if chain and not all(isinstance(s, dict) for s in chain):
         raise ProtocolError("task message field 'chain' must list signatures (maps)")
-    if not hasattr(msg.get("reply_to"), "send"):
+    # Its class's attribute: a proxy's ``send`` is a property that makes an object.
+    if not hasattr(type(msg.get("reply_to")), "send"):
         raise ProtocolError("task message without its submitter's agent (reply_to)")
     return msg
 
