@@ -22,7 +22,7 @@ from zcell import (
     TaskRevokedError,
     TaskTimeout,
 )
-from zcell.errors import NodeDown
+from zcell.errors import NodeDown, ProtocolError
 from zcell.tasks import dispatch
 from zcell.tasks import worker as worker_module
 from zcell.tasks.message import WIRE, make, new_id, pack
@@ -114,6 +114,28 @@ def test_a_task_message_is_taken_as_a_map_or_as_the_array_a_submitter_pushes(
         reply = consumer.send("run", {"msg": wire})
         assert (reply["s"], reply["v"], reply["worker"]) == ("SUCCESS", n + 3, w.node.name)
     assert w.node.statistics()[DROPPED] == 0
+
+
+def test_a_worker_that_takes_task_messages_only_as_maps_is_pushed_maps(
+    workers: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker of an older zcell refuses the array a submitter pushes (its check
+    took a map only): the submitter pushes that task again as the map, and every
+    later task to that worker as maps; nothing fails, nothing runs twice."""
+    (w,) = workers(1)
+    takes_maps = worker_module.check
+
+    def older_check(raw: object) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise ProtocolError(f"a task message is a map, not {type(raw).__name__}")
+        return takes_maps(raw)
+
+    monkeypatch.setattr(worker_module, "check", older_check)
+    assert t.add.delay(1, 1).get(timeout=10 * SLOW) == 2
+    assert w.node.statistics()[DROPPED] == 1
+    results = [t.add.delay(i, 1) for i in range(5)]
+    assert [r.get(timeout=10 * SLOW) for r in results] == [1, 2, 3, 4, 5]
+    assert w.node.statistics()[DROPPED] == 1
 
 
 def test_a_result_that_does_not_serialise_fails_the_task(workers: Workers) -> None:

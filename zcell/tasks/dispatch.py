@@ -147,6 +147,9 @@ class Dispatcher:
         self._take_scheduled = False  # a _take_incoming callback is scheduled
         self._taken = threading.Event()  # set by the loop each time it took some
         self.full: set[str] = set()  # consumer actor ids that answered "full"
+        # Consumer actor ids whose worker (an older zcell) dropped a task pushed as
+        # an array (message.pack): they are pushed the map.
+        self.maps_only: set[str] = set()
         # consumer actor id -> time.monotonic() of the last push to it, reply or notice
         self.heard_at: dict[str, float] = {}
         # consumer actor id -> time.monotonic() of its worker's last "room" notice
@@ -471,6 +474,7 @@ class Dispatcher:
             for consumer in [c for c in table if c not in live and not self.inflight[c]]:
                 del table[consumer]
         self.full.intersection_update(live)
+        self.maps_only.intersection_update(live)
 
     def _taking(self, consumer: str) -> int:
         """Places at ``consumer``'s worker that our tasks in flight there take."""
@@ -492,7 +496,7 @@ class Dispatcher:
             entry.waits_there = True
             self.holding[consumer.id] += 1
         cid = consumer.id
-        packed = pack(msg)
+        packed = msg if cid in self.maps_only else pack(msg)
         kwargs = Checked(msg=packed) if entry.checked else {"msg": packed}
         try:
             # The outcome comes as the reply, with no deadline: it may take as long
@@ -592,6 +596,12 @@ class Dispatcher:
             self._enqueue(entry, front=True)
         elif status == "refused":
             pass  # its claim was refused: it ended here already (revoked, expired)
+        elif status == "dropped" and consumer not in self.maps_only:
+            # A worker of an older zcell takes a task message only as a map: it
+            # refused the array before anything ran, so the task is pushed again,
+            # in that form (a map it drops too fails the task, below).
+            self.maps_only.add(consumer)
+            self._enqueue(entry, front=True)
         elif status == RETRY:
             self.retry(entry, value)
         elif status in READY_STATES:
