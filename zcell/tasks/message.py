@@ -22,19 +22,14 @@ __all__ = ["FIELDS", "WIRE", "check", "epoch", "make", "new_id", "pack"]
 _UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
 _UUID4_SET = (0x4 << 76) | (0x2 << 62)
 
-#: Field -> the types it may hold (None allowed where listed).
+#: Field -> the types it may hold (None allowed where listed), in the order
+#: ``make`` and ``App._message`` build a message in (a pushed array's, ``WIRE``).
 FIELDS: dict[str, tuple[type, ...]] = {
-    "id": (str,),
-    "name": (str,),
-    "args": (list,),
-    "kwargs": (dict,),
     "retries": (int,),
     "attempt": (int,),
     "eta": (float, int, type(None)),
     "expires": (float, int, type(None)),
-    "root_id": (str,),
     "parent_id": (str, type(None)),
-    "queue": (str,),
     "acks_late": (bool,),
     "ignore_result": (bool,),
     "track_started": (bool,),
@@ -48,6 +43,12 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "chain": (list, type(None)),
     "chord": (dict, type(None)),
     "watchers": (list, type(None)),
+    "id": (str,),
+    "name": (str,),
+    "args": (list,),
+    "kwargs": (dict,),
+    "queue": (str,),
+    "root_id": (str,),
 }
 _MAX_ID = 200
 #: (field, the exact types it may hold): what ``check`` tests first.
@@ -60,13 +61,8 @@ class _Absent:
 
 _MISSING = _Absent()
 #: The fields in the order of a pushed message's array (``pack``): ``FIELDS``, then
-#: the submitter's agent and its grant; the order ``App._message`` builds them in.
-WIRE: tuple[str, ...] = (
-    "retries", "attempt", "eta", "expires", "parent_id", "acks_late", "ignore_result",
-    "track_started", "time_limit", "soft_time_limit", "link", "link_error", "headers",
-    "chain", "chord", "watchers", "id", "name", "args", "kwargs", "queue", "root_id",
-    "reply_to", "go",
-)  # fmt: skip
+#: the submitter's agent and its grant.
+WIRE: tuple[str, ...] = (*FIELDS, "reply_to", "go")
 _WIRE_LEN = len(WIRE)
 _WIRE_KEYS = frozenset(WIRE)
 #: The fields whose types ``check`` tests, and what ``msg.get`` gives for each absent.
