@@ -1,4 +1,5 @@
-"""The task message: a plain dict of msgpack-able values (docs/protocol.md, "Tasks").
+"""The task message: a plain dict of msgpack-able values (docs/protocol.md, "Tasks"),
+pushed as the array of its values in the order of ``WIRE`` (``pack``).
 
 Times (``eta``, ``expires``) are POSIX timestamps in seconds (float): UTC by
 definition, so hosts in different time zones agree; hosts' clocks must be
@@ -151,7 +152,7 @@ def check(msg: object) -> dict[str, Any]:
     elif isinstance(msg, dict):
         types = tuple(map(type, map(msg.get, _TYPED, _ABSENT)))
     else:
-        raise ProtocolError(f"a task message is a map, not {type(msg).__name__}")
+        raise ProtocolError(f"a task message is a map or an array, not {type(msg).__name__}")
     # What the fields' types allow depends on their types alone: a message whose
     # types passed once passes (the set is small: the types of the same few
     # shapes of message, again and again; an array's and a map's never equal,
