@@ -252,6 +252,26 @@ def echo_target(make_node: MakeNode, procs: Callable[..., Any]) -> EchoTarget:
     return EchoTarget(child, inbox, me, me.spawn(Echo, on="target"), cluster)
 
 
+#: The modules with the longest tests (``--durations``), run first: with ``-n 2``
+#: the workers then end together, not one idle while the other runs a long test
+#: it was handed last. Each module's tests keep their order (and one worker).
+LONGEST_FIRST = (
+    "test_bench.py",
+    "test_flood.py",
+    "test_canvas_process.py",
+    "test_tasks_workers.py",
+    "test_beat.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the rest as collected
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     """On CI (CI=true) a skipped network-namespace test is a failure: CI runs as root

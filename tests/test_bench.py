@@ -414,7 +414,7 @@ def test_a_memory_client_past_its_budget_reports_every_scenario_before_it_is_kil
         assert set(result) >= {"spawn_memory", "spawn_sync", "spawn_local", "node_stats_memory"}
         assert "not reached within" in result["spawn_memory"]["error"], result["spawn_memory"]
         assert "hosted" in result["spawn_memory"]["error"]
-        assert took < 45, took  # not the 120 s poll
+        assert took < 60, took  # not the 120 s poll (slower beside other tests)
     finally:
         for child in (client, node):
             if child is not None:
