@@ -1,0 +1,67 @@
+"""Smoke test of the actor floor: ``python -m bench.actorfloor --quick --json --zcell``.
+
+Structure only; timings depend on the machine and are never asserted. The run
+itself checks every reply's id (a mixed-up reply fails it).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = ("lean", "pool", "actor_dealer", "actor_conn", "zcell_send", "zcell_actor")
+
+
+def test_actorfloor_quick_json_with_zcell() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.actorfloor", "--quick", "--json", "--zcell"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert set(result) == set(FIGURES), sorted(result)
+    for name in FIGURES:
+        m = result[name]
+        assert 0 < m["p50_us"] <= m["p99_us"], (name, m)
+        assert len(m["runs"]) == 1 and m["runs"][0]["p50_us"] == m["p50_us"], (name, m)
+        assert m["ratio"] == round(m["p50_us"] / result["lean"]["p50_us"], 3), (name, m)
+
+
+def test_actorfloor_client_fails_when_a_reply_is_mixed_up() -> None:
+    """The harness checks what it times: a server that answers the wrong id fails the run."""
+    code = (
+        "import sys, bench.actorfloor as f\n"
+        "real = f.msgpack.packb\n"
+        "f.msgpack.packb = lambda m: real([m[0] + 1, *m[1:]] if len(m) == 2 else m)\n"
+        "sys.exit(f.main(sys.argv[1:]))\n"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", code, "--server", "pool", "conn"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        port = json.loads(server.stdout.readline())["port"]
+        client = subprocess.run(
+            [sys.executable, "-m", "bench.actorfloor", "--client", str(port), "actor_conn"]
+            + ["--counts", "1,5"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert client.returncode != 0
+        assert "reply 1 to request 0" in client.stderr, client.stderr[-2000:]
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+        if server.stdout is not None:
+            server.stdout.close()
