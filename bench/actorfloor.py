@@ -7,7 +7,7 @@ waits for its reply) in a design like zcell's, measured on the same machine with
 plain pyzmq, msgpack and gevent, beside the floor's ``lean-inline`` variant that
 the targets of ``python -m bench`` divide by. Both ends run a gevent hub and use
 the floor's lean integration (:mod:`bench._lean`); a request is
-``[id, reply_to, payload]`` and its reply ``[id, payload]``.
+``["q", id, reply_to, route]`` and its reply ``["r", id, value]``.
 
 - ``lean``: the floor's ``lean-inline``: the client sends on its DEALER and reads
   the reply there; the server answers inline in its reader. The denominator.
@@ -22,10 +22,15 @@ the floor's lean integration (:mod:`bench._lean`); a request is
   inbox, as a zcell node answers another node today.
 - ``actor_conn``: the same, but the reply goes back on the connection the
   request came on and the caller's reader reads it there.
+- ``chain``: four servers as ``actor_dealer``'s; a request carries the rest of
+  its route, and each handler passes it on to the next server and waits for
+  the reply (ten handlers round the four, as ``bench.mesh``'s chain); the
+  figure is a tenth of the round trip, a hop.
 
 ``--zcell`` adds zcell's own figures in the same run: a program thread's ``send``
-to ``s1``'s ``Ping`` and an actor's (``Pinger`` on ``c1``), the shapes ``pool``
-and ``actor_dealer`` have. Each variant runs in fresh processes, the variants in
+to ``s1``'s ``Ping``, an actor's (``Pinger`` on ``c1``) and ``bench.mesh``'s
+chain of ten ``Chain`` actors over ``s1``..``s4``: the shapes ``pool``,
+``actor_dealer`` and ``chain`` have. Each variant runs in fresh processes, the variants in
 turn, ``rounds`` times; a figure is the median of its rounds' p50 (and p99).
 bench/README.md, "The actor floor", compares the figures with the targets.
 """
@@ -50,7 +55,10 @@ VARIANTS: dict[str, tuple[str, str, str]] = {
     "pool": ("pool", "conn", "lean"),
     "actor_dealer": ("pool", "dealer", "actor"),
     "actor_conn": ("pool", "conn", "actor"),
+    "chain": ("pool", "dealer", "chain"),
 }
+SERVERS = 4  # the chain's servers, as bench.mesh's s1..s4
+CHAIN_DEPTH = 10  # handlers in a chain, as bench.mesh's
 FULL: dict[str, Any] = {"rtt": (500, 5000), "rounds": 3}
 QUICK: dict[str, Any] = {"rtt": (50, 300), "rounds": 1}
 PAYLOAD = b"x" * 16
@@ -59,7 +67,10 @@ WAIT = 60.0  # seconds one variant's client may take
 
 
 def server_main(run: str, reply: str, parent: int) -> int:
-    """Child: answer requests on a ROUTER; inline or each in a pooled greenlet."""
+    """Child: answer requests on a ROUTER, inline or each in a pooled greenlet; a
+    request with a route is passed on along it first (a chain's hop)."""
+    import itertools
+
     import gevent
     from greenlet import getcurrent, greenlet
 
@@ -71,8 +82,12 @@ def server_main(run: str, reply: str, parent: int) -> int:
     inbox = ctx.socket(zmq.ROUTER)
     inbox.linger = 0
     port = inbox.bind_to_random_port("tcp://127.0.0.1")
+    me = f"tcp://127.0.0.1:{port}"
     outs: dict[str, Any] = {}
     packb, unpackb = msgpack.packb, msgpack.unpackb
+    hub = gevent.get_hub()
+    ids = itertools.count()
+    waiting: dict[int, Any] = {}  # request id -> the handler waiting for its reply
 
     def out(endpoint: str) -> Any:
         sock = outs.get(endpoint)
@@ -82,16 +97,23 @@ def server_main(run: str, reply: str, parent: int) -> int:
             sock.connect(endpoint)
         return sock
 
-    def handle(routing: bytes, frame: bytes) -> None:
-        rid, reply_to, payload = unpackb(frame)
-        answer = packb([rid, payload])
+    def forward(route: list[str]) -> int:
+        # As an actor's handler calling the next: send, wait for the inbox's reader.
+        rid = next(ids)
+        waiting[rid] = getcurrent()
+        lean_send(out(route[0]), [packb(["q", rid, me, route[1:]])])
+        value: int = hub.switch()[2]
+        return value
+
+    def handle(routing: bytes, msg: list[Any]) -> None:
+        _, rid, reply_to, route = msg
+        answer = packb(["r", rid, forward(route) + 1 if route else 1])
         if reply == "dealer" and reply_to is not None:
             lean_send(out(reply_to), [answer])
         else:
             lean_send(inbox, [routing, answer])
 
-    hub = gevent.get_hub()
-    runnable: collections.deque[tuple[bytes, bytes]] = collections.deque()
+    runnable: collections.deque[tuple[bytes, list[Any]]] = collections.deque()
     idle: list[Any] = []
     waking = [False]
 
@@ -116,16 +138,21 @@ def server_main(run: str, reply: str, parent: int) -> int:
     print(json.dumps({"port": port}), flush=True)
     with gevent.Timeout(LIFETIME, False):
         for routing, frame in drain(inbox):
-            if run == "inline":
-                handle(routing, frame)
+            msg = unpackb(frame)
+            if msg[0] == "r":  # a reply to one of our handlers' requests
+                handler = waiting.pop(msg[1], None)
+                if handler is not None:
+                    hub.loop.run_callback(handler.switch, msg)
+            elif run == "inline":
+                handle(routing, msg)
             else:
-                runnable.append((routing, frame))
+                runnable.append((routing, msg))
                 if not waking[0]:
                     wake()
     return 0
 
 
-def client_main(port: int, variant: str, warm: int, n: int, parent: int) -> int:
+def client_main(ports: list[int], variant: str, warm: int, n: int, parent: int) -> int:
     """Child: time ``n`` requests one at a time in ``variant``'s shape; print the result."""
     import gevent
     from greenlet import getcurrent
@@ -139,13 +166,17 @@ def client_main(port: int, variant: str, warm: int, n: int, parent: int) -> int:
     packb, unpackb = msgpack.packb, msgpack.unpackb
     dealer = ctx.socket(zmq.DEALER)
     dealer.linger = 0
-    dealer.connect(f"tcp://127.0.0.1:{port}")
+    dealer.connect(f"tcp://127.0.0.1:{ports[0]}")
+    # A chain: the head on the first server, then round the ring (bench.mesh's layout).
+    ring = [f"tcp://127.0.0.1:{p}" for p in ports]
+    route = [ring[i % len(ring)] for i in range(1, CHAIN_DEPTH)] if shape == "chain" else []
+    expect = CHAIN_DEPTH if shape == "chain" else 1
 
-    if shape == "lean":
+    if shape != "actor":
 
         def call(i: int) -> Any:
-            lean_send(dealer, [packb([i, None, PAYLOAD])])
-            return unpackb(lean_recv(dealer)[0])[0]
+            lean_send(dealer, [packb(["q", i, None, route])])
+            return unpackb(lean_recv(dealer)[0])
 
     else:
         hub = gevent.get_hub()
@@ -169,8 +200,8 @@ def client_main(port: int, variant: str, warm: int, n: int, parent: int) -> int:
 
         def call(i: int) -> Any:
             waiter[0] = getcurrent()
-            lean_send(dealer, [packb([i, reply_to, PAYLOAD])])
-            return hub.switch()[0]
+            lean_send(dealer, [packb(["q", i, reply_to, route])])
+            return hub.switch()
 
     samples: list[int] = []
 
@@ -182,7 +213,7 @@ def client_main(port: int, variant: str, warm: int, n: int, parent: int) -> int:
             t0 = clock()
             got = call(i)
             samples.append(clock() - t0)
-            if got != i:
+            if got[1] != i or got[2] != expect:
                 raise RuntimeError(f"reply {got!r} to request {i}")
 
     runner = gevent.spawn(run)
@@ -190,7 +221,10 @@ def client_main(port: int, variant: str, warm: int, n: int, parent: int) -> int:
     if not runner.ready():
         raise TimeoutError(f"{variant}: {len(samples)} of {n} requests in {WAIT:.0f}s")
     runner.get()  # re-raise its error
-    print(json.dumps(_summary(samples)), flush=True)
+    result = _summary(samples)
+    if shape == "chain":
+        result["per_hop_p50_us"] = round(result["p50_us"] / CHAIN_DEPTH, 1)
+    print(json.dumps(result), flush=True)
     return 0
 
 
@@ -203,11 +237,17 @@ def _summary(samples_ns: list[int]) -> dict[str, float]:
 def _variant_round(variant: str, warm: int, n: int) -> dict[str, float]:
     from bench._proc import Child, ChildError
 
-    run, reply, _ = VARIANTS[variant]
-    server = Child(f"server[{variant}]", "bench.actorfloor", ["--server", run, reply])
+    run, reply, shape = VARIANTS[variant]
+    servers = []
     try:
-        port = json.loads(server.readline(timeout=30.0))["port"]
-        args = ["--client", str(port), variant, "--counts", f"{warm},{n}"]
+        for i in range(SERVERS if shape == "chain" else 1):
+            servers.append(
+                Child(f"server[{variant}:{i}]", "bench.actorfloor", ["--server", run, reply])
+            )
+        ports = ",".join(str(json.loads(s.readline(timeout=30.0))["port"]) for s in servers)
+        if shape == "chain":
+            warm, n = _chain_counts(warm, n)
+        args = ["--client", ports, variant, "--counts", f"{warm},{n}"]
         client = Child(f"client[{variant}]", "bench.actorfloor", args)
         try:
             line = client.readline(timeout=WAIT + 30.0)
@@ -219,7 +259,8 @@ def _variant_round(variant: str, warm: int, n: int) -> dict[str, float]:
         finally:
             client.kill()
     finally:
-        server.kill()
+        for server in servers:
+            server.kill()
 
 
 def zcell_round(warm: int, n: int, children: list[Any], state: dict[str, Any]) -> dict[str, Any]:
@@ -241,15 +282,19 @@ def zcell_round(warm: int, n: int, children: list[Any], state: dict[str, Any]) -
             return inbox
 
         peer = start("s1", None)
-        start("c1", peer)
+        for name in [f"s{i}" for i in range(2, SERVERS + 1)] + ["c1"]:
+            start(name, peer)
         node = state["node"] = Node(
             "bench-actorfloor", cluster=cluster, discovery="static", peers=[peer]
         )
         node.start()
-        node.wait_for(nodes=3, timeout=30)
+        node.wait_for(nodes=SERVERS + 2, timeout=30)
         state["ping"] = node.spawn(A.Ping, on="s1")
         state["pinger"] = node.spawn(A.Pinger, on="c1")
-    ping, pinger = state["ping"], state["pinger"]
+        state["chain"] = [
+            node.spawn(A.Chain, on=f"s{(i % SERVERS) + 1}") for i in range(CHAIN_DEPTH)
+        ]
+    ping, pinger, chain = state["ping"], state["pinger"], state["chain"]
     send = ping.send.ping
     clock = time.perf_counter_ns
     for i in range(warm):
@@ -262,7 +307,29 @@ def zcell_round(warm: int, n: int, children: list[Any], state: dict[str, Any]) -
         if got != i:
             raise RuntimeError(f"reply {got!r} to ping {i}")
     a2a = pinger.send.rtt(target=ping, warm=warm, n=n, timeout=WAIT)["sorted_ns"]
-    return {"zcell_send": _summary(samples), "zcell_actor": _summary(a2a)}
+    head, rest = chain[0], chain[1:]
+    chain_warm, chain_n = _chain_counts(warm, n)
+    for _ in range(chain_warm):
+        head.send.chain(refs=rest, timeout=10)
+    hops = []
+    for _ in range(chain_n):
+        t0 = clock()
+        depth = head.send.chain(refs=rest, timeout=10)
+        hops.append(clock() - t0)
+        if depth != CHAIN_DEPTH:
+            raise RuntimeError(f"chain returned depth {depth}")
+    out = {
+        "zcell_send": _summary(samples),
+        "zcell_actor": _summary(a2a),
+        "zcell_chain": _summary(hops),
+    }
+    out["zcell_chain"]["per_hop_p50_us"] = round(out["zcell_chain"]["p50_us"] / CHAIN_DEPTH, 1)
+    return out
+
+
+def _chain_counts(warm: int, n: int) -> tuple[int, int]:
+    """A chain is ten round trips: a tenth of the counts (at least a few)."""
+    return max(2, warm // 10), max(10, n // 10)
 
 
 def run(quick: bool = False, with_zcell: bool = False) -> dict[str, Any]:
@@ -290,9 +357,13 @@ def run(quick: bool = False, with_zcell: bool = False) -> dict[str, Any]:
             "p99_us": statistics.median(r["p99_us"] for r in runs),
             "runs": runs,
         }
+        if "per_hop_p50_us" in runs[0]:
+            out[name]["per_hop_p50_us"] = statistics.median(r["per_hop_p50_us"] for r in runs)
     lean = out["lean"]["p50_us"]
     for figure in out.values():
         figure["ratio"] = round(figure["p50_us"] / lean, 3)
+        if "per_hop_p50_us" in figure:
+            figure["hop_ratio"] = round(figure["per_hop_p50_us"] / lean, 3)
     return out
 
 
@@ -304,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--zcell", action="store_true", help="also zcell's own sends, same run")
     p.add_argument("--server", nargs=2, metavar=("RUN", "REPLY"), help=argparse.SUPPRESS)
-    p.add_argument("--client", nargs=2, metavar=("PORT", "VARIANT"), help=argparse.SUPPRESS)
+    p.add_argument("--client", nargs=2, metavar=("PORTS", "VARIANT"), help=argparse.SUPPRESS)
     p.add_argument("--counts", help=argparse.SUPPRESS)
     p.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -312,16 +383,23 @@ def main(argv: list[str] | None = None) -> int:
         return server_main(a.server[0], a.server[1], a.parent)
     if a.client:
         warm, n = (int(x) for x in a.counts.split(","))
-        return client_main(int(a.client[0]), a.client[1], warm, n, a.parent)
+        ports = [int(port) for port in a.client[0].split(",")]
+        return client_main(ports, a.client[1], warm, n, a.parent)
     out = run(quick=a.quick, with_zcell=a.zcell)
     if a.json:
         print(json.dumps(out, indent=2))
         return 0
     for name, r in out.items():
         runs = " / ".join(f"{x['p50_us']:.0f}" for x in r["runs"])
+        hop = r.get("per_hop_p50_us")
         print(
             f"{name:14s} p50 {r['p50_us']:8.1f} us  p99 {r['p99_us']:8.1f} us  "
-            f"{r['ratio']:5.2f}x lean  (rounds: {runs})"
+            + (
+                f"{r['ratio']:5.2f}x lean"
+                if hop is None
+                else f"a hop {hop:.1f} us, {r['hop_ratio']:.2f}x lean"
+            )
+            + f"  (rounds: {runs})"
         )
     return 0
 

@@ -12,7 +12,17 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ("lean", "pool", "actor_dealer", "actor_conn", "zcell_send", "zcell_actor")
+FIGURES = (
+    "lean",
+    "pool",
+    "actor_dealer",
+    "actor_conn",
+    "chain",
+    "zcell_send",
+    "zcell_actor",
+    "zcell_chain",
+)
+CHAINS = ("chain", "zcell_chain")
 
 
 def test_actorfloor_quick_json_with_zcell() -> None:
@@ -31,6 +41,10 @@ def test_actorfloor_quick_json_with_zcell() -> None:
         assert 0 < m["p50_us"] <= m["p99_us"], (name, m)
         assert len(m["runs"]) == 1 and m["runs"][0]["p50_us"] == m["p50_us"], (name, m)
         assert m["ratio"] == round(m["p50_us"] / result["lean"]["p50_us"], 3), (name, m)
+    for name in CHAINS:
+        m = result[name]
+        assert m["per_hop_p50_us"] == round(m["p50_us"] / 10, 1), (name, m)
+        assert m["hop_ratio"] == round(m["per_hop_p50_us"] / result["lean"]["p50_us"], 3)
 
 
 def test_actorfloor_client_fails_when_a_reply_is_mixed_up() -> None:
@@ -38,7 +52,7 @@ def test_actorfloor_client_fails_when_a_reply_is_mixed_up() -> None:
     code = (
         "import sys, bench.actorfloor as f\n"
         "real = f.msgpack.packb\n"
-        "f.msgpack.packb = lambda m: real([m[0] + 1, *m[1:]] if len(m) == 2 else m)\n"
+        "f.msgpack.packb = lambda m: real(['r', m[1] + 1, m[2]] if m[0] == 'r' else m)\n"
         "sys.exit(f.main(sys.argv[1:]))\n"
     )
     server = subprocess.Popen(
@@ -59,7 +73,7 @@ def test_actorfloor_client_fails_when_a_reply_is_mixed_up() -> None:
             timeout=60,
         )
         assert client.returncode != 0
-        assert "reply 1 to request 0" in client.stderr, client.stderr[-2000:]
+        assert "reply ['r', 1, 1] to request 0" in client.stderr, client.stderr[-2000:]
     finally:
         server.kill()
         server.wait(timeout=10)
