@@ -1004,6 +1004,25 @@ def test_a_value_msgpack_cannot_carry_is_a_serialization_error(value: Any, advic
     assert caught.value.__cause__ is not None
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        [*[Ref(ACTOR, TYPE, PEER)] * 20, {(1, 2): 3}],
+        {"refs": [Ref(ACTOR, TYPE, PEER)] * 3, "when": msgpack.Timestamp(1)},
+        [Ref(ACTOR, TYPE, PEER), [msgpack.ExtType(5, b"x")]],
+    ],
+    ids=["tuple-key-after-20-proxies", "timestamp-beside-proxies", "ext-type-beside-a-proxy"],
+)
+def test_proxies_beside_what_the_receiver_refuses_do_not_hide_it(value: Any) -> None:
+    """The check for what the receiver would refuse skips a proxy once its type
+    has been packed; what sits beside proxies is still looked at."""
+    codec = Codec(make_proxy=Ref)
+    proxies = req(kwargs={"refs": [Ref(ACTOR, TYPE, PEER)] * 20})
+    assert_same(codec.decode(codec.encode(proxies)), as_sent(proxies))
+    with pytest.raises(SerializationError, match="the receiver would refuse it"):
+        codec.encode(req(kwargs={"x": value}))
+
+
 @pytest.mark.parametrize("value", [2**64, -(2**63) - 1], ids=["too-big", "too-small"])
 def test_an_out_of_range_int_is_refused_with_its_range(value: int) -> None:
     with pytest.raises(SerializationError, match="64"):

@@ -179,7 +179,9 @@ class Node:
         self._tasks: list[gevent.Greenlet] = []  # the node's own long-running greenlets
         self._loop = LoopThread(f"zcell-{self.name}")
         self._stop_event: Event | None = None
-        self._codec = wire.Codec(self._make_proxy, max_message_size)
+        # What the decoders make a proxy in a message with.
+        self._proxy_maker = self._layer.proxy_maker(self)
+        self._codec = wire.Codec(self._proxy_maker, max_message_size)
         self._sockets = Sockets()
         self._disc: Discovery | None = None
         self.stats: dict[str, int] = dict.fromkeys(
@@ -237,7 +239,7 @@ class Node:
         )  # fmt: skip
         messaging = self._messaging = Messaging(
             shared,
-            make_proxy=self._make_proxy,
+            make_proxy=self._proxy_maker,
             on_frame=self._on_frame,
             check_running=self._check_running,
             max_message_size=self.max_message_size,
@@ -597,9 +599,6 @@ class Node:
         """What a heartbeat (and a probe's answer) says: the number of the last
         directory change, requests in flight, actors hosted."""
         return [self._news.seq, self.hosting.in_flight, len(self.hosting.actors)]
-
-    def _make_proxy(self, actor_id: str, name: str, node_id: str) -> ActorProxy:
-        return self._layer.proxy(self, actor_id, name, node_id)
 
     def _class_for(self, type_name: str) -> type[Actor] | None:
         return self._known.get(type_name)

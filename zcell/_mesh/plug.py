@@ -116,6 +116,10 @@ class ActorLayer(Protocol):
     ) -> ActorProxy:
         """A proxy bound to ``node``; ``cls``: the Actor class, when the caller has it."""
 
+    def proxy_maker(self, node: Node) -> Callable[[str, str, str], ActorProxy]:
+        """What the node's decoders make a proxy in a message with:
+        ``(actor_id, type_name, node_id)`` -> a proxy bound to ``node``."""
+
     def resolve(self, spec: object) -> list[type[Actor]]:
         """The Actor classes an ``actors=`` entry names."""
 

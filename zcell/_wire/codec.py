@@ -47,6 +47,7 @@ def _default(obj: Any) -> Any:
             if len(_packed_proxies) >= PROXY_CACHE:
                 _packed_proxies.clear()  # threads share it: a dict's own ops are atomic
             _packed_proxies[triple] = ext
+            _PLAIN.add(type(obj))  # a set's own ops are atomic too
         return ext
     if isinstance(obj, int):
         raise TypeError(
@@ -151,7 +152,13 @@ def _proxy_triple(data: bytes) -> tuple[str, str, str]:
 # What the decoder takes back as it was sent: a dict key of another type (a tuple
 # or list) arrives as a list, which cannot be a key, and the whole frame would be
 # refused by the receiver (after the caller waited its full timeout).
-_SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
+_SCALARS: frozenset[type] = frozenset({str, int, float, bool, bytes, type(None)})
+#: The scalar types and the types a proxy has been packed from (``_default`` adds
+#: them): what the walk below never looks into. Packing comes first in
+#: ``Codec.encode``, so a proxy's type is here by the time its message is walked;
+#: msgpack packs a list, tuple or dict subclass as such, never through
+#: ``_default``, so no container type joins.
+_PLAIN: set[type] = set(_SCALARS)
 _REFUSED_KEYS = (list, tuple, dict, msgpack.Timestamp)
 _REFUSED_VALUES = (msgpack.ExtType, msgpack.Timestamp)
 
@@ -178,14 +185,14 @@ def _check_payload(message: list[Any]) -> None:
                 raise SerializationError(
                     f"keyword argument names must be strings, not {type(key).__name__}"
                 )
-            if type(item) not in _SCALARS:
+            if type(item) not in _PLAIN:
                 nested = True
         if nested is None:
             return
         reason = _refused(kwargs)
     elif kind == REP:
         value = message[5] if len(message) > 5 else None
-        if type(value) in _SCALARS or type(value) is Checked:
+        if type(value) in _PLAIN or type(value) is Checked:
             return
         reason = _refused(value)
     elif kind is None:
@@ -217,14 +224,14 @@ def _refused(value: Any) -> str | None:
             for key, item in value.items():
                 if type(key) not in _SCALARS and isinstance(key, _REFUSED_KEYS):
                     return f"a dict key of type {type(key).__name__} cannot travel"
-                if type(item) not in _SCALARS:
+                if type(item) not in _PLAIN:
                     stack.append(item)
         elif isinstance(value, _REFUSED_VALUES):  # ExtType is a tuple: before the next test
             return f"a msgpack {t.__name__} cannot travel"
         elif t is list or t is tuple or isinstance(value, list | tuple):
-            if len(value) > 16 and set(map(type, value)) <= _SCALARS:
+            if len(value) > 16 and set(map(type, value)) <= _PLAIN:
                 continue
-            stack.extend(item for item in value if type(item) not in _SCALARS)
+            stack.extend(item for item in value if type(item) not in _PLAIN)
         # else: a scalar, a proxy, or what packing already refused
     return None
 

@@ -5,8 +5,10 @@ names), so that the mesh calls up without importing this package.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..errors import did_you_mean
@@ -32,6 +34,11 @@ class Actors:
     ) -> ActorProxy:
         actor_cls = cls if isinstance(cls, type) and issubclass(cls, Actor) else None
         return ActorProxy(node, actor_id, type_name, node_id, actor_cls)
+
+    def proxy_maker(self, node: Node) -> Callable[[str, str, str], ActorProxy]:
+        # A proxy in a message (every request an actor sends carries its own):
+        # made without a call of ours in between.
+        return functools.partial(ActorProxy, node)
 
     def resolve(self, spec: object) -> list[type[Actor]]:
         """An Actor class, ``"module"`` (every Actor subclass defined there) or
