@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -92,6 +93,20 @@ def run_script(script: Path) -> subprocess.CompletedProcess[str]:
         timeout=30 * SLOW,
         env=child_env(),
     )
+
+
+def run_bench_json(module: str, *args: str, timeout: float) -> Any:
+    """``python -m <module> *args`` from the repository root (a benchmark of
+    ``bench/``): it must exit 0; its standard output, parsed as JSON."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

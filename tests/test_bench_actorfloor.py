@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import run_bench_json
+
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = (
     "lean",
@@ -26,15 +28,7 @@ CHAINS = ("chain", "zcell_chain")
 
 
 def test_actorfloor_quick_json_with_zcell() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.actorfloor", "--quick", "--json", "--zcell"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout)
+    result = run_bench_json("bench.actorfloor", "--quick", "--json", "--zcell", timeout=120)
     assert set(result) == set(FIGURES), sorted(result)
     for name in FIGURES:
         m = result[name]

@@ -5,25 +5,13 @@ Structure only; timings depend on the machine and are never asserted.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from conftest import run_bench_json
 
-ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {"green-inline", "green-spawn", "lean-inline", "lean-spawn"}
 
 
 def test_floor_quick_json() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.floor", "--quick", "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout)
+    result = run_bench_json("bench.floor", "--quick", "--json", timeout=60)
 
     assert set(result["variants"]) == VARIANTS
     assert result["placement"] == "unpinned"

@@ -6,12 +6,8 @@ itself checks every task's value (a mixed-up reply fails it).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from conftest import run_bench_json
 
-ROOT = Path(__file__).resolve().parent.parent
 LATENCIES = ("echo", "direct", "loop", "zcell_delay")
 RATES = (
     "rate_slots_1",
@@ -26,15 +22,7 @@ RATES = (
 
 
 def test_taskfloor_quick_json_with_zcell() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.taskfloor", "--quick", "--json", "--zcell"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout)
+    result = run_bench_json("bench.taskfloor", "--quick", "--json", "--zcell", timeout=120)
     assert set(result) == set(LATENCIES) | set(RATES), sorted(result)
     for name in LATENCIES:
         m = result[name]
