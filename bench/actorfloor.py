@@ -119,7 +119,7 @@ def server_main(run: str, reply: str, parent: int) -> int:
 
     def worker() -> None:
         # As zcell's Host: run what is admitted; park when there is nothing.
-        me = getcurrent()
+        this = getcurrent()
         while True:
             waking[0] = False
             while runnable:
@@ -127,7 +127,7 @@ def server_main(run: str, reply: str, parent: int) -> int:
                 if runnable and not waking[0]:
                     wake()  # a spare, in case this one blocks
                 handle(*job)
-            idle.append(me)
+            idle.append(this)
             hub.switch()
 
     def wake() -> None:
