@@ -42,12 +42,13 @@ import collections
 import json
 import statistics
 import sys
-import time
 import uuid
 from typing import Any
 
 import msgpack
 import zmq
+
+from bench.floor import _percentile, time_calls
 
 #: variant: (how the server runs a request, where it replies, the client's shape)
 VARIANTS: dict[str, tuple[str, str, str]] = {
@@ -205,21 +206,17 @@ def client_main(ports: list[int], variant: str, warm: int, n: int, parent: int) 
 
     samples: list[int] = []
 
+    def check(i: int, got: Any) -> None:
+        if got[1] != i or got[2] != expect:
+            raise RuntimeError(f"reply {got!r} to request {i}")
+
     def run() -> None:
-        clock = time.perf_counter_ns
-        for i in range(warm):
-            call(i)
-        for i in range(n):
-            t0 = clock()
-            got = call(i)
-            samples.append(clock() - t0)
-            if got[1] != i or got[2] != expect:
-                raise RuntimeError(f"reply {got!r} to request {i}")
+        samples.extend(time_calls(call, warm, n, check))
 
     runner = gevent.spawn(run)
     runner.join(WAIT)
     if not runner.ready():
-        raise TimeoutError(f"{variant}: {len(samples)} of {n} requests in {WAIT:.0f}s")
+        raise TimeoutError(f"{variant}: {n} requests not done in {WAIT:.0f}s")
     runner.get()  # re-raise its error
     result = _summary(samples)
     if shape == "chain":
@@ -228,10 +225,11 @@ def client_main(ports: list[int], variant: str, warm: int, n: int, parent: int) 
     return 0
 
 
-def _summary(samples_ns: list[int]) -> dict[str, float]:
-    s = sorted(samples_ns)
-    p99 = s[min(len(s) - 1, int(0.99 * len(s)))]
-    return {"p50_us": round(s[len(s) // 2] / 1000, 1), "p99_us": round(p99 / 1000, 1)}
+def _summary(sorted_ns: list[int]) -> dict[str, float]:
+    return {
+        "p50_us": round(_percentile(sorted_ns, 0.50), 1),
+        "p99_us": round(_percentile(sorted_ns, 0.99), 1),
+    }
 
 
 def _variant_round(variant: str, warm: int, n: int) -> dict[str, float]:
@@ -296,28 +294,21 @@ def zcell_round(warm: int, n: int, children: list[Any], state: dict[str, Any]) -
         ]
     ping, pinger, chain = state["ping"], state["pinger"], state["chain"]
     send = ping.send.ping
-    clock = time.perf_counter_ns
-    for i in range(warm):
-        send(x=i, timeout=10)
-    samples = []
-    for i in range(n):
-        t0 = clock()
-        got = send(x=i, timeout=10)
-        samples.append(clock() - t0)
+
+    def check_ping(i: int, got: Any) -> None:
         if got != i:
             raise RuntimeError(f"reply {got!r} to ping {i}")
-    a2a = pinger.send.rtt(target=ping, warm=warm, n=n, timeout=WAIT)["sorted_ns"]
-    head, rest = chain[0], chain[1:]
-    chain_warm, chain_n = _chain_counts(warm, n)
-    for _ in range(chain_warm):
-        head.send.chain(refs=rest, timeout=10)
-    hops = []
-    for _ in range(chain_n):
-        t0 = clock()
-        depth = head.send.chain(refs=rest, timeout=10)
-        hops.append(clock() - t0)
+
+    def check_chain(_: int, depth: Any) -> None:
         if depth != CHAIN_DEPTH:
             raise RuntimeError(f"chain returned depth {depth}")
+
+    samples = time_calls(lambda i: send(x=i, timeout=10), warm, n, check_ping)
+    a2a = pinger.send.rtt(target=ping, warm=warm, n=n, timeout=WAIT)["sorted_ns"]
+    head, rest = chain[0], chain[1:]
+    hops = time_calls(
+        lambda _: head.send.chain(refs=rest, timeout=10), *_chain_counts(warm, n), check_chain
+    )
     out = {
         "zcell_send": _summary(samples),
         "zcell_actor": _summary(a2a),

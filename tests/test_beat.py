@@ -240,7 +240,7 @@ def test_a_leader_whose_beat_stopped_while_its_node_lives_is_replaced(
     a1.call_in_loop(beat.end)
     # Leases end within a second or two; the bound is wider because this process
     # may stall under load, and a1 then rejoins first (a CI run: its loop blocked
-    # for 1.3 s, its peers declared it down). What fails without the fix is "never".
+    # for 1.3 s, its peers declared it down). What it guards against is "never".
     wait_until(lambda: _leads(a1, "b2"), 10 * SLOW, "b2 to lead")
     status = _status(a1, "b2")
     assert "a1" in status["candidates"] and status["passed"] == ["a1"]
